@@ -1,0 +1,178 @@
+//! `Locking::Client`: the native half of the Ruby API. Its methods are
+//! private and positional; lib/locking owns keyword arguments, defaults and
+//! validation.
+
+use crate::error::{panic_error, RubyError};
+use crate::nogvl::{without_gvl, Outcome};
+use locking_core::{Client, ClientConfig, Interrupt, Lease, Phase, TokenTtl};
+use magnus::{function, method, prelude::*, RString, Ruby};
+use std::time::Duration;
+
+#[magnus::wrap(class = "Locking::Client", free_immediately, size)]
+pub struct RbClient {
+    client: Client,
+}
+
+/// Copies a Ruby String's bytes: the copy is what the GVL-free code reads,
+/// so another Ruby thread may change the String meanwhile.
+fn bytes(string: RString) -> Vec<u8> {
+    // SAFETY: the slice is copied before any other Ruby call can run.
+    unsafe { string.as_slice() }.to_vec()
+}
+
+fn optional_url(value: Option<RString>) -> Result<Option<String>, magnus::Error> {
+    value.map(|url| url.to_string()).transpose()
+}
+
+impl RbClient {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        source: Option<RString>,
+        destination: Option<RString>,
+        phase: i64,
+        key_prefix: RString,
+        timeout: f64,
+        pool_size: usize,
+    ) -> Result<RbClient, magnus::Error> {
+        let config = ClientConfig {
+            source: optional_url(source)?,
+            destination: optional_url(destination)?,
+            phase: Phase::from_index(phase).map_err(RubyError)?,
+            key_prefix: bytes(key_prefix),
+            timeout: Duration::try_from_secs_f64(timeout).map_err(|_| {
+                RubyError(locking_core::Error::InvalidArgument(format!(
+                    "timeout must be a positive number of seconds, got {timeout}"
+                )))
+            })?,
+            pool_size,
+        };
+        Ok(RbClient {
+            client: Client::new(config).map_err(RubyError)?,
+        })
+    }
+
+    /// Takes connections with the GVL held, runs `operation` without it,
+    /// gives healthy connections back with the GVL held again. Keeping pool
+    /// access under the GVL means a fork (which holds the GVL) never copies a
+    /// pool lock that another thread holds.
+    fn with_lease<T>(
+        &self,
+        ruby: &Ruby,
+        operation: impl FnOnce(&mut Lease<'_>, &Interrupt) -> locking_core::Result<T>,
+    ) -> Result<T, magnus::Error> {
+        let mut lease = self.client.lease();
+        let interrupt = Interrupt::new();
+        let outcome = without_gvl(&interrupt, || operation(&mut lease, &interrupt));
+        if interrupt.is_cancelled() {
+            drop(lease); // its sockets were shut down
+        } else {
+            self.client.finish(lease);
+        }
+        match outcome {
+            Outcome::Finished(result) => result.map_err(|e| RubyError(e).into()),
+            Outcome::Interrupted(jump) => Err(jump),
+            Outcome::Panicked(message) => Err(panic_error(ruby, &message)),
+        }
+    }
+
+    fn acquire(
+        ruby: &Ruby,
+        rb_self: &Self,
+        key: RString,
+        token: RString,
+        ttl_ms: u64,
+    ) -> Result<bool, magnus::Error> {
+        let (key, token) = (bytes(key), bytes(token));
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.acquire(&key, &token, ttl_ms, interrupt)
+        })
+    }
+
+    fn release(
+        ruby: &Ruby,
+        rb_self: &Self,
+        key: RString,
+        token: RString,
+    ) -> Result<bool, magnus::Error> {
+        let (key, token) = (bytes(key), bytes(token));
+        rb_self.with_lease(ruby, |lease, interrupt| lease.release(&key, &token, interrupt))
+    }
+
+    fn locked(ruby: &Ruby, rb_self: &Self, key: RString) -> Result<bool, magnus::Error> {
+        let key = bytes(key);
+        rb_self.with_lease(ruby, |lease, interrupt| lease.locked(&key, interrupt))
+    }
+
+    fn renew(
+        ruby: &Ruby,
+        rb_self: &Self,
+        key: RString,
+        token: RString,
+        ttl_ms: u64,
+    ) -> Result<bool, magnus::Error> {
+        let (key, token) = (bytes(key), bytes(token));
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.renew(&key, &token, ttl_ms, interrupt)
+        })
+    }
+
+    /// Milliseconds left on our lock; -1 when it has no TTL; nil when not held.
+    fn ttl(
+        ruby: &Ruby,
+        rb_self: &Self,
+        key: RString,
+        token: RString,
+    ) -> Result<Option<i64>, magnus::Error> {
+        let (key, token) = (bytes(key), bytes(token));
+        let ttl = rb_self.with_lease(ruby, |lease, interrupt| lease.ttl(&key, &token, interrupt))?;
+        Ok(match ttl {
+            TokenTtl::NotHeld => None,
+            TokenTtl::Forever => Some(-1),
+            TokenTtl::Millis(ms) => Some(ms.min(i64::MAX as u64) as i64),
+        })
+    }
+
+    fn phase(&self) -> u8 {
+        self.client.phase().index()
+    }
+
+    fn set_phase(&self, phase: i64) -> Result<(), magnus::Error> {
+        let phase = Phase::from_index(phase).map_err(RubyError)?;
+        self.client.set_phase(phase).map_err(RubyError)?;
+        Ok(())
+    }
+
+    fn key_prefix(ruby: &Ruby, rb_self: &Self) -> RString {
+        ruby.str_from_slice(rb_self.client.key_prefix())
+    }
+
+    /// Idle pooled connections of this process, per server (for tests and status).
+    fn idle_connections(&self) -> (usize, usize) {
+        use locking_core::protocol::Target;
+        (
+            self.client.idle_connections(Target::Source),
+            self.client.idle_connections(Target::Destination),
+        )
+    }
+
+    fn generate_token() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
+    let locking = ruby.define_class("Locking", ruby.class_object())?;
+    let class = locking.define_class("Client", ruby.class_object())?;
+    class.define_singleton_method("_new", function!(RbClient::new, 6))?;
+    class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
+    class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
+    class.define_private_method("_release", method!(RbClient::release, 2))?;
+    class.define_private_method("_locked", method!(RbClient::locked, 1))?;
+    class.define_private_method("_renew", method!(RbClient::renew, 3))?;
+    class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
+    class.define_method("phase_index", method!(RbClient::phase, 0))?;
+    class.define_private_method("_set_phase", method!(RbClient::set_phase, 1))?;
+    class.define_method("key_prefix", method!(RbClient::key_prefix, 0))?;
+    class.define_method("idle_connections", method!(RbClient::idle_connections, 0))?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The Ruby binding of the `locking` gem: argument conversion, GVL release and
+//! error mapping around `locking_core`. One file per Ruby class.
+
+mod client;
+mod error;
+mod nogvl;
+
+use magnus::{Error, Ruby};
+
+#[magnus::init(name = "locking")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    client::init(ruby)
+}

@@ -1,0 +1,294 @@
+//! The process-wide lock client: the configured servers, the current phase,
+//! and the driver that runs protocol operations against real Redis.
+//!
+//! Using it takes three calls, so that a caller holding a global interpreter
+//! lock can release it for the blocking part only: `lease` (takes idle
+//! connections, never blocks), one blocking operation on the lease, and
+//! `finish` (gives healthy connections back, never blocks).
+
+use crate::connection::{Connection, Interrupt, ServerConfig};
+use crate::error::{Error, Result};
+use crate::phase::Phase;
+use crate::protocol::{self, Command, Operation, Reply, Step, Target, TokenTtl};
+use crate::server::Server;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+pub const MAX_TTL_MS: u64 = i64::MAX as u64 / 1_000_000;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub source: Option<String>,
+    pub destination: Option<String>,
+    pub phase: Phase,
+    pub key_prefix: Vec<u8>,
+    pub timeout: Duration,
+    pub pool_size: usize,
+}
+
+pub struct Client {
+    source: Option<Server>,
+    destination: Option<Server>,
+    phase: AtomicU8,
+    key_prefix: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Client> {
+        if config.timeout.is_zero() {
+            return Err(Error::InvalidArgument("timeout must be positive".into()));
+        }
+        if config.pool_size == 0 {
+            return Err(Error::InvalidArgument("pool_size must be at least 1".into()));
+        }
+        let server = |url: &Option<String>| -> Result<Option<Server>> {
+            url.as_deref()
+                .map(|url| {
+                    ServerConfig::parse(url, config.timeout)
+                        .map(|parsed| Server::new(parsed, config.pool_size))
+                })
+                .transpose()
+        };
+        let client = Client {
+            source: server(&config.source)?,
+            destination: server(&config.destination)?,
+            phase: AtomicU8::new(config.phase.index()),
+            key_prefix: config.key_prefix,
+        };
+        client.check_phase(config.phase)?;
+        Ok(client)
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_index(self.phase.load(Ordering::Acquire) as i64).unwrap_or(Phase::Source)
+    }
+
+    pub fn set_phase(&self, phase: Phase) -> Result<()> {
+        self.check_phase(phase)?;
+        self.phase.store(phase.index(), Ordering::Release);
+        Ok(())
+    }
+
+    fn check_phase(&self, phase: Phase) -> Result<()> {
+        if phase.uses_source() && self.source.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "phase {phase} needs a source server; configure `source` (or REDIS_URL)"
+            )));
+        }
+        if phase.uses_destination() && self.destination.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "phase {phase} needs a destination server; configure `destination`"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn key_prefix(&self) -> &[u8] {
+        &self.key_prefix
+    }
+
+    pub fn server_name(&self, target: Target) -> Option<&str> {
+        self.server(target).map(Server::name)
+    }
+
+    fn server(&self, target: Target) -> Option<&Server> {
+        match target {
+            Target::Source => self.source.as_ref(),
+            Target::Destination => self.destination.as_ref(),
+        }
+    }
+
+    /// Reads the phase once and takes idle connections for the servers it uses.
+    pub fn lease(&self) -> Lease<'_> {
+        let phase = self.phase();
+        let wants_source = phase.uses_source() || phase == Phase::Destination;
+        Lease {
+            client: self,
+            phase,
+            source: if wants_source {
+                self.source.as_ref().and_then(|s| s.pool.take())
+            } else {
+                None
+            },
+            destination: if phase.uses_destination() {
+                self.destination.as_ref().and_then(|s| s.pool.take())
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Gives the lease's healthy connections back to their pools.
+    pub fn finish(&self, lease: Lease<'_>) {
+        if let (Some(server), Some(connection)) = (&self.source, lease.source) {
+            server.pool.give_back(connection);
+        }
+        if let (Some(server), Some(connection)) = (&self.destination, lease.destination) {
+            server.pool.give_back(connection);
+        }
+    }
+
+    pub fn idle_connections(&self, target: Target) -> usize {
+        self.server(target).map_or(0, |s| s.pool.idle_count())
+    }
+}
+
+/// Connections and a phase for one operation. Every method here may block.
+pub struct Lease<'c> {
+    client: &'c Client,
+    phase: Phase,
+    source: Option<Connection>,
+    destination: Option<Connection>,
+}
+
+impl Lease<'_> {
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn acquire(
+        &mut self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        interrupt: &Interrupt,
+    ) -> Result<bool> {
+        check_ttl(ttl_ms)?;
+        let op = protocol::Acquire::new(self.phase, token, ttl_ms);
+        self.run(key, op, interrupt)
+    }
+
+    pub fn release(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<bool> {
+        let op = protocol::Release::new(self.phase, token, self.client.source.is_some());
+        self.run(key, op, interrupt)
+    }
+
+    pub fn locked(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<bool> {
+        self.run(key, protocol::Locked::new(self.phase), interrupt)
+    }
+
+    pub fn renew(
+        &mut self,
+        key: &[u8],
+        token: &[u8],
+        ttl_ms: u64,
+        interrupt: &Interrupt,
+    ) -> Result<bool> {
+        check_ttl(ttl_ms)?;
+        let op = protocol::Renew::new(self.phase, token, ttl_ms, self.client.source.is_some());
+        self.run(key, op, interrupt)
+    }
+
+    pub fn ttl(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<TokenTtl> {
+        self.run(key, protocol::Ttl::new(self.phase, token), interrupt)
+    }
+
+    fn run<O: Operation>(&mut self, key: &[u8], mut op: O, interrupt: &Interrupt) -> Result<O::Output> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("lock key must not be empty".into()));
+        }
+        let mut full_key = Vec::with_capacity(self.client.key_prefix.len() + key.len());
+        full_key.extend_from_slice(&self.client.key_prefix);
+        full_key.extend_from_slice(key);
+        let mut replies = Vec::new();
+        loop {
+            match op.step(replies) {
+                Step::Done(result) => return result,
+                Step::Send(batch) => replies = self.execute(&full_key, &batch, interrupt),
+            }
+        }
+    }
+
+    /// Runs one batch. Commands for two different servers are sent to both
+    /// before either reply is read: one round trip of wall time.
+    fn execute(
+        &mut self,
+        key: &[u8],
+        batch: &[(Target, Command)],
+        interrupt: &Interrupt,
+    ) -> Vec<Result<Reply>> {
+        if let [(first, _), (second, _)] = batch {
+            if first != second {
+                return self.execute_at_once(key, batch, interrupt);
+            }
+        }
+        batch
+            .iter()
+            .map(|(target, command)| {
+                let (server, connection) = self.connection(*target, interrupt)?;
+                server.execute(connection, key, command, interrupt)
+            })
+            .collect()
+    }
+
+    fn execute_at_once(
+        &mut self,
+        key: &[u8],
+        batch: &[(Target, Command)],
+        interrupt: &Interrupt,
+    ) -> Vec<Result<Reply>> {
+        let sent: Vec<Result<()>> = batch
+            .iter()
+            .map(|(target, command)| {
+                let (server, connection) = self.connection(*target, interrupt)?;
+                server.send(connection, key, command, interrupt)
+            })
+            .collect();
+        batch
+            .iter()
+            .zip(sent)
+            .map(|((target, command), sent)| {
+                sent?;
+                let (server, connection) = self.connection(*target, interrupt)?;
+                server.finish(connection, key, command, interrupt)
+            })
+            .collect()
+    }
+
+    /// The lease's connection to a server, opened (or reopened after a
+    /// failure) on first use and watched by this operation's interrupt.
+    fn connection(
+        &mut self,
+        target: Target,
+        interrupt: &Interrupt,
+    ) -> Result<(&Server, &mut Connection)> {
+        let client = self.client;
+        let server = client.server(target).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "phase {} needs the {} server, which is not configured",
+                self.phase,
+                match target {
+                    Target::Source => "source",
+                    Target::Destination => "destination",
+                }
+            ))
+        })?;
+        let slot = match target {
+            Target::Source => &mut self.source,
+            Target::Destination => &mut self.destination,
+        };
+        if !slot.as_ref().is_some_and(|c| c.healthy && c.pid == std::process::id()) {
+            *slot = None;
+            *slot = Some(server.connect(interrupt)?);
+        }
+        let connection = slot
+            .as_mut()
+            .ok_or_else(|| Error::Internal("connection slot empty after connect".into()))?;
+        connection.watch(interrupt)?;
+        Ok((server, connection))
+    }
+}
+
+fn check_ttl(ttl_ms: u64) -> Result<()> {
+    if ttl_ms == 0 {
+        return Err(Error::InvalidArgument(
+            "TTL must be at least 1 millisecond".into(),
+        ));
+    }
+    if ttl_ms > MAX_TTL_MS {
+        return Err(Error::InvalidArgument(format!(
+            "TTL of {ttl_ms} ms is too large (at most {MAX_TTL_MS} ms)"
+        )));
+    }
+    Ok(())
+}

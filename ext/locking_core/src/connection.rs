@@ -1,0 +1,494 @@
+//! One synchronous connection to one Redis server: our own socket (so that an
+//! interrupt can shut it down from another thread), the `redis` crate's RESP
+//! encoder and parser on top.
+
+use crate::error::{Error, Result};
+use redis::{ConnectionLike, RedisError, RedisResult, Value};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where and how to reach one server, parsed from its URL.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The URL without its password: used in every error message.
+    pub name: String,
+    address: Address,
+    db: i64,
+    username: Option<String>,
+    password: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Address {
+    Tcp(String, u16),
+    Unix(std::path::PathBuf),
+}
+
+impl ServerConfig {
+    pub fn parse(url: &str, timeout: Duration) -> Result<ServerConfig> {
+        use redis::{ConnectionAddr, IntoConnectionInfo};
+        if url.starts_with("rediss://") || url.starts_with("valkeys://") {
+            return Err(Error::InvalidArgument(format!(
+                "TLS Redis URLs are not supported yet: {}",
+                redact(url)
+            )));
+        }
+        let info = url.into_connection_info().map_err(|error| {
+            Error::InvalidArgument(format!(
+                "invalid Redis URL {:?}: {} (expected redis://[:password@]host[:port][/db] or unix:///path)",
+                redact(url),
+                error.detail().unwrap_or("did not parse")
+            ))
+        })?;
+        let (address, name) = match info.addr {
+            ConnectionAddr::Tcp(host, port) => {
+                if host.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "invalid Redis URL {:?}: no host",
+                        redact(url)
+                    )));
+                }
+                let name = format!("redis://{host}:{port}/{}", info.redis.db);
+                (Address::Tcp(host, port), name)
+            }
+            ConnectionAddr::Unix(path) => {
+                let name = format!("unix://{}?db={}", path.display(), info.redis.db);
+                (Address::Unix(path), name)
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unsupported Redis URL {:?}",
+                    redact(url)
+                )))
+            }
+        };
+        Ok(ServerConfig {
+            name,
+            address,
+            db: info.redis.db,
+            username: info.redis.username,
+            password: info.redis.password,
+            connect_timeout: timeout,
+            read_timeout: timeout,
+            write_timeout: timeout,
+        })
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://[redacted]{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A connected socket of either kind.
+pub enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    /// Wakes any thread blocked reading or writing this socket; the
+    /// connection is unusable afterwards.
+    fn shutdown(&self) {
+        let _ = match self {
+            Socket::Tcp(stream) => stream.shutdown(Shutdown::Both),
+            Socket::Unix(stream) => stream.shutdown(Shutdown::Both),
+        };
+    }
+
+    fn set_timeouts(&self, read: Duration, write: Duration) -> io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => {
+                stream.set_read_timeout(Some(read))?;
+                stream.set_write_timeout(Some(write))
+            }
+            Socket::Unix(stream) => {
+                stream.set_read_timeout(Some(read))?;
+                stream.set_write_timeout(Some(write))
+            }
+        }
+    }
+}
+
+impl Read for &Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(stream) => (&*stream).read(buf),
+            Socket::Unix(stream) => (&*stream).read(buf),
+        }
+    }
+}
+
+impl Write for &Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(stream) => (&*stream).write(buf),
+            Socket::Unix(stream) => (&*stream).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Lets another thread (Ruby's unblock function) abort the blocking calls of
+/// one operation: it marks the operation cancelled and shuts down every socket
+/// the operation uses, which wakes a read blocked on a frozen server.
+#[derive(Default)]
+pub struct Interrupt {
+    cancelled: AtomicBool,
+    sockets: Mutex<Vec<Arc<Socket>>>,
+}
+
+impl Interrupt {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        for socket in sockets.iter() {
+            socket.shutdown();
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Registers a socket before the operation blocks on it. Checking the flag
+    /// after registering closes the race with a cancel that came first.
+    fn watch(&self, socket: &Arc<Socket>) -> bool {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(socket));
+        if self.is_cancelled() {
+            socket.shutdown();
+            return false;
+        }
+        true
+    }
+}
+
+pub struct Connection {
+    socket: Arc<Socket>,
+    parser: redis::Parser,
+    db: i64,
+    /// The process that opened the socket; a forked child must not use it.
+    pub pid: u32,
+    /// False once a command failed midway: the reply stream is out of step.
+    pub healthy: bool,
+    watched: bool,
+    server: String,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+impl Connection {
+    pub fn open(config: &ServerConfig, interrupt: &Interrupt) -> Result<Connection> {
+        if interrupt.is_cancelled() {
+            return Err(Error::Interrupted {
+                server: config.name.clone(),
+            });
+        }
+        let socket = connect_socket(config)?;
+        socket
+            .set_timeouts(config.read_timeout, config.write_timeout)
+            .map_err(|e| connection_error(&config.name, "cannot set socket timeouts", &e))?;
+        let mut connection = Connection {
+            socket: Arc::new(socket),
+            parser: redis::Parser::new(),
+            db: config.db,
+            pid: std::process::id(),
+            healthy: true,
+            watched: false,
+            server: config.name.clone(),
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+        };
+        connection.watch(interrupt)?;
+        if let Some(password) = &config.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(username) = &config.username {
+                auth.arg(username);
+            }
+            auth.arg(password);
+            connection.expect_ok(&auth.get_packed_command(), interrupt)?;
+        }
+        if config.db != 0 {
+            connection.expect_ok(
+                &redis::cmd("SELECT").arg(config.db).get_packed_command(),
+                interrupt,
+            )?;
+        }
+        Ok(connection)
+    }
+
+    /// Registers this connection's socket with the operation's interrupt.
+    pub fn watch(&mut self, interrupt: &Interrupt) -> Result<()> {
+        if !self.watched {
+            self.watched = true;
+            if !interrupt.watch(&self.socket) {
+                self.healthy = false;
+                return Err(Error::Interrupted {
+                    server: self.server.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Called when the connection goes back to its pool: a later operation has
+    /// its own interrupt.
+    pub fn unwatch(&mut self) {
+        self.watched = false;
+    }
+
+    fn expect_ok(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<()> {
+        match self.request(packed, interrupt)? {
+            Value::Okay => Ok(()),
+            other if server_error(&other).is_some() => Err(Error::Command {
+                server: self.server.clone(),
+                detail: server_error(&other).map_or_else(String::new, |e| server_error_text(&e)),
+            }),
+            other => Err(Error::Command {
+                server: self.server.clone(),
+                detail: format!("unexpected reply {other:?}"),
+            }),
+        }
+    }
+
+    pub fn request(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<Value> {
+        self.send(packed, interrupt)?;
+        self.receive(interrupt)
+    }
+
+    pub fn send(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<()> {
+        let result = (&*self.socket).write_all(packed);
+        result.map_err(|error| {
+            self.healthy = false;
+            self.io_error("write", self.write_timeout, &error, interrupt)
+        })
+    }
+
+    /// Reads one reply. A server error reply is returned as a `Value`, not an
+    /// `Err`: only transport failures are errors here.
+    pub fn receive(&mut self, interrupt: &Interrupt) -> Result<Value> {
+        match self.parser.parse_value(&*self.socket) {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                self.healthy = false;
+                Err(self.redis_error(&error, interrupt))
+            }
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn io_error(
+        &self,
+        action: &'static str,
+        after: Duration,
+        error: &io::Error,
+        interrupt: &Interrupt,
+    ) -> Error {
+        if interrupt.is_cancelled() {
+            return Error::Interrupted {
+                server: self.server.clone(),
+            };
+        }
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                server: self.server.clone(),
+                action,
+                after,
+            },
+            _ => connection_error(&self.server, "connection lost", error),
+        }
+    }
+
+    fn redis_error(&self, error: &RedisError, interrupt: &Interrupt) -> Error {
+        if interrupt.is_cancelled() {
+            return Error::Interrupted {
+                server: self.server.clone(),
+            };
+        }
+        if error.is_timeout() {
+            return Error::Timeout {
+                server: self.server.clone(),
+                action: "read",
+                after: self.read_timeout,
+            };
+        }
+        if error.is_connection_dropped() || error.is_io_error() {
+            return Error::Connection {
+                server: self.server.clone(),
+                detail: format!("connection lost: {error}"),
+            };
+        }
+        Error::Connection {
+            server: self.server.clone(),
+            detail: format!("bad reply: {error}"),
+        }
+    }
+}
+
+/// The error reply inside `value`, if it is one.
+pub fn server_error(value: &Value) -> Option<RedisError> {
+    match value {
+        Value::ServerError(_) => value.clone().extract_error().err(),
+        _ => None,
+    }
+}
+
+/// An error reply as Redis wrote it: "WRONGTYPE Operation against a key ...".
+pub fn server_error_text(error: &RedisError) -> String {
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => error.to_string(),
+    }
+}
+
+fn connection_error(server: &str, what: &str, error: &io::Error) -> Error {
+    Error::Connection {
+        server: server.to_string(),
+        detail: format!("{what}: {error}"),
+    }
+}
+
+fn connect_socket(config: &ServerConfig) -> Result<Socket> {
+    let unreachable = |error: &io::Error| {
+        if matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            Error::Timeout {
+                server: config.name.clone(),
+                action: "connect",
+                after: config.connect_timeout,
+            }
+        } else {
+            connection_error(&config.name, "cannot connect", error)
+        }
+    };
+    match &config.address {
+        Address::Tcp(host, port) => {
+            let addresses = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| connection_error(&config.name, "cannot resolve host", &e))?;
+            let mut last_error = None;
+            for address in addresses {
+                match TcpStream::connect_timeout(&address, config.connect_timeout) {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok(Socket::Tcp(stream));
+                    }
+                    Err(error) => last_error = Some(error),
+                }
+            }
+            Err(match last_error {
+                Some(error) => unreachable(&error),
+                None => Error::Connection {
+                    server: config.name.clone(),
+                    detail: "host resolved to no address".into(),
+                },
+            })
+        }
+        Address::Unix(path) => UnixStream::connect(path)
+            .map(Socket::Unix)
+            .map_err(|e| unreachable(&e)),
+    }
+}
+
+/// Lets `redis::Script` load a script over our connection (it handles NOSCRIPT).
+/// No interrupt is at hand here, so these calls rely on the socket timeouts.
+impl ConnectionLike for Connection {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        let interrupt = Interrupt::new();
+        self.request(cmd, &interrupt).map_err(to_redis_error)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let interrupt = Interrupt::new();
+        self.send(cmd, &interrupt).map_err(to_redis_error)?;
+        let mut values = Vec::with_capacity(count);
+        for index in 0..offset + count {
+            let value = self.receive(&interrupt).map_err(to_redis_error)?;
+            if index >= offset {
+                values.push(value);
+            }
+        }
+        Ok(values)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+
+    fn check_connection(&mut self) -> bool {
+        let ping = redis::cmd("PING").get_packed_command();
+        matches!(self.req_packed_command(&ping), Ok(Value::SimpleString(_)))
+    }
+
+    fn is_open(&self) -> bool {
+        self.healthy
+    }
+}
+
+fn to_redis_error(error: Error) -> RedisError {
+    RedisError::from(io::Error::other(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_and_names_them_without_password() {
+        let config = ServerConfig::parse(
+            "redis://:secret@127.0.0.1:6390/2",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(config.name, "redis://127.0.0.1:6390/2");
+        assert_eq!(config.password.as_deref(), Some("secret"));
+        assert_eq!(config.db, 2);
+    }
+
+    #[test]
+    fn rejects_malformed_urls() {
+        for url in ["", "nonsense", "http://127.0.0.1", "redis://[::1", "rediss://h:1"] {
+            let error = ServerConfig::parse(url, Duration::from_secs(1)).unwrap_err();
+            assert!(matches!(error, Error::InvalidArgument(_)), "{url}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://u:p@h:1/0"), "redis://[redacted]@h:1/0");
+        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+    }
+}

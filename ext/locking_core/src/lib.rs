@@ -1,0 +1,18 @@
+//! The core of the `locking` gem, with no Ruby in it: the phase protocol as
+//! state machines (`protocol`), the real Redis driver (`client`), and the
+//! connection handling underneath (`connection`, `pool`, `server`).
+
+pub mod client;
+pub mod connection;
+pub mod error;
+pub mod phase;
+pub mod pool;
+pub mod protocol;
+mod scripts;
+pub mod server;
+
+pub use client::{Client, ClientConfig, Lease};
+pub use connection::Interrupt;
+pub use error::{Error, Result};
+pub use phase::Phase;
+pub use protocol::TokenTtl;

@@ -1,0 +1,16 @@
+//! Every Lua script the library runs, loaded once, named for what it does.
+
+use std::sync::LazyLock;
+
+pub static COMPARE_AND_DELETE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/compare_and_delete.lua")));
+
+pub static COMPARE_AND_EXTEND: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/compare_and_extend.lua")));
+
+/// Only for servers older than Redis 7, which lack `SET .. NX GET`.
+pub static ACQUIRE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/acquire.lua")));
+
+pub static TOKEN_TTL: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/token_ttl.lua")));

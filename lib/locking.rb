@@ -1,0 +1,15 @@
+# frozen_string_literal: true
+
+require "securerandom"
+require_relative "locking/version"
+require_relative "locking/errors"
+
+begin
+  require "locking/locking" # the native extension (ext/locking), built by `rake compile` or `gem install`
+rescue LoadError => e
+  raise LoadError, "locking's native extension is not built (#{e.message}); run `bin/setup` or `rake compile`"
+end
+
+require_relative "locking/client"
+require_relative "locking/configuration"
+require_relative "locking/lock"

@@ -1,0 +1,50 @@
+# frozen_string_literal: true
+
+class Locking
+  # One process-wide handle on the configured servers (defined natively in
+  # ext/locking/src/client.rs). It keeps a small pool of connections per
+  # server, opened lazily and reopened after a fork. Application code uses
+  # Locking instances instead; this class is public for tools and tests.
+  class Client
+    # @return [Client] built from a Configuration; raises ArgumentError on a bad URL.
+    def self.build(config)
+      _new(config.source, config.destination, Configuration.phase_index(config.phase),
+           config.key_prefix, config.timeout.to_f, config.pool_size)
+    end
+
+    # @return [Boolean] true when the lock was taken with this token (or already held by it).
+    def acquire(key, token, ttl_ms)
+      _acquire(key, token, ttl_ms)
+    end
+
+    # @return [Boolean] true when a key holding this token was deleted somewhere.
+    def release(key, token)
+      _release(key, token)
+    end
+
+    # @return [Boolean] whether anyone holds the key where the phase looks.
+    def locked?(key)
+      _locked(key)
+    end
+
+    # @return [Boolean] true when the TTL of the lock holding this token was reset.
+    def renew(key, token, ttl_ms)
+      _renew(key, token, ttl_ms)
+    end
+
+    # @return [Integer, nil] milliseconds left; -1 without expiry; nil when the token does not hold the key.
+    def ttl_ms(key, token)
+      _ttl(key, token)
+    end
+
+    # @return [Symbol] the phase this client uses now.
+    def phase
+      Configuration::PHASES.fetch(phase_index)
+    end
+
+    # Switches the phase of the running process; the next operation uses it.
+    def phase=(phase)
+      _set_phase(Configuration.phase_index(phase))
+    end
+  end
+end

@@ -1,0 +1,147 @@
+# frozen_string_literal: true
+
+class Locking
+  # Settings for Locking, set with Locking.configure. Every setter checks its
+  # value and raises ArgumentError or TypeError showing the bad value.
+  class Configuration
+    PHASES = %i[source dual drain destination].freeze
+    DEFAULT_SOURCE = "redis://127.0.0.1:6379/0"
+    DEFAULT_PHASE = :source
+    DEFAULT_KEY_PREFIX = "locking:"
+    DEFAULT_TIMEOUT = 1.0
+    DEFAULT_POOL_SIZE = 8
+
+    # Where lock keys live today (the jobs Redis). Default: LOCKING_SOURCE_URL,
+    # then REDIS_URL, then DEFAULT_SOURCE.
+    attr_reader :source
+    # Where lock keys move to (the locks Redis). Default: LOCKING_DESTINATION_URL, else none.
+    attr_reader :destination
+    # :source, :dual, :drain or :destination (0..3 are accepted). Default: LOCKING_PHASE, else :source.
+    attr_reader :phase
+    # Prepended to every lock key in Redis. Default: "locking:".
+    attr_reader :key_prefix
+    # Seconds to connect, read and write before Locking::TimeoutError. Default: 1.0.
+    attr_reader :timeout
+    # Idle connections kept per server per process. Default: 8.
+    attr_reader :pool_size
+
+    def self.phase_index(phase)
+      index = case phase
+              when Integer then phase
+              when Symbol, String then PHASES.index(phase.to_sym)
+              end
+      return index if index && index.between?(0, PHASES.size - 1)
+
+      raise ArgumentError,
+            "unknown phase #{phase.inspect} (expected :source, :dual, :drain, :destination or 0..3)"
+    end
+
+    def initialize(env = ENV)
+      self.source = env["LOCKING_SOURCE_URL"] || env["REDIS_URL"] || DEFAULT_SOURCE
+      self.destination = env["LOCKING_DESTINATION_URL"]
+      self.phase = env["LOCKING_PHASE"] ? phase_from_env(env["LOCKING_PHASE"]) : DEFAULT_PHASE
+      self.key_prefix = DEFAULT_KEY_PREFIX
+      self.timeout = DEFAULT_TIMEOUT
+      self.pool_size = DEFAULT_POOL_SIZE
+    end
+
+    def source=(url)
+      @source = url_or_nil(url, "source")
+    end
+
+    def destination=(url)
+      @destination = url_or_nil(url, "destination")
+    end
+
+    def phase=(phase)
+      @phase = PHASES.fetch(self.class.phase_index(phase))
+    end
+
+    def key_prefix=(prefix)
+      raise TypeError, "key_prefix must be a String, got #{prefix.inspect}" unless prefix.is_a?(String)
+
+      @key_prefix = prefix.dup.freeze
+    end
+
+    def timeout=(seconds)
+      unless seconds.is_a?(Numeric) && seconds.real? && seconds.to_f.finite? && seconds.positive?
+        raise ArgumentError, "timeout must be a positive number of seconds, got #{seconds.inspect}"
+      end
+
+      @timeout = seconds.to_f
+    end
+
+    def pool_size=(size)
+      unless size.is_a?(Integer) && size.positive?
+        raise ArgumentError, "pool_size must be a positive Integer, got #{size.inspect}"
+      end
+
+      @pool_size = size
+    end
+
+    # Settings that need new connections when they change (the phase does not).
+    def connection_settings
+      [source, destination, key_prefix, timeout, pool_size]
+    end
+
+    private
+
+    def url_or_nil(url, name)
+      return nil if url.nil?
+      raise TypeError, "#{name} must be a Redis URL String, got #{url.inspect}" unless url.is_a?(String)
+
+      url.dup.freeze
+    end
+
+    def phase_from_env(value)
+      value.match?(/\A\d+\z/) ? Integer(value) : value
+    end
+  end
+
+  @configuration = Configuration.new
+  @client = nil
+  @client_lock = Mutex.new
+
+  class << self
+    # The current settings (read-only use; change them with Locking.configure).
+    def configuration
+      @configuration
+    end
+
+    # Changes settings. The block gets a copy; nothing changes unless the whole
+    # copy is valid (URLs parse, the phase has the servers it needs). A change
+    # of phase alone keeps the open connections, so it is cheap at runtime.
+    #
+    #   Locking.configure do |c|
+    #     c.source = "redis://jobs-redis:6379/0"
+    #     c.destination = "redis://locks-redis:6379/0"
+    #     c.phase = :dual
+    #   end
+    def configure
+      @client_lock.synchronize do
+        config = @configuration.dup
+        yield config
+        if @client && config.connection_settings == @configuration.connection_settings
+          @client.phase = config.phase
+        else
+          @client = Client.build(config)
+        end
+        @configuration = config
+      end
+      self
+    end
+
+    # The process-wide client, built on first use.
+    def client
+      @client || @client_lock.synchronize { @client ||= Client.build(@configuration) }
+    end
+
+    # Forgets the settings and the client (tests, or re-reading ENV).
+    def reset_configuration!
+      @client_lock.synchronize do
+        @configuration = Configuration.new
+        @client = nil
+      end
+    end
+  end
+end

@@ -1,0 +1,21 @@
+# frozen_string_literal: true
+
+class Locking
+  # Base class of every error raised by locking (bad arguments raise ArgumentError or TypeError).
+  class Error < StandardError; end
+
+  # A Redis server could not be reached or the connection broke; the message names the server.
+  class ConnectionError < Error; end
+
+  # A Redis server did not answer within the configured timeout.
+  class TimeoutError < ConnectionError; end
+
+  # A Redis server answered with an error reply (WRONGTYPE, OOM, NOAUTH ...).
+  class CommandError < Error; end
+
+  # #acquire was called on a lock this object already holds (the original module's name).
+  class AlreadyAcquireLockError < Error; end
+
+  # Locking.with_lock gave up: someone else held the lock for all of `wait:`.
+  class NotAcquiredError < Error; end
+end

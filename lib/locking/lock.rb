@@ -1,0 +1,175 @@
+# frozen_string_literal: true
+
+# A unique-job lock in Redis, a drop-in for the monolith's Locking class.
+#
+#   lock = Locking.new("ImportJob:42")
+#   if lock.acquire(30)      # seconds, Integer or Float
+#     begin
+#       import!
+#     ensure
+#       lock.release         # deletes the key only while it holds our token
+#     end
+#   end
+#
+# Where the lock lives (source, destination or both) follows the configured
+# phase; see Locking.configure and the README.
+class Locking
+  # Milliseconds; the most Redis accepts for PX.
+  MAX_TTL_MS = (2**63 - 1) / 1_000_000
+
+  # The key as given (Redis stores key_prefix + lock_key).
+  attr_reader :lock_key
+  # The value stored in Redis while this lock is held; release checks it.
+  attr_reader :token
+
+  # @param lock_key [String] non-empty; any bytes
+  # @param token [String] what this holder stores; give the same token to
+  #   another Locking (another process, a later job) to let it release the lock.
+  def initialize(lock_key, token: Client.generate_token)
+    @lock_key = Locking.send(:check_string, lock_key, "lock key")
+    @token = Locking.send(:check_string, token, "token")
+    @held_until = nil
+  end
+
+  # Takes the lock for `seconds` (Integer or Float, millisecond precision).
+  # @return [Boolean] true when taken (or already held with this token in Redis).
+  # @raise [AlreadyAcquireLockError] when this object already holds it.
+  def acquire(seconds)
+    if have_lock?
+      raise AlreadyAcquireLockError, "lock #{lock_key.inspect} is already held by this Locking; release it first"
+    end
+
+    ttl_ms = Locking.send(:ttl_ms, seconds)
+    started = Locking.send(:monotonic)
+    acquired = Locking.client.acquire(lock_key, token, ttl_ms)
+    @held_until = started + (ttl_ms / 1000.0) if acquired
+    acquired
+  end
+
+  # Deletes the lock wherever the phase keeps it, but only where it still
+  # holds this token: a lock that expired and was taken by another job is
+  # left alone. Works from any Locking built with the same key and token.
+  # @return [Boolean] true when something was deleted.
+  def release
+    released = Locking.client.release(lock_key, token)
+    @held_until = nil
+    released
+  end
+
+  # Resets the TTL of a lock this token holds.
+  # @return [Boolean] false when the lock was lost (expired or taken).
+  def renew(seconds)
+    ttl_ms = Locking.send(:ttl_ms, seconds)
+    started = Locking.send(:monotonic)
+    renewed = Locking.client.renew(lock_key, token, ttl_ms)
+    @held_until = renewed ? started + (ttl_ms / 1000.0) : nil
+    renewed
+  end
+
+  # @return [Boolean] whether anyone holds this key, asking Redis. Raises
+  #   Locking::ConnectionError rather than answering false when Redis is down.
+  def locked?
+    Locking.client.locked?(lock_key)
+  end
+
+  # @return [Boolean] whether this object acquired the lock and its TTL has
+  #   not run out since (local state: no Redis call).
+  def have_lock?
+    !@held_until.nil? && Locking.send(:monotonic) < @held_until
+  end
+
+  # @return [Float, nil] seconds left on this token's lock in Redis;
+  #   Float::INFINITY when it has no TTL; nil when this token does not hold it.
+  def ttl
+    ms = Locking.client.ttl_ms(lock_key, token)
+    return nil if ms.nil?
+    return Float::INFINITY if ms.negative?
+
+    ms / 1000.0
+  end
+
+  def inspect
+    "#<Locking #{lock_key.inspect} token=#{token.inspect} have_lock=#{have_lock?}>"
+  end
+
+  class << self
+    # Acquires, yields the lock, and releases it in all cases.
+    #
+    #   Locking.with_lock("report:#{id}", ttl: 60, wait: 5) { build_report }
+    #
+    # @param ttl [Numeric] seconds the lock lives if the process dies
+    # @param wait [Numeric] seconds to keep retrying (with jitter) while taken
+    # @return the block's value
+    # @raise [NotAcquiredError] when the lock stayed taken for all of `wait`
+    def with_lock(lock_key, ttl:, wait: 0, token: Client.generate_token)
+      unless wait.is_a?(Numeric) && wait.real? && wait.to_f.finite? && wait >= 0
+        raise ArgumentError, "wait must be a non-negative number of seconds, got #{wait.inspect}"
+      end
+
+      lock = new(lock_key, token: token)
+      deadline = monotonic + wait
+      attempt = 0
+      until lock.acquire(ttl)
+        remaining = deadline - monotonic
+        if remaining <= 0
+          raise NotAcquiredError, "lock #{lock_key.inspect} is held by someone else (waited #{wait}s)"
+        end
+
+        attempt += 1
+        sleep([retry_delay(attempt), remaining].min)
+      end
+      run_holding(lock) { yield lock }
+    end
+
+    private
+
+    def run_holding(lock)
+      result = yield
+    rescue Exception # rubocop:disable Lint/RescueException -- release on any exit, then re-raise
+      begin
+        lock.release
+      rescue Locking::Error
+        nil # the block's error matters more; the lock expires with its TTL
+      end
+      raise
+    else
+      lock.release
+      result
+    end
+
+    # Exponential backoff from 10ms to 500ms, with full jitter.
+    def retry_delay(attempt)
+      rand * [0.01 * (2**[attempt, 6].min), 0.5].min + 0.001
+    end
+
+    def check_string(value, what)
+      raise ArgumentError, "#{what} must not be nil" if value.nil?
+      raise TypeError, "#{what} must be a String, got #{value.class}: #{value.inspect}" unless value.is_a?(String)
+      raise ArgumentError, "#{what} must not be empty" if value.empty?
+
+      value.frozen? ? value : value.dup.freeze
+    end
+
+    def ttl_ms(seconds)
+      unless seconds.is_a?(Integer) || seconds.is_a?(Float) || seconds.is_a?(Rational)
+        raise TypeError, "TTL must be a number of seconds (Integer or Float), got #{seconds.class}: #{seconds.inspect}"
+      end
+      unless seconds.to_f.finite? && seconds.positive?
+        raise ArgumentError, "TTL must be a positive, finite number of seconds, got #{seconds.inspect}"
+      end
+
+      ms = (seconds * 1000).round
+      if ms < 1
+        raise ArgumentError, "TTL must be at least 0.001 seconds, got #{seconds.inspect}"
+      elsif ms > MAX_TTL_MS
+        raise ArgumentError, "TTL of #{seconds.inspect} seconds is too large"
+      end
+
+      ms
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+  end
+end
