@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where and how to reach one server, parsed from its URL.
 #[derive(Debug, Clone)]
@@ -122,20 +122,99 @@ impl Socket {
     }
 }
 
-impl Read for &Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Socket {
+    fn read_once(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Socket::Tcp(stream) => (&*stream).read(buf),
             Socket::Unix(stream) => (&*stream).read(buf),
         }
     }
-}
 
-impl Write for &Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn write_once(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Socket::Tcp(stream) => (&*stream).write(buf),
             Socket::Unix(stream) => (&*stream).write(buf),
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => stream.set_read_timeout(Some(timeout)),
+            Socket::Unix(stream) => stream.set_read_timeout(Some(timeout)),
+        }
+    }
+
+    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => stream.set_write_timeout(Some(timeout)),
+            Socket::Unix(stream) => stream.set_write_timeout(Some(timeout)),
+        }
+    }
+}
+
+/// Reads or writes one socket against a deadline. A socket with a timeout
+/// returns EINTR whenever a signal arrives (Ruby's timer thread sends them),
+/// and retrying with the full timeout could wait forever; so each retry
+/// waits only for what is left of the deadline.
+struct Deadline<'a> {
+    socket: &'a Socket,
+    interrupt: &'a Interrupt,
+    deadline: Instant,
+    shortened: bool,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(socket: &'a Socket, interrupt: &'a Interrupt, timeout: Duration) -> Self {
+        Deadline {
+            socket,
+            interrupt,
+            deadline: Instant::now() + timeout,
+            shortened: false,
+        }
+    }
+
+    /// Whether to try again after EINTR; false once cancelled or out of time.
+    fn retry(&mut self, set: fn(&Socket, Duration) -> io::Result<()>) -> io::Result<bool> {
+        if self.interrupt.is_cancelled() {
+            return Ok(false);
+        }
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(io::Error::from(io::ErrorKind::TimedOut));
+        }
+        set(self.socket, remaining)?;
+        self.shortened = true;
+        Ok(true)
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.socket.read_once(buf) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                    if !self.retry(Socket::set_read_timeout)? {
+                        return Err(error);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.socket.write_once(buf) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                    if !self.retry(Socket::set_write_timeout)? {
+                        // Not `Interrupted`, which write_all would retry.
+                        return Err(io::Error::other("interrupted"));
+                    }
+                }
+                other => return other,
+            }
         }
     }
 
@@ -279,7 +358,11 @@ impl Connection {
     }
 
     pub fn send(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<()> {
-        let result = (&*self.socket).write_all(packed);
+        let mut writer = Deadline::new(&self.socket, interrupt, self.write_timeout);
+        let result = writer.write_all(packed);
+        if writer.shortened {
+            self.restore_timeouts();
+        }
         result.map_err(|error| {
             self.healthy = false;
             self.io_error("write", self.write_timeout, &error, interrupt)
@@ -289,12 +372,24 @@ impl Connection {
     /// Reads one reply. A server error reply is returned as a `Value`, not an
     /// `Err`: only transport failures are errors here.
     pub fn receive(&mut self, interrupt: &Interrupt) -> Result<Value> {
-        match self.parser.parse_value(&*self.socket) {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                self.healthy = false;
-                Err(self.redis_error(&error, interrupt))
-            }
+        let mut reader = Deadline::new(&self.socket, interrupt, self.read_timeout);
+        let result = self.parser.parse_value(&mut reader);
+        if reader.shortened {
+            self.restore_timeouts();
+        }
+        result.map_err(|error| {
+            self.healthy = false;
+            self.redis_error(&error, interrupt)
+        })
+    }
+
+    fn restore_timeouts(&mut self) {
+        if self
+            .socket
+            .set_timeouts(self.read_timeout, self.write_timeout)
+            .is_err()
+        {
+            self.healthy = false;
         }
     }
 

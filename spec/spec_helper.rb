@@ -1,0 +1,69 @@
+# frozen_string_literal: true
+
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+require "locking"
+require "timeout"
+require_relative "support/redis_server"
+
+# Servers shared by the whole run: source, destination, and a third one for
+# occupancy witnesses. Started on first use, stopped at exit.
+module TestServers
+  NAMES = %i[source destination witness].freeze
+
+  def self.get(name)
+    @servers ||= {}
+    @servers[name] ||= RedisServer.start(name.to_s)
+  end
+
+  def self.started
+    (@servers || {}).values
+  end
+
+  def self.stop_all
+    started.each(&:cleanup)
+  end
+end
+
+module ServerHelpers
+  def source_server = TestServers.get(:source)
+  def destination_server = TestServers.get(:destination)
+  def witness_server = TestServers.get(:witness)
+
+  # Everything a server holds, as {key => [type, value, pttl]}.
+  def contents(server)
+    server.redis.keys("*").sort.to_h do |key|
+      type = server.redis.type(key)
+      value = type == "string" ? server.redis.get(key) : nil
+      [key, [type, value, server.redis.pttl(key)]]
+    end
+  end
+
+  def configure_single(server = source_server, **settings)
+    Locking.reset_configuration!
+    Locking.configure do |c|
+      c.source = server.url
+      c.timeout = 1.0
+      settings.each { |name, value| c.public_send(:"#{name}=", value) }
+    end
+  end
+
+  def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+end
+
+RSpec.configure do |config|
+  config.disable_monkey_patching!
+  config.expect_with(:rspec) { |c| c.syntax = :expect }
+  config.order = :random
+  Kernel.srand config.seed
+  config.include ServerHelpers
+
+  config.before do
+    TestServers.started.each do |server|
+      server.thaw
+      server.redis.flushall
+    end
+    configure_single
+  end
+
+  config.after(:suite) { TestServers.stop_all }
+end

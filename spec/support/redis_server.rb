@@ -1,0 +1,115 @@
+# frozen_string_literal: true
+
+require "socket"
+require "tmpdir"
+require "fileutils"
+require "redis"
+
+Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
+
+# A real redis-server process on a free loopback port, for tests. Never a mock.
+class RedisServer
+  BINARY = ENV.fetch("REDIS_SERVER", "redis-server")
+
+  attr_reader :port, :pid, :dir
+
+  def self.start(name = "redis")
+    new(name).tap(&:start)
+  end
+
+  def initialize(name)
+    @name = name
+    @dir = Dir.mktmpdir("locking-#{name}-")
+  end
+
+  def url(db = 0)
+    "redis://127.0.0.1:#{port}/#{db}"
+  end
+
+  def start
+    5.times do
+      @port = free_port
+      @pid = Process.spawn(BINARY, "--port", port.to_s, "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no", "--dir", dir, "--daemonize", "no",
+                           out: File.join(dir, "log"), err: [:child, :out])
+      return self if wait_until_ready
+
+      stop
+    end
+    raise "redis-server did not start; see #{File.join(dir, 'log')}"
+  end
+
+  # A redis-rb client for looking at what the server holds.
+  def redis
+    @redis ||= Redis.new(url: url, timeout: 5)
+  end
+
+  def stop
+    return unless pid
+
+    thaw
+    Process.kill(:KILL, pid)
+    Process.wait(pid)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  ensure
+    @pid = nil
+    @redis&.close
+    @redis = nil
+  end
+
+  def restart
+    old_port = port
+    stop
+    @pid = Process.spawn(BINARY, "--port", old_port.to_s, "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no", "--dir", dir, out: File.join(dir, "log"), err: [:child, :out])
+    @port = old_port
+    raise "redis-server did not restart" unless wait_until_ready
+  end
+
+  # SIGSTOP: the kernel still accepts connections, nothing is answered.
+  def freeze
+    Process.kill(:STOP, pid)
+  end
+
+  def thaw
+    Process.kill(:CONT, pid) if pid
+  rescue Errno::ESRCH
+    nil
+  end
+
+  def frozen
+    freeze
+    yield
+  ensure
+    thaw
+  end
+
+  def cleanup
+    stop
+    FileUtils.rm_rf(dir)
+  end
+
+  private
+
+  def free_port
+    server = TCPServer.new("127.0.0.1", 0)
+    server.addr[1]
+  ensure
+    server&.close
+  end
+
+  def wait_until_ready
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+    while Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
+      return false if Process.waitpid(pid, Process::WNOHANG)
+
+      begin
+        return true if Redis.new(url: url, timeout: 0.5).ping == "PONG"
+      rescue Redis::BaseConnectionError
+        sleep 0.02
+      end
+    end
+    false
+  end
+end
