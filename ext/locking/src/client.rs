@@ -95,7 +95,9 @@ impl RbClient {
         token: RString,
     ) -> Result<bool, magnus::Error> {
         let (key, token) = (bytes(key), bytes(token));
-        rb_self.with_lease(ruby, |lease, interrupt| lease.release(&key, &token, interrupt))
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.release(&key, &token, interrupt)
+        })
     }
 
     fn locked(ruby: &Ruby, rb_self: &Self, key: RString) -> Result<bool, magnus::Error> {
@@ -124,7 +126,8 @@ impl RbClient {
         token: RString,
     ) -> Result<Option<i64>, magnus::Error> {
         let (key, token) = (bytes(key), bytes(token));
-        let ttl = rb_self.with_lease(ruby, |lease, interrupt| lease.ttl(&key, &token, interrupt))?;
+        let ttl =
+            rb_self.with_lease(ruby, |lease, interrupt| lease.ttl(&key, &token, interrupt))?;
         Ok(match ttl {
             TokenTtl::NotHeld => None,
             TokenTtl::Forever => Some(-1),

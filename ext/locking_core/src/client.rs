@@ -39,7 +39,9 @@ impl Client {
             return Err(Error::InvalidArgument("timeout must be positive".into()));
         }
         if config.pool_size == 0 {
-            return Err(Error::InvalidArgument("pool_size must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "pool_size must be at least 1".into(),
+            ));
         }
         let server = |url: &Option<String>| -> Result<Option<Server>> {
             url.as_deref()
@@ -183,7 +185,12 @@ impl Lease<'_> {
         self.run(key, protocol::Ttl::new(self.phase, token), interrupt)
     }
 
-    fn run<O: Operation>(&mut self, key: &[u8], mut op: O, interrupt: &Interrupt) -> Result<O::Output> {
+    fn run<O: Operation>(
+        &mut self,
+        key: &[u8],
+        mut op: O,
+        interrupt: &Interrupt,
+    ) -> Result<O::Output> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("lock key must not be empty".into()));
         }
@@ -267,7 +274,10 @@ impl Lease<'_> {
             Target::Source => &mut self.source,
             Target::Destination => &mut self.destination,
         };
-        if !slot.as_ref().is_some_and(|c| c.healthy && c.pid == std::process::id()) {
+        if !slot
+            .as_ref()
+            .is_some_and(|c| c.healthy && c.pid == std::process::id())
+        {
             *slot = None;
             *slot = Some(server.connect(interrupt)?);
         }

@@ -563,11 +563,9 @@ mod tests {
 
     #[test]
     fn parses_urls_and_names_them_without_password() {
-        let config = ServerConfig::parse(
-            "redis://:secret@127.0.0.1:6390/2",
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let config =
+            ServerConfig::parse("redis://:secret@127.0.0.1:6390/2", Duration::from_secs(1))
+                .unwrap();
         assert_eq!(config.name, "redis://127.0.0.1:6390/2");
         assert_eq!(config.password.as_deref(), Some("secret"));
         assert_eq!(config.db, 2);
@@ -575,9 +573,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_urls() {
-        for url in ["", "nonsense", "http://127.0.0.1", "redis://[::1", "rediss://h:1"] {
+        for url in [
+            "",
+            "nonsense",
+            "http://127.0.0.1",
+            "redis://[::1",
+            "rediss://h:1",
+        ] {
             let error = ServerConfig::parse(url, Duration::from_secs(1)).unwrap_err();
-            assert!(matches!(error, Error::InvalidArgument(_)), "{url}: {error:?}");
+            assert!(
+                matches!(error, Error::InvalidArgument(_)),
+                "{url}: {error:?}"
+            );
         }
     }
 

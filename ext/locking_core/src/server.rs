@@ -184,10 +184,7 @@ impl Server {
             (command, other) => {
                 return Err(Error::Command {
                     server: self.name().to_string(),
-                    detail: format!(
-                        "unexpected reply to {}: {other:?}",
-                        command_name(command)
-                    ),
+                    detail: format!("unexpected reply to {}: {other:?}", command_name(command)),
                 })
             }
         };
