@@ -9,7 +9,7 @@
 use crate::connection::{Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
 use crate::phase::Phase;
-use crate::protocol::{self, Command, Operation, Reply, Step, Target, TokenTtl};
+use crate::protocol::{self, Command, Operation, Reply, Servers, Step, Target, TokenTtl};
 use crate::server::Server;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -85,6 +85,13 @@ impl Client {
         Ok(())
     }
 
+    fn servers(&self) -> Servers {
+        Servers {
+            source: self.source.is_some(),
+            destination: self.destination.is_some(),
+        }
+    }
+
     pub fn key_prefix(&self) -> &[u8] {
         &self.key_prefix
     }
@@ -102,21 +109,12 @@ impl Client {
 
     /// Reads the phase once and takes idle connections for the servers it uses.
     pub fn lease(&self) -> Lease<'_> {
-        let phase = self.phase();
-        let wants_source = phase.uses_source() || phase == Phase::Destination;
+        // Release and renew may touch every configured server in any phase.
         Lease {
             client: self,
-            phase,
-            source: if wants_source {
-                self.source.as_ref().and_then(|s| s.pool.take())
-            } else {
-                None
-            },
-            destination: if phase.uses_destination() {
-                self.destination.as_ref().and_then(|s| s.pool.take())
-            } else {
-                None
-            },
+            phase: self.phase(),
+            source: self.source.as_ref().and_then(|s| s.pool.take()),
+            destination: self.destination.as_ref().and_then(|s| s.pool.take()),
         }
     }
 
@@ -161,7 +159,7 @@ impl Lease<'_> {
     }
 
     pub fn release(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<bool> {
-        let op = protocol::Release::new(self.phase, token, self.client.source.is_some());
+        let op = protocol::Release::new(self.phase, token, self.client.servers());
         self.run(key, op, interrupt)
     }
 
@@ -177,7 +175,7 @@ impl Lease<'_> {
         interrupt: &Interrupt,
     ) -> Result<bool> {
         check_ttl(ttl_ms)?;
-        let op = protocol::Renew::new(self.phase, token, ttl_ms, self.client.source.is_some());
+        let op = protocol::Renew::new(self.phase, token, ttl_ms, self.client.servers());
         self.run(key, op, interrupt)
     }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Error {
     /// The server could not be reached, or the connection broke mid-command.
     Connection { server: String, detail: String },

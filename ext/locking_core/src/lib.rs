@@ -5,6 +5,7 @@
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod model;
 pub mod phase;
 pub mod pool;
 pub mod protocol;

@@ -17,7 +17,7 @@ pub enum Target {
 }
 
 /// A single-key command; the key is the operation's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Command {
     /// ACQ: set the token with a TTL unless the key exists; report what was there.
     Acquire { token: Vec<u8>, ttl_ms: u64 },
@@ -29,10 +29,24 @@ pub enum Command {
     Exists,
     /// Remaining TTL while the key holds the token.
     TokenTtl { token: Vec<u8> },
+    /// Backfill: value and TTL, read atomically; only string keys count.
+    ReadWithTtl,
+    /// Backfill: set a copy unless the key exists (like `Acquire`, with the
+    /// source's value and TTL; `None` = no expiry).
+    Mirror { value: Vec<u8>, ttl_ms: Option<u64> },
+    /// Backfill: raise the TTL while the key holds the value; never shorten it.
+    ExtendIfGreater { token: Vec<u8>, ttl_ms: u64 },
+}
+
+/// A string key's value and remaining TTL (`None`: no expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub ttl_ms: Option<u64>,
 }
 
 /// What an `Acquire` command found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AcquireReply {
     /// The key was absent and now holds our token.
     Set,
@@ -43,7 +57,7 @@ pub enum AcquireReply {
 }
 
 /// Remaining lifetime of a token's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenTtl {
     /// The key is absent or holds another token.
     NotHeld,
@@ -52,11 +66,12 @@ pub enum TokenTtl {
     Millis(u64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reply {
     Acquire(AcquireReply),
     Flag(bool),
     Ttl(TokenTtl),
+    Entry(Option<Entry>),
 }
 
 pub enum Step<T> {
@@ -87,6 +102,7 @@ fn primary(phase: Phase) -> Target {
 
 // ---------------------------------------------------------------- acquire
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum AcquireState {
     Start,
     First,
@@ -104,6 +120,7 @@ enum AcquireState {
 /// connection is undone too (it may have been applied); one that timed out is
 /// not retried on that server, which is frozen or overloaded and would make the
 /// caller wait a second timeout: its key expires with the TTL it was sent with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Acquire {
     phase: Phase,
     token: Vec<u8>,
@@ -176,13 +193,18 @@ impl Operation for Acquire {
                 Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
                     Step::Done(Ok(true))
                 }
+                // Undo like a release, source then destination: a backfill may
+                // have copied our short-lived source key onto the destination
+                // meanwhile, and only this order is sure to remove that copy.
                 Some(Ok(Reply::Acquire(AcquireReply::Taken))) => {
-                    self.roll_back(Ok(false), vec![Target::Source])
+                    self.roll_back(Ok(false), vec![Target::Source, Target::Destination])
                 }
                 Some(Err(error)) if error.retry_on_new_connection() => {
                     self.roll_back(Err(error), vec![Target::Source, Target::Destination])
                 }
-                Some(Err(error)) => self.roll_back(Err(error), vec![Target::Source]),
+                Some(Err(error)) => {
+                    self.roll_back(Err(error), vec![Target::Source, Target::Destination])
+                }
                 Some(Ok(other)) => unexpected("acquire", &other),
                 None => Step::Done(Err(Error::Internal("acquire lost its reply".into()))),
             },
@@ -197,9 +219,14 @@ impl Operation for Acquire {
 
 // ---------------------------------------------------------------- release
 
-/// Release: CAD wherever the phase may hold the key. Phase 1 goes source first,
-/// then destination (a backfill racing the release could otherwise leave an
-/// orphan on the destination); phases 2 and 3 ask both at once.
+/// Release: CAD wherever the phase may hold the key, which is every configured
+/// server: a lock taken in phase 1 lives on both, and may be released by a
+/// process in phase 0 (rolling out, or rolling back) or phase 2.
+/// Phases 0 and 1 go source first, then destination: a backfill racing the
+/// release could otherwise copy the lock back onto the destination after it
+/// was deleted there (backfill runs only before phase 2). Phases 2 and 3 ask
+/// both at once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Release {
     batches: Vec<Vec<Target>>,
     token: Vec<u8>,
@@ -207,16 +234,31 @@ pub struct Release {
     started: bool,
 }
 
+/// Which servers are configured, for operations that clean up on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Servers {
+    pub source: bool,
+    pub destination: bool,
+}
+
+impl Servers {
+    pub const BOTH: Servers = Servers {
+        source: true,
+        destination: true,
+    };
+}
+
 impl Release {
-    pub fn new(phase: Phase, token: &[u8], source_configured: bool) -> Self {
+    pub fn new(phase: Phase, token: &[u8], servers: Servers) -> Self {
         let batches = match phase {
-            Phase::Source => vec![vec![Target::Source]],
-            Phase::Dual => vec![vec![Target::Source], vec![Target::Destination]],
-            Phase::Drain => vec![vec![Target::Destination, Target::Source]],
-            Phase::Destination if source_configured => {
+            Phase::Source | Phase::Dual if servers.destination => {
+                vec![vec![Target::Source], vec![Target::Destination]]
+            }
+            Phase::Source | Phase::Dual => vec![vec![Target::Source]],
+            Phase::Drain | Phase::Destination if servers.source => {
                 vec![vec![Target::Destination, Target::Source]]
             }
-            Phase::Destination => vec![vec![Target::Destination]],
+            Phase::Drain | Phase::Destination => vec![vec![Target::Destination]],
         };
         Release {
             batches,
@@ -264,6 +306,7 @@ impl Operation for Release {
 // ---------------------------------------------------------------- locked?
 
 /// locked?: any holder wherever the phase must look; both servers at once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Locked {
     targets: Vec<Target>,
     started: bool,
@@ -312,30 +355,33 @@ impl Operation for Locked {
 
 // ---------------------------------------------------------------- renew
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum RenewState {
     Start,
     Extended,
     Mirrored,
 }
 
-/// renew: CAX wherever the phase may hold the token. In phase 1 a lock taken in
-/// phase 0 has no destination copy yet; renew mirrors it there (as backfill
-/// would) so that the lock stays visible to phase 2.
+/// renew: CAX wherever the phase may hold the token; the answer is the
+/// server that decides ownership in the phase (source in 0 and 1, else
+/// destination). In phase 1 a lock taken in phase 0 has no destination copy
+/// yet; renew mirrors it there (as backfill would), so it meets the gate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Renew {
     phase: Phase,
     token: Vec<u8>,
     ttl_ms: u64,
-    source_configured: bool,
+    servers: Servers,
     state: RenewState,
 }
 
 impl Renew {
-    pub fn new(phase: Phase, token: &[u8], ttl_ms: u64, source_configured: bool) -> Self {
+    pub fn new(phase: Phase, token: &[u8], ttl_ms: u64, servers: Servers) -> Self {
         Renew {
             phase,
             token: token.to_vec(),
             ttl_ms,
-            source_configured,
+            servers,
             state: RenewState::Start,
         }
     }
@@ -359,6 +405,11 @@ impl Operation for Renew {
             RenewState::Start => {
                 self.state = RenewState::Extended;
                 let batch = match self.phase {
+                    // A phase-1 lock's destination copy must not expire first.
+                    Phase::Source if self.servers.destination => vec![
+                        self.extend(Target::Source),
+                        self.extend(Target::Destination),
+                    ],
                     Phase::Source => vec![self.extend(Target::Source)],
                     Phase::Dual => vec![
                         self.extend(Target::Source),
@@ -368,7 +419,7 @@ impl Operation for Renew {
                         self.extend(Target::Destination),
                         self.extend(Target::Source),
                     ],
-                    Phase::Destination if self.source_configured => vec![
+                    Phase::Destination if self.servers.source => vec![
                         self.extend(Target::Destination),
                         self.extend(Target::Source),
                     ],
@@ -415,6 +466,7 @@ impl Operation for Renew {
 // ---------------------------------------------------------------- ttl
 
 /// Remaining TTL of our lock on the server that decides ownership in the phase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ttl {
     phase: Phase,
     token: Vec<u8>,
@@ -450,5 +502,187 @@ impl Operation for Ttl {
             Some(Err(error)) => Step::Done(Err(error)),
             None => Step::Done(Err(Error::Internal("ttl lost its reply".into()))),
         }
+    }
+}
+
+// ---------------------------------------------------------------- backfill
+
+/// What one backfill step did to one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackfillOutcome {
+    /// No string lock on the source (gone, or not a lock key's type): nothing to do.
+    Absent,
+    /// The destination now has the source's value.
+    Copied,
+    /// The destination already had the source's value (its TTL was raised if needed).
+    AlreadyThere,
+    /// The destination holds another token for this key: left alone.
+    Conflict,
+    /// The source changed while we copied: our copy was removed again.
+    Undone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BackfillState {
+    Start,
+    Read,
+    Mirrored { entry: Entry },
+    Rechecked { entry: Entry, wrote: bool },
+    Finishing(BackfillOutcome),
+}
+
+/// Mirrors one source lock onto the destination (DESIGN §3): read value+TTL
+/// on the source atomically, `SET NX` on the destination, re-read the source;
+/// if the source no longer holds the value, delete our copy (compare-and-
+/// delete); if the source's TTL grew meanwhile, raise the copy's TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backfill {
+    state: BackfillState,
+}
+
+impl Backfill {
+    pub fn new() -> Self {
+        Backfill {
+            state: BackfillState::Start,
+        }
+    }
+}
+
+impl Default for Backfill {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether TTL `a` outlives `b` (`None` = no expiry).
+fn ttl_longer(a: Option<u64>, b: Option<u64>) -> bool {
+    match (a, b) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a > b,
+        _ => false,
+    }
+}
+
+impl Operation for Backfill {
+    type Output = BackfillOutcome;
+
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<BackfillOutcome> {
+        let reply = replies.into_iter().next();
+        match std::mem::replace(&mut self.state, BackfillState::Start) {
+            BackfillState::Start => {
+                self.state = BackfillState::Read;
+                Step::Send(vec![(Target::Source, Command::ReadWithTtl)])
+            }
+            BackfillState::Read => match reply {
+                Some(Ok(Reply::Entry(None))) => Step::Done(Ok(BackfillOutcome::Absent)),
+                Some(Ok(Reply::Entry(Some(entry)))) => {
+                    let command = Command::Mirror {
+                        value: entry.value.clone(),
+                        ttl_ms: entry.ttl_ms,
+                    };
+                    self.state = BackfillState::Mirrored { entry };
+                    Step::Send(vec![(Target::Destination, command)])
+                }
+                Some(Ok(other)) => unexpected("read with ttl", &other),
+                Some(Err(error)) => Step::Done(Err(error)),
+                None => Step::Done(Err(Error::Internal("backfill lost its reply".into()))),
+            },
+            BackfillState::Mirrored { entry } => {
+                let wrote = match reply {
+                    Some(Ok(Reply::Acquire(AcquireReply::Set))) => true,
+                    Some(Ok(Reply::Acquire(AcquireReply::AlreadyMine))) => false,
+                    Some(Ok(Reply::Acquire(AcquireReply::Taken))) => {
+                        return Step::Done(Ok(BackfillOutcome::Conflict))
+                    }
+                    Some(Ok(other)) => return unexpected("mirror", &other),
+                    Some(Err(error)) => return Step::Done(Err(error)),
+                    None => {
+                        return Step::Done(Err(Error::Internal("backfill lost its reply".into())))
+                    }
+                };
+                self.state = BackfillState::Rechecked { entry, wrote };
+                Step::Send(vec![(Target::Source, Command::ReadWithTtl)])
+            }
+            BackfillState::Rechecked { entry, wrote } => {
+                let now = match reply {
+                    Some(Ok(Reply::Entry(now))) => now,
+                    Some(Ok(other)) => return unexpected("read with ttl", &other),
+                    Some(Err(error)) => return Step::Done(Err(error)),
+                    None => {
+                        return Step::Done(Err(Error::Internal("backfill lost its reply".into())))
+                    }
+                };
+                match now {
+                    Some(now) if now.value == entry.value => {
+                        let outcome = if wrote {
+                            BackfillOutcome::Copied
+                        } else {
+                            BackfillOutcome::AlreadyThere
+                        };
+                        // The copy must not expire before the source: follow a
+                        // renewal since our first read, or an older, shorter copy.
+                        let longest = if ttl_longer(now.ttl_ms, entry.ttl_ms) {
+                            now.ttl_ms
+                        } else {
+                            entry.ttl_ms
+                        };
+                        match longest {
+                            Some(ttl_ms) if !wrote || ttl_longer(now.ttl_ms, entry.ttl_ms) => {
+                                self.state = BackfillState::Finishing(outcome);
+                                Step::Send(vec![(
+                                    Target::Destination,
+                                    Command::ExtendIfGreater {
+                                        token: entry.value,
+                                        ttl_ms,
+                                    },
+                                )])
+                            }
+                            _ => Step::Done(Ok(outcome)),
+                        }
+                    }
+                    _ if wrote => {
+                        self.state = BackfillState::Finishing(BackfillOutcome::Undone);
+                        Step::Send(vec![(
+                            Target::Destination,
+                            Command::CompareAndDelete { token: entry.value },
+                        )])
+                    }
+                    _ => Step::Done(Ok(BackfillOutcome::Absent)),
+                }
+            }
+            BackfillState::Finishing(outcome) => match reply {
+                Some(Err(error)) => Step::Done(Err(error)),
+                _ => Step::Done(Ok(outcome)),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------- gate
+
+/// Whether moving the fleet from phase 1 to phase 2 is safe, and if not why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gate {
+    pub open: bool,
+    pub reasons: Vec<String>,
+}
+
+/// The gate of DESIGN §3: no process still in phase 0, and no lock that lives
+/// on the source only (a backfill mirrors them, or they expire).
+pub fn gate(processes_in_phase_0: usize, source_only_locks: u64) -> Gate {
+    let mut reasons = Vec::new();
+    if processes_in_phase_0 > 0 {
+        reasons.push(format!(
+            "{processes_in_phase_0} process(es) still in phase 0 (source): they write the source only"
+        ));
+    }
+    if source_only_locks > 0 {
+        reasons.push(format!(
+            "{source_only_locks} lock(s) live on the source only: run backfill or wait for their TTLs"
+        ));
+    }
+    Gate {
+        open: reasons.is_empty(),
+        reasons,
     }
 }

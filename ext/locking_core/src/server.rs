@@ -3,7 +3,7 @@
 use crate::connection::{server_error, server_error_text, Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
-use crate::protocol::{AcquireReply, Command, Reply, TokenTtl};
+use crate::protocol::{AcquireReply, Command, Entry, Reply, TokenTtl};
 use crate::scripts;
 use redis::{ErrorKind, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,6 +138,24 @@ impl Server {
             Command::TokenTtl { token } => {
                 evalsha(&scripts::TOKEN_TTL, key, token).get_packed_command()
             }
+            Command::ReadWithTtl => redis::cmd("EVALSHA")
+                .arg(scripts::READ_WITH_TTL.get_hash())
+                .arg(1)
+                .arg(key)
+                .get_packed_command(),
+            Command::Mirror { value, ttl_ms } => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(value.as_slice()).arg("NX").arg("GET");
+                if let Some(ttl_ms) = ttl_ms {
+                    cmd.arg("PX").arg(*ttl_ms);
+                }
+                cmd.get_packed_command()
+            }
+            Command::ExtendIfGreater { token, ttl_ms } => {
+                evalsha(&scripts::EXTEND_IF_GREATER, key, token)
+                    .arg(*ttl_ms)
+                    .get_packed_command()
+            }
         }
     }
 
@@ -161,8 +179,13 @@ impl Server {
             });
         }
         let reply = match (command, value) {
-            (Command::Acquire { .. }, Value::Nil) => Reply::Acquire(AcquireReply::Set),
-            (Command::Acquire { token, .. }, Value::BulkString(current)) => {
+            (Command::Acquire { .. } | Command::Mirror { .. }, Value::Nil) => {
+                Reply::Acquire(AcquireReply::Set)
+            }
+            (
+                Command::Acquire { token, .. } | Command::Mirror { value: token, .. },
+                Value::BulkString(current),
+            ) => {
                 if current == *token {
                     Reply::Acquire(AcquireReply::AlreadyMine)
                 } else {
@@ -172,9 +195,24 @@ impl Server {
             (
                 Command::CompareAndDelete { .. }
                 | Command::CompareAndExtend { .. }
+                | Command::ExtendIfGreater { .. }
                 | Command::Exists,
                 Value::Int(n),
             ) => Reply::Flag(n > 0),
+            (Command::ReadWithTtl, Value::Nil) => Reply::Entry(None),
+            (Command::ReadWithTtl, Value::Array(items)) => match items.as_slice() {
+                [Value::BulkString(value), Value::Int(pttl)] => Reply::Entry(Some(Entry {
+                    value: value.clone(),
+                    ttl_ms: u64::try_from(*pttl).ok(),
+                })),
+                [Value::Nil, _] => Reply::Entry(None),
+                other => {
+                    return Err(Error::Command {
+                        server: self.name().to_string(),
+                        detail: format!("unexpected reply to read with ttl: {other:?}"),
+                    })
+                }
+            },
             (Command::TokenTtl { .. }, Value::Int(n)) => Reply::Ttl(match n {
                 -2 => TokenTtl::NotHeld,
                 -1 => TokenTtl::Forever,
@@ -197,7 +235,9 @@ impl Server {
             Command::CompareAndDelete { .. } => Some(&scripts::COMPARE_AND_DELETE),
             Command::CompareAndExtend { .. } => Some(&scripts::COMPARE_AND_EXTEND),
             Command::TokenTtl { .. } => Some(&scripts::TOKEN_TTL),
-            Command::Exists => None,
+            Command::ReadWithTtl => Some(&scripts::READ_WITH_TTL),
+            Command::ExtendIfGreater { .. } => Some(&scripts::EXTEND_IF_GREATER),
+            Command::Exists | Command::Mirror { .. } => None,
         }
     }
 }
@@ -215,5 +255,8 @@ fn command_name(command: &Command) -> &'static str {
         Command::CompareAndExtend { .. } => "compare-and-extend",
         Command::Exists => "exists",
         Command::TokenTtl { .. } => "token ttl",
+        Command::ReadWithTtl => "read with ttl",
+        Command::Mirror { .. } => "mirror",
+        Command::ExtendIfGreater { .. } => "extend if greater",
     }
 }

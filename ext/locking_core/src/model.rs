@@ -1,0 +1,731 @@
+//! An in-memory model of the two servers, and an explorer that runs protocol
+//! operations of several clients in every interleaving of their commands.
+//!
+//! Each command is atomic, as on Redis. Commands a batch sends "at once" are
+//! separate events here, in either order, since on real servers they are
+//! independent. Time moves only by expiry events, each of which jumps the
+//! clock to the next moment a key expires. States already seen are skipped,
+//! so the search is exhaustive without walking every schedule.
+
+use crate::error::Result;
+use crate::phase::Phase;
+use crate::protocol::{
+    self, AcquireReply, BackfillOutcome, Command, Entry, Operation, Reply, Step, Target, TokenTtl,
+};
+use std::collections::HashSet;
+use std::fmt;
+
+/// One key on one server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Stored {
+    pub value: Vec<u8>,
+    /// Absolute expiry time; `None` = no expiry.
+    pub expires_at: Option<u64>,
+}
+
+/// A model Redis holding a single key (the protocol is per key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MemoryStore {
+    pub key: Option<Stored>,
+}
+
+impl MemoryStore {
+    fn live(&self, now: u64) -> Option<&Stored> {
+        self.key
+            .as_ref()
+            .filter(|stored| stored.expires_at.is_none_or(|at| at > now))
+    }
+
+    /// Runs one command atomically at time `now`.
+    pub fn execute(&mut self, command: &Command, now: u64) -> Reply {
+        if self.live(now).is_none() {
+            self.key = None;
+        }
+        match command {
+            Command::Acquire { token, ttl_ms } => self.set_nx(token, Some(*ttl_ms), now),
+            Command::Mirror { value, ttl_ms } => self.set_nx(value, *ttl_ms, now),
+            Command::CompareAndDelete { token } => {
+                let held = self.holds(token);
+                if held {
+                    self.key = None;
+                }
+                Reply::Flag(held)
+            }
+            Command::CompareAndExtend { token, ttl_ms } => {
+                let held = self.holds(token);
+                if let (true, Some(stored)) = (held, self.key.as_mut()) {
+                    stored.expires_at = Some(now + ttl_ms);
+                }
+                Reply::Flag(held)
+            }
+            Command::ExtendIfGreater { token, ttl_ms } => {
+                let mut extended = false;
+                if let (true, Some(stored)) = (self.holds(token), self.key.as_mut()) {
+                    if let Some(at) = stored.expires_at {
+                        if at < now + ttl_ms {
+                            stored.expires_at = Some(now + ttl_ms);
+                            extended = true;
+                        }
+                    }
+                }
+                Reply::Flag(extended)
+            }
+            Command::Exists => Reply::Flag(self.key.is_some()),
+            Command::TokenTtl { token } => Reply::Ttl(match &self.key {
+                Some(stored) if stored.value == *token => match stored.expires_at {
+                    Some(at) => TokenTtl::Millis(at - now),
+                    None => TokenTtl::Forever,
+                },
+                _ => TokenTtl::NotHeld,
+            }),
+            Command::ReadWithTtl => Reply::Entry(self.key.as_ref().map(|stored| Entry {
+                value: stored.value.clone(),
+                ttl_ms: stored.expires_at.map(|at| at - now),
+            })),
+        }
+    }
+
+    fn holds(&self, token: &[u8]) -> bool {
+        self.key
+            .as_ref()
+            .is_some_and(|stored| stored.value == token)
+    }
+
+    fn set_nx(&mut self, value: &[u8], ttl: Option<u64>, now: u64) -> Reply {
+        match &self.key {
+            Some(stored) if stored.value == value => Reply::Acquire(AcquireReply::AlreadyMine),
+            Some(_) => Reply::Acquire(AcquireReply::Taken),
+            None => {
+                self.key = Some(Stored {
+                    value: value.to_vec(),
+                    expires_at: ttl.map(|ttl| now + ttl),
+                });
+                Reply::Acquire(AcquireReply::Set)
+            }
+        }
+    }
+}
+
+/// What a client does, one action after another, each in its own phase (a
+/// process that flips phase between operations, or a job enqueued in one
+/// phase and performed in the next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Acquire; the client's later actions run only if it got the lock.
+    Acquire(Phase),
+    Renew(Phase),
+    Release(Phase),
+    /// The original team's plan: acquire on one server only (phase 1 = source,
+    /// phase 2 = destination). Kept to show the explorer finds its bug.
+    NaiveAcquire(Target),
+    NaiveRelease(Target),
+}
+
+impl Action {
+    fn phase(self) -> Option<Phase> {
+        match self {
+            Action::Acquire(p) | Action::Renew(p) | Action::Release(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// A client of the scenario: a token, its actions, and whether it starts
+/// out holding a lock (a job whose lock was taken before the scenario).
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub actions: Vec<Action>,
+    pub holding_from_start: bool,
+}
+
+impl ClientSpec {
+    pub fn new(actions: &[Action]) -> Self {
+        ClientSpec {
+            actions: actions.to_vec(),
+            holding_from_start: false,
+        }
+    }
+
+    /// A client that took its lock before the scenario began.
+    pub fn already_holding(actions: &[Action]) -> Self {
+        ClientSpec {
+            actions: actions.to_vec(),
+            holding_from_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub clients: Vec<ClientSpec>,
+    /// Keys present before the scenario: (server, index of the owning client).
+    pub initial: Vec<(Target, usize)>,
+    /// Run one backfill step on the key, at any moment.
+    pub backfill: bool,
+    /// How many expiry events (clock jumps) may happen.
+    pub expiries: u8,
+    pub ttl: u64,
+    /// Release actions and what follows them always run, even after a refused
+    /// acquire (cross-phase release tests). Default: skip after a refusal.
+    pub release_after_refusal: bool,
+    /// Actions in phases 2 and 3 start only once the gate has held: no
+    /// client with phase-0 actions left, and no lock on the source only.
+    pub gate: bool,
+    /// With only acquires and no expiry, someone must end up holding the
+    /// lock (no mutual abort).
+    pub require_a_winner: bool,
+}
+
+impl Scenario {
+    pub fn new(clients: Vec<ClientSpec>) -> Self {
+        Scenario {
+            clients,
+            initial: Vec::new(),
+            backfill: false,
+            expiries: 1,
+            ttl: 10,
+            release_after_refusal: false,
+            gate: true,
+            require_a_winner: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RunningOp {
+    Acquire(protocol::Acquire),
+    Renew(protocol::Renew),
+    Release(protocol::Release),
+    Naive(NaiveOp),
+    Backfill(protocol::Backfill),
+}
+
+/// The naive plan's single-server acquire and release.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct NaiveOp {
+    target: Target,
+    command: Command,
+    sent: bool,
+}
+
+impl Operation for NaiveOp {
+    type Output = bool;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        if !self.sent {
+            self.sent = true;
+            return Step::Send(vec![(self.target, self.command.clone())]);
+        }
+        Step::Done(Ok(matches!(
+            replies.first(),
+            Some(Ok(Reply::Acquire(
+                AcquireReply::Set | AcquireReply::AlreadyMine
+            ))) | Some(Ok(Reply::Flag(true)))
+        )))
+    }
+}
+
+/// What an operation returned, in a form every kind shares.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Output {
+    Bool(bool),
+    Backfill(BackfillOutcome),
+}
+
+impl RunningOp {
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<Output> {
+        fn map<T>(step: Step<T>, f: impl FnOnce(T) -> Output) -> Step<Output> {
+            match step {
+                Step::Send(batch) => Step::Send(batch),
+                Step::Done(result) => Step::Done(result.map(f)),
+            }
+        }
+        match self {
+            RunningOp::Acquire(op) => map(op.step(replies), Output::Bool),
+            RunningOp::Renew(op) => map(op.step(replies), Output::Bool),
+            RunningOp::Release(op) => map(op.step(replies), Output::Bool),
+            RunningOp::Naive(op) => map(op.step(replies), Output::Bool),
+            RunningOp::Backfill(op) => map(op.step(replies), Output::Backfill),
+        }
+    }
+}
+
+/// A batch in flight: its commands, and the replies of those already run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Pending {
+    op: RunningOp,
+    batch: Vec<(Target, Command)>,
+    replies: Vec<Option<Reply>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientState {
+    next_action: usize,
+    running: Option<(Action, Pending)>,
+    /// The client believes it holds the lock until this time.
+    lease_until: Option<u64>,
+    /// Its last acquire was refused: later actions are skipped.
+    refused: bool,
+    /// Time its current acquire or renew started (the lease counts from then).
+    op_started: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct State {
+    now: u64,
+    source: MemoryStore,
+    destination: MemoryStore,
+    clients: Vec<ClientState>,
+    backfill: Option<Option<Pending>>, // None = not started, Some(None) = done
+    expiries_left: u8,
+    gate_passed: bool,
+    phase_2_started: bool,
+}
+
+/// A schedule that broke an invariant, printable step by step.
+#[derive(Debug, Clone)]
+pub struct Counterexample {
+    pub violation: String,
+    pub schedule: Vec<String>,
+}
+
+impl fmt::Display for Counterexample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.violation)?;
+        for (index, step) in self.schedule.iter().enumerate() {
+            writeln!(f, "  {:>2}. {step}", index + 1)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub states: usize,
+    pub terminal_states: usize,
+}
+
+pub fn token(client: usize) -> Vec<u8> {
+    format!("t{client}").into_bytes()
+}
+
+/// Explores every interleaving of the scenario. Invariants:
+/// - never two clients that believe they hold the lock with unexpired leases;
+/// - when everyone is done, no key is left that nobody holds (an orphan).
+pub fn explore(scenario: &Scenario) -> std::result::Result<Stats, Counterexample> {
+    let mut initial = State {
+        now: 0,
+        source: MemoryStore::default(),
+        destination: MemoryStore::default(),
+        clients: scenario
+            .clients
+            .iter()
+            .map(|spec| ClientState {
+                next_action: 0,
+                running: None,
+                lease_until: spec.holding_from_start.then_some(scenario.ttl),
+                refused: false,
+                op_started: 0,
+            })
+            .collect(),
+        backfill: if scenario.backfill { None } else { Some(None) },
+        expiries_left: scenario.expiries,
+        gate_passed: !scenario.gate,
+        phase_2_started: false,
+    };
+    for (target, owner) in &scenario.initial {
+        let stored = Some(Stored {
+            value: token(*owner),
+            expires_at: Some(scenario.ttl),
+        });
+        match target {
+            Target::Source => initial.source.key = stored,
+            Target::Destination => initial.destination.key = stored,
+        }
+    }
+    let mut explorer = Explorer {
+        scenario,
+        seen: HashSet::new(),
+        stats: Stats::default(),
+        schedule: Vec::new(),
+    };
+    initial.gate_passed |= explorer.gate_holds(&initial);
+    explorer.visit(initial)?;
+    Ok(explorer.stats)
+}
+
+struct Explorer<'a> {
+    scenario: &'a Scenario,
+    seen: HashSet<State>,
+    stats: Stats,
+    schedule: Vec<String>,
+}
+
+/// One thing that can happen next.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    /// Client starts its next action.
+    Start(usize),
+    /// Client runs the command at this index of its pending batch.
+    Run(usize, usize),
+    StartBackfill,
+    RunBackfill(usize),
+    Expire,
+}
+
+impl Explorer<'_> {
+    fn visit(&mut self, state: State) -> std::result::Result<(), Counterexample> {
+        if let Some(violation) = self.violated(&state) {
+            return Err(Counterexample {
+                violation,
+                schedule: self.schedule.clone(),
+            });
+        }
+        if !self.seen.insert(state.clone()) {
+            return Ok(());
+        }
+        self.stats.states += 1;
+        let events = self.events(&state);
+        if events.iter().all(|e| matches!(e, Event::Expire)) {
+            self.stats.terminal_states += 1;
+            if let Some(violation) = self.orphan(&state).or_else(|| self.no_winner(&state)) {
+                return Err(Counterexample {
+                    violation,
+                    schedule: self.schedule.clone(),
+                });
+            }
+        }
+        for event in events {
+            let mut next = state.clone();
+            let description = self.apply(&mut next, event);
+            next.gate_passed |= self.gate_holds(&next);
+            self.schedule.push(description);
+            let result = self.visit(next);
+            self.schedule.pop();
+            result?;
+        }
+        Ok(())
+    }
+
+    fn events(&self, state: &State) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (index, client) in state.clients.iter().enumerate() {
+            match &client.running {
+                Some((_, pending)) => {
+                    for (slot, reply) in pending.replies.iter().enumerate() {
+                        if reply.is_none() {
+                            events.push(Event::Run(index, slot));
+                        }
+                    }
+                }
+                None => {
+                    if self.next_action(state, index).is_some() {
+                        events.push(Event::Start(index));
+                    }
+                }
+            }
+        }
+        match &state.backfill {
+            // Backfill serves the gate into phase 2; it is not run after that.
+            None if !state.phase_2_started => events.push(Event::StartBackfill),
+            None => {}
+            Some(Some(pending)) => {
+                for (slot, reply) in pending.replies.iter().enumerate() {
+                    if reply.is_none() {
+                        events.push(Event::RunBackfill(slot));
+                    }
+                }
+            }
+            Some(None) => {}
+        }
+        if state.expiries_left > 0 && next_expiry(state).is_some() {
+            events.push(Event::Expire);
+        }
+        events
+    }
+
+    fn next_action(&self, state: &State, index: usize) -> Option<Action> {
+        let client = &state.clients[index];
+        let action = *self.scenario.clients[index]
+            .actions
+            .get(client.next_action)?;
+        if client.refused && !self.scenario.release_after_refusal {
+            return None;
+        }
+        let after_gate = matches!(action.phase(), Some(Phase::Drain | Phase::Destination));
+        let backfill_running = matches!(state.backfill, Some(Some(_)));
+        if after_gate && (!state.gate_passed || backfill_running) {
+            return None;
+        }
+        Some(action)
+    }
+
+    /// The gate predicate on a model state (`protocol::gate` over its inputs).
+    fn gate_holds(&self, state: &State) -> bool {
+        let in_phase_0 = state
+            .clients
+            .iter()
+            .zip(&self.scenario.clients)
+            .filter(|(client, spec)| {
+                let running = client.running.as_ref().map(|(action, _)| *action);
+                running
+                    .into_iter()
+                    .chain(
+                        spec.actions[client.next_action.min(spec.actions.len())..]
+                            .iter()
+                            .copied(),
+                    )
+                    .any(|action| action.phase() == Some(Phase::Source))
+            })
+            .count();
+        let source_only = match (
+            state.source.live(state.now),
+            state.destination.live(state.now),
+        ) {
+            (Some(source), Some(destination)) => u64::from(source.value != destination.value),
+            (Some(_), None) => 1,
+            _ => 0,
+        };
+        protocol::gate(in_phase_0, source_only).open
+    }
+
+    fn no_winner(&self, state: &State) -> Option<String> {
+        let winner = state.clients.iter().any(|c| c.lease_until.is_some());
+        let no_expiry = state.expiries_left == self.scenario.expiries;
+        (self.scenario.require_a_winner && no_expiry && !winner)
+            .then(|| "mutual abort: every contender gave up and nobody holds the lock".to_string())
+    }
+
+    fn apply(&self, state: &mut State, event: Event) -> String {
+        match event {
+            Event::Start(index) => {
+                let Some(action) = self.next_action(state, index) else {
+                    return "no-op".into();
+                };
+                let ttl = self.scenario.ttl;
+                let op = match action {
+                    Action::Acquire(phase) => {
+                        RunningOp::Acquire(protocol::Acquire::new(phase, &token(index), ttl))
+                    }
+                    Action::Renew(phase) => RunningOp::Renew(protocol::Renew::new(
+                        phase,
+                        &token(index),
+                        ttl,
+                        protocol::Servers::BOTH,
+                    )),
+                    Action::Release(phase) => RunningOp::Release(protocol::Release::new(
+                        phase,
+                        &token(index),
+                        protocol::Servers::BOTH,
+                    )),
+                    Action::NaiveAcquire(target) => RunningOp::Naive(NaiveOp {
+                        target,
+                        command: Command::Acquire {
+                            token: token(index),
+                            ttl_ms: ttl,
+                        },
+                        sent: false,
+                    }),
+                    Action::NaiveRelease(target) => RunningOp::Naive(NaiveOp {
+                        target,
+                        command: Command::CompareAndDelete {
+                            token: token(index),
+                        },
+                        sent: false,
+                    }),
+                };
+                if matches!(action.phase(), Some(Phase::Drain | Phase::Destination)) {
+                    state.phase_2_started = true;
+                }
+                let client = &mut state.clients[index];
+                client.next_action += 1;
+                client.op_started = state.now;
+                if matches!(action, Action::Release(_) | Action::NaiveRelease(_)) {
+                    // Done with its critical section from here on.
+                    client.lease_until = None;
+                }
+                let description = format!("client {index} starts {action:?}");
+                let outcome = self.advance(op, Vec::new());
+                self.settle(state, Some(index), action, outcome);
+                description
+            }
+            Event::Run(index, slot) => {
+                let Some((action, mut pending)) = state.clients[index].running.take() else {
+                    return "no-op".into();
+                };
+                let description =
+                    self.run_command(state, &mut pending, slot, &format!("client {index}"));
+                if pending.replies.iter().all(Option::is_some) {
+                    let replies = pending.replies.iter().flatten().cloned().map(Ok).collect();
+                    let outcome = self.advance(pending.op, replies);
+                    self.settle(state, Some(index), action, outcome);
+                } else {
+                    state.clients[index].running = Some((action, pending));
+                }
+                description
+            }
+            Event::StartBackfill => {
+                let outcome =
+                    self.advance(RunningOp::Backfill(protocol::Backfill::new()), Vec::new());
+                state.backfill = Some(outcome.ok());
+                "backfill starts".into()
+            }
+            Event::RunBackfill(slot) => {
+                let Some(Some(mut pending)) = state.backfill.take() else {
+                    return "no-op".into();
+                };
+                let description = self.run_command(state, &mut pending, slot, "backfill");
+                if pending.replies.iter().all(Option::is_some) {
+                    let replies = pending.replies.iter().flatten().cloned().map(Ok).collect();
+                    state.backfill = Some(self.advance(pending.op, replies).ok());
+                } else {
+                    state.backfill = Some(Some(pending));
+                }
+                description
+            }
+            Event::Expire => {
+                let at = next_expiry(state).unwrap_or(state.now);
+                state.now = at;
+                state.expiries_left -= 1;
+                for store in [&mut state.source, &mut state.destination] {
+                    if store.live(at).is_none() {
+                        store.key = None;
+                    }
+                }
+                format!("time passes to {at}: keys with that expiry are gone")
+            }
+        }
+    }
+
+    fn run_command(
+        &self,
+        state: &mut State,
+        pending: &mut Pending,
+        slot: usize,
+        who: &str,
+    ) -> String {
+        let (target, command) = &pending.batch[slot];
+        let store = match target {
+            Target::Source => &mut state.source,
+            Target::Destination => &mut state.destination,
+        };
+        let reply = store.execute(command, state.now);
+        let description = format!("{who}: {target:?} {} -> {reply:?}", describe(command));
+        pending.replies[slot] = Some(reply);
+        description
+    }
+
+    /// Steps an operation until it sends a batch (`Ok(pending)`) or is done (`Err(output)`).
+    fn advance(
+        &self,
+        mut op: RunningOp,
+        replies: Vec<Result<Reply>>,
+    ) -> std::result::Result<Pending, Output> {
+        match op.step(replies) {
+            Step::Send(batch) => {
+                let replies = vec![None; batch.len()];
+                Ok(Pending { op, batch, replies })
+            }
+            Step::Done(Ok(output)) => Err(output),
+            // The model never fails a command, so no operation can fail.
+            Step::Done(Err(_)) => Err(Output::Bool(false)),
+        }
+    }
+
+    fn settle(
+        &self,
+        state: &mut State,
+        index: Option<usize>,
+        action: Action,
+        outcome: std::result::Result<Pending, Output>,
+    ) {
+        let Some(index) = index else { return };
+        let ttl = self.scenario.ttl;
+        let client = &mut state.clients[index];
+        match outcome {
+            Ok(pending) => client.running = Some((action, pending)),
+            Err(output) => {
+                client.running = None;
+                match (action, output) {
+                    (Action::Acquire(_) | Action::NaiveAcquire(_), Output::Bool(true)) => {
+                        client.lease_until = Some(client.op_started + ttl);
+                    }
+                    (Action::Acquire(_) | Action::NaiveAcquire(_), Output::Bool(false)) => {
+                        client.refused = true;
+                    }
+                    (Action::Renew(_), Output::Bool(true)) => {
+                        client.lease_until = Some(client.op_started + ttl);
+                    }
+                    (Action::Renew(_), Output::Bool(false)) => client.lease_until = None,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn violated(&self, state: &State) -> Option<String> {
+        let holders: Vec<usize> = state
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.lease_until.is_some_and(|until| until > state.now))
+            .map(|(index, _)| index)
+            .collect();
+        (holders.len() > 1).then(|| {
+            format!(
+                "two holders at time {}: clients {holders:?} both believe they hold the lock",
+                state.now
+            )
+        })
+    }
+
+    fn orphan(&self, state: &State) -> Option<String> {
+        let anyone_holding = state
+            .clients
+            .iter()
+            .any(|c| c.lease_until.is_some_and(|until| until > state.now));
+        if anyone_holding {
+            return None;
+        }
+        for (name, store) in [
+            ("source", &state.source),
+            ("destination", &state.destination),
+        ] {
+            if let Some(stored) = store.live(state.now) {
+                return Some(format!(
+                    "orphan: everyone is done, yet the {name} still holds {:?}",
+                    String::from_utf8_lossy(&stored.value)
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn next_expiry(state: &State) -> Option<u64> {
+    let keys = [&state.source.key, &state.destination.key];
+    let leases = state.clients.iter().filter_map(|c| c.lease_until);
+    keys.into_iter()
+        .flatten()
+        .filter_map(|stored| stored.expires_at)
+        .chain(leases)
+        .filter(|at| *at > state.now)
+        .min()
+}
+
+fn describe(command: &Command) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match command {
+        Command::Acquire { token, ttl_ms } => format!("ACQ({}, ttl {ttl_ms})", text(token)),
+        Command::CompareAndDelete { token } => format!("CAD({})", text(token)),
+        Command::CompareAndExtend { token, ttl_ms } => {
+            format!("CAX({}, ttl {ttl_ms})", text(token))
+        }
+        Command::Exists => "EXISTS".into(),
+        Command::TokenTtl { token } => format!("TTL({})", text(token)),
+        Command::ReadWithTtl => "READ value+ttl".into(),
+        Command::Mirror { value, ttl_ms } => format!("SET NX({}, ttl {ttl_ms:?})", text(value)),
+        Command::ExtendIfGreater { token, ttl_ms } => {
+            format!("EXTEND GT({}, ttl {ttl_ms})", text(token))
+        }
+    }
+}
