@@ -4,6 +4,7 @@ $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 require "locking"
 require "timeout"
 require_relative "support/redis_server"
+require_relative "support/phases"
 
 # Servers shared by the whole run: source, destination, and a third one for
 # occupancy witnesses. Started on first use, stopped at exit.

@@ -37,6 +37,16 @@ class Locking
       _ttl(key, token)
     end
 
+    # Mirrors one source lock onto the destination (DESIGN: backfill), for
+    # the gate into phase 2. `full_key` is the Redis key, prefix included.
+    # Phases 0 and 1 only.
+    # @return [Symbol] :copied, :already_there, :absent (no string lock on the
+    #   source), :conflict (another token on the destination) or :undone
+    #   (the source changed meanwhile; the copy was removed again).
+    def backfill_key(full_key)
+      _backfill_key(full_key).to_sym
+    end
+
     # @return [Symbol] the phase this client uses now.
     def phase
       Configuration::PHASES.fetch(phase_index)

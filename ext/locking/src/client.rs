@@ -135,6 +135,26 @@ impl RbClient {
         })
     }
 
+    /// Mirrors one source lock (full Redis key) onto the destination.
+    fn backfill_key(
+        ruby: &Ruby,
+        rb_self: &Self,
+        full_key: RString,
+    ) -> Result<&'static str, magnus::Error> {
+        use locking_core::protocol::BackfillOutcome;
+        let full_key = bytes(full_key);
+        let outcome = rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.backfill(&full_key, interrupt)
+        })?;
+        Ok(match outcome {
+            BackfillOutcome::Absent => "absent",
+            BackfillOutcome::Copied => "copied",
+            BackfillOutcome::AlreadyThere => "already_there",
+            BackfillOutcome::Conflict => "conflict",
+            BackfillOutcome::Undone => "undone",
+        })
+    }
+
     fn phase(&self) -> u8 {
         self.client.phase().index()
     }
@@ -173,6 +193,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
+    class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;
     class.define_private_method("_set_phase", method!(RbClient::set_phase, 1))?;
     class.define_method("key_prefix", method!(RbClient::key_prefix, 0))?;

@@ -9,10 +9,12 @@
 use crate::connection::{Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
 use crate::phase::Phase;
-use crate::protocol::{self, Command, Operation, Reply, Servers, Step, Target, TokenTtl};
+use crate::protocol::{
+    self, BackfillOutcome, Command, Operation, Reply, Servers, Step, Target, TokenTtl,
+};
 use crate::server::Server;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const MAX_TTL_MS: u64 = i64::MAX as u64 / 1_000_000;
 
@@ -183,23 +185,46 @@ impl Lease<'_> {
         self.run(key, protocol::Ttl::new(self.phase, token), interrupt)
     }
 
-    fn run<O: Operation>(
-        &mut self,
-        key: &[u8],
-        mut op: O,
-        interrupt: &Interrupt,
-    ) -> Result<O::Output> {
+    /// Mirrors one source lock onto the destination (see `protocol::Backfill`).
+    /// `full_key` is the Redis key, prefix included. Only in phases 0 and 1.
+    pub fn backfill(&mut self, full_key: &[u8], interrupt: &Interrupt) -> Result<BackfillOutcome> {
+        if !matches!(self.phase, Phase::Source | Phase::Dual) {
+            return Err(Error::InvalidArgument(format!(
+                "backfill runs only in phases 0 and 1, not in phase {}: its copies could race releases",
+                self.phase
+            )));
+        }
+        if !full_key.starts_with(&self.client.key_prefix)
+            || full_key.len() == self.client.key_prefix.len()
+        {
+            return Err(Error::InvalidArgument(
+                "backfill only touches keys under the key prefix".into(),
+            ));
+        }
+        self.run_on(full_key, protocol::Backfill::new(), interrupt)
+    }
+
+    fn run<O: Operation>(&mut self, key: &[u8], op: O, interrupt: &Interrupt) -> Result<O::Output> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("lock key must not be empty".into()));
         }
         let mut full_key = Vec::with_capacity(self.client.key_prefix.len() + key.len());
         full_key.extend_from_slice(&self.client.key_prefix);
         full_key.extend_from_slice(key);
+        self.run_on(&full_key, op, interrupt)
+    }
+
+    fn run_on<O: Operation>(
+        &mut self,
+        full_key: &[u8],
+        mut op: O,
+        interrupt: &Interrupt,
+    ) -> Result<O::Output> {
         let mut replies = Vec::new();
         loop {
             match op.step(replies) {
                 Step::Done(result) => return result,
-                Step::Send(batch) => replies = self.execute(&full_key, &batch, interrupt),
+                Step::Send(batch) => replies = self.execute(full_key, &batch, interrupt),
             }
         }
     }
@@ -232,20 +257,24 @@ impl Lease<'_> {
         batch: &[(Target, Command)],
         interrupt: &Interrupt,
     ) -> Vec<Result<Reply>> {
-        let sent: Vec<Result<()>> = batch
+        let sent: Vec<Result<Instant>> = batch
             .iter()
             .map(|(target, command)| {
                 let (server, connection) = self.connection(*target, interrupt)?;
-                server.send(connection, key, command, interrupt)
+                server.send(connection, key, command, interrupt)?;
+                Ok(Instant::now() + connection.read_timeout())
             })
             .collect();
+        // One deadline for all replies: the first one sent bounds the wait.
+        let deadline = sent.iter().flatten().min().copied();
         batch
             .iter()
             .zip(sent)
             .map(|((target, command), sent)| {
                 sent?;
+                let deadline = deadline.unwrap_or_else(Instant::now);
                 let (server, connection) = self.connection(*target, interrupt)?;
-                server.finish(connection, key, command, interrupt)
+                server.finish(connection, key, command, deadline, interrupt)
             })
             .collect()
     }

@@ -372,7 +372,27 @@ impl Connection {
     /// Reads one reply. A server error reply is returned as a `Value`, not an
     /// `Err`: only transport failures are errors here.
     pub fn receive(&mut self, interrupt: &Interrupt) -> Result<Value> {
-        let mut reader = Deadline::new(&self.socket, interrupt, self.read_timeout);
+        self.receive_by(Instant::now() + self.read_timeout, interrupt)
+    }
+
+    /// Reads one reply by `deadline`: replies to commands sent to several
+    /// servers at once share one deadline, so the wait is one timeout, not two.
+    pub fn receive_by(&mut self, deadline: Instant, interrupt: &Interrupt) -> Result<Value> {
+        let mut reader = Deadline {
+            socket: &self.socket,
+            interrupt,
+            deadline,
+            shortened: false,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining < self.read_timeout {
+            // A zero timeout means "block forever" to the kernel.
+            let remaining = remaining.max(Duration::from_millis(1));
+            if self.socket.set_read_timeout(remaining).is_err() {
+                self.healthy = false;
+            }
+            reader.shortened = true;
+        }
         let result = self.parser.parse_value(&mut reader);
         if reader.shortened {
             self.restore_timeouts();
@@ -395,6 +415,10 @@ impl Connection {
 
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
     }
 
     fn io_error(

@@ -362,10 +362,15 @@ enum RenewState {
     Mirrored,
 }
 
-/// renew: CAX wherever the phase may hold the token; the answer is the
-/// server that decides ownership in the phase (source in 0 and 1, else
-/// destination). In phase 1 a lock taken in phase 0 has no destination copy
-/// yet; renew mirrors it there (as backfill would), so it meets the gate.
+/// renew: CAX wherever the phase may hold the token; the answer comes from
+/// the server that decides ownership in the phase (source in 0 and 1,
+/// destination in 2 and 3). In phase 1 a lock from phase 0 has no destination
+/// copy yet: renew adds it (as backfill would), so it meets the gate.
+///
+/// A lock with no source copy renewed in phase 1 (taken in phase 2, renewed
+/// after a rollback to 1) reports lost. Re-taking the source instead looks
+/// harmless but is not: the explorer finds two holders when a stale backfill
+/// wrote the destination copy that this renew then extends, and later removes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Renew {
     phase: Phase,
@@ -438,6 +443,9 @@ impl Operation for Renew {
                 }
                 // The first flag is the server that decides ownership in this phase.
                 let held = flags.first().copied().unwrap_or(false);
+                // Phase 1 writes both servers: a lock from phase 0 has no
+                // destination copy yet, so renew adds it (as backfill would),
+                // unless someone else holds it, which means the lock was lost.
                 if self.phase == Phase::Dual && held && !flags.get(1).copied().unwrap_or(true) {
                     self.state = RenewState::Mirrored;
                     return Step::Send(vec![(

@@ -7,6 +7,7 @@ use crate::protocol::{AcquireReply, Command, Entry, Reply, TokenTtl};
 use crate::scripts;
 use redis::{ErrorKind, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 pub struct Server {
     pub config: ServerConfig,
@@ -51,7 +52,8 @@ impl Server {
         interrupt: &Interrupt,
     ) -> Result<Reply> {
         self.send(connection, key, command, interrupt)?;
-        self.finish(connection, key, command, interrupt)
+        let deadline = Instant::now() + connection.read_timeout();
+        self.finish(connection, key, command, deadline, interrupt)
     }
 
     /// First half of a command whose reply is read later (to ask two servers at once).
@@ -72,9 +74,10 @@ impl Server {
         connection: &mut Connection,
         key: &[u8],
         command: &Command,
+        deadline: Instant,
         interrupt: &Interrupt,
     ) -> Result<Reply> {
-        let value = connection.receive(interrupt)?;
+        let value = connection.receive_by(deadline, interrupt)?;
         match self.decode(command, value)? {
             Decoded::Reply(reply) => Ok(reply),
             Decoded::LoadScript(script) => {

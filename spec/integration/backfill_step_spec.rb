@@ -1,0 +1,71 @@
+# frozen_string_literal: true
+
+# The core's backfill step over real servers (the operator command that walks
+# millions of keys with it comes with the CLI).
+RSpec.describe "backfill step" do
+  let(:source) { source_server.redis }
+  let(:destination) { destination_server.redis }
+
+  before { configure_both(:dual) }
+
+  def backfill(key)
+    Locking.client.backfill_key(key)
+  end
+
+  it "copies a source-only lock with its token and TTL, and leaves the source as it was" do
+    source.set("locking:a", "token-a", px: 60_000)
+    source.set("locking:forever", "token-f")
+
+    expect(backfill("locking:a")).to eq(:copied)
+    expect(backfill("locking:forever")).to eq(:copied)
+
+    expect(destination.get("locking:a")).to eq("token-a")
+    expect(destination.pttl("locking:a")).to be_within(1_000).of(source.pttl("locking:a"))
+    expect(destination.pttl("locking:a")).to be >= source.pttl("locking:a")
+    expect(destination.get("locking:forever")).to eq("token-f")
+    expect(destination.pttl("locking:forever")).to eq(-1)
+    expect(source.get("locking:a")).to eq("token-a")
+  end
+
+  it "lets the lock's holder release it everywhere afterwards" do
+    configure_both(:source)
+    Locking.new("job", token: "t").acquire(30)
+    switch_phase(:dual)
+    expect(backfill("locking:job")).to eq(:copied)
+    expect(Locking.new("job", token: "t").release).to be(true)
+    expect(holdings).to eq([nil, nil])
+  end
+
+  it "never touches queue data, nor keys outside the prefix" do
+    source.rpush("locking:queue", %w[a b])
+    source.hset("locking:hash", "f", "v")
+    source.set("other:key", "x")
+
+    expect(backfill("locking:queue")).to eq(:absent)
+    expect(backfill("locking:hash")).to eq(:absent)
+    expect { backfill("other:key") }.to raise_error(ArgumentError, /key prefix/)
+
+    expect(destination.dbsize).to eq(0)
+    expect(source.lrange("locking:queue", 0, -1)).to eq(%w[a b])
+    expect(source.hgetall("locking:hash")).to eq("f" => "v")
+  end
+
+  it "leaves another token's destination lock alone, and raises a shorter copy's TTL" do
+    source.set("locking:x", "mine", px: 60_000)
+    destination.set("locking:x", "theirs", px: 5_000)
+    expect(backfill("locking:x")).to eq(:conflict)
+    expect(destination.get("locking:x")).to eq("theirs")
+
+    source.set("locking:y", "same", px: 60_000)
+    destination.set("locking:y", "same", px: 5_000)
+    expect(backfill("locking:y")).to eq(:already_there)
+    expect(destination.pttl("locking:y")).to be > 50_000
+  end
+
+  it "refuses to run in phase 2 or 3" do
+    source.set("locking:a", "t", px: 60_000)
+    switch_phase(:drain)
+    expect { backfill("locking:a") }.to raise_error(ArgumentError, /phases 0 and 1/)
+    expect(destination.dbsize).to eq(0)
+  end
+end
