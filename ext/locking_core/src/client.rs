@@ -12,7 +12,8 @@ use crate::phase::Phase;
 use crate::protocol::{
     self, BackfillOutcome, Command, Operation, Reply, Servers, Step, Target, TokenTtl,
 };
-use crate::server::Server;
+use crate::server::{RedisStore, Server};
+use crate::store::Store;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -246,7 +247,12 @@ impl Lease<'_> {
             .iter()
             .map(|(target, command)| {
                 let (server, connection) = self.connection(*target, interrupt)?;
-                server.execute(connection, key, command, interrupt)
+                RedisStore {
+                    server,
+                    connection,
+                    interrupt,
+                }
+                .execute(key, command)
             })
             .collect()
     }

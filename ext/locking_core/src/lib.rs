@@ -11,9 +11,11 @@ pub mod pool;
 pub mod protocol;
 mod scripts;
 pub mod server;
+pub mod store;
 
 pub use client::{Client, ClientConfig, Lease};
 pub use connection::Interrupt;
 pub use error::{Error, Result};
 pub use phase::Phase;
 pub use protocol::TokenTtl;
+pub use store::Store;

@@ -106,6 +106,18 @@ impl MemoryStore {
     }
 }
 
+/// The model store at a moment in time, as a `Store`.
+pub struct ModelStore<'a> {
+    pub store: &'a mut MemoryStore,
+    pub now: u64,
+}
+
+impl crate::store::Store for ModelStore<'_> {
+    fn execute(&mut self, _key: &[u8], command: &Command) -> Result<Reply> {
+        Ok(self.store.execute(command, self.now))
+    }
+}
+
 /// What a client does, one action after another, each in its own phase (a
 /// process that flips phase between operations, or a job enqueued in one
 /// phase and performed in the next).

@@ -694,3 +694,123 @@ pub fn gate(processes_in_phase_0: usize, source_only_locks: u64) -> Gate {
         reasons,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MemoryStore, ModelStore, Stored};
+    use crate::store::run;
+
+    fn held(value: &str) -> MemoryStore {
+        MemoryStore {
+            key: Some(Stored {
+                value: value.as_bytes().to_vec(),
+                expires_at: Some(100),
+            }),
+        }
+    }
+
+    fn value(store: &MemoryStore) -> Option<String> {
+        store
+            .key
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(&s.value).into_owned())
+    }
+
+    fn go<O: Operation>(op: O, s: &mut MemoryStore, d: &mut MemoryStore) -> Result<O::Output> {
+        run(
+            op,
+            b"k",
+            Some(&mut ModelStore { store: s, now: 0 }),
+            Some(&mut ModelStore { store: d, now: 0 }),
+        )
+    }
+
+    #[test]
+    fn dual_acquire_writes_both_and_rolls_back_the_source_when_destination_is_taken() {
+        let (mut s, mut d) = (MemoryStore::default(), MemoryStore::default());
+        assert_eq!(
+            go(Acquire::new(Phase::Dual, b"a", 10), &mut s, &mut d),
+            Ok(true)
+        );
+        assert_eq!((value(&s), value(&d)), (Some("a".into()), Some("a".into())));
+
+        let (mut s, mut d) = (MemoryStore::default(), held("other"));
+        assert_eq!(
+            go(Acquire::new(Phase::Dual, b"a", 10), &mut s, &mut d),
+            Ok(false)
+        );
+        assert_eq!((value(&s), value(&d)), (None, Some("other".into())));
+    }
+
+    #[test]
+    fn acquire_is_idempotent_for_the_same_token() {
+        let (mut s, mut d) = (held("a"), held("a"));
+        for phase in Phase::ALL {
+            assert_eq!(go(Acquire::new(phase, b"a", 10), &mut s, &mut d), Ok(true));
+        }
+    }
+
+    #[test]
+    fn release_cleans_every_configured_server_and_only_our_token() {
+        for phase in Phase::ALL {
+            let (mut s, mut d) = (held("a"), held("a"));
+            assert_eq!(
+                go(Release::new(phase, b"a", Servers::BOTH), &mut s, &mut d),
+                Ok(true)
+            );
+            assert_eq!((value(&s), value(&d)), (None, None), "{phase}");
+
+            let (mut s, mut d) = (held("b"), held("b"));
+            assert_eq!(
+                go(Release::new(phase, b"a", Servers::BOTH), &mut s, &mut d),
+                Ok(false)
+            );
+            assert_eq!((value(&s), value(&d)), (Some("b".into()), Some("b".into())));
+        }
+    }
+
+    #[test]
+    fn a_missing_server_is_an_error_not_an_answer() {
+        let mut s = MemoryStore::default();
+        let result = run(
+            Locked::new(Phase::Dual),
+            b"k",
+            Some(&mut ModelStore {
+                store: &mut s,
+                now: 0,
+            }),
+            None,
+        );
+        assert!(matches!(result, Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn backfill_copies_and_follows_ttl() {
+        let (mut s, mut d) = (held("a"), MemoryStore::default());
+        assert_eq!(
+            go(Backfill::new(), &mut s, &mut d),
+            Ok(BackfillOutcome::Copied)
+        );
+        assert_eq!(value(&d), Some("a".into()));
+        assert_eq!(d.key.as_ref().and_then(|k| k.expires_at), Some(100));
+        assert_eq!(
+            go(Backfill::new(), &mut s, &mut d),
+            Ok(BackfillOutcome::AlreadyThere)
+        );
+
+        let (mut s, mut d) = (held("a"), held("b"));
+        assert_eq!(
+            go(Backfill::new(), &mut s, &mut d),
+            Ok(BackfillOutcome::Conflict)
+        );
+    }
+
+    #[test]
+    fn gate_reasons() {
+        assert!(gate(0, 0).open);
+        let closed = gate(2, 5);
+        assert!(!closed.open);
+        assert_eq!(closed.reasons.len(), 2);
+    }
+}

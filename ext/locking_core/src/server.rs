@@ -263,3 +263,17 @@ fn command_name(command: &Command) -> &'static str {
         Command::ExtendIfGreater { .. } => "extend if greater",
     }
 }
+
+/// One server and the connection an operation holds to it, as a `Store`.
+pub struct RedisStore<'a> {
+    pub server: &'a Server,
+    pub connection: &'a mut Connection,
+    pub interrupt: &'a Interrupt,
+}
+
+impl crate::store::Store for RedisStore<'_> {
+    fn execute(&mut self, key: &[u8], command: &Command) -> Result<Reply> {
+        self.server
+            .execute(self.connection, key, command, self.interrupt)
+    }
+}
