@@ -47,10 +47,37 @@ class Locking
       _backfill_key(full_key).to_sym
     end
 
+    # One backfill batch: a SCAN page of the source (string keys under the
+    # prefix), each mirrored onto the destination. Phases 0 and 1 only.
+    # @return [Hash] :cursor (0 when done), :scanned, :copied, :already_there,
+    #   :conflicts, :undone, :absent, :failed
+    def backfill_batch(cursor, count: 1000, dry_run: false)
+      _backfill_batch(Integer(cursor), Integer(count), dry_run ? true : false)
+    end
+
+    # Lock keys on :source or :destination, counted with SCAN, and their TTLs.
+    # @return [Hash] :keys, :without_ttl, :max_ttl_ms, :p99_ttl_ms
+    def key_stats(server)
+      _key_stats(server_index(server))
+    end
+
+    # Source locks the destination does not hold with the same token.
+    # @return [Array(Integer, Integer, Array<String>)] count, keys scanned, a few examples
+    def source_only(examples: 5)
+      _source_only(Integer(examples))
+    end
+
     # @return [Symbol] the phase this client uses now.
     def phase
       Configuration::PHASES.fetch(phase_index)
     end
+
+    SERVERS = %i[source destination].freeze
+
+    def server_index(server)
+      SERVERS.index(server) || raise(ArgumentError, "server must be :source or :destination, got #{server.inspect}")
+    end
+    private :server_index
 
     # Switches the phase of the running process; the next operation uses it.
     def phase=(phase)

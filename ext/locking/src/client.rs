@@ -5,7 +5,7 @@
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
 use locking_core::{Client, ClientConfig, Interrupt, Lease, Phase, TokenTtl};
-use magnus::{function, method, prelude::*, RString, Ruby};
+use magnus::{function, method, prelude::*, RArray, RHash, RString, Ruby};
 use std::time::Duration;
 
 #[magnus::wrap(class = "Locking::Client", free_immediately, size)]
@@ -155,6 +155,57 @@ impl RbClient {
         })
     }
 
+    /// Lock keys on one server (0 = source, 1 = destination) and their TTLs.
+    fn key_stats(ruby: &Ruby, rb_self: &Self, target: u8) -> Result<RHash, magnus::Error> {
+        let target = target_of(target)?;
+        let stats =
+            rb_self.with_lease(ruby, |lease, interrupt| lease.key_stats(target, interrupt))?;
+        let hash = ruby.hash_new();
+        hash.aset(ruby.to_symbol("keys"), stats.keys)?;
+        hash.aset(ruby.to_symbol("without_ttl"), stats.without_ttl)?;
+        hash.aset(ruby.to_symbol("max_ttl_ms"), stats.max_ttl_ms)?;
+        hash.aset(ruby.to_symbol("p99_ttl_ms"), stats.p99_ttl_ms)?;
+        Ok(hash)
+    }
+
+    /// Source locks not on the destination: [count, scanned, example keys].
+    fn source_only(
+        ruby: &Ruby,
+        rb_self: &Self,
+        examples: usize,
+    ) -> Result<(u64, u64, RArray), magnus::Error> {
+        let report = rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.source_only(examples, interrupt)
+        })?;
+        let keys = ruby.ary_new();
+        for key in &report.examples {
+            keys.push(ruby.str_from_slice(key))?;
+        }
+        Ok((report.count, report.scanned, keys))
+    }
+
+    fn backfill_batch(
+        ruby: &Ruby,
+        rb_self: &Self,
+        cursor: u64,
+        count: usize,
+        dry_run: bool,
+    ) -> Result<RHash, magnus::Error> {
+        let report = rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.backfill_batch(cursor, count, dry_run, interrupt)
+        })?;
+        let hash = ruby.hash_new();
+        hash.aset(ruby.to_symbol("cursor"), report.cursor)?;
+        hash.aset(ruby.to_symbol("scanned"), report.scanned)?;
+        hash.aset(ruby.to_symbol("copied"), report.copied)?;
+        hash.aset(ruby.to_symbol("already_there"), report.already_there)?;
+        hash.aset(ruby.to_symbol("conflicts"), report.conflicts)?;
+        hash.aset(ruby.to_symbol("undone"), report.undone)?;
+        hash.aset(ruby.to_symbol("absent"), report.absent)?;
+        hash.aset(ruby.to_symbol("failed"), report.failed)?;
+        Ok(hash)
+    }
+
     fn phase(&self) -> u8 {
         self.client.phase().index()
     }
@@ -183,6 +234,18 @@ impl RbClient {
     }
 }
 
+fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error> {
+    use locking_core::protocol::Target;
+    match index {
+        0 => Ok(Target::Source),
+        1 => Ok(Target::Destination),
+        other => Err(RubyError(locking_core::Error::InvalidArgument(format!(
+            "server index must be 0 (source) or 1 (destination), got {other}"
+        )))
+        .into()),
+    }
+}
+
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
@@ -194,6 +257,9 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
+    class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 3))?;
+    class.define_private_method("_key_stats", method!(RbClient::key_stats, 1))?;
+    class.define_private_method("_source_only", method!(RbClient::source_only, 1))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;
     class.define_private_method("_set_phase", method!(RbClient::set_phase, 1))?;
     class.define_method("key_prefix", method!(RbClient::key_prefix, 0))?;

@@ -103,7 +103,7 @@ impl Client {
         self.server(target).map(Server::name)
     }
 
-    fn server(&self, target: Target) -> Option<&Server> {
+    pub(crate) fn server(&self, target: Target) -> Option<&Server> {
         match target {
             Target::Source => self.source.as_ref(),
             Target::Destination => self.destination.as_ref(),
@@ -138,8 +138,8 @@ impl Client {
 
 /// Connections and a phase for one operation. Every method here may block.
 pub struct Lease<'c> {
-    client: &'c Client,
-    phase: Phase,
+    pub(crate) client: &'c Client,
+    pub(crate) phase: Phase,
     source: Option<Connection>,
     destination: Option<Connection>,
 }
@@ -287,7 +287,7 @@ impl Lease<'_> {
 
     /// The lease's connection to a server, opened (or reopened after a
     /// failure) on first use and watched by this operation's interrupt.
-    fn connection(
+    pub(crate) fn connection(
         &mut self,
         target: Target,
         interrupt: &Interrupt,

@@ -385,7 +385,10 @@ impl Connection {
             shortened: false,
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining < self.read_timeout {
+        // Shorten the socket's timeout only when it matters (a shared deadline
+        // already partly spent): a setsockopt per reply would cost more than
+        // the read itself.
+        if remaining + Duration::from_millis(5) < self.read_timeout {
             // A zero timeout means "block forever" to the kernel.
             let remaining = remaining.max(Duration::from_millis(1));
             if self.socket.set_read_timeout(remaining).is_err() {

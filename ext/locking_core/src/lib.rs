@@ -2,6 +2,7 @@
 //! state machines (`protocol`), the real Redis driver (`client`), and the
 //! connection handling underneath (`connection`, `pool`, `server`).
 
+pub mod bulk;
 pub mod client;
 pub mod connection;
 pub mod error;

@@ -15,10 +15,6 @@ pub static ACQUIRE: LazyLock<redis::Script> =
 pub static TOKEN_TTL: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/token_ttl.lua")));
 
-/// Backfill: value and TTL in one atomic read, strings only.
-pub static READ_WITH_TTL: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/read_with_ttl.lua")));
-
 /// Backfill: follow a source renewal on the destination copy.
 pub static EXTEND_IF_GREATER: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/extend_if_greater.lua")));

@@ -77,8 +77,209 @@ impl Server {
         deadline: Instant,
         interrupt: &Interrupt,
     ) -> Result<Reply> {
-        let value = connection.receive_by(deadline, interrupt)?;
+        let value = receive_reply(connection, command, deadline, interrupt)?;
+        let decoded = self.decode(command, value)?;
+        self.retry(connection, key, command, decoded, interrupt)
+    }
+
+    fn resend(
+        &self,
+        connection: &mut Connection,
+        key: &[u8],
+        command: &Command,
+        interrupt: &Interrupt,
+    ) -> Result<Reply> {
+        connection.send(&self.encode(key, command), interrupt)?;
+        let deadline = Instant::now() + connection.read_timeout();
+        let value = receive_reply(connection, command, deadline, interrupt)?;
         match self.decode(command, value)? {
+            Decoded::Reply(reply) => Ok(reply),
+            _ => Err(Error::Command {
+                server: self.name().to_string(),
+                detail: format!("server keeps refusing {}", command_name(command)),
+            }),
+        }
+    }
+
+    fn encode(&self, key: &[u8], command: &Command) -> Vec<u8> {
+        let mut packed = Vec::new();
+        self.encode_into(key, command, &mut packed);
+        packed
+    }
+
+    fn encode_into(&self, key: &[u8], command: &Command, packed: &mut Vec<u8>) {
+        let mut cmd;
+        match command {
+            Command::Acquire { token, ttl_ms } => {
+                if self.set_get.load(Ordering::Relaxed) {
+                    cmd = redis::cmd("SET");
+                    cmd.arg(key).arg(token.as_slice()).arg("NX").arg("GET");
+                    cmd.arg("PX").arg(*ttl_ms);
+                } else {
+                    cmd = evalsha(&scripts::ACQUIRE, key, token);
+                    cmd.arg(*ttl_ms);
+                }
+            }
+            Command::CompareAndDelete { token } => {
+                cmd = evalsha(&scripts::COMPARE_AND_DELETE, key, token);
+            }
+            Command::CompareAndExtend { token, ttl_ms } => {
+                cmd = evalsha(&scripts::COMPARE_AND_EXTEND, key, token);
+                cmd.arg(*ttl_ms);
+            }
+            Command::Exists => {
+                cmd = redis::cmd("EXISTS");
+                cmd.arg(key);
+            }
+            Command::TokenTtl { token } => cmd = evalsha(&scripts::TOKEN_TTL, key, token),
+            Command::ReadWithTtl => {
+                // MULTI/EXEC makes the two reads atomic, at a fraction of a
+                // Lua call's cost (it runs for every key of a backfill, twice).
+                redis::cmd("MULTI").write_packed_command(packed);
+                redis::cmd("GET").arg(key).write_packed_command(packed);
+                redis::cmd("PTTL").arg(key).write_packed_command(packed);
+                cmd = redis::cmd("EXEC");
+            }
+            Command::Mirror { value, ttl_ms } => {
+                cmd = redis::cmd("SET");
+                cmd.arg(key).arg(value.as_slice()).arg("NX").arg("GET");
+                if let Some(ttl_ms) = ttl_ms {
+                    cmd.arg("PX").arg(*ttl_ms);
+                }
+            }
+            Command::ExtendIfGreater { token, ttl_ms } => {
+                cmd = evalsha(&scripts::EXTEND_IF_GREATER, key, token);
+                cmd.arg(*ttl_ms);
+            }
+        }
+        cmd.write_packed_command(packed);
+    }
+
+    /// Sends many commands in one write (a pipeline).
+    pub fn pipeline_send(
+        &self,
+        connection: &mut Connection,
+        commands: &[(&[u8], &Command)],
+        interrupt: &Interrupt,
+    ) -> Result<()> {
+        let mut packed = Vec::with_capacity(commands.len() * 64);
+        if all_reads(commands) {
+            // One transaction for the whole page: MGET, then each key's PTTL.
+            // Every key's value and TTL are still read atomically (the whole
+            // page is), for a fraction of a transaction per key.
+            redis::cmd("MULTI").write_packed_command(&mut packed);
+            let mut mget = redis::cmd("MGET");
+            for (key, _) in commands {
+                mget.arg(*key);
+            }
+            mget.write_packed_command(&mut packed);
+            for (key, _) in commands {
+                redis::cmd("PTTL")
+                    .arg(*key)
+                    .write_packed_command(&mut packed);
+            }
+            redis::cmd("EXEC").write_packed_command(&mut packed);
+        } else {
+            for (key, command) in commands {
+                self.encode_into(key, command, &mut packed);
+            }
+        }
+        connection.send(&packed, interrupt)
+    }
+
+    /// Replies to a page of reads sent as one MULTI (see `pipeline_send`).
+    fn finish_reads(
+        &self,
+        connection: &mut Connection,
+        count: usize,
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Result<Reply>>> {
+        let mut refused = None;
+        for _ in 0..count + 2 {
+            // MULTI's OK, then QUEUED for MGET and each PTTL.
+            let value = connection.receive(interrupt)?;
+            if refused.is_none() {
+                refused = server_error(&value).map(|e| server_error_text(&e));
+            }
+        }
+        let exec = connection.receive(interrupt)?;
+        let bad = |detail: String| Error::Command {
+            server: self.name().to_string(),
+            detail,
+        };
+        let Value::Array(mut results) = exec else {
+            return Err(bad(format!(
+                "reading a page of keys failed: {}",
+                refused.unwrap_or_else(|| format!("{exec:?}"))
+            )));
+        };
+        if results.len() != count + 1 {
+            return Err(bad(format!("EXEC returned {} results", results.len())));
+        }
+        let pttls = results.split_off(1);
+        let values = match results.pop() {
+            Some(Value::Array(values)) if values.len() == count => values,
+            other => return Err(bad(format!("MGET returned {other:?}"))),
+        };
+        Ok(values
+            .into_iter()
+            .zip(pttls)
+            .map(|(value, pttl)| match (value, pttl) {
+                // MGET answers nil for keys that are not strings: never locks.
+                (Value::BulkString(value), Value::Int(pttl)) if pttl != -2 => {
+                    Ok(Reply::Entry(Some(Entry {
+                        value,
+                        ttl_ms: u64::try_from(pttl).ok(),
+                    })))
+                }
+                _ => Ok(Reply::Entry(None)),
+            })
+            .collect())
+    }
+
+    /// Reads the pipeline's replies in order. A command refused for a missing
+    /// script (or an old server) is resent alone once every reply is in, so
+    /// the replies never get out of step. A transport failure fails the lot;
+    /// a server error fails its command only.
+    pub fn pipeline_finish(
+        &self,
+        connection: &mut Connection,
+        commands: &[(&[u8], &Command)],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Result<Reply>>> {
+        if all_reads(commands) {
+            return self.finish_reads(connection, commands.len(), interrupt);
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut retries = Vec::new();
+        for (index, (_, command)) in commands.iter().enumerate() {
+            let deadline = Instant::now() + connection.read_timeout();
+            let value = receive_reply(connection, command, deadline, interrupt)?;
+            match self.decode(command, value) {
+                Ok(Decoded::Reply(reply)) => replies.push(Ok(reply)),
+                Ok(retry) => {
+                    retries.push((index, retry));
+                    replies.push(Err(Error::Internal("awaiting resend".into())));
+                }
+                Err(error) => replies.push(Err(error)),
+            }
+        }
+        for (index, retry) in retries {
+            let (key, command) = commands[index];
+            replies[index] = self.retry(connection, key, command, retry, interrupt);
+        }
+        Ok(replies)
+    }
+
+    fn retry(
+        &self,
+        connection: &mut Connection,
+        key: &[u8],
+        command: &Command,
+        retry: Decoded,
+        interrupt: &Interrupt,
+    ) -> Result<Reply> {
+        match retry {
             Decoded::Reply(reply) => Ok(reply),
             Decoded::LoadScript(script) => {
                 script.load(connection).map_err(|error| Error::Command {
@@ -90,74 +291,6 @@ impl Server {
             Decoded::UseAcquireScript => {
                 self.set_get.store(false, Ordering::Relaxed);
                 self.resend(connection, key, command, interrupt)
-            }
-        }
-    }
-
-    fn resend(
-        &self,
-        connection: &mut Connection,
-        key: &[u8],
-        command: &Command,
-        interrupt: &Interrupt,
-    ) -> Result<Reply> {
-        let value = connection.request(&self.encode(key, command), interrupt)?;
-        match self.decode(command, value)? {
-            Decoded::Reply(reply) => Ok(reply),
-            _ => Err(Error::Command {
-                server: self.name().to_string(),
-                detail: format!("server keeps refusing {}", command_name(command)),
-            }),
-        }
-    }
-
-    fn encode(&self, key: &[u8], command: &Command) -> Vec<u8> {
-        match command {
-            Command::Acquire { token, ttl_ms } => {
-                if self.set_get.load(Ordering::Relaxed) {
-                    redis::cmd("SET")
-                        .arg(key)
-                        .arg(token.as_slice())
-                        .arg("NX")
-                        .arg("GET")
-                        .arg("PX")
-                        .arg(*ttl_ms)
-                        .get_packed_command()
-                } else {
-                    evalsha(&scripts::ACQUIRE, key, token)
-                        .arg(*ttl_ms)
-                        .get_packed_command()
-                }
-            }
-            Command::CompareAndDelete { token } => {
-                evalsha(&scripts::COMPARE_AND_DELETE, key, token).get_packed_command()
-            }
-            Command::CompareAndExtend { token, ttl_ms } => {
-                evalsha(&scripts::COMPARE_AND_EXTEND, key, token)
-                    .arg(*ttl_ms)
-                    .get_packed_command()
-            }
-            Command::Exists => redis::cmd("EXISTS").arg(key).get_packed_command(),
-            Command::TokenTtl { token } => {
-                evalsha(&scripts::TOKEN_TTL, key, token).get_packed_command()
-            }
-            Command::ReadWithTtl => redis::cmd("EVALSHA")
-                .arg(scripts::READ_WITH_TTL.get_hash())
-                .arg(1)
-                .arg(key)
-                .get_packed_command(),
-            Command::Mirror { value, ttl_ms } => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key).arg(value.as_slice()).arg("NX").arg("GET");
-                if let Some(ttl_ms) = ttl_ms {
-                    cmd.arg("PX").arg(*ttl_ms);
-                }
-                cmd.get_packed_command()
-            }
-            Command::ExtendIfGreater { token, ttl_ms } => {
-                evalsha(&scripts::EXTEND_IF_GREATER, key, token)
-                    .arg(*ttl_ms)
-                    .get_packed_command()
             }
         }
     }
@@ -202,13 +335,15 @@ impl Server {
                 | Command::Exists,
                 Value::Int(n),
             ) => Reply::Flag(n > 0),
-            (Command::ReadWithTtl, Value::Nil) => Reply::Entry(None),
             (Command::ReadWithTtl, Value::Array(items)) => match items.as_slice() {
-                [Value::BulkString(value), Value::Int(pttl)] => Reply::Entry(Some(Entry {
-                    value: value.clone(),
-                    ttl_ms: u64::try_from(*pttl).ok(),
-                })),
-                [Value::Nil, _] => Reply::Entry(None),
+                [Value::BulkString(value), Value::Int(pttl)] if *pttl != -2 => {
+                    Reply::Entry(Some(Entry {
+                        value: value.clone(),
+                        ttl_ms: u64::try_from(*pttl).ok(),
+                    }))
+                }
+                // Absent, or not a string (GET's WRONGTYPE inside EXEC): never a lock.
+                [Value::Nil, _] | [Value::ServerError(_), _] => Reply::Entry(None),
                 other => {
                     return Err(Error::Command {
                         server: self.name().to_string(),
@@ -238,11 +373,43 @@ impl Server {
             Command::CompareAndDelete { .. } => Some(&scripts::COMPARE_AND_DELETE),
             Command::CompareAndExtend { .. } => Some(&scripts::COMPARE_AND_EXTEND),
             Command::TokenTtl { .. } => Some(&scripts::TOKEN_TTL),
-            Command::ReadWithTtl => Some(&scripts::READ_WITH_TTL),
             Command::ExtendIfGreater { .. } => Some(&scripts::EXTEND_IF_GREATER),
-            Command::Exists | Command::Mirror { .. } => None,
+            Command::Exists | Command::Mirror { .. } | Command::ReadWithTtl => None,
         }
     }
+}
+
+fn all_reads(commands: &[(&[u8], &Command)]) -> bool {
+    commands.len() > 1
+        && commands
+            .iter()
+            .all(|(_, command)| matches!(command, Command::ReadWithTtl))
+}
+
+/// Reads the reply to one command; a command sent as MULTI/../EXEC first
+/// reads the acknowledgements of MULTI and of each queued command.
+fn receive_reply(
+    connection: &mut Connection,
+    command: &Command,
+    deadline: Instant,
+    interrupt: &Interrupt,
+) -> Result<Value> {
+    let acknowledgements = match command {
+        Command::ReadWithTtl => 3,
+        _ => 0,
+    };
+    let mut refused = None;
+    for _ in 0..acknowledgements {
+        let value = connection.receive_by(deadline, interrupt)?;
+        if refused.is_none() && server_error(&value).is_some() {
+            refused = Some(value);
+        }
+    }
+    let value = connection.receive_by(deadline, interrupt)?;
+    Ok(match refused {
+        Some(error) if server_error(&value).is_some() || value == Value::Nil => error,
+        _ => value,
+    })
 }
 
 fn evalsha(script: &redis::Script, key: &[u8], token: &[u8]) -> redis::Cmd {
