@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "securerandom"
+require "socket"
 require_relative "locking/version"
 require_relative "locking/errors"
 

@@ -8,8 +8,9 @@ class Locking
   class Client
     # @return [Client] built from a Configuration; raises ArgumentError on a bad URL.
     def self.build(config)
-      _new(config.source, config.destination, Configuration.phase_index(config.phase),
-           config.key_prefix, config.timeout.to_f, config.pool_size)
+      phase = config.dynamic? ? 0 : Configuration.phase_index(config.phase)
+      _new(config.source, config.destination, phase, config.key_prefix, config.timeout.to_f, config.pool_size,
+           config.dynamic? ? config.phase_cache_ttl : nil, Socket.gethostname)
     end
 
     # @return [Boolean] true when the lock was taken with this token (or already held by it).
@@ -70,6 +71,37 @@ class Locking
     # @return [Symbol] the phase this client uses now.
     def phase
       Configuration::PHASES.fetch(phase_index)
+    end
+
+    # Dynamic phases: the phase the fleet is told to use (the control key on the destination).
+    # @return [Symbol]
+    def control_phase
+      Configuration::PHASES.fetch(_control_phase)
+    end
+
+    # Dynamic phases: sets the fleet's phase to `target` if it is still
+    # `expected`. No checks: use #transition_reasons first (the CLI does).
+    # @return [Symbol] the phase stored afterwards
+    def set_control_phase(expected, target)
+      Configuration::PHASES.fetch(
+        _set_control_phase(Configuration.phase_index(expected), Configuration.phase_index(target))
+      )
+    end
+
+    # Dynamic phases: the processes whose heartbeat is live.
+    # @return [Array<Hash>] {process: "host:pid", phase: Symbol, expires_in_ms: Integer}
+    def fleet
+      _fleet.map do |process, phase, expires|
+        { process: process, phase: Configuration::PHASES.fetch(phase), expires_in_ms: expires }
+      end
+    end
+
+    # Why the fleet may not move to `target` now (empty when it may).
+    # @param source_only [Integer, nil] the gate's count, needed to move from :dual to :drain
+    # @return [Array(Symbol, Array<String>)] the current control phase and the reasons
+    def transition_reasons(target, source_only: nil)
+      current, reasons = _transition_reasons(Configuration.phase_index(target), source_only)
+      [Configuration::PHASES.fetch(current), reasons]
     end
 
     SERVERS = %i[source destination].freeze

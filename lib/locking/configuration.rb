@@ -10,14 +10,19 @@ class Locking
     DEFAULT_KEY_PREFIX = "locking:"
     DEFAULT_TIMEOUT = 1.0
     DEFAULT_POOL_SIZE = 8
+    DEFAULT_PHASE_CACHE_TTL = 1.0
 
     # Where lock keys live today (the jobs Redis). Default: LOCKING_SOURCE_URL,
     # then REDIS_URL, then DEFAULT_SOURCE.
     attr_reader :source
     # Where lock keys move to (the locks Redis). Default: LOCKING_DESTINATION_URL, else none.
     attr_reader :destination
-    # :source, :dual, :drain or :destination (0..3 are accepted). Default: LOCKING_PHASE, else :source.
+    # :source, :dual, :drain or :destination (0..3 are accepted), or :dynamic
+    # to follow the phase an operator sets with `locking phase`.
+    # Default: LOCKING_PHASE, else :source.
     attr_reader :phase
+    # With phase :dynamic, seconds a phase read from Redis is used before reading it again. Default: 1.0.
+    attr_reader :phase_cache_ttl
     # Prepended to every lock key in Redis. Default: "locking:".
     attr_reader :key_prefix
     # Seconds to connect, read and write before Locking::TimeoutError. Default: 1.0.
@@ -33,7 +38,7 @@ class Locking
       return index if index && index.between?(0, PHASES.size - 1)
 
       raise ArgumentError,
-            "unknown phase #{phase.inspect} (expected :source, :dual, :drain, :destination or 0..3)"
+            "unknown phase #{phase.inspect} (expected :source, :dual, :drain, :destination, 0..3 or :dynamic)"
     end
 
     def initialize(env = ENV)
@@ -43,6 +48,7 @@ class Locking
       self.key_prefix = DEFAULT_KEY_PREFIX
       self.timeout = DEFAULT_TIMEOUT
       self.pool_size = DEFAULT_POOL_SIZE
+      self.phase_cache_ttl = DEFAULT_PHASE_CACHE_TTL
     end
 
     def source=(url)
@@ -54,7 +60,19 @@ class Locking
     end
 
     def phase=(phase)
-      @phase = PHASES.fetch(self.class.phase_index(phase))
+      @phase = dynamic_name?(phase) ? :dynamic : PHASES.fetch(self.class.phase_index(phase))
+    end
+
+    def dynamic?
+      phase == :dynamic
+    end
+
+    def phase_cache_ttl=(seconds)
+      unless seconds.is_a?(Numeric) && seconds.real? && seconds.to_f.finite? && seconds.positive?
+        raise ArgumentError, "phase_cache_ttl must be a positive number of seconds, got #{seconds.inspect}"
+      end
+
+      @phase_cache_ttl = seconds.to_f
     end
 
     def key_prefix=(prefix)
@@ -81,7 +99,7 @@ class Locking
 
     # Settings that need new connections when they change (the phase does not).
     def connection_settings
-      [source, destination, key_prefix, timeout, pool_size]
+      [source, destination, key_prefix, timeout, pool_size, dynamic?, phase_cache_ttl]
     end
 
     private
@@ -95,6 +113,10 @@ class Locking
 
     def phase_from_env(value)
       value.match?(/\A\d+\z/) ? Integer(value) : value
+    end
+
+    def dynamic_name?(phase)
+      (phase.is_a?(Symbol) || phase.is_a?(String)) && phase.to_sym == :dynamic
     end
   end
 

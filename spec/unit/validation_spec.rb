@@ -123,7 +123,9 @@ RSpec.describe "input validation" do
       expect { client.send(:_acquire, "k", "t", 0) }.to raise_error(ArgumentError, /at least 1 millisecond/)
       expect { client.send(:_release, "", "t") }.to raise_error(ArgumentError, /empty/)
       expect { client.send(:_set_phase, 9) }.to raise_error(ArgumentError, /unknown phase/)
-      expect { Locking::Client._new("redis://x:1", nil, 0, "p", -1.0, 1) }.to raise_error(ArgumentError, /timeout/)
+      expect { Locking::Client._new("redis://x:1", nil, 0, "p", -1.0, 1, nil, "h") }.to raise_error(ArgumentError, /timeout/)
+      expect { Locking::Client._new("redis://x:1", "redis://y:1", 0, "p", 1.0, 1, -2.0, "h") }
+        .to raise_error(ArgumentError, /phase_cache_ttl/)
     end
   end
 end

@@ -4,7 +4,7 @@
 
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
-use locking_core::{Client, ClientConfig, Interrupt, Lease, Phase, TokenTtl};
+use locking_core::{Client, ClientConfig, DynamicPhase, Interrupt, Lease, Phase, TokenTtl};
 use magnus::{function, method, prelude::*, RArray, RHash, RString, Ruby};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ fn optional_url(value: Option<RString>) -> Result<Option<String>, magnus::Error>
 }
 
 impl RbClient {
+    /// `dynamic_cache`: seconds a phase read from the control key is used;
+    /// nil for a fixed phase.
     #[allow(clippy::too_many_arguments)]
     fn new(
         source: Option<RString>,
@@ -33,18 +35,31 @@ impl RbClient {
         key_prefix: RString,
         timeout: f64,
         pool_size: usize,
+        dynamic_cache: Option<f64>,
+        host: RString,
     ) -> Result<RbClient, magnus::Error> {
+        let seconds = |value: f64, what: &str| {
+            Duration::try_from_secs_f64(value).map_err(|_| {
+                RubyError(locking_core::Error::InvalidArgument(format!(
+                    "{what} must be a positive number of seconds, got {value}"
+                )))
+            })
+        };
+        let dynamic = match dynamic_cache {
+            Some(cache) => Some(DynamicPhase {
+                cache: seconds(cache, "phase_cache_ttl")?,
+                host: host.to_string()?,
+            }),
+            None => None,
+        };
         let config = ClientConfig {
             source: optional_url(source)?,
             destination: optional_url(destination)?,
             phase: Phase::from_index(phase).map_err(RubyError)?,
             key_prefix: bytes(key_prefix),
-            timeout: Duration::try_from_secs_f64(timeout).map_err(|_| {
-                RubyError(locking_core::Error::InvalidArgument(format!(
-                    "timeout must be a positive number of seconds, got {timeout}"
-                )))
-            })?,
+            timeout: seconds(timeout, "timeout")?,
             pool_size,
+            dynamic,
         };
         Ok(RbClient {
             client: Client::new(config).map_err(RubyError)?,
@@ -206,6 +221,56 @@ impl RbClient {
         Ok(hash)
     }
 
+    /// The phase the fleet is told to use (dynamic phases: the control key).
+    fn control_phase(ruby: &Ruby, rb_self: &Self) -> Result<u8, magnus::Error> {
+        let phase = rb_self.with_lease(ruby, |lease, interrupt| lease.control_phase(interrupt))?;
+        Ok(phase.index())
+    }
+
+    /// Sets the control phase if it is still `expected`; returns the phase stored.
+    fn set_control_phase(
+        ruby: &Ruby,
+        rb_self: &Self,
+        expected: i64,
+        target: i64,
+    ) -> Result<u8, magnus::Error> {
+        let expected = Phase::from_index(expected).map_err(RubyError)?;
+        let target = Phase::from_index(target).map_err(RubyError)?;
+        let phase = rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.set_control_phase(expected, target, interrupt)
+        })?;
+        Ok(phase.index())
+    }
+
+    /// Live heartbeats: [[process, phase, expires_in_ms], ...].
+    fn fleet(ruby: &Ruby, rb_self: &Self) -> Result<Vec<(String, u8, i64)>, magnus::Error> {
+        let members = rb_self.with_lease(ruby, |lease, interrupt| lease.fleet(interrupt))?;
+        Ok(members
+            .into_iter()
+            .map(|m| (m.process, m.phase.index(), m.expires_in_ms))
+            .collect())
+    }
+
+    /// Why the fleet may not move to `target` now: [current, reasons].
+    /// `source_only` is the gate's count (needed for 1 -> 2), or nil.
+    fn transition_reasons(
+        ruby: &Ruby,
+        rb_self: &Self,
+        target: i64,
+        source_only: Option<u64>,
+    ) -> Result<(u8, Vec<String>), magnus::Error> {
+        let target = Phase::from_index(target).map_err(RubyError)?;
+        let (current, fleet) = rb_self.with_lease(ruby, |lease, interrupt| {
+            Ok((lease.control_phase(interrupt)?, lease.fleet(interrupt)?))
+        })?;
+        let reasons = locking_core::control::check_transition(current, target, &fleet, source_only);
+        Ok((current.index(), reasons))
+    }
+
+    fn is_dynamic(&self) -> bool {
+        self.client.is_dynamic()
+    }
+
     fn phase(&self) -> u8 {
         self.client.phase().index()
     }
@@ -249,7 +314,7 @@ fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error>
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
-    class.define_singleton_method("_new", function!(RbClient::new, 6))?;
+    class.define_singleton_method("_new", function!(RbClient::new, 8))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
     class.define_private_method("_release", method!(RbClient::release, 2))?;
@@ -261,6 +326,17 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_key_stats", method!(RbClient::key_stats, 1))?;
     class.define_private_method("_source_only", method!(RbClient::source_only, 1))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;
+    class.define_method("dynamic?", method!(RbClient::is_dynamic, 0))?;
+    class.define_private_method("_control_phase", method!(RbClient::control_phase, 0))?;
+    class.define_private_method(
+        "_set_control_phase",
+        method!(RbClient::set_control_phase, 2),
+    )?;
+    class.define_private_method("_fleet", method!(RbClient::fleet, 0))?;
+    class.define_private_method(
+        "_transition_reasons",
+        method!(RbClient::transition_reasons, 2),
+    )?;
     class.define_private_method("_set_phase", method!(RbClient::set_phase, 1))?;
     class.define_method("key_prefix", method!(RbClient::key_prefix, 0))?;
     class.define_method("idle_connections", method!(RbClient::idle_connections, 0))?;

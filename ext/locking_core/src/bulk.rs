@@ -85,7 +85,20 @@ impl Lease<'_> {
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
         self.check_prefix()?;
-        let pattern = match_pattern(self.client.key_prefix());
+        let prefix = self.client.key_prefix().to_vec();
+        self.scan_matching(target, &prefix, cursor, count, interrupt)
+    }
+
+    /// One SCAN page of string keys starting with `prefix`.
+    pub(crate) fn scan_matching(
+        &mut self,
+        target: Target,
+        prefix: &[u8],
+        cursor: u64,
+        count: usize,
+        interrupt: &Interrupt,
+    ) -> Result<ScanPage> {
+        let pattern = match_pattern(prefix);
         let packed = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
@@ -210,6 +223,7 @@ impl Lease<'_> {
         dry_run: bool,
         interrupt: &Interrupt,
     ) -> Result<BackfillReport> {
+        self.resolve_phase(interrupt)?;
         if !matches!(self.phase, Phase::Source | Phase::Dual) {
             return Err(Error::InvalidArgument(format!(
                 "backfill runs only in phases 0 and 1, not in phase {}: its copies could race releases",

@@ -14,7 +14,7 @@ use crate::protocol::{
 };
 use crate::server::{RedisStore, Server};
 use crate::store::Store;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 pub const MAX_TTL_MS: u64 = i64::MAX as u64 / 1_000_000;
@@ -23,10 +23,33 @@ pub const MAX_TTL_MS: u64 = i64::MAX as u64 / 1_000_000;
 pub struct ClientConfig {
     pub source: Option<String>,
     pub destination: Option<String>,
+    /// The phase, or with `dynamic` the phase used until the first read.
     pub phase: Phase,
     pub key_prefix: Vec<u8>,
     pub timeout: Duration,
     pub pool_size: usize,
+    /// Read the phase from the destination's control key instead.
+    pub dynamic: Option<DynamicPhase>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamicPhase {
+    /// How long a phase read from the control key is used before reading again.
+    pub cache: Duration,
+    /// Names this process in its heartbeat, with its pid: "host:pid".
+    pub host: String,
+}
+
+/// The cache of a dynamic phase. Atomics only: a fork may happen at any
+/// moment, and a child must not inherit a held lock.
+struct Dynamic {
+    cache_ms: u64,
+    heartbeat_ttl_ms: u64,
+    host: String,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last read, plus one; 0 = never.
+    read_at: AtomicU64,
+    read_by_pid: AtomicU32,
 }
 
 pub struct Client {
@@ -34,6 +57,7 @@ pub struct Client {
     destination: Option<Server>,
     phase: AtomicU8,
     key_prefix: Vec<u8>,
+    dynamic: Option<Dynamic>,
 }
 
 impl Client {
@@ -54,13 +78,36 @@ impl Client {
                 })
                 .transpose()
         };
+        let dynamic = config.dynamic.map(|dynamic| {
+            let cache_ms = dynamic.cache.as_millis().max(1) as u64;
+            Dynamic {
+                cache_ms,
+                // Longer than the cache, so a process acting on a cached
+                // phase is always visible to `phase advance`.
+                heartbeat_ttl_ms: (cache_ms * 3).max(10_000),
+                host: dynamic.host,
+                epoch: Instant::now(),
+                read_at: AtomicU64::new(0),
+                read_by_pid: AtomicU32::new(0),
+            }
+        });
         let client = Client {
             source: server(&config.source)?,
             destination: server(&config.destination)?,
             phase: AtomicU8::new(config.phase.index()),
             key_prefix: config.key_prefix,
+            dynamic,
         };
-        client.check_phase(config.phase)?;
+        if client.dynamic.is_some() {
+            if client.destination.is_none() || client.source.is_none() {
+                return Err(Error::InvalidArgument(
+                    "dynamic phases need both a source and a destination (the phase is kept on the destination)"
+                        .into(),
+                ));
+            }
+        } else {
+            client.check_phase(config.phase)?;
+        }
         Ok(client)
     }
 
@@ -68,7 +115,16 @@ impl Client {
         Phase::from_index(self.phase.load(Ordering::Acquire) as i64).unwrap_or(Phase::Source)
     }
 
+    pub fn is_dynamic(&self) -> bool {
+        self.dynamic.is_some()
+    }
+
     pub fn set_phase(&self, phase: Phase) -> Result<()> {
+        if self.dynamic.is_some() {
+            return Err(Error::InvalidArgument(
+                "the phase is dynamic: change it with `locking phase set` (or advance)".into(),
+            ));
+        }
         self.check_phase(phase)?;
         self.phase.store(phase.index(), Ordering::Release);
         Ok(())
@@ -116,9 +172,21 @@ impl Client {
         Lease {
             client: self,
             phase: self.phase(),
+            refresh: self.phase_is_stale(),
             source: self.source.as_ref().and_then(|s| s.pool.take()),
             destination: self.destination.as_ref().and_then(|s| s.pool.take()),
         }
+    }
+
+    fn phase_is_stale(&self) -> bool {
+        let Some(dynamic) = &self.dynamic else {
+            return false;
+        };
+        let read_at = dynamic.read_at.load(Ordering::Acquire);
+        let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
+        read_at == 0
+            || dynamic.read_by_pid.load(Ordering::Acquire) != std::process::id()
+            || now.saturating_sub(read_at) >= dynamic.cache_ms
     }
 
     /// Gives the lease's healthy connections back to their pools.
@@ -140,6 +208,8 @@ impl Client {
 pub struct Lease<'c> {
     pub(crate) client: &'c Client,
     pub(crate) phase: Phase,
+    /// A dynamic phase to read (and heartbeat) before the operation.
+    refresh: bool,
     source: Option<Connection>,
     destination: Option<Connection>,
 }
@@ -147,6 +217,36 @@ pub struct Lease<'c> {
 impl Lease<'_> {
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Settles the phase for this operation: with dynamic phases, reads the
+    /// control key (and reports this process) when the cached read is stale.
+    pub fn resolve_phase(&mut self, interrupt: &Interrupt) -> Result<Phase> {
+        if !self.refresh {
+            return Ok(self.phase);
+        }
+        let Some(dynamic) = &self.client.dynamic else {
+            return Ok(self.phase);
+        };
+        let process = format!("{}:{}", dynamic.host, std::process::id());
+        let ttl = dynamic.heartbeat_ttl_ms;
+        let phase = self.phase_heartbeat(&process, ttl, interrupt)?;
+        let dynamic = self
+            .client
+            .dynamic
+            .as_ref()
+            .ok_or_else(|| Error::Internal("dynamic phase vanished".into()))?;
+        self.client.phase.store(phase.index(), Ordering::Release);
+        dynamic
+            .read_by_pid
+            .store(std::process::id(), Ordering::Release);
+        dynamic.read_at.store(
+            dynamic.epoch.elapsed().as_millis() as u64 + 1,
+            Ordering::Release,
+        );
+        self.phase = phase;
+        self.refresh = false;
+        Ok(phase)
     }
 
     pub fn acquire(
@@ -157,16 +257,19 @@ impl Lease<'_> {
         interrupt: &Interrupt,
     ) -> Result<bool> {
         check_ttl(ttl_ms)?;
+        self.resolve_phase(interrupt)?;
         let op = protocol::Acquire::new(self.phase, token, ttl_ms);
         self.run(key, op, interrupt)
     }
 
     pub fn release(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<bool> {
+        self.resolve_phase(interrupt)?;
         let op = protocol::Release::new(self.phase, token, self.client.servers());
         self.run(key, op, interrupt)
     }
 
     pub fn locked(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<bool> {
+        self.resolve_phase(interrupt)?;
         self.run(key, protocol::Locked::new(self.phase), interrupt)
     }
 
@@ -178,17 +281,20 @@ impl Lease<'_> {
         interrupt: &Interrupt,
     ) -> Result<bool> {
         check_ttl(ttl_ms)?;
+        self.resolve_phase(interrupt)?;
         let op = protocol::Renew::new(self.phase, token, ttl_ms, self.client.servers());
         self.run(key, op, interrupt)
     }
 
     pub fn ttl(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<TokenTtl> {
+        self.resolve_phase(interrupt)?;
         self.run(key, protocol::Ttl::new(self.phase, token), interrupt)
     }
 
     /// Mirrors one source lock onto the destination (see `protocol::Backfill`).
     /// `full_key` is the Redis key, prefix included. Only in phases 0 and 1.
     pub fn backfill(&mut self, full_key: &[u8], interrupt: &Interrupt) -> Result<BackfillOutcome> {
+        self.resolve_phase(interrupt)?;
         if !matches!(self.phase, Phase::Source | Phase::Dual) {
             return Err(Error::InvalidArgument(format!(
                 "backfill runs only in phases 0 and 1, not in phase {}: its copies could race releases",

@@ -5,6 +5,7 @@
 pub mod bulk;
 pub mod client;
 pub mod connection;
+pub mod control;
 pub mod error;
 pub mod model;
 pub mod phase;
@@ -14,7 +15,7 @@ mod scripts;
 pub mod server;
 pub mod store;
 
-pub use client::{Client, ClientConfig, Lease};
+pub use client::{Client, ClientConfig, DynamicPhase, Lease};
 pub use connection::Interrupt;
 pub use error::{Error, Result};
 pub use phase::Phase;

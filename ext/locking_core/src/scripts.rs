@@ -18,3 +18,11 @@ pub static TOKEN_TTL: LazyLock<redis::Script> =
 /// Backfill: follow a source renewal on the destination copy.
 pub static EXTEND_IF_GREATER: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/extend_if_greater.lua")));
+
+/// Dynamic phases: read the phase and report this process's use of it.
+pub static PHASE_HEARTBEAT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/phase_heartbeat.lua")));
+
+/// Dynamic phases: compare-and-set of the fleet's phase.
+pub static SET_PHASE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/set_phase.lua")));
