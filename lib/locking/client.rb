@@ -104,6 +104,16 @@ class Locking
       [Configuration::PHASES.fetch(current), reasons]
     end
 
+    # A value kept under the control prefix on the destination (nil when unset).
+    def control_get(name)
+      _control_get(name.to_s)
+    end
+
+    # Sets (with a TTL in seconds) or, with nil, deletes a control value.
+    def control_set(name, value, ttl: 86_400)
+      _control_set(name.to_s, value&.to_s, (ttl * 1000).to_i)
+    end
+
     SERVERS = %i[source destination].freeze
 
     def server_index(server)

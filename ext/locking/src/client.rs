@@ -267,6 +267,33 @@ impl RbClient {
         Ok((current.index(), reasons))
     }
 
+    /// A control value on the destination (backfill's saved cursor ...), or nil.
+    fn control_get(
+        ruby: &Ruby,
+        rb_self: &Self,
+        name: RString,
+    ) -> Result<Option<RString>, magnus::Error> {
+        let name = bytes(name);
+        let value =
+            rb_self.with_lease(ruby, |lease, interrupt| lease.control_get(&name, interrupt))?;
+        Ok(value.map(|v| ruby.str_from_slice(&v)))
+    }
+
+    /// Sets a control value (with a TTL in ms), or deletes it when `value` is nil.
+    fn control_set(
+        ruby: &Ruby,
+        rb_self: &Self,
+        name: RString,
+        value: Option<RString>,
+        ttl_ms: u64,
+    ) -> Result<(), magnus::Error> {
+        let name = bytes(name);
+        let value = value.map(bytes);
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.control_set(&name, value.as_deref(), ttl_ms, interrupt)
+        })
+    }
+
     fn is_dynamic(&self) -> bool {
         self.client.is_dynamic()
     }
@@ -327,6 +354,8 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_source_only", method!(RbClient::source_only, 1))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;
     class.define_method("dynamic?", method!(RbClient::is_dynamic, 0))?;
+    class.define_private_method("_control_get", method!(RbClient::control_get, 1))?;
+    class.define_private_method("_control_set", method!(RbClient::control_set, 3))?;
     class.define_private_method("_control_phase", method!(RbClient::control_phase, 0))?;
     class.define_private_method(
         "_set_control_phase",

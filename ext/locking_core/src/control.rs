@@ -188,6 +188,38 @@ impl Lease<'_> {
         phase_of(value)
     }
 
+    /// A control value by name (under the control prefix), if set.
+    pub fn control_get(&mut self, name: &[u8], interrupt: &Interrupt) -> Result<Option<Vec<u8>>> {
+        let mut key = control_prefix(self.client.key_prefix());
+        key.extend_from_slice(name);
+        match self.control_request(&redis::cmd("GET").arg(key).get_packed_command(), interrupt)? {
+            Value::BulkString(value) => Ok(Some(value)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Sets a control value with a TTL, or deletes it (`None`).
+    pub fn control_set(
+        &mut self,
+        name: &[u8],
+        value: Option<&[u8]>,
+        ttl_ms: u64,
+        interrupt: &Interrupt,
+    ) -> Result<()> {
+        let mut key = control_prefix(self.client.key_prefix());
+        key.extend_from_slice(name);
+        let packed = match value {
+            Some(value) => redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .get_packed_command(),
+            None => redis::cmd("DEL").arg(key).get_packed_command(),
+        };
+        self.control_request(&packed, interrupt).map(|_| ())
+    }
+
     /// Every live heartbeat (SCAN on the destination).
     pub fn fleet(&mut self, interrupt: &Interrupt) -> Result<Vec<FleetMember>> {
         let prefix = self.client.key_prefix().to_vec();

@@ -1,0 +1,19 @@
+# frozen_string_literal: true
+
+# rake locking:status | locking:backfill | locking:gate | locking:phase
+# Options go in LOCKING_ARGS, as for exe/locking:
+#   rake locking:backfill LOCKING_ARGS="--rate 50000"
+#   rake locking:phase LOCKING_ARGS="advance --wait 60"
+# Defaults come from the app's Locking.configure (source, destination, key_prefix).
+require "shellwords"
+require "locking/cli"
+
+namespace :locking do
+  %w[status backfill gate phase].each do |command|
+    desc "locking #{command} (see `locking --help`; options in LOCKING_ARGS)"
+    task command => (Rake::Task.task_defined?(:environment) ? :environment : []) do
+      status = Locking::CLI.new([command, *Shellwords.split(ENV.fetch("LOCKING_ARGS", ""))]).run
+      exit status unless status.zero?
+    end
+  end
+end
