@@ -6,12 +6,12 @@
 #   rake locking:phase LOCKING_ARGS="advance --wait 60"
 # Defaults come from the app's Locking.configure (source, destination, key_prefix).
 require "shellwords"
-require "locking/cli"
 
 namespace :locking do
   %w[status backfill gate phase].each do |command|
     desc "locking #{command} (see `locking --help`; options in LOCKING_ARGS)"
     task command => (Rake::Task.task_defined?(:environment) ? :environment : []) do
+      require "locking/cli"
       status = Locking::CLI.new([command, *Shellwords.split(ENV.fetch("LOCKING_ARGS", ""))]).run
       exit status unless status.zero?
     end

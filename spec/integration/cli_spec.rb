@@ -1,0 +1,163 @@
+# frozen_string_literal: true
+
+RSpec.describe "exe/locking" do
+  let(:source) { source_server.redis }
+  let(:destination) { destination_server.redis }
+
+  def load_source
+    source.set("locking:job:1", "token-1", px: 120_000)
+    source.set("locking:job:2", "token-2", px: 30_000)
+    source.set("locking:forever", "token-f")
+    source.set("locking:binary:\xFF".b, "tok\x00en".b, px: 60_000)
+    # Queue data that must stay byte for byte, some of it under the prefix.
+    source.rpush("queue:default", %w[job-a job-b])
+    source.rpush("locking:queue", %w[x y])
+    source.hset("locking:meta", "a", "1")
+    source.set("other:plain", "value", px: 50_000)
+    source.zadd("schedule", 1.5, "job-c")
+  end
+
+  it "backfills every lock with its token and TTL, copies nothing else, and leaves the source unchanged" do
+    load_source
+    before = snapshot(source)
+    expect(locking_cli("gate").first).to eq(1)
+
+    status, out, = locking_cli("backfill", "--batch", "2")
+
+    expect(status).to eq(0)
+    expect(out).to match(/done: 4 scanned, 4 copied, 0 already there, 0 conflicts/)
+    expect(snapshot(source)).to eq(before)
+    expect(destination.keys("*").map(&:b).sort).to eq(
+      ["locking:binary:\xFF".b, "locking:forever".b, "locking:job:1".b, "locking:job:2".b].sort
+    )
+    { "locking:job:1" => "token-1", "locking:job:2" => "token-2", "locking:forever" => "token-f",
+      "locking:binary:\xFF".b => "tok\x00en".b }.each do |key, token|
+      expect(destination.get(key).b).to eq(token.b)
+      source_ttl = source.pttl(key)
+      if source_ttl == -1
+        expect(destination.pttl(key)).to eq(-1)
+      else
+        expect(destination.pttl(key)).to be_within(1_000).of(source_ttl)
+      end
+    end
+
+    status, out, = locking_cli("gate")
+    expect(status).to eq(0)
+    expect(out).to include("source-only locks: 0", "OPEN")
+  end
+
+  it "counts with --dry-run and writes nothing" do
+    load_source
+    status, out, = locking_cli("backfill", "--dry-run")
+    expect(status).to eq(0)
+    expect(out).to match(/4 would copy/)
+    expect(destination.dbsize).to eq(0)
+  end
+
+  it "resumes an interrupted backfill from its saved position" do
+    200.times { |i| source.set("locking:k#{i}", "t#{i}", px: 60_000) }
+    tool = Locking::Client.build(Locking::Configuration.new({}).tap do |c|
+      c.source = source_server.url
+      c.destination = destination_server.url
+      c.phase = :dual
+    end)
+    first = tool.backfill_batch(0, count: 20)
+    tool.control_set("backfill-cursor", first[:cursor]) # what the command saves after each batch
+
+    status, out, = locking_cli("backfill", "--batch", "50")
+
+    expect(status).to eq(0)
+    expect(out).to include("resuming from a saved position")
+    expect(destination.keys("locking:*").size).to eq(200)
+    expect(destination.get("{locking-control}:locking:backfill-cursor")).to be_nil
+  end
+
+  it "caps the rate with --rate" do
+    300.times { |i| source.set("locking:k#{i}", "t#{i}", px: 60_000) }
+    started = monotonic
+    status, = locking_cli("backfill", "--batch", "50", "--rate", "600")
+    expect(status).to eq(0)
+    expect(monotonic - started).to be >= 0.4 # 300 keys at 600/s, the first batch free
+    expect(destination.keys("locking:*").size).to eq(300)
+  end
+
+  it "reports lock keys per server with SCAN, and their TTLs" do
+    load_source
+    locking_cli("backfill")
+    status, out, = locking_cli("status")
+    expect(status).to eq(0)
+    expect(out).to match(/source\s+#{Regexp.escape(source_server.url)}\s+4 lock keys\s+\(TTL max \d+\.\ds, p99 \d+\.\ds, 1 without TTL\)/)
+    expect(out).to match(/destination\s+#{Regexp.escape(destination_server.url)}\s+4 lock keys/)
+    expect(out).to match(/phase\s+0 \(source\)/)
+  end
+
+  it "refuses to backfill once the fleet is in phase 2" do
+    destination.set("{locking-control}:locking:phase", "2")
+    source.set("locking:a", "t", px: 60_000)
+    status, _, err = locking_cli("backfill")
+    expect(status).to eq(3)
+    expect(err).to include("backfill runs only in phases 0 and 1")
+    expect(destination.exists?("locking:a")).to be(false)
+  end
+
+  it "refuses an empty prefix, which would treat queue data as locks" do
+    source.set("plain", "x")
+    status, _, err = locking_cli("backfill", prefix: "")
+    expect(status).to eq(3)
+    expect(err).to include("non-empty key_prefix")
+    expect(destination.dbsize).to eq(0)
+  end
+
+  it "prints usage and exits 2 on bad input" do
+    expect(locking_cli("frobnicate")[0..2]).to match([2, "", /unknown command "frobnicate"/])
+    expect(locking_cli("phase", "set", "7")[2]).to include("unknown phase 7")
+    status, out, = Locking::CLI.new(["--help"], out: StringIO.new.tap { |io| @help = io }).run, @help.string
+    expect(status).to eq(0)
+    expect(@help.string).to include("phase advance", "--rate N", "--dry-run")
+  end
+
+  it "reports an unreachable server as an error, exit 3" do
+    status, _, err = locking_cli("status", source: "redis://127.0.0.1:1/0")
+    expect(status).to eq(3)
+    expect(err).to include("redis://127.0.0.1:1/0", "ConnectionError")
+  end
+
+  describe "phase" do
+    it "moves one phase at a time, and into phase 2 only through the gate" do
+      expect(locking_cli("phase", "set", "2")[0]).to eq(1)
+      expect(locking_cli("phase", "set", "dual")[0]).to eq(0)
+      expect(destination.get("{locking-control}:locking:phase")).to eq("1")
+
+      source.set("locking:left-from-phase-0", "t", px: 60_000)
+      status, out, = locking_cli("phase", "advance")
+      expect(status).to eq(1)
+      expect(out).to include("source only")
+      expect(destination.get("{locking-control}:locking:phase")).to eq("1")
+
+      locking_cli("backfill")
+      status, out, = locking_cli("phase", "advance")
+      expect(status).to eq(0)
+      expect(out).to include("1 (dual) -> 2 (drain)")
+      expect(destination.get("{locking-control}:locking:phase")).to eq("2")
+    end
+
+    it "refuses to advance while a process is behind, and waits for it with --wait" do
+      locking_cli("phase", "set", "1")
+      heartbeat = "{locking-control}:locking:process:worker-7:4242"
+      destination.set(heartbeat, "0", px: 10_000) # a process still on phase 0
+
+      status, out, = locking_cli("phase", "advance")
+      expect(status).to eq(1)
+      expect(out).to include("worker-7:4242 (phase 0)")
+
+      catching_up = Thread.new do
+        sleep 0.3
+        destination.set(heartbeat, "1", px: 10_000)
+      end
+      status, out, = locking_cli("phase", "advance", "--wait", "5")
+      catching_up.join
+      expect(status).to eq(0), out
+      expect(destination.get("{locking-control}:locking:phase")).to eq("2")
+    end
+  end
+end

@@ -1,0 +1,116 @@
+# frozen_string_literal: true
+
+# The whole migration with no deploy: worker processes with `phase = :dynamic`
+# keep running unique jobs while the operator walks phases 0 to 3 with
+# `locking phase advance`; an occupancy witness counts overlaps.
+RSpec.describe "dynamic phases" do
+  def start_workers(count, stop_key)
+    witness_url = witness_server.url
+    count.times.map do
+      fork do
+        Locking.reset_configuration!
+        Locking.configure do |c|
+          c.source = source_server.url
+          c.destination = destination_server.url
+          c.phase = :dynamic
+          c.phase_cache_ttl = 0.05
+        end
+        witness = Redis.new(url: witness_url)
+        deadline = monotonic + 30
+        until witness.exists?(stop_key) || monotonic > deadline
+          key = "job:#{rand(3)}"
+          lock = Locking.new(key)
+          if lock.acquire(5)
+            witness.incr("overlaps") if witness.incr("inside:#{key}") > 1
+            witness.incr("used:#{Locking.client.phase}")
+            sleep(rand * 0.004)
+            witness.decr("inside:#{key}")
+            lock.release
+          end
+        end
+        exit!(0)
+      end
+    end
+  end
+
+  def fleet_phases
+    destination_server.redis.keys("{locking-control}:locking:process:*").map { |k| destination_server.redis.get(k) }
+  end
+
+  def wait_for(seconds = 5)
+    deadline = monotonic + seconds
+    sleep 0.02 until yield || monotonic > deadline
+    yield
+  end
+
+  it "moves running processes through every phase without a restart, never running a job twice" do
+    configure_both(:source)
+    witness = witness_server.redis
+    workers = start_workers(3, "stop")
+    begin
+      expect(wait_for { fleet_phases.size == 3 }).to be(true)
+      pids_before = destination_server.redis.keys("{locking-control}:locking:process:*").sort
+
+      expect(locking_cli("phase", "advance", "--wait", "5")[0]).to eq(0) # 0 -> 1
+      expect(wait_for { fleet_phases.uniq == ["1"] }).to be(true)
+      expect(locking_cli("backfill")[0]).to eq(0)
+      status, out, = locking_cli("phase", "advance", "--wait", "5") # 1 -> 2, through the gate
+      expect(status).to eq(0), out
+      expect(wait_for { fleet_phases.uniq == ["2"] }).to be(true)
+      status, out, = locking_cli("phase", "advance", "--wait", "5") # 2 -> 3
+      expect(status).to eq(0), out
+      expect(wait_for { fleet_phases.uniq == ["3"] }).to be(true)
+      sleep 0.2
+
+      # The same processes (no restart) did all of it.
+      expect(destination_server.redis.keys("{locking-control}:locking:process:*").sort).to eq(pids_before)
+    ensure
+      witness.set("stop", "1")
+      statuses = workers.map { |pid| Process.wait2(pid).last }
+    end
+
+    expect(statuses).to all(be_success)
+    expect(witness.get("overlaps").to_i).to eq(0)
+    %w[source dual drain destination].each { |phase| expect(witness.get("used:#{phase}").to_i).to be > 0 }
+    expect(lock_keys_left).to eq([])
+  end
+
+  it "refuses to advance while a process is still behind, and proceeds once it catches up" do
+    configure_both(:source)
+    witness = witness_server.redis
+    workers = start_workers(2, "stop")
+    begin
+      expect(wait_for { fleet_phases.size == 2 }).to be(true)
+      expect(locking_cli("phase", "advance", "--wait", "5")[0]).to eq(0) # 0 -> 1
+      expect(wait_for { fleet_phases.uniq == ["1"] }).to be(true)
+
+      Process.kill(:STOP, workers.first) # stuck: its heartbeat keeps saying 1
+      expect(locking_cli("phase", "advance", "--wait", "5")[0]).to eq(0) # 1 -> 2 (nothing source-only)
+      expect(wait_for { fleet_phases.sort == %w[1 2] }).to be(true)
+
+      status, out, = locking_cli("phase", "advance") # 2 -> 3 must wait for the stuck one
+      expect(status).to eq(1)
+      expect(out).to include("not yet in phase 2")
+      expect(destination_server.redis.get("{locking-control}:locking:phase")).to eq("2")
+
+      Process.kill(:CONT, workers.first)
+      status, out, = locking_cli("phase", "advance", "--wait", "5")
+      expect(status).to eq(0), out
+    ensure
+      workers.each { |pid| Process.kill(:CONT, pid) rescue nil }
+      witness.set("stop", "1")
+      workers.each { |pid| Process.wait(pid) }
+    end
+    expect(witness.get("overlaps").to_i).to eq(0)
+  end
+
+  it "needs both servers" do
+    Locking.reset_configuration!
+    expect do
+      Locking.configure do |c|
+        c.source = source_server.url
+        c.phase = :dynamic
+      end
+    end.to raise_error(ArgumentError, /dynamic phases need both/)
+  end
+end
