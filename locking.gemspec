@@ -17,7 +17,7 @@ Gem::Specification.new do |spec|
   spec.required_ruby_version = ">= 3.1"
 
   spec.files = Dir[
-    "lib/**/*.rb", "exe/*",
+    "lib/**/*.rb", "lib/**/*.rake", "exe/*",
     "ext/locking/extconf.rb", "ext/*/Cargo.toml", "ext/*/build.rs", "ext/*/src/**/*.{rs,lua}",
     "Cargo.toml", "Cargo.lock", "README.md", "LICENSE"
   ]

@@ -218,6 +218,9 @@ class Locking
         rate = keys / [elapsed, 1e-9].max
         eta = fraction.positive? ? elapsed * (1 - fraction) / fraction : 0
         if @bar
+          return if elapsed - @last < 0.1 && fraction < 1.0
+
+          @last = elapsed
           filled = (fraction * 30).round
           @out.print format("\r[%-30s] %3d%%  %s keys  %s keys/s  ETA %s ",
                             "=" * filled, fraction * 100, with_commas(keys), with_commas(rate), clock(eta))

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::phase::Phase;
 use crate::protocol::{self, BackfillOutcome, Command, Operation, Reply, Step, Target};
 use redis::Value;
+use std::collections::HashSet;
 
 /// One page of a SCAN over string keys under the key prefix.
 #[derive(Debug, Clone, Default)]
@@ -186,31 +187,65 @@ impl Lease<'_> {
 
     /// Source locks the destination does not hold with the same token (a full
     /// walk of the source): what stands between phase 1 and the gate.
+    ///
+    /// A phase-1 acquire in flight has written the source and not yet the
+    /// destination; such a key is source-only for a round trip. Candidates
+    /// are therefore checked again, a few times over ~150 ms, and only those
+    /// still source-only with the same token count: a lock left from phase 0
+    /// stays that way, an acquire in flight does not (a stalled one keeps the
+    /// gate closed, which errs on the safe side).
     pub fn source_only(&mut self, examples: usize, interrupt: &Interrupt) -> Result<SourceOnly> {
         let mut report = SourceOnly::default();
+        let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut cursor = 0;
         loop {
             let page = self.scan(Target::Source, cursor, 1000, interrupt)?;
             report.scanned += page.keys.len() as u64;
-            let on_source = self.pipeline_raw(Target::Source, "GET", &page.keys, interrupt)?;
-            let on_destination =
-                self.pipeline_raw(Target::Destination, "GET", &page.keys, interrupt)?;
-            for ((key, source), destination) in page.keys.iter().zip(on_source).zip(on_destination)
-            {
-                if let Value::BulkString(value) = source {
-                    if !matches!(destination, Value::BulkString(ref d) if *d == value) {
-                        report.count += 1;
-                        if report.examples.len() < examples {
-                            report.examples.push(key.clone());
-                        }
-                    }
-                }
-            }
+            candidates.extend(self.source_only_among(page.keys, interrupt)?);
             cursor = page.cursor;
             if cursor == 0 {
-                return Ok(report);
+                break;
             }
         }
+        for _ in 0..3 {
+            if candidates.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut still = HashSet::with_capacity(candidates.len());
+            for chunk in candidates.chunks(1000) {
+                let keys = chunk.iter().map(|(key, _)| key.clone()).collect();
+                still.extend(self.source_only_among(keys, interrupt)?);
+            }
+            candidates.retain(|candidate| still.contains(candidate));
+        }
+        report.count = candidates.len() as u64;
+        report.examples = candidates
+            .into_iter()
+            .take(examples)
+            .map(|(key, _)| key)
+            .collect();
+        Ok(report)
+    }
+
+    /// (key, source value) of the keys whose source value the destination lacks.
+    fn source_only_among(
+        &mut self,
+        keys: Vec<Vec<u8>>,
+        interrupt: &Interrupt,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let on_source = self.pipeline_raw(Target::Source, "GET", &keys, interrupt)?;
+        let on_destination = self.pipeline_raw(Target::Destination, "GET", &keys, interrupt)?;
+        Ok(keys
+            .into_iter()
+            .zip(on_source)
+            .zip(on_destination)
+            .filter_map(|((key, source), destination)| match (source, destination) {
+                (Value::BulkString(s), Value::BulkString(d)) if s == d => None,
+                (Value::BulkString(s), _) => Some((key, s)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// One batch of backfill: a SCAN page of the source, then every key of it
