@@ -87,28 +87,31 @@ impl Lease<'_> {
     ) -> Result<ScanPage> {
         self.check_prefix()?;
         let prefix = self.client.key_prefix().to_vec();
-        self.scan_matching(target, &prefix, cursor, count, interrupt)
+        self.scan_matching(target, &prefix, cursor, count, true, interrupt)
     }
 
     /// One SCAN page of string keys starting with `prefix`.
+    /// `strings_only` adds SCAN's TYPE filter, which costs the server a
+    /// lookup per key; backfill goes without (its reads ignore other types).
     pub(crate) fn scan_matching(
         &mut self,
         target: Target,
         prefix: &[u8],
         cursor: u64,
         count: usize,
+        strings_only: bool,
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
-        let pattern = match_pattern(prefix);
-        let packed = redis::cmd("SCAN")
-            .arg(cursor)
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
             .arg("MATCH")
-            .arg(pattern)
+            .arg(match_pattern(prefix))
             .arg("COUNT")
-            .arg(count.max(1))
-            .arg("TYPE")
-            .arg("string")
-            .get_packed_command();
+            .arg(count.max(1));
+        if strings_only {
+            scan.arg("TYPE").arg("string");
+        }
+        let packed = scan.get_packed_command();
         let (server, connection) = self.connection(target, interrupt)?;
         let name = server.name().to_string();
         let value = connection.request(&packed, interrupt)?;
@@ -265,16 +268,40 @@ impl Lease<'_> {
                 self.phase
             )));
         }
-        let page = self.scan(Target::Source, cursor, count, interrupt)?;
+        // Two pages per call, the second one step behind the first, so that
+        // one page's destination writes travel with the other's source
+        // reads: both servers (and both cores) work in every round trip.
+        self.check_prefix()?;
+        let prefix = self.client.key_prefix().to_vec();
+        let first =
+            self.scan_matching(Target::Source, &prefix, cursor, count, dry_run, interrupt)?;
+        let second = if first.cursor == 0 || dry_run {
+            ScanPage::default()
+        } else {
+            self.scan_matching(
+                Target::Source,
+                &prefix,
+                first.cursor,
+                count,
+                false,
+                interrupt,
+            )?
+        };
+        let next = if first.cursor == 0 || dry_run {
+            first.cursor
+        } else {
+            second.cursor
+        };
         let mut report = BackfillReport {
-            cursor: page.cursor,
-            scanned: page.keys.len() as u64,
+            cursor: next,
+            scanned: (first.keys.len() + second.keys.len()) as u64,
             ..BackfillReport::default()
         };
-        if page.keys.is_empty() {
+        if report.scanned == 0 {
             return Ok(report);
         }
         if dry_run {
+            let page = first;
             let on_source = self.pipeline_raw(Target::Source, "GET", &page.keys, interrupt)?;
             let on_destination =
                 self.pipeline_raw(Target::Destination, "GET", &page.keys, interrupt)?;
@@ -290,10 +317,16 @@ impl Lease<'_> {
             }
             return Ok(report);
         }
-        let ops = page
+        let ops = first
             .keys
             .iter()
-            .map(|key| (key.as_slice(), protocol::Backfill::new()))
+            .map(|key| (key.as_slice(), Delayed::new(0, protocol::Backfill::new())))
+            .chain(
+                second
+                    .keys
+                    .iter()
+                    .map(|key| (key.as_slice(), Delayed::new(1, protocol::Backfill::new()))),
+            )
             .collect();
         for outcome in self.run_many(ops, interrupt)? {
             match outcome {
@@ -408,6 +441,31 @@ impl Lease<'_> {
                 output.unwrap_or_else(|| Err(Error::Internal("operation did not finish".into())))
             })
             .collect())
+    }
+}
+
+/// Runs an operation `rounds` round trips late (sending nothing until then),
+/// to stagger pages so that each round trip keeps both servers busy.
+struct Delayed<O> {
+    rounds: usize,
+    op: O,
+}
+
+impl<O> Delayed<O> {
+    fn new(rounds: usize, op: O) -> Self {
+        Delayed { rounds, op }
+    }
+}
+
+impl<O: Operation> Operation for Delayed<O> {
+    type Output = O::Output;
+
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<O::Output> {
+        if self.rounds > 0 {
+            self.rounds -= 1;
+            return Step::Send(Vec::new());
+        }
+        self.op.step(replies)
     }
 }
 

@@ -232,6 +232,7 @@ impl Lease<'_> {
                 &heartbeat_prefix,
                 cursor,
                 1000,
+                true,
                 interrupt,
             )?;
             for key in page.keys {
