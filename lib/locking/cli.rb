@@ -191,7 +191,8 @@ class Locking
       verb = options[:dry_run] ? "would copy" : "copied"
       @out.puts "done: #{number(totals[:scanned])} scanned, #{number(totals[:copied])} #{verb}, " \
                 "#{number(totals[:already_there])} already there, #{number(totals[:conflicts])} conflicts, " \
-                "#{number(totals[:undone])} undone, #{number(totals[:failed])} failed " \
+                "#{number(totals[:undone])} undone, #{number(totals[:absent])} skipped (gone, or not a string), " \
+                "#{number(totals[:failed])} failed " \
                 "in #{format('%.1f', elapsed)}s (#{number(totals[:scanned] / [elapsed, 1e-9].max)} keys/s)"
       totals[:failed].zero? ? EXIT_OK : EXIT_ERROR
     end
