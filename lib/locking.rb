@@ -14,3 +14,16 @@ end
 require_relative "locking/client"
 require_relative "locking/configuration"
 require_relative "locking/lock"
+
+class Locking
+  # ActiveJob integration, loaded on first use (ActiveJob is required then).
+  autoload :UniqueJob, File.expand_path("locking/unique_job", __dir__)
+  autoload :LogSubscriber, File.expand_path("locking/log_subscriber", __dir__)
+
+  class << self
+    # Where LogSubscriber writes (default: ActiveJob's logger).
+    attr_accessor :logger
+  end
+end
+
+require_relative "locking/railtie" if defined?(Rails::Railtie)

@@ -114,6 +114,19 @@ class Locking
       _control_set(name.to_s, value&.to_s, (ttl * 1000).to_i)
     end
 
+    # Deletes a lock on every configured server whoever holds it (manual
+    # unlock; jobs use Locking#release, which checks the token).
+    # @return [Integer] keys deleted
+    def force_delete(key)
+      _force_delete(key)
+    end
+
+    # Deletes every lock whose key starts with `key_start`, walking with SCAN.
+    # @return [Integer] keys deleted
+    def delete_matching(key_start)
+      _delete_matching(key_start)
+    end
+
     SERVERS = %i[source destination].freeze
 
     def server_index(server)

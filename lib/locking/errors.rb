@@ -18,4 +18,8 @@ class Locking
 
   # Locking.with_lock gave up: someone else held the lock for all of `wait:`.
   class NotAcquiredError < Error; end
+
+  # A unique job was enqueued (or performed) while the same job held its lock
+  # (Locking::UniqueJob with on_conflict: :raise).
+  class DuplicateJobError < Error; end
 end

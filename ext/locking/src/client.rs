@@ -294,6 +294,24 @@ impl RbClient {
         })
     }
 
+    /// Deletes a lock on every configured server, whoever holds it.
+    fn force_delete(ruby: &Ruby, rb_self: &Self, key: RString) -> Result<u64, magnus::Error> {
+        let key = bytes(key);
+        rb_self.with_lease(ruby, |lease, interrupt| lease.force_delete(&key, interrupt))
+    }
+
+    /// Deletes every lock whose key starts with `key_start` (SCAN, every server).
+    fn delete_matching(
+        ruby: &Ruby,
+        rb_self: &Self,
+        key_start: RString,
+    ) -> Result<u64, magnus::Error> {
+        let key_start = bytes(key_start);
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.delete_matching(&key_start, interrupt)
+        })
+    }
+
     fn is_dynamic(&self) -> bool {
         self.client.is_dynamic()
     }
@@ -354,6 +372,8 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_source_only", method!(RbClient::source_only, 1))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;
     class.define_method("dynamic?", method!(RbClient::is_dynamic, 0))?;
+    class.define_private_method("_force_delete", method!(RbClient::force_delete, 1))?;
+    class.define_private_method("_delete_matching", method!(RbClient::delete_matching, 1))?;
     class.define_private_method("_control_get", method!(RbClient::control_get, 1))?;
     class.define_private_method("_control_set", method!(RbClient::control_set, 3))?;
     class.define_private_method("_control_phase", method!(RbClient::control_phase, 0))?;

@@ -341,6 +341,60 @@ impl Lease<'_> {
         Ok(report)
     }
 
+    /// Deletes `key` (under the prefix) on every configured server, whoever
+    /// holds it: the operator's manual unlock. Returns the keys deleted.
+    pub fn force_delete(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<u64> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("lock key must not be empty".into()));
+        }
+        let mut full_key = self.client.key_prefix().to_vec();
+        full_key.extend_from_slice(key);
+        let mut deleted = 0;
+        for target in self.configured_targets() {
+            let values = self.pipeline_raw(target, "DEL", &[full_key.clone()], interrupt)?;
+            deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes every lock whose key (after the prefix) starts with
+    /// `key_start`, on every configured server, walking with SCAN. Returns
+    /// the keys deleted.
+    pub fn delete_matching(&mut self, key_start: &[u8], interrupt: &Interrupt) -> Result<u64> {
+        self.check_prefix()?;
+        if key_start.is_empty() {
+            return Err(Error::InvalidArgument(
+                "refusing to delete every lock: give the start of the keys".into(),
+            ));
+        }
+        let mut pattern_prefix = self.client.key_prefix().to_vec();
+        pattern_prefix.extend_from_slice(key_start);
+        let mut deleted = 0;
+        for target in self.configured_targets() {
+            let mut cursor = 0;
+            loop {
+                let page =
+                    self.scan_matching(target, &pattern_prefix, cursor, 1000, true, interrupt)?;
+                if !page.keys.is_empty() {
+                    let values = self.pipeline_raw(target, "DEL", &page.keys, interrupt)?;
+                    deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
+                }
+                cursor = page.cursor;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn configured_targets(&self) -> Vec<Target> {
+        [Target::Source, Target::Destination]
+            .into_iter()
+            .filter(|target| self.client.server_name(*target).is_some())
+            .collect()
+    }
+
     /// The same single-key command (GET, PTTL ...) for many keys, pipelined.
     fn pipeline_raw(
         &mut self,

@@ -1,0 +1,49 @@
+# frozen_string_literal: true
+
+require "active_support/log_subscriber"
+
+class Locking
+  # Logs the *.locking notifications (acquire, conflict, release, renew,
+  # error, unlock) to ActiveJob's logger, or Locking.logger when set.
+  class LogSubscriber < ActiveSupport::LogSubscriber
+    def acquire(event)
+      debug { "[locking] #{job(event)} acquired #{event.payload[:lock_key]} at #{event.payload[:at]}" }
+    end
+
+    def conflict(event)
+      info { "[locking] #{job(event)} conflict on #{event.payload[:lock_key]} at #{event.payload[:at]}" }
+    end
+
+    def release(event)
+      debug do
+        "[locking] #{job(event)} released #{event.payload[:lock_key]} (#{event.payload[:reason]}, " \
+          "#{event.payload[:released] ? 'deleted' : 'already gone'})"
+      end
+    end
+
+    def renew(event)
+      debug { "[locking] #{job(event)} kept #{event.payload[:lock_key]} for its retry" }
+    end
+
+    def error(event)
+      error = event.payload[:error]
+      warn { "[locking] #{job(event)} Redis error on #{event.payload[:lock_key]}: #{error.class}: #{error.message}" }
+    end
+
+    def unlock(event)
+      info { "[locking] unlocked #{event.payload[:lock_key]} (#{event.payload[:deleted]})" }
+    end
+
+    def logger
+      Locking.logger || (defined?(ActiveJob::Base) ? ActiveJob::Base.logger : nil)
+    end
+
+    private
+
+    def job(event)
+      [event.payload[:job_class], event.payload[:job_id]].compact.join(" ")
+    end
+  end
+end
+
+Locking::LogSubscriber.attach_to :locking

@@ -1,0 +1,302 @@
+# frozen_string_literal: true
+
+require "json"
+require "digest"
+require "active_support/concern"
+require "active_support/notifications"
+require "active_job"
+require_relative "log_subscriber"
+
+class Locking
+  # Unique jobs for ActiveJob, on any adapter.
+  #
+  #   class ImportJob < ApplicationJob
+  #     include Locking::UniqueJob
+  #     unique_lock :until_executed, ttl: 1.hour, on_conflict: :drop
+  #
+  #     def perform(account_id) = ...
+  #   end
+  #
+  #   ImportJob.perform_later(42)  # => the job
+  #   ImportJob.perform_later(42)  # => false: the same job is already waiting
+  #
+  # Strategies:
+  # - :until_executing  lock at enqueue, free when perform starts
+  # - :until_executed   lock at enqueue, free when perform ends (the monolith's behaviour)
+  # - :while_executing  lock only around perform
+  # - :until_expired    lock at enqueue, free by TTL only
+  #
+  # The lock key is derived once, at enqueue, from the job class and its
+  # serialized arguments (symbol or string keys, hash order: same key), and
+  # travels in the job's data with a token unique to this enqueue, so the
+  # worker releases exactly the lock that was taken, in any process and phase.
+  module UniqueJob
+    extend ActiveSupport::Concern
+
+    STRATEGIES = %i[until_executing until_executed while_executing until_expired].freeze
+    ON_CONFLICT = %i[drop raise log].freeze
+    ON_PERFORM_CONFLICT = %i[drop raise retry].freeze
+    ON_REDIS_ERROR = %i[raise allow deny].freeze
+    ON_FAILURE = %i[release keep].freeze
+    DATA_KEY = "locking"
+
+    included do
+      class_attribute :locking_options, instance_writer: false, default: nil
+      around_enqueue :locking_around_enqueue
+      around_perform :locking_around_perform
+    end
+
+    class_methods do
+      # Declares the job unique.
+      #
+      # @param strategy [Symbol] see Locking::UniqueJob
+      # @param ttl [Numeric, ActiveSupport::Duration] lock lifetime if nobody releases it; for the
+      #   enqueue strategies it must cover the wait in the queue plus the run
+      # @param on_conflict [:drop, :raise, :log, Proc] the same job already holds the lock:
+      #   :drop (perform_later returns false, nothing enqueued), :raise (Locking::DuplicateJobError),
+      #   :log (drop and log a warning), or a Proc called with the job (then dropped)
+      # @param on_perform_conflict [:drop, :raise, :retry] for :while_executing, when another run
+      #   holds the lock at perform time: skip this run, raise, or retry_job(wait: retry_wait)
+      # @param key [Proc, nil] builds the key from the job's arguments (default: a digest of them)
+      # @param on_redis_error [:raise, :allow, :deny] Redis unreachable: raise (default), run or
+      #   enqueue as if the lock were free, or treat it as taken
+      # @param on_failure [:release, :keep] perform raised and the job is not retried by
+      #   retry_on: free the lock (default) or keep it until its TTL
+      def unique_lock(strategy, ttl:, on_conflict: :drop, on_perform_conflict: :drop, key: nil,
+                      on_redis_error: :raise, on_failure: :release, retry_wait: 5)
+        check_choice(strategy, STRATEGIES, "strategy")
+        check_choice(on_conflict, ON_CONFLICT, "on_conflict") unless on_conflict.respond_to?(:call)
+        check_choice(on_perform_conflict, ON_PERFORM_CONFLICT, "on_perform_conflict")
+        check_choice(on_redis_error, ON_REDIS_ERROR, "on_redis_error")
+        check_choice(on_failure, ON_FAILURE, "on_failure")
+        raise ArgumentError, "key: must be a Proc, got #{key.inspect}" unless key.nil? || key.respond_to?(:call)
+
+        seconds = ttl.to_f
+        unless seconds.finite? && seconds.positive?
+          raise ArgumentError, "ttl: must be a positive duration, got #{ttl.inspect}"
+        end
+
+        self.locking_options = {
+          strategy: strategy, ttl: seconds, on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
+          key: key, on_redis_error: on_redis_error, on_failure: on_failure, retry_wait: retry_wait
+        }.freeze
+      end
+
+      # The lock key for these arguments: "JobClass:<digest of the arguments>".
+      def lock_key_for(*arguments)
+        options = locking_options or raise ArgumentError, "#{name} has no unique_lock"
+        suffix = if options[:key]
+                   options[:key].call(*arguments).to_s
+                 else
+                   Digest::SHA256.hexdigest(JSON.generate(UniqueJob.canonical(ActiveJob::Arguments.serialize(arguments))))
+                 end
+        raise ArgumentError, "the key Proc of #{name} returned an empty key" if suffix.empty?
+
+        "#{name}:#{suffix}"
+      end
+
+      # Frees the lock of the job with these arguments, whoever holds it.
+      # @return [Boolean] whether a lock was deleted
+      def unlock!(*arguments)
+        key = lock_key_for(*arguments)
+        deleted = Locking.client.force_delete(key).positive?
+        UniqueJob.instrument(:unlock, job_class: name, lock_key: key, deleted: deleted)
+        deleted
+      end
+
+      # Frees every lock of this job class (SCAN, never KEYS).
+      # @return [Integer] locks deleted
+      def unlock_all!
+        deleted = Locking.client.delete_matching("#{name}:")
+        UniqueJob.instrument(:unlock, job_class: name, lock_key: "#{name}:*", deleted: deleted)
+        deleted
+      end
+
+      private
+
+      def check_choice(value, choices, name)
+        return if choices.include?(value)
+
+        raise ArgumentError, "unknown #{name} #{value.inspect} (expected #{choices.map(&:inspect).join(', ')})"
+      end
+    end
+
+    # The lock key and token this job carries (nil before enqueue or without a lock).
+    attr_reader :lock_key, :lock_token
+
+    def serialize
+      data = super
+      data[DATA_KEY] = { "key" => @lock_key, "token" => @lock_token } if @lock_token
+      data
+    end
+
+    def deserialize(job_data)
+      super
+      lock = job_data[DATA_KEY]
+      return unless lock
+
+      @lock_key = lock["key"]
+      @lock_token = lock["token"]
+    end
+
+    # perform_now wraps the whole run, including retry_on/discard_on handling,
+    # so this is where we know how the run ended.
+    def perform_now
+      outcome = :failed
+      @locking_retrying = false
+      result = super
+      outcome = @locking_retrying ? :retrying : :done
+      result
+    ensure
+      locking_after_run(outcome) if locking_options
+    end
+
+    def retry_job(options = {})
+      @locking_retrying = true
+      super
+    end
+
+    # Normalizes serialized arguments so that equal arguments give one key:
+    # hash keys sorted and stringified (ActiveJob's symbol-key markers dropped).
+    def self.canonical(value)
+      case value
+      when Hash
+        value.except("_aj_symbol_keys", "_aj_ruby2_keywords")
+             .map { |k, v| [k.to_s, canonical(v)] }
+             .sort_by(&:first)
+             .to_h
+      when Array then value.map { |v| canonical(v) }
+      else value
+      end
+    end
+
+    def self.instrument(event, payload, &block)
+      ActiveSupport::Notifications.instrument("#{event}.locking", payload, &block)
+    end
+
+    private
+
+    def locking_lock
+      Locking.new(@lock_key, token: @lock_token)
+    end
+
+    def locking_payload(extra = {})
+      { job_class: self.class.name, job_id: job_id, lock_key: @lock_key, strategy: locking_options[:strategy] }
+        .merge(extra)
+    end
+
+    # Runs a Redis call under the job's on_redis_error policy.
+    def locking_redis(on_error_result)
+      yield
+    rescue Locking::ConnectionError, Locking::CommandError => e
+      UniqueJob.instrument(:error, locking_payload(error: e))
+      case locking_options[:on_redis_error]
+      when :raise then raise
+      when :allow then on_error_result == :lock ? true : nil
+      when :deny then on_error_result == :lock ? false : nil
+      end
+    end
+
+    def locking_around_enqueue
+      options = locking_options
+      return yield if options.nil? || options[:strategy] == :while_executing
+
+      if @lock_token
+        # A retry (retry_on) of a job that holds its lock: keep it, no gap.
+        renewed = locking_redis(:lock) { locking_lock.renew(options[:ttl]) || locking_lock.acquire(options[:ttl]) }
+        @lock_released = false
+        UniqueJob.instrument(:renew, locking_payload(renewed: renewed))
+        return yield
+      end
+
+      @lock_key = self.class.lock_key_for(*arguments)
+      @lock_token = Locking::Client.generate_token
+      acquired = locking_redis(:lock) { locking_lock.acquire(options[:ttl]) }
+      unless acquired
+        UniqueJob.instrument(:conflict, locking_payload(at: :enqueue))
+        @lock_token = nil
+        return locking_enqueue_conflict(options[:on_conflict])
+      end
+
+      UniqueJob.instrument(:acquire, locking_payload(at: :enqueue))
+      enqueued = false
+      begin
+        result = yield
+        enqueued = true
+        result
+      ensure
+        locking_release(:enqueue_failed) unless enqueued
+      end
+    end
+
+    def locking_enqueue_conflict(policy)
+      case policy
+      when :drop then nil
+      when :raise
+        raise DuplicateJobError, "#{self.class.name} is already enqueued or running (lock #{@lock_key.inspect})"
+      when :log
+        logger&.warn("[locking] #{self.class.name} not enqueued: the same job holds lock #{@lock_key.inspect}")
+      else policy.call(self)
+      end
+      nil
+    end
+
+    def locking_around_perform(&block)
+      options = locking_options
+      case options[:strategy]
+      when :until_executing
+        locking_release(:perform_started)
+        yield
+      when :while_executing then locking_while_executing(options, &block)
+      else yield
+      end
+    end
+
+    def locking_while_executing(options)
+      @lock_key = self.class.lock_key_for(*arguments)
+      @lock_token = Locking::Client.generate_token
+      acquired = locking_redis(:lock) { locking_lock.acquire(options[:ttl]) }
+      unless acquired
+        @lock_token = nil
+        UniqueJob.instrument(:conflict, locking_payload(at: :perform))
+        case options[:on_perform_conflict]
+        when :drop then return
+        when :raise
+          raise DuplicateJobError, "#{self.class.name} is already running (lock #{@lock_key.inspect})"
+        when :retry then return retry_job(wait: options[:retry_wait])
+        end
+      end
+      UniqueJob.instrument(:acquire, locking_payload(at: :perform))
+      begin
+        yield
+      ensure
+        # The retry of a :while_executing job takes its lock again when it runs.
+        locking_release(:performed)
+        @lock_token = nil
+      end
+    end
+
+    def locking_after_run(outcome)
+      return if @lock_token.nil? || @lock_released
+
+      case locking_options[:strategy]
+      when :until_executed
+        return if outcome == :retrying
+        return if outcome == :failed && locking_options[:on_failure] == :keep
+
+        locking_release(outcome == :done ? :performed : :failed)
+      when :until_executing
+        locking_release(:failed) if outcome == :failed && locking_options[:on_failure] == :release
+      end
+    end
+
+    def locking_release(reason)
+      return unless @lock_token
+
+      released = locking_redis(:release) { locking_lock.release }
+      @lock_released = true
+      UniqueJob.instrument(:release, locking_payload(reason: reason, released: released))
+      released
+    end
+  end
+end

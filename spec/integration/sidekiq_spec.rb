@@ -1,0 +1,105 @@
+# frozen_string_literal: true
+
+require "rbconfig"
+
+# A real Sidekiq process (Debian's ruby-sidekiq) running ActiveJob jobs of a
+# small app (spec/support/sidekiq_app.rb) against real Redis servers.
+RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
+  APP = File.expand_path("../support/sidekiq_app.rb", __dir__)
+  SIDEKIQ = Gem.bin_path("sidekiq", "sidekiq") rescue "sidekiq"
+
+  let(:witness) { witness_server.redis }
+
+  def env(phase)
+    {
+      "JOBS_REDIS_URL" => source_server.url(1), # the jobs Redis; locks live in its db 0 in phase 0
+      "LOCKING_SOURCE_URL" => source_server.url,
+      "LOCKING_DESTINATION_URL" => destination_server.url,
+      "LOCKING_PHASE" => phase,
+      "WITNESS_URL" => witness_server.url,
+      "RUBYOPT" => nil, "BUNDLE_GEMFILE" => nil
+    }
+  end
+
+  def start_sidekiq(phase)
+    log = File.join(source_server.dir, "sidekiq.log")
+    pid = Process.spawn(env(phase), RbConfig.ruby, SIDEKIQ, "-r", APP, "-c", "5", "-q", "default",
+                        out: log, err: [:child, :out])
+    [pid, log]
+  end
+
+  def stop_sidekiq(pid)
+    Process.kill(:TERM, pid)
+    Timeout.timeout(15) { Process.wait(pid) }
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  rescue Timeout::Error
+    Process.kill(:KILL, pid)
+    Process.wait(pid)
+  end
+
+  # Enqueues from a separate Ruby process, as a web server would.
+  def enqueue(phase, code)
+    script = "require #{APP.dump}; #{code}"
+    out = IO.popen(env(phase), [RbConfig.ruby, "-e", script], err: [:child, :out], &:read)
+    raise "enqueue failed: #{out}" unless $?.success?
+
+    out
+  end
+
+  def wait_for(seconds)
+    deadline = monotonic + seconds
+    sleep 0.05 until (result = yield) || monotonic > deadline
+    result
+  end
+
+  def lock_keys = lock_keys_left
+
+  it "runs a job enqueued many times at once exactly once; a retried job keeps then frees its lock" do
+    configure_both(:dual)
+    pid, log = start_sidekiq("source")
+    begin
+      # Four processes enqueue the same jobs at the same moment.
+      enqueuers = 4.times.map do
+        fork do
+          enqueue("source", "r = 10.times.map { |i| UniqueImportJob.perform_later(i % 3) }; puts r.count(&:itself)")
+          exit!(0)
+        end
+      end
+      enqueuers.each { |p| Process.wait(p) }
+      enqueue("source", "FlakyJob.perform_later(7)")
+
+      ran = wait_for(30) { (0..2).all? { |i| witness.get("runs:#{i}") } && witness.llen("flaky:7") >= 2 && lock_keys.empty? }
+      expect(ran).to be_truthy, File.read(log)
+      sleep 0.5 # anything else would have run by now
+      expect((0..2).map { |i| witness.get("runs:#{i}").to_i }).to eq([1, 1, 1])
+      expect(witness.get("overlaps").to_i).to eq(0)
+      expect(witness.lrange("flaky:7", 0, -1)).to eq(["1:held", "2:held"])
+      expect(lock_keys).to eq([])
+    ensure
+      stop_sidekiq(pid)
+    end
+  end
+
+  it "releases locks taken before a phase move after it (source to dual), leaving none" do
+    configure_both(:dual)
+    pid, log = start_sidekiq("dynamic")
+    begin
+      enqueue("source", "3.times { |i| GatedJob.perform_later(i) }")
+      expect(source_server.redis.keys("locking:GatedJob:*").size).to eq(3)
+      expect(wait_for(20) { witness.get("gated:started").to_i == 3 }).to be_truthy, File.read(log)
+
+      expect(locking_cli("phase", "set", "dual")[0]).to eq(0) # the Sidekiq process follows within 0.1s
+      sleep 0.3
+      witness.set("go", "1")
+
+      expect(wait_for(20) { witness.llen("gated:phases") == 3 && lock_keys.empty? }).to be_truthy, File.read(log)
+      expect(witness.lrange("gated:phases", 0, -1).uniq).to eq(["dual"])
+      heartbeats = destination_server.redis.keys("{locking-control}:locking:process:*")
+      expect(heartbeats.map { |k| destination_server.redis.get(k) }).to all(eq("1"))
+      expect(lock_keys).to eq([])
+    ensure
+      stop_sidekiq(pid)
+    end
+  end
+end

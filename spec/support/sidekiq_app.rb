@@ -1,0 +1,75 @@
+# frozen_string_literal: true
+
+# A small app for the end-to-end spec, run by a real Sidekiq process:
+#   sidekiq -r ./spec/support/sidekiq_app.rb
+# Settings come from the environment: JOBS_REDIS_URL (Sidekiq's queues),
+# LOCKING_SOURCE_URL / LOCKING_DESTINATION_URL / LOCKING_PHASE (locking's
+# own defaults), WITNESS_URL (what the jobs record).
+$LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
+require "logger"
+require "active_job"
+require "sidekiq"
+require "locking"
+
+Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
+ActiveJob::Base.queue_adapter = :sidekiq
+ActiveJob::Base.logger = Logger.new(nil)
+Sidekiq.configure_server do |config|
+  config.redis = { url: ENV.fetch("JOBS_REDIS_URL") }
+  config.options[:poll_interval_average] = 0.5 # run retry_on's scheduled retries soon
+  config.logger.level = Logger::WARN
+end
+Sidekiq.configure_client { |config| config.redis = { url: ENV.fetch("JOBS_REDIS_URL") } }
+Locking.configure { |c| c.phase_cache_ttl = 0.1 }
+
+module Witness
+  def self.redis = Redis.new(url: ENV.fetch("WITNESS_URL"))
+end
+
+# Many enqueues of the same job at once: it must run once.
+class UniqueImportJob < ActiveJob::Base
+  include Locking::UniqueJob
+  unique_lock :until_executed, ttl: 60
+
+  def perform(id)
+    witness = Witness.redis
+    witness.incr("overlaps") if witness.incr("inside:#{id}") > 1
+    witness.incr("runs:#{id}")
+    sleep 0.3
+    witness.decr("inside:#{id}")
+  ensure
+    witness&.close
+  end
+end
+
+# Fails once, retried by retry_on: keeps its lock in between, then frees it.
+class FlakyJob < ActiveJob::Base
+  include Locking::UniqueJob
+  unique_lock :until_executed, ttl: 60
+  retry_on RuntimeError, wait: 1, attempts: 3
+
+  def perform(id)
+    witness = Witness.redis
+    witness.rpush("flaky:#{id}", "#{executions}:#{Locking.new(lock_key, token: lock_token).ttl ? 'held' : 'free'}")
+    raise "attempt #{executions} fails" if executions == 1
+  ensure
+    witness&.close
+  end
+end
+
+# Waits for the spec's signal, so that it is released after a phase change.
+class GatedJob < ActiveJob::Base
+  include Locking::UniqueJob
+  unique_lock :until_executed, ttl: 60
+
+  def perform(id)
+    witness = Witness.redis
+    witness.incr("gated:started")
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 20
+    sleep 0.05 until witness.exists?("go") || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    Locking.new("probe").locked? # an operation: reads the (dynamic) phase now
+    witness.rpush("gated:phases", Locking.client.phase.to_s)
+  ensure
+    witness&.close
+  end
+end
