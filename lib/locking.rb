@@ -21,8 +21,19 @@ class Locking
   autoload :LogSubscriber, File.expand_path("locking/log_subscriber", __dir__)
 
   class << self
-    # Where LogSubscriber writes (default: ActiveJob's logger).
+    # Where LogSubscriber and server warnings write (default: ActiveJob's logger, else $stderr).
     attr_accessor :logger
+
+    # Called by the native client with a warning about a server (an evicting
+    # maxmemory-policy), once per server and process.
+    def server_warning(message)
+      if logger
+        logger.warn("[locking] #{message}")
+      else
+        Kernel.warn("[locking] #{message}")
+      end
+      nil
+    end
   end
 end
 

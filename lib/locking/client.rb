@@ -10,7 +10,8 @@ class Locking
     def self.build(config)
       phase = config.dynamic? ? 0 : Configuration.phase_index(config.phase)
       _new(config.source, config.destination, phase, config.key_prefix, config.timeout.to_f, config.pool_size,
-           config.dynamic? ? config.phase_cache_ttl : nil, Socket.gethostname)
+           config.dynamic? ? config.phase_cache_ttl : nil, Socket.gethostname,
+           Configuration::EVICTION_CHECKS.index(config.eviction_policy_check))
     end
 
     # @return [Boolean] true when the lock was taken with this token (or already held by it).

@@ -11,6 +11,7 @@ class Locking
     DEFAULT_TIMEOUT = 1.0
     DEFAULT_POOL_SIZE = 8
     DEFAULT_PHASE_CACHE_TTL = 1.0
+    EVICTION_CHECKS = %i[off warn raise].freeze
 
     # Where lock keys live today (the jobs Redis). Default: LOCKING_SOURCE_URL,
     # then REDIS_URL, then DEFAULT_SOURCE.
@@ -23,6 +24,8 @@ class Locking
     attr_reader :phase
     # With phase :dynamic, seconds a phase read from Redis is used before reading it again. Default: 1.0.
     attr_reader :phase_cache_ttl
+    # A server whose maxmemory-policy may evict locks: :warn once (default), :raise on connect, or :off.
+    attr_reader :eviction_policy_check
     # Prepended to every lock key in Redis. Default: "locking:".
     attr_reader :key_prefix
     # Seconds to connect, read and write before Locking::TimeoutError. Default: 1.0.
@@ -49,6 +52,15 @@ class Locking
       self.timeout = DEFAULT_TIMEOUT
       self.pool_size = DEFAULT_POOL_SIZE
       self.phase_cache_ttl = DEFAULT_PHASE_CACHE_TTL
+      self.eviction_policy_check = :warn
+    end
+
+    def eviction_policy_check=(check)
+      unless EVICTION_CHECKS.include?(check)
+        raise ArgumentError, "eviction_policy_check must be :warn, :raise or :off, got #{check.inspect}"
+      end
+
+      @eviction_policy_check = check
     end
 
     def source=(url)
@@ -99,7 +111,7 @@ class Locking
 
     # Settings that need new connections when they change (the phase does not).
     def connection_settings
-      [source, destination, key_prefix, timeout, pool_size, dynamic?, phase_cache_ttl]
+      [source, destination, key_prefix, timeout, pool_size, dynamic?, phase_cache_ttl, eviction_policy_check]
     end
 
     private

@@ -24,6 +24,20 @@ RSpec.describe "input validation" do
       expect { Locking.new("k", token: 7) }.to raise_error(TypeError, /token must be a String/)
     end
 
+    it "works with a 1 MiB key and token, and with invalid UTF-8" do
+      big = "k" * (1 << 20)
+      lock = Locking.new(big, token: "t" * (1 << 20))
+      expect(lock.acquire(10)).to be(true)
+      expect(redis.strlen("locking:#{big}")).to eq(1 << 20)
+      expect(lock.release).to be(true)
+
+      invalid = "job:\xC3\x28".dup.force_encoding(Encoding::UTF_8)
+      expect(invalid.valid_encoding?).to be(false)
+      lock = Locking.new(invalid, token: invalid)
+      expect(lock.acquire(10)).to be(true)
+      expect(lock.release).to be(true)
+    end
+
     it "copies the key so later changes to the caller's String do not move the lock" do
       key = +"job"
       lock = Locking.new(key, token: "t")
@@ -123,8 +137,8 @@ RSpec.describe "input validation" do
       expect { client.send(:_acquire, "k", "t", 0) }.to raise_error(ArgumentError, /at least 1 millisecond/)
       expect { client.send(:_release, "", "t") }.to raise_error(ArgumentError, /empty/)
       expect { client.send(:_set_phase, 9) }.to raise_error(ArgumentError, /unknown phase/)
-      expect { Locking::Client._new("redis://x:1", nil, 0, "p", -1.0, 1, nil, "h") }.to raise_error(ArgumentError, /timeout/)
-      expect { Locking::Client._new("redis://x:1", "redis://y:1", 0, "p", 1.0, 1, -2.0, "h") }
+      expect { Locking::Client._new("redis://x:1", nil, 0, "p", -1.0, 1, nil, "h", 1) }.to raise_error(ArgumentError, /timeout/)
+      expect { Locking::Client._new("redis://x:1", "redis://y:1", 0, "p", 1.0, 1, -2.0, "h", 1) }
         .to raise_error(ArgumentError, /phase_cache_ttl/)
     end
   end

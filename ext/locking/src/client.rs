@@ -4,8 +4,10 @@
 
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
-use locking_core::{Client, ClientConfig, DynamicPhase, Interrupt, Lease, Phase, TokenTtl};
-use magnus::{function, method, prelude::*, RArray, RHash, RString, Ruby};
+use locking_core::{
+    Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Phase, TokenTtl,
+};
+use magnus::{function, method, prelude::*, RArray, RHash, RString, Ruby, Value};
 use std::time::Duration;
 
 #[magnus::wrap(class = "Locking::Client", free_immediately, size)]
@@ -37,6 +39,7 @@ impl RbClient {
         pool_size: usize,
         dynamic_cache: Option<f64>,
         host: RString,
+        eviction: u8,
     ) -> Result<RbClient, magnus::Error> {
         let seconds = |value: f64, what: &str| {
             Duration::try_from_secs_f64(value).map_err(|_| {
@@ -60,6 +63,11 @@ impl RbClient {
             timeout: seconds(timeout, "timeout")?,
             pool_size,
             dynamic,
+            eviction: match eviction {
+                0 => EvictionCheck::Off,
+                1 => EvictionCheck::Warn,
+                _ => EvictionCheck::Strict,
+            },
         };
         Ok(RbClient {
             client: Client::new(config).map_err(RubyError)?,
@@ -82,6 +90,12 @@ impl RbClient {
             drop(lease); // its sockets were shut down
         } else {
             self.client.finish(lease);
+        }
+        for warning in self.client.take_warnings() {
+            let _: Result<Value, _> = ruby
+                .class_object()
+                .const_get::<_, magnus::RClass>("Locking")
+                .and_then(|locking| locking.funcall("server_warning", (warning,)));
         }
         match outcome {
             Outcome::Finished(result) => result.map_err(|e| RubyError(e).into()),
@@ -359,7 +373,7 @@ fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error>
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
-    class.define_singleton_method("_new", function!(RbClient::new, 8))?;
+    class.define_singleton_method("_new", function!(RbClient::new, 9))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
     class.define_private_method("_release", method!(RbClient::release, 2))?;

@@ -12,7 +12,7 @@ use crate::phase::Phase;
 use crate::protocol::{
     self, BackfillOutcome, Command, Operation, Reply, Servers, Step, Target, TokenTtl,
 };
-use crate::server::{RedisStore, Server};
+use crate::server::{EvictionCheck, RedisStore, Server};
 use crate::store::Store;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ pub struct ClientConfig {
     pub pool_size: usize,
     /// Read the phase from the destination's control key instead.
     pub dynamic: Option<DynamicPhase>,
+    /// What to do about servers whose maxmemory-policy may evict locks.
+    pub eviction: EvictionCheck,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +76,7 @@ impl Client {
             url.as_deref()
                 .map(|url| {
                     ServerConfig::parse(url, config.timeout)
-                        .map(|parsed| Server::new(parsed, config.pool_size))
+                        .map(|parsed| Server::new(parsed, config.pool_size, config.eviction))
                 })
                 .transpose()
         };
@@ -197,6 +199,15 @@ impl Client {
         if let (Some(server), Some(connection)) = (&self.destination, lease.destination) {
             server.pool.give_back(connection);
         }
+    }
+
+    /// Warnings about the servers (an evicting maxmemory-policy), each once.
+    pub fn take_warnings(&self) -> Vec<String> {
+        [&self.source, &self.destination]
+            .into_iter()
+            .flatten()
+            .filter_map(Server::take_warning)
+            .collect()
     }
 
     pub fn idle_connections(&self, target: Target) -> usize {

@@ -20,4 +20,5 @@ pub use connection::Interrupt;
 pub use error::{Error, Result};
 pub use phase::Phase;
 pub use protocol::TokenTtl;
+pub use server::EvictionCheck;
 pub use store::Store;

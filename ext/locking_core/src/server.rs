@@ -7,6 +7,7 @@ use crate::protocol::{AcquireReply, Command, Entry, Reply, TokenTtl};
 use crate::scripts;
 use redis::{ErrorKind, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 pub struct Server {
@@ -15,6 +16,22 @@ pub struct Server {
     /// `SET .. NX GET` needs Redis 7; older servers get the Lua fallback,
     /// learnt from their first syntax error.
     set_get: AtomicBool,
+    /// What to do about a `maxmemory-policy` that may evict lock keys.
+    pub eviction: EvictionCheck,
+    eviction_checked: AtomicBool,
+    eviction_warning: OnceLock<String>,
+    warning_pending: AtomicBool,
+}
+
+/// A server allowed to evict keys can evict a held lock, and a second job
+/// then runs: only `noeviction` is safe for locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCheck {
+    Off,
+    /// Checked at the first connection; a warning reaches the caller once.
+    Warn,
+    /// Checked at every new connection; an evicting server is an error.
+    Strict,
 }
 
 enum Decoded {
@@ -26,12 +43,74 @@ enum Decoded {
 }
 
 impl Server {
-    pub fn new(config: ServerConfig, pool_size: usize) -> Server {
+    pub fn new(config: ServerConfig, pool_size: usize, eviction: EvictionCheck) -> Server {
         Server {
             config,
             pool: Pool::new(pool_size),
             set_get: AtomicBool::new(true),
+            eviction,
+            eviction_checked: AtomicBool::new(false),
+            eviction_warning: OnceLock::new(),
+            warning_pending: AtomicBool::new(false),
         }
+    }
+
+    /// The eviction warning, once (then `None`).
+    pub fn take_warning(&self) -> Option<String> {
+        if self.warning_pending.swap(false, Ordering::AcqRel) {
+            self.eviction_warning.get().cloned()
+        } else {
+            None
+        }
+    }
+
+    fn check_eviction(&self, connection: &mut Connection, interrupt: &Interrupt) -> Result<()> {
+        let strict = match self.eviction {
+            EvictionCheck::Off => return Ok(()),
+            EvictionCheck::Warn if self.eviction_checked.swap(true, Ordering::AcqRel) => {
+                return Ok(())
+            }
+            EvictionCheck::Warn => false,
+            EvictionCheck::Strict => true,
+        };
+        let packed = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .get_packed_command();
+        let policy = match connection.request(&packed, interrupt)? {
+            Value::Array(items) => match items.as_slice() {
+                [_, Value::BulkString(policy)] => String::from_utf8_lossy(policy).into_owned(),
+                _ => return Ok(()),
+            },
+            Value::Map(items) => match items.first() {
+                Some((_, Value::BulkString(policy))) => {
+                    String::from_utf8_lossy(policy).into_owned()
+                }
+                _ => return Ok(()),
+            },
+            // CONFIG is often disabled on managed Redis: nothing to learn.
+            _ => return Ok(()),
+        };
+        if policy == "noeviction" {
+            return Ok(());
+        }
+        let message = format!(
+            "{}: maxmemory-policy is {policy}: under memory pressure Redis may evict a held lock, \
+             and a second job then runs; set maxmemory-policy noeviction on a locks Redis",
+            self.name()
+        );
+        if strict {
+            return Err(Error::Command {
+                server: self.name().to_string(),
+                detail: format!(
+                    "maxmemory-policy is {policy}, which may evict locks (eviction_policy_check is :raise)"
+                ),
+            });
+        }
+        if self.eviction_warning.set(message).is_ok() {
+            self.warning_pending.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -40,7 +119,9 @@ impl Server {
 
     /// A connection for one operation: an idle one of this process, else new.
     pub fn connect(&self, interrupt: &Interrupt) -> Result<Connection> {
-        Connection::open(&self.config, interrupt)
+        let mut connection = Connection::open(&self.config, interrupt)?;
+        self.check_eviction(&mut connection, interrupt)?;
+        Ok(connection)
     }
 
     /// Runs one command to completion on `connection`.
