@@ -34,7 +34,7 @@ pub enum EvictionCheck {
     Strict,
 }
 
-enum Decoded {
+pub(crate) enum Decoded {
     Reply(Reply),
     /// The server lacks the script (restart, SCRIPT FLUSH): load it, resend.
     LoadScript(&'static redis::Script),
@@ -376,7 +376,7 @@ impl Server {
         }
     }
 
-    fn decode(&self, command: &Command, value: Value) -> Result<Decoded> {
+    pub(crate) fn decode(&self, command: &Command, value: Value) -> Result<Decoded> {
         if let Some(error) = server_error(&value) {
             if error.kind() == ErrorKind::NoScriptError {
                 if let Some(script) = self.script_of(command) {
@@ -523,5 +523,100 @@ impl crate::store::Store for RedisStore<'_> {
     fn execute(&mut self, key: &[u8], command: &Command) -> Result<Reply> {
         self.server
             .execute(self.connection, key, command, self.interrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::ServerConfig;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn server() -> Server {
+        let config = ServerConfig::parse("redis://127.0.0.1:6379/0", Duration::from_secs(1))
+            .expect("a valid URL");
+        Server::new(config, 1, EvictionCheck::Off)
+    }
+
+    fn commands() -> Vec<Command> {
+        let token = b"t".to_vec();
+        vec![
+            Command::Acquire {
+                token: token.clone(),
+                ttl_ms: 5,
+            },
+            Command::CompareAndDelete {
+                token: token.clone(),
+            },
+            Command::CompareAndExtend {
+                token: token.clone(),
+                ttl_ms: 5,
+            },
+            Command::Exists,
+            Command::TokenTtl {
+                token: token.clone(),
+            },
+            Command::ReadWithTtl,
+            Command::Mirror {
+                value: token.clone(),
+                ttl_ms: Some(5),
+            },
+            Command::ExtendIfGreater { token, ttl_ms: 5 },
+        ]
+    }
+
+    proptest! {
+        // Whatever bytes a server (or a broken proxy) sends, parsing and
+        // decoding them returns a value or an error, never a panic.
+        #[test]
+        fn any_reply_bytes_decode_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let server = server();
+            if let Ok(value) = redis::parse_redis_value(&bytes) {
+                for command in commands() {
+                    let _ = server.decode(&command, value.clone());
+                }
+            }
+        }
+
+        #[test]
+        fn well_formed_replies_of_any_shape_decode_without_panicking(
+            kind in 0u8..6, number in any::<i64>(), text in proptest::collection::vec(any::<u8>(), 0..16)
+        ) {
+            let server = server();
+            let value = match kind {
+                0 => Value::Int(number),
+                1 => Value::BulkString(text.clone()),
+                2 => Value::Nil,
+                3 => Value::Array(vec![Value::BulkString(text.clone()), Value::Int(number)]),
+                4 => Value::Array(vec![Value::Int(number)]),
+                _ => Value::SimpleString(String::from_utf8_lossy(&text).into_owned()),
+            };
+            for command in commands() {
+                let _ = server.decode(&command, value.clone());
+            }
+        }
+
+        // Configuration parsing: any string is a config or an InvalidArgument.
+        #[test]
+        fn any_url_parses_or_is_rejected_cleanly(url in ".{0,40}") {
+            match ServerConfig::parse(&url, Duration::from_secs(1)) {
+                Ok(_) => {}
+                Err(Error::InvalidArgument(_)) => {}
+                Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+            }
+        }
+
+        #[test]
+        fn redis_looking_urls_never_panic(host in "[a-z0-9.:@\\[\\]/%?=-]{0,30}", port in any::<u32>(), db in any::<i64>()) {
+            let url = format!("redis://{host}:{port}/{db}");
+            let _ = ServerConfig::parse(&url, Duration::from_secs(1));
+        }
+
+        #[test]
+        fn phases_from_any_input(index in any::<i64>(), name in ".{0,12}") {
+            let _ = crate::phase::Phase::from_index(index);
+            let _ = crate::phase::Phase::from_name(&name);
+        }
     }
 }
