@@ -208,3 +208,34 @@ RSpec.describe "a server that may evict locks" do
     expect(log.string).to eq("")
   end
 end
+
+RSpec.describe "a paused server (CLIENT PAUSE)" do
+  around do |example|
+    @server = RedisServer.start("paused")
+    example.run
+  ensure
+    @server.cleanup
+  end
+
+  it "times out a write during the pause, and afterwards there is exactly one owner or none" do
+    Locking.configure do |c|
+      c.source = @server.url
+      c.timeout = 0.3
+    end
+    Locking.new("warm").locked?
+    @server.redis.call("CLIENT", "PAUSE", "700", "WRITE")
+    lock = Locking.new("job", token: "during-pause")
+    started = monotonic
+    expect { lock.acquire(30) }.to raise_error(Locking::TimeoutError)
+    expect(monotonic - started).to be < 0.8
+    expect(lock.have_lock?).to be(false)
+
+    sleep 0.8 # the pause ends; the queued SET may run now
+    value = @server.redis.get("locking:job")
+    expect([nil, "during-pause"]).to include(value)
+    expect(@server.redis.pttl("locking:job")).to be_between(1, 30_000) if value
+    other = Locking.new("job", token: "after")
+    expect(other.acquire(30)).to be(value.nil?)
+    expect(@server.redis.get("locking:job")).to eq(value || "after")
+  end
+end
