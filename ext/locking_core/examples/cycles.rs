@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
     let cycles: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let client = match Client::new(ClientConfig {
         source: Some(url),

@@ -362,16 +362,43 @@ impl Lease<'_> {
         }
         batch
             .iter()
-            .map(|(target, command)| {
-                let (server, connection) = self.connection(*target, interrupt)?;
+            .map(|(target, command)| self.run_command(*target, key, command, interrupt))
+            .collect()
+    }
+
+    /// Runs one command. A pooled connection that breaks before its first
+    /// reply in this operation was most likely dropped by the server while
+    /// idle (a restart, an idle timeout): the command is sent once more on a
+    /// new connection. Every protocol command is idempotent for its token
+    /// (an acquire that did run answers "already mine" the second time), so
+    /// the retry is safe even if the first attempt did reach the server.
+    fn run_command(
+        &mut self,
+        target: Target,
+        key: &[u8],
+        command: &Command,
+        interrupt: &Interrupt,
+    ) -> Result<Reply> {
+        let (server, connection) = self.connection(target, interrupt)?;
+        let stale = connection.from_pool;
+        let result = RedisStore {
+            server,
+            connection,
+            interrupt,
+        }
+        .execute(key, command);
+        match result {
+            Err(Error::Connection { .. }) if stale => {
+                let (server, connection) = self.connection(target, interrupt)?;
                 RedisStore {
                     server,
                     connection,
                     interrupt,
                 }
                 .execute(key, command)
-            })
-            .collect()
+            }
+            other => other,
+        }
     }
 
     fn execute_at_once(
@@ -380,24 +407,43 @@ impl Lease<'_> {
         batch: &[(Target, Command)],
         interrupt: &Interrupt,
     ) -> Vec<Result<Reply>> {
-        let sent: Vec<Result<Instant>> = batch
-            .iter()
-            .map(|(target, command)| {
-                let (server, connection) = self.connection(*target, interrupt)?;
-                server.send(connection, key, command, interrupt)?;
-                Ok(Instant::now() + connection.read_timeout())
-            })
-            .collect();
+        let mut stale = Vec::with_capacity(batch.len());
+        let mut sent: Vec<Result<Instant>> = Vec::with_capacity(batch.len());
+        for (target, command) in batch {
+            match self.connection(*target, interrupt) {
+                Ok((server, connection)) => {
+                    stale.push(connection.from_pool);
+                    sent.push(
+                        server
+                            .send(connection, key, command, interrupt)
+                            .map(|_| Instant::now() + connection.read_timeout()),
+                    );
+                }
+                Err(error) => {
+                    stale.push(false);
+                    sent.push(Err(error));
+                }
+            }
+        }
         // One deadline for all replies: the first one sent bounds the wait.
         let deadline = sent.iter().flatten().min().copied();
         batch
             .iter()
             .zip(sent)
-            .map(|((target, command), sent)| {
-                sent?;
-                let deadline = deadline.unwrap_or_else(Instant::now);
-                let (server, connection) = self.connection(*target, interrupt)?;
-                server.finish(connection, key, command, deadline, interrupt)
+            .enumerate()
+            .map(|(index, ((target, command), sent))| {
+                let result = sent.and_then(|_| {
+                    let deadline = deadline.unwrap_or_else(Instant::now);
+                    let (server, connection) = self.connection(*target, interrupt)?;
+                    server.finish(connection, key, command, deadline, interrupt)
+                });
+                match result {
+                    // See `run_command`: once more on a new connection.
+                    Err(Error::Connection { .. }) if stale[index] => {
+                        self.run_command(*target, key, command, interrupt)
+                    }
+                    other => other,
+                }
             })
             .collect()
     }

@@ -272,6 +272,9 @@ pub struct Connection {
     pub pid: u32,
     /// False once a command failed midway: the reply stream is out of step.
     pub healthy: bool,
+    /// Taken from the pool and not yet proven alive by a reply in this
+    /// operation: the server may have dropped it while it sat idle.
+    pub from_pool: bool,
     watched: bool,
     server: String,
     read_timeout: Duration,
@@ -295,6 +298,7 @@ impl Connection {
             db: config.db,
             pid: std::process::id(),
             healthy: true,
+            from_pool: false,
             watched: false,
             server: config.name.clone(),
             read_timeout: config.read_timeout,
@@ -400,10 +404,16 @@ impl Connection {
         if reader.shortened {
             self.restore_timeouts();
         }
-        result.map_err(|error| {
-            self.healthy = false;
-            self.redis_error(&error, interrupt)
-        })
+        match result {
+            Ok(value) => {
+                self.from_pool = false;
+                Ok(value)
+            }
+            Err(error) => {
+                self.healthy = false;
+                Err(self.redis_error(&error, interrupt))
+            }
+        }
     }
 
     fn restore_timeouts(&mut self) {

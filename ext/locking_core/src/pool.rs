@@ -40,7 +40,9 @@ impl Pool {
             idle.connections.clear();
             idle.pid = pid;
         }
-        idle.connections.pop()
+        let mut connection = idle.connections.pop()?;
+        connection.from_pool = true;
+        Some(connection)
     }
 
     /// Keeps a healthy connection of this process for the next operation.
