@@ -51,13 +51,21 @@ where
     };
     let call_ptr = &mut call as *mut Call<F, R> as *mut c_void;
     let interrupt_ptr = interrupt as *const Interrupt as *mut c_void;
+    // With a single Ruby thread, an unblock function makes Ruby start (and
+    // join) a helper thread for every call, which costs more than a round
+    // trip. Nothing but a signal (Ctrl-C) could need it then, and the socket
+    // timeouts bound that wait; Thread#kill, Thread#raise and Timeout all
+    // involve a second thread, and then the unblock function is passed.
+    // SAFETY: called with the GVL held.
+    let alone = unsafe { rb_sys::rb_thread_alone() } != 0;
+    let ubf: Option<unsafe extern "C" fn(*mut c_void)> = if alone { None } else { Some(unblock) };
     let protected = magnus::rb_sys::protect(|| {
         // SAFETY: both pointers outlive this call (see `trampoline`, `unblock`).
         unsafe {
             rb_sys::rb_thread_call_without_gvl(
                 Some(trampoline::<F, R>),
                 call_ptr,
-                Some(unblock),
+                ubf,
                 interrupt_ptr,
             );
         }

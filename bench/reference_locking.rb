@@ -1,0 +1,43 @@
+# frozen_string_literal: true
+
+require "redis"
+require "securerandom"
+
+# A pure-Ruby reference of the same operations on redis-rb: what the monolith
+# runs today (with token-checked release added, so the work is the same).
+# Used only by the benchmarks, to measure locking against in the same run.
+class ReferenceLocking
+  RELEASE = <<~LUA
+    if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+    return 0
+  LUA
+
+  def initialize(sources, prefix: "locking:")
+    @redis = sources # one Redis client per server, in phase order (source, destination)
+    @prefix = prefix
+  end
+
+  def acquire(key, token, seconds, servers)
+    servers.each_with_index do |index, position|
+      next if @redis[index].set(@prefix + key, token, nx: true, px: (seconds * 1000).to_i)
+
+      servers.first(position).each { |i| release_on(i, key, token) }
+      return false
+    end
+    true
+  end
+
+  def release(key, token, servers)
+    servers.map { |index| release_on(index, key, token) }.any?
+  end
+
+  def locked?(key, servers)
+    servers.any? { |index| @redis[index].exists?(@prefix + key) }
+  end
+
+  private
+
+  def release_on(index, key, token)
+    @redis[index].eval(RELEASE, keys: [@prefix + key], argv: [token]) == 1
+  end
+end
