@@ -189,12 +189,15 @@ impl RbClient {
         let target = target_of(target)?;
         let stats =
             rb_self.with_lease(ruby, |lease, interrupt| lease.key_stats(target, interrupt))?;
-        let hash = ruby.hash_new();
-        hash.aset(ruby.to_symbol("keys"), stats.keys)?;
-        hash.aset(ruby.to_symbol("without_ttl"), stats.without_ttl)?;
-        hash.aset(ruby.to_symbol("max_ttl_ms"), stats.max_ttl_ms)?;
-        hash.aset(ruby.to_symbol("p99_ttl_ms"), stats.p99_ttl_ms)?;
-        Ok(hash)
+        counts(
+            ruby,
+            &[
+                ("keys", stats.keys),
+                ("without_ttl", stats.without_ttl),
+                ("max_ttl_ms", stats.max_ttl_ms),
+                ("p99_ttl_ms", stats.p99_ttl_ms),
+            ],
+        )
     }
 
     /// Source locks not on the destination: [count, scanned, example keys].
@@ -223,16 +226,19 @@ impl RbClient {
         let report = rb_self.with_lease(ruby, |lease, interrupt| {
             lease.backfill_batch(cursor, count, dry_run, interrupt)
         })?;
-        let hash = ruby.hash_new();
-        hash.aset(ruby.to_symbol("cursor"), report.cursor)?;
-        hash.aset(ruby.to_symbol("scanned"), report.scanned)?;
-        hash.aset(ruby.to_symbol("copied"), report.copied)?;
-        hash.aset(ruby.to_symbol("already_there"), report.already_there)?;
-        hash.aset(ruby.to_symbol("conflicts"), report.conflicts)?;
-        hash.aset(ruby.to_symbol("undone"), report.undone)?;
-        hash.aset(ruby.to_symbol("absent"), report.absent)?;
-        hash.aset(ruby.to_symbol("failed"), report.failed)?;
-        Ok(hash)
+        counts(
+            ruby,
+            &[
+                ("cursor", report.cursor),
+                ("scanned", report.scanned),
+                ("copied", report.copied),
+                ("already_there", report.already_there),
+                ("conflicts", report.conflicts),
+                ("undone", report.undone),
+                ("absent", report.absent),
+                ("failed", report.failed),
+            ],
+        )
     }
 
     /// The phase the fleet is told to use (dynamic phases: the control key).
@@ -356,6 +362,15 @@ impl RbClient {
     fn generate_token() -> String {
         uuid::Uuid::new_v4().to_string()
     }
+}
+
+/// A Hash of Symbol => Integer, for reports.
+fn counts(ruby: &Ruby, pairs: &[(&str, u64)]) -> Result<RHash, magnus::Error> {
+    let hash = ruby.hash_new();
+    for (name, value) in pairs {
+        hash.aset(ruby.to_symbol(name), *value)?;
+    }
+    Ok(hash)
 }
 
 fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error> {

@@ -460,30 +460,24 @@ impl Lease<'_> {
                     positions[slot_of(*target)].push((index, slot));
                 }
             }
-            let targets = [Target::Source, Target::Destination];
-            let mut sent = [false, false];
-            for (side, target) in targets.iter().enumerate() {
-                if positions[side].is_empty() {
-                    continue;
-                }
-                let commands: Vec<(&[u8], &Command)> = positions[side]
-                    .iter()
+            let commands: [Vec<(&[u8], &Command)>; 2] = positions.clone().map(|side| {
+                side.iter()
                     .map(|&(index, slot)| (ops[index].0, &batches[index][slot].1))
-                    .collect();
-                let (server, connection) = self.connection(*target, interrupt)?;
-                server.pipeline_send(connection, &commands, interrupt)?;
-                sent[side] = true;
+                    .collect()
+            });
+            let targets = [Target::Source, Target::Destination];
+            for (side, target) in targets.iter().enumerate() {
+                if !commands[side].is_empty() {
+                    let (server, connection) = self.connection(*target, interrupt)?;
+                    server.pipeline_send(connection, &commands[side], interrupt)?;
+                }
             }
             for (side, target) in targets.iter().enumerate() {
-                if !sent[side] {
+                if commands[side].is_empty() {
                     continue;
                 }
-                let commands: Vec<(&[u8], &Command)> = positions[side]
-                    .iter()
-                    .map(|&(index, slot)| (ops[index].0, &batches[index][slot].1))
-                    .collect();
                 let (server, connection) = self.connection(*target, interrupt)?;
-                let results = server.pipeline_finish(connection, &commands, interrupt)?;
+                let results = server.pipeline_finish(connection, &commands[side], interrupt)?;
                 for (&(index, slot), result) in positions[side].iter().zip(results) {
                     replies[index][slot] = Some(result);
                 }
