@@ -8,7 +8,6 @@
 # witness (INCR; a value above 1 is a duplicate execution), works, leaves
 # (DECR) and releases. The operator part runs the real `locking` commands.
 require "optparse"
-require "socket"
 require "locking"
 require "locking/cli"
 require_relative "../spec/support/redis_server"
@@ -55,27 +54,12 @@ puts "source       #{source_url}#{' (started for the demo)' unless ARGV.include?
 puts "destination  #{destination_url}"
 puts "witness      #{witness_url} (counts workers inside each job)"
 
-# Load phase-0 locks and queue data fast, straight in RESP.
-def load_raw(url, commands)
-  uri = URI(url)
-  socket = TCPSocket.new(uri.host, uri.port)
-  socket.write("*2\r\n$6\r\nSELECT\r\n$#{uri.path.delete('/').size}\r\n#{uri.path.delete('/')}\r\n") unless uri.path.delete("/").empty?
-  commands.each_slice(5_000) do |slice|
-    socket.write(slice.map { |args| "*#{args.size}\r\n" + args.map { |a| "$#{a.bytesize}\r\n#{a}\r\n" }.join }.join)
-  end
-  socket.write("*1\r\n$4\r\nPING\r\n")
-  buffer = +""
-  buffer << socket.readpartial(1 << 16) until buffer.end_with?("+PONG\r\n")
-  socket.close
-end
-require "uri"
-
 step "loading the source: #{options[:keys]} lock keys from phase 0, and queue data"
 t = monotonic
 source = Redis.new(url: source_url)
 destination = Redis.new(url: destination_url)
 [source, destination].each(&:flushdb)
-load_raw(source_url, Enumerator.new do |y|
+RedisServer.bulk_load(source_url, Enumerator.new do |y|
   options[:keys].times { |i| y << ["SET", "#{prefix}Phase0Job:#{i}", "phase0-token-#{i}", "PX", (120_000 + rand(60_000)).to_s] }
   100.times { |q| y << ["RPUSH", "queue:q#{q}", *Array.new(1_000) { |j| "{\"job\":#{j}}" }] }
   1_000.times { |h| y << ["HSET", "stats:#{h}", "processed", h.to_s] }
@@ -157,19 +141,16 @@ run.call("backfill", "--progress").zero? or abort "backfill failed"
 run.call("gate").zero? or abort "the gate stayed closed"
 timings[1] = monotonic - mark
 
-step "phase 2 (drain): new locks go to the destination; the source is still read and cleaned"
-mark = monotonic
-run.call("phase", "advance", "--wait", "10").zero? or abort "advance to phase 2 refused"
-fleet_in.call(2) or abort "the workers did not reach phase 2"
-sleep options[:seconds]
-timings[2] = monotonic - mark
-
-step "phase 3 (destination): the destination alone"
-mark = monotonic
-run.call("phase", "advance", "--wait", "10").zero? or abort "advance to phase 3 refused"
-fleet_in.call(3) or abort "the workers did not reach phase 3"
-sleep options[:seconds]
-timings[3] = monotonic - mark
+advance_and_run = lambda do |phase, text|
+  step text
+  mark = monotonic
+  run.call("phase", "advance", "--wait", "10").zero? or abort "advance to phase #{phase} refused"
+  fleet_in.call(phase) or abort "the workers did not reach phase #{phase}"
+  sleep options[:seconds]
+  timings[phase] = monotonic - mark
+end
+advance_and_run.call(2, "phase 2 (drain): new locks go to the destination; the source is still read and cleaned")
+advance_and_run.call(3, "phase 3 (destination): the destination alone")
 
 witness.set("stop", "1")
 statuses = workers.map { |pid| Process.wait2(pid).last }

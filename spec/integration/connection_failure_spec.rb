@@ -28,7 +28,7 @@ RSpec.describe "when Redis is unreachable or frozen" do
   end
 
   it "raises ConnectionError naming the server when nothing listens" do
-    port = TCPServer.new("127.0.0.1", 0).then { |s| s.addr[1].tap { s.close } }
+    port = RedisServer.free_port
     Locking.configure { |c| c.source = "redis://127.0.0.1:#{port}/0" }
     lock = Locking.new("job")
 

@@ -280,7 +280,7 @@ RSpec.describe Locking::UniqueJob do
 
   describe "Redis errors" do
     def with_unreachable_redis
-      port = TCPServer.new("127.0.0.1", 0).then { |s| s.addr[1].tap { s.close } }
+      port = RedisServer.free_port
       Locking.configure { |c| c.source = "redis://127.0.0.1:#{port}/0" }
       yield
     ensure

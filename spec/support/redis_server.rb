@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "socket"
+require "uri"
 require "tmpdir"
 require "fileutils"
 require "redis"
@@ -67,13 +68,20 @@ class RedisServer
     raise "redis-server did not restart" unless wait_until_ready
   end
 
-  # Loads many commands fast: RESP straight down one socket, replies
-  # skipped, then a PING to know they have all run. `commands` yields
-  # arrays of strings.
+  # Loads many commands fast (see RedisServer.bulk_load).
   def bulk_load(commands, db: 0)
-    socket = TCPSocket.new("127.0.0.1", port)
+    self.class.bulk_load(url(db), commands)
+  end
+
+  # Loads many commands into the Redis at `url`: RESP straight down one
+  # socket, replies skipped, then a PING to know they have all run.
+  # `commands` yields arrays of strings.
+  def self.bulk_load(url, commands)
+    uri = URI(url)
+    db = uri.path.delete("/")
+    socket = TCPSocket.new(uri.host, uri.port || 6379)
     encode = ->(args) { "*#{args.size}\r\n" + args.map { |a| "$#{a.bytesize}\r\n#{a}\r\n" }.join }
-    socket.write(encode.(["SELECT", db.to_s])) unless db.zero?
+    socket.write(encode.(["SELECT", db])) unless db.empty? || db == "0"
     reader = Thread.new do
       tail = +""
       until tail.end_with?("+PONG\r\n")
@@ -86,6 +94,14 @@ class RedisServer
     reader.join
   ensure
     socket&.close
+  end
+
+  # A loopback port nothing listens on (just now).
+  def self.free_port
+    server = TCPServer.new("127.0.0.1", 0)
+    server.addr[1]
+  ensure
+    server&.close
   end
 
   # SIGSTOP: the kernel still accepts connections, nothing is answered.
@@ -113,12 +129,7 @@ class RedisServer
 
   private
 
-  def free_port
-    server = TCPServer.new("127.0.0.1", 0)
-    server.addr[1]
-  ensure
-    server&.close
-  end
+  def free_port = self.class.free_port
 
   def wait_until_ready
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10

@@ -426,10 +426,6 @@ impl Connection {
         }
     }
 
-    pub fn server(&self) -> &str {
-        &self.server
-    }
-
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout
     }
