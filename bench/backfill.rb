@@ -6,16 +6,23 @@
 # no re-check, so it does less), measured in the same run, alternating, on a
 # source holding N lock keys among N other keys.
 #
-#   bundle exec ruby -Ilib bench/backfill.rb [--keys N] [--rounds R]
+# It also reports where the CPU goes: µs of CPU per key for the source
+# server, the destination server and this client process (user + system,
+# from /proc), which bounds what any client can reach on this machine.
+#
+#   bundle exec ruby -Ilib bench/backfill.rb [--keys N] [--rounds R] [--json FILE]
+require "etc"
 require "optparse"
 require "locking"
 require_relative "../spec/support/redis_server"
+require_relative "support"
 
 options = { keys: 1_000_000, rounds: 3, batch: 1000 }
 OptionParser.new do |o|
   o.on("--keys N", Integer, "lock keys on the source (default 1,000,000; as many other keys)") { |v| options[:keys] = v }
   o.on("--rounds N", Integer, "alternating rounds of each (default 3; medians reported)") { |v| options[:rounds] = v }
   o.on("--batch N", Integer, "keys per batch for both (default 1000)") { |v| options[:batch] = v }
+  o.on("--json FILE", "write the row as JSON (for bench/all.rb)") { |v| options[:json] = v }
 end.parse!
 
 PREFIX = "locking:"
@@ -26,7 +33,13 @@ at_exit do
   destination.cleanup
 end
 
-def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+def monotonic = Bench.monotonic
+
+# CPU seconds (user + system) a process has used so far.
+def cpu_seconds(pid)
+  fields = File.read("/proc/#{pid}/stat").split(") ").last.split
+  (fields[11].to_i + fields[12].to_i).to_f / Etc.sysconf(Etc::SC_CLK_TCK)
+end
 
 n = options[:keys]
 puts "loading #{n} lock keys and #{n} other keys (lists, hashes, strings) onto the source..."
@@ -84,28 +97,46 @@ end
 
 src = Redis.new(url: source.url, timeout: 30)
 dst = Redis.new(url: destination.url, timeout: 30)
+pids = { source: source.pid, destination: destination.pid, client: Process.pid }
 rates = { rust: [], ruby: [] }
+cpu = Hash.new { |h, k| h[k] = [] } # µs of CPU per key, locking's rounds only
 options[:rounds].times do |round|
   %i[rust ruby].each do |kind|
     dst.flushall
     GC.start
+    before = pids.transform_values { |pid| cpu_seconds(pid) }
     t = monotonic
     copied = kind == :rust ? rust_backfill(options[:batch]) : ruby_mirror(src, dst, options[:batch])
     elapsed = monotonic - t
     raise "#{kind} copied #{copied} of #{n}" unless copied == n && dst.dbsize == n
 
+    used = pids.to_h { |name, pid| [name, (cpu_seconds(pid) - before[name]) * 1e6 / n] }
+    used.each { |name, us| cpu[name] << us } if kind == :rust
     rates[kind] << n / elapsed
-    puts format("round %d  %-5s %10.0f keys/s  (%.2fs)", round + 1, kind, n / elapsed, elapsed)
+    puts format("round %d  %-5s %10.0f keys/s  (%.2fs)  CPU µs/key: source %.2f, destination %.2f, client %.2f",
+                round + 1, kind, n / elapsed, elapsed, used[:source], used[:destination], used[:client])
   end
 end
 
-median = ->(values) { values.sort[values.size / 2] }
-rust = median.(rates[:rust])
-ruby = median.(rates[:ruby])
+rust = Bench.median(rates[:rust])
+ruby = Bench.median(rates[:ruby])
+used = cpu.transform_values { |values| Bench.median(values) }
+bound = Etc.nprocessors * 1e6 / used.values.sum
 puts
 puts "backfill of #{n} lock keys among #{n} other keys, batch #{options[:batch]}, #{Time.now.utc.strftime('%Y-%m-%d')}, " \
-     "#{`nproc`.strip} cores, #{RUBY_DESCRIPTION.split(' [').first}, #{`redis-server --version`[/v=\S+/]}"
+     "#{Bench.machine}"
 puts format("| %-45s | %12s |", "implementation", "keys/s (median)")
 puts format("| %-45s | %12.0f |", "locking backfill (Rust, full protocol)", rust)
 puts format("| %-45s | %12.0f |", "plain pipelined mirror (Ruby, redis-rb)", ruby)
 puts format("ratio: %.1fx the Ruby mirror", rust / ruby)
+puts format("CPU per key (median): source %.2f µs, destination %.2f µs, client %.2f µs: at most %.0f keys/s " \
+            "on %d cores even if every core were busy all the time", used[:source], used[:destination], used[:client],
+            bound, Etc.nprocessors)
+if options[:json]
+  Bench.emit([Bench.row(name: "backfill, #{n} locks among #{n} other keys (vs a pipelined redis-rb mirror)", unit: "keys/s",
+                        locking: rust, references: { "redis-rb" => ruby },
+                        note: format("CPU µs/key: source %.2f, destination %.2f, client %.2f; CPU-bound ceiling %.0f keys/s",
+                                     used[:source], used[:destination], used[:client], bound),
+                        goal: ">= 200000 keys/s, >= 5x redis-rb", met: rust >= 200_000 && rust / ruby >= 5)],
+             options[:json])
+end

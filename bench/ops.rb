@@ -1,28 +1,28 @@
 # frozen_string_literal: true
 
-# Per-operation speed of locking against (a) a pure-Ruby reference on
-# redis-rb doing the same commands (bench/reference_locking.rb) and (b) the
-# floor: bare PING round trips from a Rust loop, for the same number of
-# commands. All measured in this run, interleaved, medians of --rounds.
+# Per-operation speed of locking against (a) a pure-Ruby reference doing the
+# same commands on redis-rb (bench/reference_locking.rb), with its default
+# Ruby driver and with the hiredis driver, and (b) the floor: the same
+# commands written by hand to plain sockets (ext/locking_core/examples/floor.rs).
+# All measured in this run, interleaved, medians of --rounds.
 #
-#   bundle exec ruby -Ilib bench/ops.rb [--ops N] [--rounds R]
+#   bundle exec ruby -Ilib bench/ops.rb [--ops N] [--rounds R] [--json FILE]
 require "optparse"
-require "open3"
 require "locking"
+require "hiredis"
+require "redis/connection/hiredis"
 require_relative "../spec/support/redis_server"
 require_relative "reference_locking"
+require_relative "support"
 
-options = { ops: 3000, rounds: 5, threads: 8 }
+options = { ops: 3000, rounds: 5, threads: 8, label: nil }
 OptionParser.new do |o|
   o.on("--ops N", Integer, "operations per measurement (default 3000)") { |v| options[:ops] = v }
   o.on("--rounds N", Integer, "interleaved rounds; medians reported (default 5)") { |v| options[:rounds] = v }
+  o.on("--json FILE", "write the rows as JSON (for bench/all.rb)") { |v| options[:json] = v }
+  o.on("--label TEXT", "put TEXT before each case's name (bench/all.rb: where it ran)") { |v| options[:label] = v }
+  o.on("--no-threads", "skip the 8-thread case") { options[:threads] = nil }
 end.parse!
-
-root = File.expand_path("..", __dir__)
-out, status = Open3.capture2e("cargo", "build", "--release", "--locked", "-p", "locking_core", "--example", "ping_floor",
-                              chdir: root)
-abort out unless status.success?
-FLOOR = File.join(root, "target", "release", "examples", "ping_floor")
 
 source = RedisServer.start("bench-ops-source")
 destination = RedisServer.start("bench-ops-destination")
@@ -35,114 +35,130 @@ Locking.configure do |c|
   c.destination = destination.url
   c.phase = :destination
 end
-servers = [Redis.new(url: source.url), Redis.new(url: destination.url)]
-reference = ReferenceLocking.new(servers)
-# Which servers the reference touches per phase (the protocol's table).
+connect = ->(driver) { [Redis.new(url: source.url, driver: driver), Redis.new(url: destination.url, driver: driver)] }
+servers = connect.(:ruby)
+references = { "redis-rb" => ReferenceLocking.new(servers), "hiredis" => ReferenceLocking.new(connect.(:hiredis)) }
+# Which servers the reference touches per phase, in order (the protocol's table).
 ACQUIRE_ON = { source: [0], dual: [0, 1], drain: [1], destination: [1] }.freeze
 RELEASE_ON = { source: [0, 1], dual: [0, 1], drain: [1, 0], destination: [1, 0] }.freeze
 LOOK_ON = { source: [0], dual: [0, 1], drain: [1, 0], destination: [1] }.freeze
 
-def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-
-def time_per_op(count)
-  started = monotonic
-  count.times { |i| yield i }
-  (monotonic - started) * 1e6 / count
-end
-
-def floor_us(server, count)
-  `#{FLOOR} 127.0.0.1:#{server.port} #{count}`.to_f
-end
-
-def median(values) = values.sort[values.size / 2]
-
-results = []
-cases = []
-%i[source dual drain destination].each do |phase|
-  cases << ["acquire+release, phase #{Locking::Configuration::PHASES.index(phase)} (#{phase})", phase, :cycle]
-end
-cases << ["locked? hit, phase 1 (dual, both at once)", :dual, :hit]
-cases << ["locked? miss, phase 1 (dual, both at once)", :dual, :miss]
-cases << ["locked? miss, phase 2 (drain, both at once)", :drain, :miss]
-cases << ["locked? miss, phase 3 (destination)", :destination, :miss]
-cases << ["acquire only, phase 1 (dual: two writes)", :dual, :acquire]
-
-# Commands on the wire per operation for the floor (one server's round trips;
-# "at once" pairs count as one round trip of wall time).
-ROUND_TRIPS = {
-  cycle: { source: 3, dual: 4, drain: 2, destination: 2 },
-  hit: Hash.new(1), miss: Hash.new(1), acquire: { dual: 2 }
+# The floor: the commands locking sends per operation, one string per round
+# trip ("++" joins commands sent to both servers at once), as MONITOR shows them.
+cad = servers.map { |r| r.script(:load, File.read(File.join(Bench::ROOT, "ext/locking_core/src/scripts/compare_and_delete.lua"))) }.first
+token = "0b5b3f4c-7f6e-4a51-9d43-6a1d2b8e9f10"
+set = ->(side) { "#{side}:SET locking:f{i} #{token} NX GET PX 10000" }
+del = ->(side) { "#{side}:EVALSHA #{cad} 1 locking:f{i} #{token}" }
+FLOOR = {
+  [:cycle, :source] => [set.("S"), del.("S"), del.("D")],
+  [:cycle, :dual] => [set.("S"), set.("D"), del.("S"), del.("D")],
+  [:cycle, :drain] => [set.("D"), "#{del.('D')} ++ #{del.('S')}"],
+  [:cycle, :destination] => [set.("D"), "#{del.('D')} ++ #{del.('S')}"],
+  [:hit, :dual] => ["S:EXISTS locking:held ++ D:EXISTS locking:held"],
+  [:miss, :dual] => ["S:EXISTS locking:m{i} ++ D:EXISTS locking:m{i}"],
+  [:miss, :drain] => ["D:EXISTS locking:m{i} ++ S:EXISTS locking:m{i}"],
+  [:miss, :destination] => ["D:EXISTS locking:m{i}"],
+  [:acquire, :dual] => [set.("S"), set.("D")]
+}.freeze
+GOALS = {
+  [:cycle, :destination] => [1.3, 10.0],
+  [:hit, :dual] => [1.7], [:miss, :dual] => [1.7], [:hit, :drain] => [1.7], [:miss, :drain] => [1.7]
 }.freeze
 
-n = options[:ops]
-cases.each do |label, phase, kind|
-  Locking.configure { |c| c.phase = phase }
-  measurements = { locking: [], ruby: [], floor: [] }
-  options[:rounds].times do
-    servers.each(&:flushdb)
-    servers[0].set("locking:held", "someone", px: 600_000) if kind == :hit
-    measurements[:locking] << case kind
-                              when :cycle
-                                time_per_op(n) { |i| l = Locking.new("k#{i}"); l.acquire(10) && l.release }
-                              when :hit then time_per_op(n) { Locking.new("held").locked? }
-                              when :miss then time_per_op(n) { |i| Locking.new("m#{i}").locked? }
-                              when :acquire then time_per_op(n) { |i| Locking.new("a#{i}").acquire(10) }
-                              end
-    servers.each(&:flushdb)
-    servers[0].set("locking:held", "someone", px: 600_000) if kind == :hit
-    measurements[:ruby] << case kind
-                           when :cycle
-                             time_per_op(n) do |i|
-                               t = SecureRandom.uuid
-                               reference.acquire("k#{i}", t, 10, ACQUIRE_ON[phase]) && reference.release("k#{i}", t, RELEASE_ON[phase])
-                             end
-                           when :hit then time_per_op(n) { reference.locked?("held", LOOK_ON[phase]) }
-                           when :miss then time_per_op(n) { |i| reference.locked?("m#{i}", LOOK_ON[phase]) }
-                           when :acquire
-                             time_per_op(n) { |i| reference.acquire("a#{i}", SecureRandom.uuid, 10, ACQUIRE_ON[phase]) }
-                           end
-    measurements[:floor] << floor_us(destination, n) * ROUND_TRIPS[kind][phase]
-  end
-  results << [label, median(measurements[:locking]), median(measurements[:ruby]), median(measurements[:floor]),
-              ROUND_TRIPS[kind][phase]]
+def time_per_op(count)
+  started = Bench.monotonic
+  count.times { |i| yield i }
+  (Bench.monotonic - started) * 1e6 / count
 end
 
-# 8 threads in one process, acquire+release in phase 3.
+def phase_number(phase) = Locking::Configuration::PHASES.index(phase)
+
+cases = %i[source dual drain destination].map { |phase| [:cycle, phase] }
+cases += [%i[hit dual], %i[miss dual], %i[miss drain], %i[miss destination], %i[acquire dual]]
+LABELS = { cycle: "acquire+release", hit: "locked? hit", miss: "locked? miss", acquire: "acquire only" }.freeze
+
+n = options[:ops]
+rows = []
+cases.each do |kind, phase|
+  Locking.configure { |c| c.phase = phase }
+  measured = Hash.new { |h, k| h[k] = [] }
+  reset = lambda do
+    servers.each(&:flushdb)
+    servers[0].set("locking:held", "someone", px: 600_000) if kind == :hit
+  end
+  options[:rounds].times do
+    reset.()
+    measured[:locking] << case kind
+                          when :cycle then time_per_op(n) { |i| l = Locking.new("k#{i}"); l.acquire(10) && l.release }
+                          when :hit then time_per_op(n) { Locking.new("held").locked? }
+                          when :miss then time_per_op(n) { |i| Locking.new("m#{i}").locked? }
+                          when :acquire then time_per_op(n) { |i| Locking.new("a#{i}").acquire(10) }
+                          end
+    references.each do |name, reference|
+      reset.()
+      measured[name] << case kind
+                        when :cycle
+                          time_per_op(n) do |i|
+                            t = SecureRandom.uuid
+                            reference.acquire("k#{i}", t, 10, ACQUIRE_ON[phase]) && reference.release("k#{i}", t, RELEASE_ON[phase])
+                          end
+                        when :hit then time_per_op(n) { reference.locked?("held", LOOK_ON[phase]) }
+                        when :miss then time_per_op(n) { |i| reference.locked?("m#{i}", LOOK_ON[phase]) }
+                        when :acquire
+                          time_per_op(n) { |i| reference.acquire("a#{i}", SecureRandom.uuid, 10, ACQUIRE_ON[phase]) }
+                        end
+    end
+    reset.()
+    measured[:floor] << Bench.floor_us(n, source, destination, FLOOR[[kind, phase]])
+  end
+  steps = FLOOR[[kind, phase]]
+  commands = steps.sum { |step| step.split(" ++ ").size }
+  ours = Bench.median(measured[:locking])
+  ruby = Bench.median(measured["redis-rb"])
+  floor = Bench.median(measured[:floor])
+  overhead = (ours - floor) / commands
+  speed_goal, overhead_goal = GOALS[[kind, phase]]
+  goal = []
+  goal << ">= #{speed_goal}x redis-rb" if speed_goal
+  goal << "<= #{overhead_goal} µs/command over floor" if overhead_goal
+  met = (!speed_goal || ruby / ours >= speed_goal) && (!overhead_goal || overhead <= overhead_goal) if speed_goal
+  rows << Bench.row(name: "#{options[:label]}#{LABELS[kind]}, phase #{phase_number(phase)} (#{phase})", unit: "µs/op", lower_is_better: true,
+                    locking: ours, references: references.keys.to_h { |k| [k, Bench.median(measured[k])] },
+                    floor: floor, commands: commands, round_trips: steps.size, overhead: overhead,
+                    goal: goal.join(", "), met: met)
+end
+
+# 8 threads in one process, acquire+release in phase 3, against one thread,
+# and against the Ruby reference with a client (connection) per thread.
+(Bench.emit(rows, options[:json]); exit) unless options[:threads]
 Locking.configure { |c| c.phase = :destination }
-threaded = { locking: [], ruby: [], single: [] }
+threaded = Hash.new { |h, k| h[k] = [] }
+threads = options[:threads]
+run_threads = lambda do |&body|
+  started = Bench.monotonic
+  threads.times.map { |t| Thread.new { body.(t) } }.each(&:join)
+  threads * n / (Bench.monotonic - started)
+end
 options[:rounds].times do
   servers.each(&:flushdb)
-  per_thread = n
-  started = monotonic
-  options[:threads].times.map do |t|
-    Thread.new { per_thread.times { |i| l = Locking.new("t#{t}:#{i}"); l.acquire(10) && l.release } }
-  end.each(&:join)
-  threaded[:locking] << options[:threads] * per_thread / (monotonic - started)
-  started = monotonic
-  per_thread.times { |i| l = Locking.new("s#{i}"); l.acquire(10) && l.release }
-  threaded[:single] << per_thread / (monotonic - started)
-  servers.each(&:flushdb)
-  started = monotonic
-  options[:threads].times.map do |t|
-    Thread.new do
-      own = ReferenceLocking.new([Redis.new(url: source.url), Redis.new(url: destination.url)])
-      per_thread.times { |i| x = SecureRandom.uuid; own.acquire("r#{t}:#{i}", x, 10, [1]) && own.release("r#{t}:#{i}", x, [1, 0]) }
+  threaded[:locking] << run_threads.() { |t| n.times { |i| l = Locking.new("t#{t}:#{i}"); l.acquire(10) && l.release } }
+  started = Bench.monotonic
+  n.times { |i| l = Locking.new("s#{i}"); l.acquire(10) && l.release }
+  threaded[:single] << n / (Bench.monotonic - started)
+  %i[ruby hiredis].each do |driver|
+    servers.each(&:flushdb)
+    threaded[driver] << run_threads.() do |t|
+      own = ReferenceLocking.new(connect.(driver))
+      n.times { |i| x = SecureRandom.uuid; own.acquire("r#{t}:#{i}", x, 10, [1]) && own.release("r#{t}:#{i}", x, [1, 0]) }
     end
-  end.each(&:join)
-  threaded[:ruby] << options[:threads] * per_thread / (monotonic - started)
+  end
 end
+ours = Bench.median(threaded[:locking])
+single = Bench.median(threaded[:single])
+ruby = Bench.median(threaded[:ruby])
+rows << Bench.row(name: "#{options[:label]}#{threads} threads, acquire+release, phase 3 (a client per thread for Ruby)", unit: "ops/s",
+                  locking: ours, references: { "redis-rb" => ruby, "hiredis" => Bench.median(threaded[:hiredis]) },
+                  note: format("%.1fx one thread (%.0f ops/s)", ours / single, single),
+                  goal: ">= 3x one thread, >= 1.5x redis-rb", met: ours / single >= 3 && ours / ruby >= 1.5)
 
-puts
-puts "locking vs a pure-Ruby reference (redis-rb #{Redis::VERSION}) and the round-trip floor; " \
-     "#{Time.now.utc.strftime('%Y-%m-%d')}, #{`nproc`.strip} cores, #{RUBY_DESCRIPTION.split(' [').first}, " \
-     "redis #{`redis-server --version`[/v=(\S+)/, 1]}, medians of #{options[:rounds]} interleaved rounds of #{n} ops"
-puts
-puts "| operation | locking µs/op | Ruby µs/op | speed-up | floor µs/op (round trips) | locking over floor, µs per round trip |"
-puts "|---|---|---|---|---|---|"
-results.each do |label, ours, ruby, floor, trips|
-  puts format("| %s | %.1f | %.1f | %.2fx | %.1f (%d) | %.1f |", label, ours, ruby, ruby / ours, floor, trips, (ours - floor) / trips)
-end
-puts format("| %d threads, acquire+release, phase 3 | %.0f ops/s | %.0f ops/s (a client per thread) | %.2fx | | %.1fx one thread (%.0f ops/s) |",
-            options[:threads], median(threaded[:locking]), median(threaded[:ruby]),
-            median(threaded[:locking]) / median(threaded[:ruby]),
-            median(threaded[:locking]) / median(threaded[:single]), median(threaded[:single]))
+Bench.emit(rows, options[:json])

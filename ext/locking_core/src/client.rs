@@ -187,7 +187,7 @@ impl Client {
         let read_at = dynamic.read_at.load(Ordering::Acquire);
         let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
         read_at == 0
-            || dynamic.read_by_pid.load(Ordering::Acquire) != std::process::id()
+            || dynamic.read_by_pid.load(Ordering::Acquire) != crate::process::id()
             || now.saturating_sub(read_at) >= dynamic.cache_ms
     }
 
@@ -239,7 +239,7 @@ impl Lease<'_> {
         let Some(dynamic) = &self.client.dynamic else {
             return Ok(self.phase);
         };
-        let process = format!("{}:{}", dynamic.host, std::process::id());
+        let process = format!("{}:{}", dynamic.host, crate::process::id());
         let ttl = dynamic.heartbeat_ttl_ms;
         let phase = self.phase_heartbeat(&process, ttl, interrupt)?;
         let dynamic = self
@@ -250,7 +250,7 @@ impl Lease<'_> {
         self.client.phase.store(phase.index(), Ordering::Release);
         dynamic
             .read_by_pid
-            .store(std::process::id(), Ordering::Release);
+            .store(crate::process::id(), Ordering::Release);
         dynamic.read_at.store(
             dynamic.epoch.elapsed().as_millis() as u64 + 1,
             Ordering::Release,
@@ -472,7 +472,7 @@ impl Lease<'_> {
         };
         if !slot
             .as_ref()
-            .is_some_and(|c| c.healthy && c.pid == std::process::id())
+            .is_some_and(|c| c.healthy && c.pid == crate::process::id())
         {
             *slot = None;
             *slot = Some(server.connect(interrupt)?);

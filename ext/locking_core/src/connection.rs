@@ -296,7 +296,7 @@ impl Connection {
             socket: Arc::new(socket),
             parser: redis::Parser::new(),
             db: config.db,
-            pid: std::process::id(),
+            pid: crate::process::id(),
             healthy: true,
             from_pool: false,
             watched: false,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod phase;
 pub mod pool;
+pub mod process;
 pub mod protocol;
 mod scripts;
 pub mod server;

@@ -23,7 +23,7 @@ impl Pool {
     pub fn new(capacity: usize) -> Pool {
         Pool {
             idle: Mutex::new(Idle {
-                pid: std::process::id(),
+                pid: crate::process::id(),
                 connections: Vec::with_capacity(capacity),
             }),
             capacity,
@@ -32,7 +32,7 @@ impl Pool {
 
     /// An idle connection of this process, if there is one.
     pub fn take(&self) -> Option<Connection> {
-        let pid = std::process::id();
+        let pid = crate::process::id();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.pid != pid {
             // Dropping closes our copies of the parent's sockets; the parent's
@@ -47,7 +47,7 @@ impl Pool {
 
     /// Keeps a healthy connection of this process for the next operation.
     pub fn give_back(&self, mut connection: Connection) {
-        let pid = std::process::id();
+        let pid = crate::process::id();
         if !connection.healthy || connection.pid != pid {
             return;
         }

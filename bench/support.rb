@@ -1,0 +1,54 @@
+# frozen_string_literal: true
+
+require "json"
+require "open3"
+
+# Shared by the benchmarks: timing, medians, the floor tool, and the rows
+# each script hands to bench/all.rb (which prints them as one table).
+module Bench
+  ROOT = File.expand_path("..", __dir__)
+
+  module_function
+
+  def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  def median(values) = values.sort[values.size / 2]
+
+  def machine
+    cpu = File.read("/proc/cpuinfo")[/model name\s*:\s*(.+)/, 1] if File.exist?("/proc/cpuinfo")
+    "#{`nproc`.strip} cores (#{cpu || 'unknown CPU'}), #{RUBY_DESCRIPTION.split(' [').first}, " \
+      "redis-server #{`redis-server --version`[/v=(\S+)/, 1]}, redis-rb #{Redis::VERSION}"
+  end
+
+  # Builds the floor tool (ext/locking_core/examples/floor.rs) once; returns its path.
+  def floor_tool
+    @floor_tool ||= begin
+      out, status = Open3.capture2e("cargo", "build", "--release", "--locked", "-p", "locking_core",
+                                    "--example", "floor", chdir: ROOT)
+      abort out unless status.success?
+      File.join(ROOT, "target", "release", "examples", "floor")
+    end
+  end
+
+  # Mean µs per iteration of `steps` (see floor.rs) sent by hand over plain sockets.
+  def floor_us(count, source, destination, steps)
+    out, status = Open3.capture2e(floor_tool, count.to_s, "127.0.0.1:#{source.port}",
+                                  "127.0.0.1:#{destination.port}", *steps)
+    abort "floor: #{out}" unless status.success?
+    out.to_f
+  end
+
+  # A row of the table: what was measured, against what, and its goal.
+  #   name, unit, locking, references: { "label" => value }, floor:, commands:,
+  #   goal: text, met: true/false/nil
+  def row(**fields) = fields
+
+  # Writes rows as JSON to the file named by --json (bench/all.rb), or prints them.
+  def emit(rows, json_path)
+    if json_path
+      File.write(json_path, JSON.generate(rows))
+    else
+      rows.each { |r| puts r.to_json }
+    end
+  end
+end
