@@ -1,6 +1,6 @@
 //! One synchronous connection to one Redis server: our own socket (so that an
 //! interrupt can shut it down from another thread), the `redis` crate's RESP
-//! encoder and parser on top.
+//! encoder, and our own reply reader (`resp`) over a per-connection buffer.
 
 use crate::error::{Error, Result};
 use redis::{ConnectionLike, RedisError, RedisResult, Value};
@@ -264,9 +264,72 @@ impl Interrupt {
     }
 }
 
+/// The read buffer's first size, and the size above which an emptied buffer
+/// (after a large SCAN or MGET page) is given back.
+const INPUT_CHUNK: usize = 16 * 1024;
+const MAX_IDLE_INPUT: usize = 1024 * 1024;
+
+/// Bytes read and not yet parsed: `bytes[start..end]`. Zeroed only when it
+/// grows, never per read.
+struct Input {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    fn new() -> Input {
+        Input {
+            bytes: vec![0; INPUT_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Parses the next reply from the buffer, reading more as needed.
+    fn read_reply(&mut self, reader: &mut Deadline<'_>) -> std::result::Result<Value, ReadError> {
+        loop {
+            if let Some((value, used)) = crate::resp::parse(&self.bytes[self.start..self.end])
+                .map_err(ReadError::Protocol)?
+            {
+                self.start += used;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                    if self.bytes.len() > MAX_IDLE_INPUT {
+                        self.bytes = vec![0; INPUT_CHUNK];
+                    }
+                }
+                return Ok(value);
+            }
+            if self.end == self.bytes.len() {
+                if self.start > 0 {
+                    self.bytes.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                } else {
+                    let grown = self.bytes.len() * 2;
+                    self.bytes.resize(grown, 0);
+                }
+            }
+            match reader.read(&mut self.bytes[self.end..]) {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(read) => self.end += read,
+                Err(error) => return Err(ReadError::Io(error)),
+            }
+        }
+    }
+}
+
+enum ReadError {
+    Io(io::Error),
+    Closed,
+    Protocol(crate::resp::ProtocolError),
+}
+
 pub struct Connection {
     socket: Arc<Socket>,
-    parser: redis::Parser,
+    input: Input,
     db: i64,
     /// The process that opened the socket; a forked child must not use it.
     pub pid: u32,
@@ -294,7 +357,7 @@ impl Connection {
             .map_err(|e| connection_error(&config.name, "cannot set socket timeouts", &e))?;
         let mut connection = Connection {
             socket: Arc::new(socket),
-            parser: redis::Parser::new(),
+            input: Input::new(),
             db: config.db,
             pid: crate::process::id(),
             healthy: true,
@@ -400,7 +463,7 @@ impl Connection {
             }
             reader.shortened = true;
         }
-        let result = self.parser.parse_value(&mut reader);
+        let result = self.input.read_reply(&mut reader);
         if reader.shortened {
             self.restore_timeouts();
         }
@@ -411,7 +474,22 @@ impl Connection {
             }
             Err(error) => {
                 self.healthy = false;
-                Err(self.redis_error(&error, interrupt))
+                Err(match error {
+                    ReadError::Io(error) => {
+                        self.io_error("read", self.read_timeout, &error, interrupt)
+                    }
+                    ReadError::Closed if interrupt.is_cancelled() => Error::Interrupted {
+                        server: self.server.clone(),
+                    },
+                    ReadError::Closed => Error::Connection {
+                        server: self.server.clone(),
+                        detail: "connection lost: closed by the server".into(),
+                    },
+                    ReadError::Protocol(error) => Error::Connection {
+                        server: self.server.clone(),
+                        detail: format!("bad reply: {}", error.0),
+                    },
+                })
             }
         }
     }
@@ -449,31 +527,6 @@ impl Connection {
                 after,
             },
             _ => connection_error(&self.server, "connection lost", error),
-        }
-    }
-
-    fn redis_error(&self, error: &RedisError, interrupt: &Interrupt) -> Error {
-        if interrupt.is_cancelled() {
-            return Error::Interrupted {
-                server: self.server.clone(),
-            };
-        }
-        if error.is_timeout() {
-            return Error::Timeout {
-                server: self.server.clone(),
-                action: "read",
-                after: self.read_timeout,
-            };
-        }
-        if error.is_connection_dropped() || error.is_io_error() {
-            return Error::Connection {
-                server: self.server.clone(),
-                detail: format!("connection lost: {error}"),
-            };
-        }
-        Error::Connection {
-            server: self.server.clone(),
-            detail: format!("bad reply: {error}"),
         }
     }
 }
