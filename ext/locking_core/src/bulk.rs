@@ -426,6 +426,7 @@ impl Lease<'_> {
         let mut outputs: Vec<Option<Result<O::Output>>> = ops.iter().map(|_| None).collect();
         let mut replies: Vec<Vec<Option<Result<Reply>>>> = ops.iter().map(|_| Vec::new()).collect();
         let mut batches: Vec<Vec<(Target, Command)>> = ops.iter().map(|_| Vec::new()).collect();
+        let mut packed = Vec::new();
         loop {
             let mut waiting = false;
             for (index, (_, op)) in ops.iter_mut().enumerate() {
@@ -469,7 +470,7 @@ impl Lease<'_> {
             for (side, target) in targets.iter().enumerate() {
                 if !commands[side].is_empty() {
                     let (server, connection) = self.connection(*target, interrupt)?;
-                    server.pipeline_send(connection, &commands[side], interrupt)?;
+                    server.pipeline_send(connection, &commands[side], &mut packed, interrupt)?;
                 }
             }
             for (side, target) in targets.iter().enumerate() {

@@ -286,11 +286,16 @@ impl Input {
         }
     }
 
-    /// Parses the next reply from the buffer, reading more as needed.
-    fn read_reply(&mut self, reader: &mut Deadline<'_>) -> std::result::Result<Value, ReadError> {
+    /// Parses the next reply from the buffer with `parse` (see `resp`),
+    /// reading more as needed.
+    fn read_with<T>(
+        &mut self,
+        reader: &mut Deadline<'_>,
+        parse: crate::resp::Parse<T>,
+    ) -> std::result::Result<T, ReadError> {
         loop {
-            if let Some((value, used)) = crate::resp::parse(&self.bytes[self.start..self.end])
-                .map_err(ReadError::Protocol)?
+            if let Some((value, used)) =
+                parse(&self.bytes[self.start..self.end]).map_err(ReadError::Protocol)?
             {
                 self.start += used;
                 if self.start == self.end {
@@ -445,6 +450,22 @@ impl Connection {
     /// Reads one reply by `deadline`: replies to commands sent to several
     /// servers at once share one deadline, so the wait is one timeout, not two.
     pub fn receive_by(&mut self, deadline: Instant, interrupt: &Interrupt) -> Result<Value> {
+        self.receive_with(deadline, interrupt, crate::resp::parse)
+    }
+
+    /// Reads an acknowledgement (MULTI's OK, a QUEUED): `None` for a status
+    /// line, which costs no allocation; the reply itself otherwise (an error).
+    pub fn receive_acknowledgement(&mut self, interrupt: &Interrupt) -> Result<Option<Value>> {
+        let deadline = Instant::now() + self.read_timeout;
+        self.receive_with(deadline, interrupt, crate::resp::parse_acknowledgement)
+    }
+
+    fn receive_with<T>(
+        &mut self,
+        deadline: Instant,
+        interrupt: &Interrupt,
+        parse: crate::resp::Parse<T>,
+    ) -> Result<T> {
         let mut reader = Deadline {
             socket: &self.socket,
             interrupt,
@@ -463,7 +484,7 @@ impl Connection {
             }
             reader.shortened = true;
         }
-        let result = self.input.read_reply(&mut reader);
+        let result = self.input.read_with(&mut reader, parse);
         if reader.shortened {
             self.restore_timeouts();
         }

@@ -13,6 +13,10 @@ const MAX_DEPTH: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
+/// A reader of one reply: what it made of it and the bytes it took, or
+/// `None` when more bytes are needed.
+pub type Parse<T> = fn(&[u8]) -> Result<Option<(T, usize)>, ProtocolError>;
+
 /// The first complete reply in `bytes` and how many bytes it took, or
 /// `None` if more bytes are needed.
 pub fn parse(bytes: &[u8]) -> Result<Option<(Value, usize)>, ProtocolError> {
@@ -20,11 +24,23 @@ pub fn parse(bytes: &[u8]) -> Result<Option<(Value, usize)>, ProtocolError> {
     Ok(value(bytes, &mut position, 0)?.map(|value| (value, position)))
 }
 
+/// Like `parse`, for an acknowledgement (MULTI's OK, a queued command's
+/// QUEUED): a status line is skipped without allocating (`None`); any other
+/// reply, an error above all, is returned.
+pub fn parse_acknowledgement(
+    bytes: &[u8],
+) -> Result<Option<(Option<Value>, usize)>, ProtocolError> {
+    if bytes.first() == Some(&b'+') {
+        return Ok(line(bytes, 0)?.map(|line| (None, line.len() + 2)));
+    }
+    Ok(parse(bytes)?.map(|(value, used)| (Some(value), used)))
+}
+
 fn value(bytes: &[u8], position: &mut usize, depth: usize) -> Result<Option<Value>, ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError("reply nested too deeply".into()));
     }
-    let Some(line) = line(bytes, *position) else {
+    let Some(line) = line(bytes, *position)? else {
         return Ok(None);
     };
     let after_line = *position + line.len() + 2;
@@ -105,10 +121,18 @@ fn value(bytes: &[u8], position: &mut usize, depth: usize) -> Result<Option<Valu
 }
 
 /// The line starting at `start`, without its CRLF; `None` if incomplete.
-fn line(bytes: &[u8], start: usize) -> Option<&[u8]> {
-    let rest = bytes.get(start..)?;
-    let end = rest.windows(2).position(|pair| pair == b"\r\n")?;
-    Some(&rest[..end])
+/// Redis never writes a bare LF in a reply line, so the first LF ends it.
+fn line(bytes: &[u8], start: usize) -> Result<Option<&[u8]>, ProtocolError> {
+    let Some(rest) = bytes.get(start..) else {
+        return Ok(None);
+    };
+    let Some(newline) = rest.iter().position(|&byte| byte == b'\n') else {
+        return Ok(None);
+    };
+    match newline.checked_sub(1) {
+        Some(end) if rest[end] == b'\r' => Ok(Some(&rest[..end])),
+        _ => Err(ProtocolError("reply line ends without CR".into())),
+    }
 }
 
 fn text(bytes: &[u8]) -> Result<String, ProtocolError> {
@@ -182,10 +206,23 @@ mod tests {
     }
 
     #[test]
+    fn skips_status_acknowledgements_and_returns_the_rest() {
+        assert_eq!(
+            parse_acknowledgement(b"+QUEUED\r\n+OK"),
+            Ok(Some((None, 9)))
+        );
+        assert_eq!(parse_acknowledgement(b"+QUEU"), Ok(None));
+        let (error, used) = parse_acknowledgement(b"-ERR unknown\r\n").unwrap().unwrap();
+        assert_eq!(used, 14);
+        assert!(matches!(error, Some(Value::ServerError(_))));
+    }
+
+    #[test]
     fn refuses_what_is_not_resp2() {
         assert!(parse(b"%1\r\n").is_err());
         assert!(parse(b":x\r\n").is_err());
         assert!(parse(b"$1\r\nab\r\n").is_err());
+        assert!(parse(b"+OK\n").is_err());
         assert!(parse(&[b"*1\r\n".repeat(40), b":1\r\n".to_vec()].concat()).is_err());
     }
 

@@ -236,36 +236,37 @@ impl Server {
         cmd.write_packed_command(packed);
     }
 
-    /// Sends many commands in one write (a pipeline).
+    /// Sends many commands in one write (a pipeline). `packed` is scratch
+    /// space, kept by the caller across rounds so that a large buffer is not
+    /// allocated and freed for every page.
     pub fn pipeline_send(
         &self,
         connection: &mut Connection,
         commands: &[(&[u8], &Command)],
+        packed: &mut Vec<u8>,
         interrupt: &Interrupt,
     ) -> Result<()> {
-        let mut packed = Vec::with_capacity(commands.len() * 64);
+        packed.clear();
         if all_reads(commands) {
             // One transaction for the whole page: MGET, then each key's PTTL.
             // Every key's value and TTL are still read atomically (the whole
             // page is), for a fraction of a transaction per key.
-            redis::cmd("MULTI").write_packed_command(&mut packed);
+            redis::cmd("MULTI").write_packed_command(packed);
             let mut mget = redis::cmd("MGET");
             for (key, _) in commands {
                 mget.arg(*key);
             }
-            mget.write_packed_command(&mut packed);
+            mget.write_packed_command(packed);
             for (key, _) in commands {
-                redis::cmd("PTTL")
-                    .arg(*key)
-                    .write_packed_command(&mut packed);
+                redis::cmd("PTTL").arg(*key).write_packed_command(packed);
             }
-            redis::cmd("EXEC").write_packed_command(&mut packed);
+            redis::cmd("EXEC").write_packed_command(packed);
         } else {
             for (key, command) in commands {
-                self.encode_into(key, command, &mut packed);
+                self.encode_into(key, command, packed);
             }
         }
-        connection.send(&packed, interrupt)
+        connection.send(packed, interrupt)
     }
 
     /// Replies to a page of reads sent as one MULTI (see `pipeline_send`).
@@ -278,9 +279,13 @@ impl Server {
         let mut refused = None;
         for _ in 0..count + 2 {
             // MULTI's OK, then QUEUED for MGET and each PTTL.
-            let value = connection.receive(interrupt)?;
-            if refused.is_none() {
-                refused = server_error(&value).map(|e| server_error_text(&e));
+            if let Some(value) = connection.receive_acknowledgement(interrupt)? {
+                if refused.is_none() {
+                    refused = Some(
+                        server_error(&value)
+                            .map_or_else(|| format!("{value:?}"), |e| server_error_text(&e)),
+                    );
+                }
             }
         }
         let exec = connection.receive(interrupt)?;
