@@ -73,7 +73,7 @@ class Locking
           options[:prefix] = v
         end
         o.on("--timeout SECONDS", Float, "per-command timeout (default: 5)") { |v| options[:timeout] = v }
-        o.on("--batch N", Integer, "backfill: keys per batch (default: 1000)") { |v| options[:batch] = v }
+        o.on("--batch N", Integer, "backfill: keys per SCAN page (default: 1000; a batch walks up to 16 pages)") { |v| options[:batch] = v }
         o.on("--rate N", Integer, "backfill: at most N keys per second (each: 2 reads on the source)") do |v|
           options[:rate] = v
         end
@@ -169,14 +169,14 @@ class Locking
       cursor = options[:restart] ? 0 : tool.control_get(CURSOR).to_i
       cursor = 0 if options[:dry_run]
       @out.puts "backfill#{' (dry run)' if options[:dry_run]}: #{options[:source]} -> #{options[:destination]}, " \
-                "keys under #{options[:prefix].inspect}, #{options[:batch]} per batch" \
+                "keys under #{options[:prefix].inspect}, #{options[:batch]} per page, #{pages_per_batch} page(s) per batch" \
                 "#{", at most #{options[:rate]} keys/s" if options[:rate]}"
       @out.puts "resuming from a saved position (cursor #{cursor}); --restart starts over" if cursor.positive?
       totals = Hash.new(0)
       progress = Progress.new(@out, options[:progress].nil? ? @out.tty? : options[:progress])
       started = monotonic
       loop do
-        report = tool.backfill_batch(cursor, count: options[:batch], dry_run: options[:dry_run])
+        report = tool.backfill_batch(cursor, count: options[:batch], pages: pages_per_batch, dry_run: options[:dry_run])
         report.each { |k, v| totals[k] += v unless k == :cursor }
         cursor = report[:cursor]
         tool.control_set(CURSOR, cursor) unless options[:dry_run] || cursor.zero?
@@ -195,6 +195,15 @@ class Locking
                 "#{number(totals[:failed])} failed " \
                 "in #{format('%.1f', elapsed)}s (#{number(totals[:scanned] / [elapsed, 1e-9].max)} keys/s)"
       totals[:failed].zero? ? EXIT_OK : EXIT_ERROR
+    end
+
+    # Pages per backfill batch: as many as keep both servers busy, but under
+    # --rate only what a tenth of a second allows, so the cap stays smooth
+    # (the pause comes between batches) and the saved position stays recent.
+    def pages_per_batch
+      return Locking::Client::BACKFILL_PAGES unless options[:rate]
+
+      (options[:rate] / 10 / options[:batch]).clamp(1, Locking::Client::BACKFILL_PAGES)
     end
 
     def throttle(scanned, started)

@@ -49,13 +49,24 @@ class Locking
       _backfill_key(full_key).to_sym
     end
 
-    # One backfill batch: a SCAN page of the source (string keys under the
-    # prefix), each mirrored onto the destination. Phases 0 and 1 only.
+    # One backfill batch: up to `pages` SCAN pages of the source (string keys
+    # under the prefix, about `count` keys visited per page), each key mirrored
+    # onto the destination. The pages are staggered a round trip apart, so
+    # both servers work at once; more pages per batch keep them busier, fewer
+    # give a finer --rate and resume point. Phases 0 and 1 only. With
+    # dry_run, one page is counted and nothing is written.
     # @return [Hash] :cursor (0 when done), :scanned, :copied, :already_there,
     #   :conflicts, :undone, :absent, :failed
-    def backfill_batch(cursor, count: 1000, dry_run: false)
-      _backfill_batch(Integer(cursor), Integer(count), dry_run ? true : false)
+    def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false)
+      pages = Integer(pages)
+      raise ArgumentError, "pages must be between 1 and #{MAX_BACKFILL_PAGES}, not #{pages}" unless pages.between?(1, MAX_BACKFILL_PAGES)
+
+      _backfill_batch(Integer(cursor), Integer(count), pages, dry_run ? true : false)
     end
+
+    # SCAN pages per backfill batch by default (measured: 16 beat 2 and 8).
+    BACKFILL_PAGES = 16
+    MAX_BACKFILL_PAGES = 64
 
     # Lock keys on :source or :destination, counted with SCAN, and their TTLs.
     # @return [Hash] :keys, :without_ttl, :max_ttl_ms, :p99_ttl_ms

@@ -68,4 +68,31 @@ RSpec.describe "backfill step" do
     expect { backfill("locking:a") }.to raise_error(ArgumentError, /phases 0 and 1/)
     expect(destination.dbsize).to eq(0)
   end
+
+  it "walks several staggered pages per batch, and every key arrives with its TTL" do
+    300.times { |i| source.set("locking:p#{i}", "t#{i}", px: 60_000 + i) }
+    300.times { |i| source.rpush("queue:#{i}", "job") }
+    client = Locking.client
+    first = client.backfill_batch(0, count: 20, pages: 4)
+    expect(first[:cursor]).not_to eq(0)
+    expect(first[:scanned]).to be_between(4, 300) # SCAN's COUNT is a hint
+    cursor = first[:cursor]
+    batches = 1
+    until cursor.zero? || batches > 100
+      cursor = client.backfill_batch(cursor, count: 20, pages: 4)[:cursor]
+      batches += 1
+    end
+    expect(cursor).to eq(0)
+    expect(destination.keys("locking:p*").size).to eq(300)
+    expect(destination.keys("queue:*")).to eq([])
+    [0, 150, 299].each do |i|
+      expect(destination.get("locking:p#{i}")).to eq("t#{i}")
+      expect(destination.pttl("locking:p#{i}")).to be_within(1_000).of(source.pttl("locking:p#{i}"))
+    end
+  end
+
+  it "refuses a page count out of range with a clear error" do
+    expect { Locking.client.backfill_batch(0, pages: 0) }.to raise_error(ArgumentError, /pages must be between 1 and 64/)
+    expect { Locking.client.backfill_batch(0, pages: 65) }.to raise_error(ArgumentError, /pages must be between 1 and 64/)
+  end
 end

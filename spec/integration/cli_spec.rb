@@ -62,7 +62,7 @@ RSpec.describe "exe/locking" do
       c.destination = destination_server.url
       c.phase = :dual
     end)
-    first = tool.backfill_batch(0, count: 20)
+    first = tool.backfill_batch(0, count: 20, pages: 1)
     tool.control_set("backfill-cursor", first[:cursor]) # what the command saves after each batch
 
     status, out, = locking_cli("backfill", "--batch", "50")

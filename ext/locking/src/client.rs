@@ -221,10 +221,11 @@ impl RbClient {
         rb_self: &Self,
         cursor: u64,
         count: usize,
+        pages: usize,
         dry_run: bool,
     ) -> Result<RHash, magnus::Error> {
         let report = rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.backfill_batch(cursor, count, dry_run, interrupt)
+            lease.backfill_batch(cursor, count, pages, dry_run, interrupt)
         })?;
         counts(
             ruby,
@@ -396,7 +397,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
-    class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 3))?;
+    class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 4))?;
     class.define_private_method("_key_stats", method!(RbClient::key_stats, 1))?;
     class.define_private_method("_source_only", method!(RbClient::source_only, 1))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;

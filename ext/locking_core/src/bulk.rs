@@ -12,6 +12,9 @@ use crate::protocol::{self, BackfillOutcome, Command, Operation, Reply, Step, Ta
 use redis::Value;
 use std::collections::HashSet;
 
+/// At most this many SCAN pages per backfill batch.
+pub const MAX_PAGES_PER_BATCH: usize = 64;
+
 /// One page of a SCAN over string keys under the key prefix.
 #[derive(Debug, Clone, Default)]
 pub struct ScanPage {
@@ -258,6 +261,7 @@ impl Lease<'_> {
         &mut self,
         cursor: u64,
         count: usize,
+        pages: usize,
         dry_run: bool,
         interrupt: &Interrupt,
     ) -> Result<BackfillReport> {
@@ -268,40 +272,39 @@ impl Lease<'_> {
                 self.phase
             )));
         }
-        // Two pages per call, the second one step behind the first, so that
-        // one page's destination writes travel with the other's source
-        // reads: both servers (and both cores) work in every round trip.
+        // Several pages per call, each one round trip behind the one before,
+        // so that one page's destination writes travel with the others'
+        // source reads: both servers (and both cores) work in most round
+        // trips, and the client handles several pages per wake-up.
         self.check_prefix()?;
         let prefix = self.client.key_prefix().to_vec();
-        let first =
-            self.scan_matching(Target::Source, &prefix, cursor, count, dry_run, interrupt)?;
-        let second = if first.cursor == 0 || dry_run {
-            ScanPage::default()
-        } else {
-            self.scan_matching(
-                Target::Source,
-                &prefix,
-                first.cursor,
-                count,
-                false,
-                interrupt,
-            )?
-        };
-        let next = if first.cursor == 0 || dry_run {
-            first.cursor
-        } else {
-            second.cursor
-        };
+        if !(1..=MAX_PAGES_PER_BATCH).contains(&pages) {
+            return Err(Error::InvalidArgument(format!(
+                "pages per backfill batch must be between 1 and {MAX_PAGES_PER_BATCH}, not {pages}"
+            )));
+        }
+        let wanted = pages;
+        let mut pages: Vec<ScanPage> = Vec::with_capacity(wanted);
+        let mut next = cursor;
+        loop {
+            let page =
+                self.scan_matching(Target::Source, &prefix, next, count, dry_run, interrupt)?;
+            next = page.cursor;
+            pages.push(page);
+            if next == 0 || dry_run || pages.len() == wanted {
+                break;
+            }
+        }
         let mut report = BackfillReport {
             cursor: next,
-            scanned: (first.keys.len() + second.keys.len()) as u64,
+            scanned: pages.iter().map(|page| page.keys.len() as u64).sum(),
             ..BackfillReport::default()
         };
         if report.scanned == 0 {
             return Ok(report);
         }
         if dry_run {
-            let page = first;
+            let page = pages.swap_remove(0);
             let on_source = self.pipeline_raw(Target::Source, "GET", &page.keys, interrupt)?;
             let on_destination =
                 self.pipeline_raw(Target::Destination, "GET", &page.keys, interrupt)?;
@@ -317,16 +320,17 @@ impl Lease<'_> {
             }
             return Ok(report);
         }
-        let ops = first
-            .keys
+        let ops = pages
             .iter()
-            .map(|key| (key.as_slice(), Delayed::new(0, protocol::Backfill::new())))
-            .chain(
-                second
-                    .keys
-                    .iter()
-                    .map(|key| (key.as_slice(), Delayed::new(1, protocol::Backfill::new()))),
-            )
+            .enumerate()
+            .flat_map(|(delay, page)| {
+                page.keys.iter().map(move |key| {
+                    (
+                        key.as_slice(),
+                        Delayed::new(delay, protocol::Backfill::new()),
+                    )
+                })
+            })
             .collect();
         for outcome in self.run_many(ops, interrupt)? {
             match outcome {

@@ -12,7 +12,7 @@ pub mod phase;
 pub mod pool;
 pub mod process;
 pub mod protocol;
-mod resp;
+pub(crate) mod resp;
 mod scripts;
 pub mod server;
 pub mod store;

@@ -4,6 +4,7 @@ use crate::connection::{server_error, server_error_text, Connection, Interrupt, 
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::protocol::{AcquireReply, Command, Entry, Reply, TokenTtl};
+use crate::resp::{self, Arg};
 use crate::scripts;
 use redis::{ErrorKind, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,51 +190,125 @@ impl Server {
     }
 
     fn encode_into(&self, key: &[u8], command: &Command, packed: &mut Vec<u8>) {
-        let mut cmd;
+        use crate::resp::write_command as write;
         match command {
             Command::Acquire { token, ttl_ms } => {
                 if self.set_get.load(Ordering::Relaxed) {
-                    cmd = redis::cmd("SET");
-                    cmd.arg(key).arg(token.as_slice()).arg("NX").arg("GET");
-                    cmd.arg("PX").arg(*ttl_ms);
+                    write(
+                        packed,
+                        &[
+                            "SET".into(),
+                            key.into(),
+                            token.as_slice().into(),
+                            "NX".into(),
+                            "GET".into(),
+                            "PX".into(),
+                            (*ttl_ms).into(),
+                        ],
+                    );
                 } else {
-                    cmd = evalsha(&scripts::ACQUIRE, key, token);
-                    cmd.arg(*ttl_ms);
+                    let sha = evalsha(&scripts::ACQUIRE);
+                    write(
+                        packed,
+                        &[
+                            "EVALSHA".into(),
+                            sha,
+                            "1".into(),
+                            key.into(),
+                            token.as_slice().into(),
+                            (*ttl_ms).into(),
+                        ],
+                    );
                 }
             }
             Command::CompareAndDelete { token } => {
-                cmd = evalsha(&scripts::COMPARE_AND_DELETE, key, token);
+                let sha = evalsha(&scripts::COMPARE_AND_DELETE);
+                write(
+                    packed,
+                    &[
+                        "EVALSHA".into(),
+                        sha,
+                        "1".into(),
+                        key.into(),
+                        token.as_slice().into(),
+                    ],
+                );
             }
             Command::CompareAndExtend { token, ttl_ms } => {
-                cmd = evalsha(&scripts::COMPARE_AND_EXTEND, key, token);
-                cmd.arg(*ttl_ms);
+                let sha = evalsha(&scripts::COMPARE_AND_EXTEND);
+                write(
+                    packed,
+                    &[
+                        "EVALSHA".into(),
+                        sha,
+                        "1".into(),
+                        key.into(),
+                        token.as_slice().into(),
+                        (*ttl_ms).into(),
+                    ],
+                );
             }
-            Command::Exists => {
-                cmd = redis::cmd("EXISTS");
-                cmd.arg(key);
+            Command::Exists => write(packed, &["EXISTS".into(), key.into()]),
+            Command::TokenTtl { token } => {
+                let sha = evalsha(&scripts::TOKEN_TTL);
+                write(
+                    packed,
+                    &[
+                        "EVALSHA".into(),
+                        sha,
+                        "1".into(),
+                        key.into(),
+                        token.as_slice().into(),
+                    ],
+                );
             }
-            Command::TokenTtl { token } => cmd = evalsha(&scripts::TOKEN_TTL, key, token),
             Command::ReadWithTtl => {
                 // MULTI/EXEC makes the two reads atomic, at a fraction of a
                 // Lua call's cost (it runs for every key of a backfill, twice).
-                redis::cmd("MULTI").write_packed_command(packed);
-                redis::cmd("GET").arg(key).write_packed_command(packed);
-                redis::cmd("PTTL").arg(key).write_packed_command(packed);
-                cmd = redis::cmd("EXEC");
+                write(packed, &["MULTI".into()]);
+                write(packed, &["GET".into(), key.into()]);
+                write(packed, &["PTTL".into(), key.into()]);
+                write(packed, &["EXEC".into()]);
             }
-            Command::Mirror { value, ttl_ms } => {
-                cmd = redis::cmd("SET");
-                cmd.arg(key).arg(value.as_slice()).arg("NX").arg("GET");
-                if let Some(ttl_ms) = ttl_ms {
-                    cmd.arg("PX").arg(*ttl_ms);
-                }
-            }
+            Command::Mirror { value, ttl_ms } => match ttl_ms {
+                Some(ttl_ms) => write(
+                    packed,
+                    &[
+                        "SET".into(),
+                        key.into(),
+                        value.as_slice().into(),
+                        "NX".into(),
+                        "GET".into(),
+                        "PX".into(),
+                        (*ttl_ms).into(),
+                    ],
+                ),
+                None => write(
+                    packed,
+                    &[
+                        "SET".into(),
+                        key.into(),
+                        value.as_slice().into(),
+                        "NX".into(),
+                        "GET".into(),
+                    ],
+                ),
+            },
             Command::ExtendIfGreater { token, ttl_ms } => {
-                cmd = evalsha(&scripts::EXTEND_IF_GREATER, key, token);
-                cmd.arg(*ttl_ms);
+                let sha = evalsha(&scripts::EXTEND_IF_GREATER);
+                write(
+                    packed,
+                    &[
+                        "EVALSHA".into(),
+                        sha,
+                        "1".into(),
+                        key.into(),
+                        token.as_slice().into(),
+                        (*ttl_ms).into(),
+                    ],
+                );
             }
         }
-        cmd.write_packed_command(packed);
     }
 
     /// Sends many commands in one write (a pipeline). `packed` is scratch
@@ -248,19 +323,22 @@ impl Server {
     ) -> Result<()> {
         packed.clear();
         if all_reads(commands) {
-            // One transaction for the whole page: MGET, then each key's PTTL.
+            // One transaction per chunk of keys: MGET, then each key's PTTL.
             // Every key's value and TTL are still read atomically (the whole
-            // page is), for a fraction of a transaction per key.
-            redis::cmd("MULTI").write_packed_command(packed);
-            let mut mget = redis::cmd("MGET");
-            for (key, _) in commands {
-                mget.arg(*key);
+            // chunk is), for a fraction of a transaction per key; a chunk is
+            // small enough that the server is not held for long.
+            for chunk in commands.chunks(READS_PER_TRANSACTION) {
+                resp::write_command(packed, &["MULTI".into()]);
+                resp::write_header_of(packed, chunk.len() + 1);
+                resp::write_arg(packed, "MGET".into());
+                for (key, _) in chunk {
+                    resp::write_arg(packed, (*key).into());
+                }
+                for (key, _) in chunk {
+                    resp::write_command(packed, &["PTTL".into(), (*key).into()]);
+                }
+                resp::write_command(packed, &["EXEC".into()]);
             }
-            mget.write_packed_command(packed);
-            for (key, _) in commands {
-                redis::cmd("PTTL").arg(*key).write_packed_command(packed);
-            }
-            redis::cmd("EXEC").write_packed_command(packed);
         } else {
             for (key, command) in commands {
                 self.encode_into(key, command, packed);
@@ -269,7 +347,7 @@ impl Server {
         connection.send(packed, interrupt)
     }
 
-    /// Replies to a page of reads sent as one MULTI (see `pipeline_send`).
+    /// Replies to one chunk of reads sent as one MULTI (see `pipeline_send`).
     fn finish_reads(
         &self,
         connection: &mut Connection,
@@ -334,7 +412,11 @@ impl Server {
         interrupt: &Interrupt,
     ) -> Result<Vec<Result<Reply>>> {
         if all_reads(commands) {
-            return self.finish_reads(connection, commands.len(), interrupt);
+            let mut replies = Vec::with_capacity(commands.len());
+            for chunk in commands.chunks(READS_PER_TRANSACTION) {
+                replies.extend(self.finish_reads(connection, chunk.len(), interrupt)?);
+            }
+            return Ok(replies);
         }
         let mut replies = Vec::with_capacity(commands.len());
         let mut retries = Vec::new();
@@ -465,6 +547,10 @@ impl Server {
     }
 }
 
+/// Keys read in one MULTI/EXEC of a pipeline of reads: the source (a busy
+/// jobs Redis) runs a transaction without serving anyone else, ~1 ms here.
+const READS_PER_TRANSACTION: usize = 1000;
+
 fn all_reads(commands: &[(&[u8], &Command)]) -> bool {
     commands.len() > 1
         && commands
@@ -498,10 +584,8 @@ fn receive_reply(
     })
 }
 
-fn evalsha(script: &redis::Script, key: &[u8], token: &[u8]) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(1).arg(key).arg(token);
-    cmd
+fn evalsha(script: &'static redis::Script) -> Arg<'static> {
+    Arg::from(script.get_hash())
 }
 
 fn command_name(command: &Command) -> &'static str {
