@@ -158,7 +158,7 @@ single = Bench.median(threaded[:single])
 ruby = Bench.median(threaded[:ruby])
 rows << Bench.row(name: "#{options[:label]}#{threads} threads, acquire+release, phase 3 (a client per thread for Ruby)", unit: "ops/s",
                   locking: ours, references: { "redis-rb" => ruby, "hiredis" => Bench.median(threaded[:hiredis]) },
-                  note: format("%.1fx one thread (%.0f ops/s)", ours / single, single),
+                  note: format("%.2fx one thread (%.0f ops/s)", ours / single, single),
                   goal: ">= 3x one thread, >= 1.5x redis-rb", met: ours / single >= 3 && ours / ruby >= 1.5)
 
 Bench.emit(rows, options[:json])
