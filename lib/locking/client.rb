@@ -51,8 +51,8 @@ class Locking
 
     # One backfill batch: up to `pages` SCAN pages of the source (string keys
     # under the prefix, about `count` keys visited per page), each key mirrored
-    # onto the destination. The pages are staggered a round trip apart, so
-    # both servers work at once; more pages per batch keep them busier, fewer
+    # onto the destination. Commands are streamed to both servers as their
+    # replies come in; more pages per batch keep the servers busier, fewer
     # give a finer --rate and resume point. Phases 0 and 1 only. With
     # dry_run, one page is counted and nothing is written.
     # @return [Hash] :cursor (0 when done), :scanned, :copied, :already_there,
@@ -64,7 +64,7 @@ class Locking
       _backfill_batch(Integer(cursor), Integer(count), pages, dry_run ? true : false)
     end
 
-    # SCAN pages per backfill batch by default (measured: 16 beat 2 and 8).
+    # SCAN pages per backfill batch by default (measured: 16 beat 4; 64 no better).
     BACKFILL_PAGES = 16
     MAX_BACKFILL_PAGES = 64
 

@@ -95,4 +95,27 @@ RSpec.describe "backfill step" do
     expect { Locking.client.backfill_batch(0, pages: 0) }.to raise_error(ArgumentError, /pages must be between 1 and 64/)
     expect { Locking.client.backfill_batch(0, pages: 65) }.to raise_error(ArgumentError, /pages must be between 1 and 64/)
   end
+
+  it "loads a flushed script in the middle of a batch and still raises every copy's TTL" do
+    # The destination already holds each lock with a shorter TTL: backfill
+    # must extend the copies with a script the destination no longer has.
+    100.times do |i|
+      source.set("locking:s#{i}", "t#{i}", px: 120_000)
+      destination.set("locking:s#{i}", "t#{i}", px: 5_000)
+    end
+    destination.script(:flush)
+    report = Locking.client.backfill_batch(0, count: 50, pages: 4)
+    cursor = report[:cursor]
+    totals = report.dup
+    until cursor.zero?
+      more = Locking.client.backfill_batch(cursor, count: 50, pages: 4)
+      more.each { |k, v| totals[k] += v unless k == :cursor }
+      cursor = more[:cursor]
+    end
+    expect(totals[:already_there]).to eq(100)
+    expect(totals[:failed]).to eq(0)
+    [0, 50, 99].each do |i|
+      expect(destination.pttl("locking:s#{i}")).to be > 100_000
+    end
+  end
 end

@@ -1,16 +1,18 @@
 //! Operations over many keys, for the operator tools: walking lock keys with
-//! SCAN (never KEYS), and backfill in pipelined batches. Every batch drives
-//! the same per-key `protocol::Backfill` state machines the explorer checks;
-//! each round trip carries the next command of every key in the batch, one
-//! pipeline per server, both servers at once.
+//! SCAN (never KEYS), and backfill in streamed batches. Every batch drives
+//! the same per-key `protocol::Backfill` state machines the explorer checks,
+//! thousands at once, one command in flight per key (`stream_backfill`).
 
 use crate::client::Lease;
 use crate::connection::Interrupt;
 use crate::error::{Error, Result};
 use crate::phase::Phase;
 use crate::protocol::{self, BackfillOutcome, Command, Operation, Reply, Step, Target};
+use crate::resp::{self, Arg};
+use crate::server::Decoded;
 use redis::Value;
 use std::collections::HashSet;
+use std::collections::VecDeque;
 
 /// At most this many SCAN pages per backfill batch.
 pub const MAX_PAGES_PER_BATCH: usize = 64;
@@ -53,6 +55,64 @@ pub struct SourceOnly {
     pub scanned: u64,
     pub count: u64,
     pub examples: Vec<Vec<u8>>,
+}
+
+/// `SCAN cursor MATCH prefix* COUNT count [TYPE string]`, encoded.
+fn scan_command(prefix: &[u8], cursor: u64, count: usize, strings_only: bool) -> Vec<u8> {
+    let pattern = match_pattern(prefix);
+    let mut args: Vec<Arg> = vec![
+        "SCAN".into(),
+        cursor.into(),
+        "MATCH".into(),
+        pattern.as_slice().into(),
+        "COUNT".into(),
+        (count.max(1) as u64).into(),
+    ];
+    if strings_only {
+        args.extend::<[Arg; 2]>(["TYPE".into(), "string".into()]);
+    }
+    let mut packed = Vec::with_capacity(64 + pattern.len());
+    resp::write_command(&mut packed, &args);
+    packed
+}
+
+/// A SCAN reply as a page: the next cursor and the keys.
+fn parse_scan(value: Value, server: &str) -> Result<ScanPage> {
+    let bad = |detail: String| Error::Command {
+        server: server.to_string(),
+        detail,
+    };
+    match value {
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let keys = parts.pop();
+            let cursor = parts.pop();
+            let cursor = match cursor {
+                Some(Value::BulkString(bytes)) => std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or_else(|| bad("SCAN returned a bad cursor".into()))?,
+                other => return Err(bad(format!("SCAN returned {other:?}"))),
+            };
+            let keys = match keys {
+                Some(Value::Array(keys)) => keys
+                    .into_iter()
+                    .filter_map(|key| match key {
+                        Value::BulkString(bytes) => Some(bytes),
+                        _ => None,
+                    })
+                    .collect(),
+                other => return Err(bad(format!("SCAN returned {other:?}"))),
+            };
+            Ok(ScanPage { cursor, keys })
+        }
+        other => match crate::connection::server_error(&other) {
+            Some(error) => Err(bad(format!(
+                "SCAN failed: {}",
+                crate::connection::server_error_text(&error)
+            ))),
+            None => Err(bad(format!("SCAN returned {other:?}"))),
+        },
+    }
 }
 
 /// A glob that matches exactly the keys starting with `prefix`.
@@ -105,54 +165,11 @@ impl Lease<'_> {
         strings_only: bool,
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(cursor)
-            .arg("MATCH")
-            .arg(match_pattern(prefix))
-            .arg("COUNT")
-            .arg(count.max(1));
-        if strings_only {
-            scan.arg("TYPE").arg("string");
-        }
-        let packed = scan.get_packed_command();
+        let packed = scan_command(prefix, cursor, count, strings_only);
         let (server, connection) = self.connection(target, interrupt)?;
         let name = server.name().to_string();
         let value = connection.request(&packed, interrupt)?;
-        let bad = |detail: String| Error::Command {
-            server: name.clone(),
-            detail,
-        };
-        match value {
-            Value::Array(mut parts) if parts.len() == 2 => {
-                let keys = parts.pop();
-                let cursor = parts.pop();
-                let cursor = match cursor {
-                    Some(Value::BulkString(bytes)) => std::str::from_utf8(&bytes)
-                        .ok()
-                        .and_then(|text| text.parse::<u64>().ok())
-                        .ok_or_else(|| bad("SCAN returned a bad cursor".into()))?,
-                    other => return Err(bad(format!("SCAN returned {other:?}"))),
-                };
-                let keys = match keys {
-                    Some(Value::Array(keys)) => keys
-                        .into_iter()
-                        .filter_map(|key| match key {
-                            Value::BulkString(bytes) => Some(bytes),
-                            _ => None,
-                        })
-                        .collect(),
-                    other => return Err(bad(format!("SCAN returned {other:?}"))),
-                };
-                Ok(ScanPage { cursor, keys })
-            }
-            other => match crate::connection::server_error(&other) {
-                Some(error) => Err(bad(format!(
-                    "SCAN failed: {}",
-                    crate::connection::server_error_text(&error)
-                ))),
-                None => Err(bad(format!("SCAN returned {other:?}"))),
-            },
-        }
+        parse_scan(value, &name)
     }
 
     /// Counts lock keys on a server and summarizes their TTLs (a full walk).
@@ -272,39 +289,24 @@ impl Lease<'_> {
                 self.phase
             )));
         }
-        // Several pages per call, each one round trip behind the one before,
-        // so that one page's destination writes travel with the others'
-        // source reads: both servers (and both cores) work in most round
-        // trips, and the client handles several pages per wake-up.
         self.check_prefix()?;
-        let prefix = self.client.key_prefix().to_vec();
         if !(1..=MAX_PAGES_PER_BATCH).contains(&pages) {
             return Err(Error::InvalidArgument(format!(
                 "pages per backfill batch must be between 1 and {MAX_PAGES_PER_BATCH}, not {pages}"
             )));
         }
-        let wanted = pages;
-        let mut pages: Vec<ScanPage> = Vec::with_capacity(wanted);
-        let mut next = cursor;
-        loop {
-            let page =
-                self.scan_matching(Target::Source, &prefix, next, count, dry_run, interrupt)?;
-            next = page.cursor;
-            pages.push(page);
-            if next == 0 || dry_run || pages.len() == wanted {
-                break;
-            }
-        }
-        let mut report = BackfillReport {
-            cursor: next,
-            scanned: pages.iter().map(|page| page.keys.len() as u64).sum(),
-            ..BackfillReport::default()
-        };
-        if report.scanned == 0 {
-            return Ok(report);
-        }
+        let prefix = self.client.key_prefix().to_vec();
         if dry_run {
-            let page = pages.swap_remove(0);
+            let page =
+                self.scan_matching(Target::Source, &prefix, cursor, count, true, interrupt)?;
+            let mut report = BackfillReport {
+                cursor: page.cursor,
+                scanned: page.keys.len() as u64,
+                ..BackfillReport::default()
+            };
+            if page.keys.is_empty() {
+                return Ok(report);
+            }
             let on_source = self.pipeline_raw(Target::Source, "GET", &page.keys, interrupt)?;
             let on_destination =
                 self.pipeline_raw(Target::Destination, "GET", &page.keys, interrupt)?;
@@ -320,19 +322,13 @@ impl Lease<'_> {
             }
             return Ok(report);
         }
-        let ops = pages
-            .iter()
-            .enumerate()
-            .flat_map(|(delay, page)| {
-                page.keys.iter().map(move |key| {
-                    (
-                        key.as_slice(),
-                        Delayed::new(delay, protocol::Backfill::new()),
-                    )
-                })
-            })
-            .collect();
-        for outcome in self.run_many(ops, interrupt)? {
+        let walk = self.stream_backfill(&prefix, cursor, count, pages, interrupt)?;
+        let mut report = BackfillReport {
+            cursor: walk.cursor,
+            scanned: walk.outcomes.len() as u64,
+            ..BackfillReport::default()
+        };
+        for outcome in walk.outcomes {
             match outcome {
                 Ok(BackfillOutcome::Copied) => report.copied += 1,
                 Ok(BackfillOutcome::AlreadyThere) => report.already_there += 1,
@@ -343,6 +339,163 @@ impl Lease<'_> {
             }
         }
         Ok(report)
+    }
+
+    /// Walks up to `pages` SCAN pages from `cursor` and drives every key's
+    /// `protocol::Backfill` to its end, streaming: each server is sent the
+    /// next commands as soon as the replies they depend on are in, so it
+    /// has work queued while the client handles the other server's
+    /// replies. Replies come back in the order sent, per connection; each
+    /// key has one command in flight at a time, so its steps stay in the
+    /// order the protocol (and the explorer) gives them. The next SCAN is
+    /// sent as soon as a page arrives.
+    fn stream_backfill(
+        &mut self,
+        prefix: &[u8],
+        cursor: u64,
+        count: usize,
+        pages: usize,
+        interrupt: &Interrupt,
+    ) -> Result<Walk> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut ops: Vec<protocol::Backfill> = Vec::new();
+        let mut outcomes: Vec<Option<Result<BackfillOutcome>>> = Vec::new();
+        // What each server owes us, oldest first, with the order it was sent in.
+        let mut owed: [VecDeque<(u64, Flight)>; 2] = [VecDeque::new(), VecDeque::new()];
+        let mut sent = 0u64;
+        let mut packed = Vec::new();
+        let mut next_cursor = cursor;
+        let mut pages_asked = 1;
+        let mut resent: Vec<bool> = Vec::new();
+        let mut load: [Vec<&'static redis::Script>; 2] = [Vec::new(), Vec::new()];
+        let names = [
+            self.client
+                .server_name(Target::Source)
+                .unwrap_or("source")
+                .to_string(),
+            self.client
+                .server_name(Target::Destination)
+                .unwrap_or("destination")
+                .to_string(),
+        ];
+
+        let (_, connection) = self.connection(Target::Source, interrupt)?;
+        connection.send(&scan_command(prefix, cursor, count, false), interrupt)?;
+        owed[0].push_back((sent, Flight::Scan));
+        sent += 1;
+
+        while let Some(side) = oldest(&owed) {
+            let Some((_, flight)) = owed[side].pop_front() else {
+                break;
+            };
+            let target = [Target::Source, Target::Destination][side];
+            // (op, command) pairs each server gets next.
+            let mut next: [Vec<(usize, Command)>; 2] = [Vec::new(), Vec::new()];
+            match flight {
+                Flight::Scan => {
+                    let (_, connection) = self.connection(Target::Source, interrupt)?;
+                    let page = parse_scan(connection.receive(interrupt)?, &names[0])?;
+                    next_cursor = page.cursor;
+                    if next_cursor != 0 && pages_asked < pages {
+                        connection
+                            .send(&scan_command(prefix, next_cursor, count, false), interrupt)?;
+                        owed[0].push_back((sent, Flight::Scan));
+                        sent += 1;
+                        pages_asked += 1;
+                    }
+                    for key in page.keys {
+                        let index = ops.len();
+                        keys.push(key);
+                        ops.push(protocol::Backfill::new());
+                        outcomes.push(None);
+                        resent.push(false);
+                        step_into(&mut ops[index], index, Vec::new(), &mut outcomes, &mut next);
+                    }
+                }
+                Flight::Commands(flight) => {
+                    let commands: Vec<(&[u8], &Command)> = flight
+                        .iter()
+                        .map(|(index, command)| (keys[*index].as_slice(), command))
+                        .collect();
+                    let (server, connection) = self.connection(target, interrupt)?;
+                    let decoded = server.pipeline_decode(connection, &commands, interrupt)?;
+                    for ((index, command), decoded) in flight.into_iter().zip(decoded) {
+                        let reply = match decoded {
+                            Ok(Decoded::Reply(reply)) => Ok(reply),
+                            // The script is gone (restart, SCRIPT FLUSH): load
+                            // it in the next pipeline and resend, once.
+                            Ok(Decoded::LoadScript(script)) if !resent[index] => {
+                                resent[index] = true;
+                                load[side].push(script);
+                                next[side].push((index, command));
+                                continue;
+                            }
+                            Ok(_) => Err(Error::Command {
+                                server: names[side].clone(),
+                                detail: format!("server keeps refusing {command:?}"),
+                            }),
+                            Err(error) => Err(error),
+                        };
+                        step_into(
+                            &mut ops[index],
+                            index,
+                            vec![reply],
+                            &mut outcomes,
+                            &mut next,
+                        );
+                    }
+                }
+                Flight::ScriptLoad(count) => {
+                    // A failed load shows as a second NOSCRIPT, which fails its key.
+                    let (_, connection) = self.connection(target, interrupt)?;
+                    for _ in 0..count {
+                        connection.receive(interrupt)?;
+                    }
+                }
+            }
+            for (side, batch) in next.into_iter().enumerate() {
+                let target = [Target::Source, Target::Destination][side];
+                if !load[side].is_empty() {
+                    let mut scripts = std::mem::take(&mut load[side]);
+                    scripts.sort_by_key(|script| script.get_hash());
+                    scripts.dedup_by_key(|script| script.get_hash());
+                    packed.clear();
+                    for script in &scripts {
+                        let source = crate::scripts::source_of(script)
+                            .ok_or_else(|| Error::Internal("a script without its source".into()))?;
+                        resp::write_command(
+                            &mut packed,
+                            &["SCRIPT".into(), "LOAD".into(), source.into()],
+                        );
+                    }
+                    let (_, connection) = self.connection(target, interrupt)?;
+                    connection.send(&packed, interrupt)?;
+                    owed[side].push_back((sent, Flight::ScriptLoad(scripts.len())));
+                    sent += 1;
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                let commands: Vec<(&[u8], &Command)> = batch
+                    .iter()
+                    .map(|(index, command)| (keys[*index].as_slice(), command))
+                    .collect();
+                let (server, connection) = self.connection(target, interrupt)?;
+                server.pipeline_send(connection, &commands, &mut packed, interrupt)?;
+                owed[side].push_back((sent, Flight::Commands(batch)));
+                sent += 1;
+            }
+        }
+        Ok(Walk {
+            cursor: next_cursor,
+            outcomes: outcomes
+                .into_iter()
+                .map(|outcome| {
+                    outcome
+                        .unwrap_or_else(|| Err(Error::Internal("backfill did not finish".into())))
+                })
+                .collect(),
+        })
     }
 
     /// Deletes `key` (under the prefix) on every configured server, whoever
@@ -417,108 +570,56 @@ impl Lease<'_> {
         connection.send(&packed, interrupt)?;
         keys.iter().map(|_| connection.receive(interrupt)).collect()
     }
+}
 
-    /// Drives many operations, each on its own (full) key, in lockstep: each
-    /// round trip sends the next commands of all of them, one pipeline per
-    /// server, to both servers before reading either. A transport failure
-    /// fails the whole call; a server error fails only its operation.
-    pub fn run_many<O: Operation>(
-        &mut self,
-        mut ops: Vec<(&[u8], O)>,
-        interrupt: &Interrupt,
-    ) -> Result<Vec<Result<O::Output>>> {
-        let mut outputs: Vec<Option<Result<O::Output>>> = ops.iter().map(|_| None).collect();
-        let mut replies: Vec<Vec<Option<Result<Reply>>>> = ops.iter().map(|_| Vec::new()).collect();
-        let mut batches: Vec<Vec<(Target, Command)>> = ops.iter().map(|_| Vec::new()).collect();
-        let mut packed = Vec::new();
-        loop {
-            let mut waiting = false;
-            for (index, (_, op)) in ops.iter_mut().enumerate() {
-                if outputs[index].is_some() {
-                    continue;
-                }
-                let ready: Vec<Result<Reply>> = std::mem::take(&mut replies[index])
-                    .into_iter()
-                    .map(|reply| {
-                        reply.unwrap_or_else(|| Err(Error::Internal("reply missing".into())))
-                    })
-                    .collect();
-                match op.step(ready) {
-                    Step::Done(result) => {
-                        outputs[index] = Some(result);
-                        batches[index].clear();
-                    }
-                    Step::Send(batch) => {
-                        replies[index] = batch.iter().map(|_| None).collect();
-                        batches[index] = batch;
-                        waiting = true;
-                    }
-                }
-            }
-            if !waiting {
-                break;
-            }
-            // (operation, command) positions per server, in pipeline order.
-            let mut positions: [Vec<(usize, usize)>; 2] = [Vec::new(), Vec::new()];
-            for (index, batch) in batches.iter().enumerate() {
-                for (slot, (target, _)) in batch.iter().enumerate() {
-                    positions[slot_of(*target)].push((index, slot));
-                }
-            }
-            let commands: [Vec<(&[u8], &Command)>; 2] = positions.clone().map(|side| {
-                side.iter()
-                    .map(|&(index, slot)| (ops[index].0, &batches[index][slot].1))
-                    .collect()
-            });
-            let targets = [Target::Source, Target::Destination];
-            for (side, target) in targets.iter().enumerate() {
-                if !commands[side].is_empty() {
-                    let (server, connection) = self.connection(*target, interrupt)?;
-                    server.pipeline_send(connection, &commands[side], &mut packed, interrupt)?;
-                }
-            }
-            for (side, target) in targets.iter().enumerate() {
-                if commands[side].is_empty() {
-                    continue;
-                }
-                let (server, connection) = self.connection(*target, interrupt)?;
-                let results = server.pipeline_finish(connection, &commands[side], interrupt)?;
-                for (&(index, slot), result) in positions[side].iter().zip(results) {
-                    replies[index][slot] = Some(result);
-                }
-            }
-        }
-        Ok(outputs
-            .into_iter()
-            .map(|output| {
-                output.unwrap_or_else(|| Err(Error::Internal("operation did not finish".into())))
-            })
-            .collect())
+/// What a server owes the backfill stream: a SCAN page, or the replies to
+/// a pipeline of commands (op index, command), in order.
+enum Flight {
+    Scan,
+    Commands(Vec<(usize, Command)>),
+    /// Replies to this many SCRIPT LOADs.
+    ScriptLoad(usize),
+}
+
+/// What `stream_backfill` did: where the walk stopped, and each key's end.
+struct Walk {
+    cursor: u64,
+    outcomes: Vec<Result<BackfillOutcome>>,
+}
+
+/// The server whose oldest owed reply was sent first: replies come back
+/// roughly in that order, so reading it blocks the least.
+fn oldest(owed: &[VecDeque<(u64, Flight)>; 2]) -> Option<usize> {
+    match (owed[0].front(), owed[1].front()) {
+        (Some((a, _)), Some((b, _))) => Some(if a <= b { 0 } else { 1 }),
+        (Some(_), None) => Some(0),
+        (None, Some(_)) => Some(1),
+        (None, None) => None,
     }
 }
 
-/// Runs an operation `rounds` round trips late (sending nothing until then),
-/// to stagger pages so that each round trip keeps both servers busy.
-struct Delayed<O> {
-    rounds: usize,
-    op: O,
-}
-
-impl<O> Delayed<O> {
-    fn new(rounds: usize, op: O) -> Self {
-        Delayed { rounds, op }
-    }
-}
-
-impl<O: Operation> Operation for Delayed<O> {
-    type Output = O::Output;
-
-    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<O::Output> {
-        if self.rounds > 0 {
-            self.rounds -= 1;
-            return Step::Send(Vec::new());
+/// Steps one key's backfill with its replies; a command it sends next is
+/// queued for its server, an end is recorded. Backfill sends one command
+/// per step; anything else is a bug, reported as that key's failure.
+fn step_into(
+    op: &mut protocol::Backfill,
+    index: usize,
+    replies: Vec<Result<Reply>>,
+    outcomes: &mut [Option<Result<BackfillOutcome>>],
+    next: &mut [Vec<(usize, Command)>; 2],
+) {
+    match op.step(replies) {
+        Step::Done(result) => outcomes[index] = Some(result),
+        Step::Send(mut batch) if batch.len() == 1 => {
+            if let Some((target, command)) = batch.pop() {
+                next[slot_of(target)].push((index, command));
+            }
         }
-        self.op.step(replies)
+        Step::Send(_) => {
+            outcomes[index] = Some(Err(Error::Internal(
+                "backfill step sent other than one command".into(),
+            )))
+        }
     }
 }
 

@@ -13,7 +13,7 @@ pub mod pool;
 pub mod process;
 pub mod protocol;
 pub(crate) mod resp;
-mod scripts;
+pub(crate) mod scripts;
 pub mod server;
 pub mod store;
 

@@ -420,10 +420,12 @@ impl Server {
         }
         let mut replies = Vec::with_capacity(commands.len());
         let mut retries = Vec::new();
-        for (index, (_, command)) in commands.iter().enumerate() {
-            let deadline = Instant::now() + connection.read_timeout();
-            let value = receive_reply(connection, command, deadline, interrupt)?;
-            match self.decode(command, value) {
+        for (index, decoded) in self
+            .pipeline_decode(connection, commands, interrupt)?
+            .into_iter()
+            .enumerate()
+        {
+            match decoded {
                 Ok(Decoded::Reply(reply)) => replies.push(Ok(reply)),
                 Ok(retry) => {
                     retries.push((index, retry));
@@ -435,6 +437,32 @@ impl Server {
         for (index, retry) in retries {
             let (key, command) = commands[index];
             replies[index] = self.retry(connection, key, command, retry, interrupt);
+        }
+        Ok(replies)
+    }
+
+    /// Reads and decodes a pipeline's replies, resending nothing: a reply
+    /// that asks for a resend (NOSCRIPT) comes back as such, for a caller
+    /// with later pipelines in flight on the same connection to schedule.
+    pub(crate) fn pipeline_decode(
+        &self,
+        connection: &mut Connection,
+        commands: &[(&[u8], &Command)],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Result<Decoded>>> {
+        if all_reads(commands) {
+            let mut replies = Vec::with_capacity(commands.len());
+            for chunk in commands.chunks(READS_PER_TRANSACTION) {
+                let chunk = self.finish_reads(connection, chunk.len(), interrupt)?;
+                replies.extend(chunk.into_iter().map(|reply| reply.map(Decoded::Reply)));
+            }
+            return Ok(replies);
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        for (_, command) in commands {
+            let deadline = Instant::now() + connection.read_timeout();
+            let value = receive_reply(connection, command, deadline, interrupt)?;
+            replies.push(self.decode(command, value));
         }
         Ok(replies)
     }
