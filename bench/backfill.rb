@@ -26,12 +26,7 @@ OptionParser.new do |o|
 end.parse!
 
 PREFIX = "locking:"
-source = RedisServer.start("bench-source")
-destination = RedisServer.start("bench-destination")
-at_exit do
-  source.cleanup
-  destination.cleanup
-end
+source, destination = Bench.start_servers("bench-source", "bench-destination")
 
 def monotonic = Bench.monotonic
 

@@ -24,12 +24,7 @@ OptionParser.new do |o|
   o.on("--no-threads", "skip the 8-thread case") { options[:threads] = nil }
 end.parse!
 
-source = RedisServer.start("bench-ops-source")
-destination = RedisServer.start("bench-ops-destination")
-at_exit do
-  source.cleanup
-  destination.cleanup
-end
+source, destination = Bench.start_servers("bench-ops-source", "bench-ops-destination")
 Locking.configure do |c|
   c.source = source.url
   c.destination = destination.url

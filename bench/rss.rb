@@ -15,8 +15,7 @@ OptionParser.new do |o|
   o.on("--json FILE", "write the row as JSON (for bench/all.rb)") { |v| options[:json] = v }
 end.parse!
 
-server = RedisServer.start("bench-rss")
-at_exit { server.cleanup }
+server, = Bench.start_servers("bench-rss")
 Locking.configure do |c|
   c.source = server.url
   c.phase = :source

@@ -12,6 +12,14 @@ module Bench
 
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
+  # Starts a redis-server per name on a free port (spec/support/redis_server.rb),
+  # stopped and removed when the benchmark exits.
+  def start_servers(*names)
+    servers = names.map { |name| RedisServer.start(name) }
+    at_exit { servers.each(&:cleanup) }
+    servers
+  end
+
   def median(values) = values.sort[values.size / 2]
 
   def machine

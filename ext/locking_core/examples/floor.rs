@@ -74,14 +74,55 @@ fn skip_reply(reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>) {
     }
 }
 
-fn encode(command: &str, iteration: u64, out: &mut Vec<u8>) {
-    let words: Vec<String> = command
-        .split_whitespace()
-        .map(|word| word.replace("{i}", &iteration.to_string()))
-        .collect();
-    out.extend_from_slice(format!("*{}\r\n", words.len()).as_bytes());
+/// One command, encoded once: fixed bytes, and the words holding `{i}`
+/// (written per iteration without allocating), in order.
+enum Piece {
+    Fixed(Vec<u8>),
+    Iteration { before: Vec<u8>, after: Vec<u8> },
+}
+
+fn template(command: &str) -> Vec<Piece> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let mut pieces = vec![Piece::Fixed(format!("*{}\r\n", words.len()).into_bytes())];
     for word in words {
-        out.extend_from_slice(format!("${}\r\n{}\r\n", word.len(), word).as_bytes());
+        match word.split_once("{i}") {
+            Some((before, after)) => pieces.push(Piece::Iteration {
+                before: before.as_bytes().to_vec(),
+                after: after.as_bytes().to_vec(),
+            }),
+            None => pieces.push(Piece::Fixed(
+                format!("${}\r\n{}\r\n", word.len(), word).into_bytes(),
+            )),
+        }
+    }
+    pieces
+}
+
+fn encode(pieces: &[Piece], iteration: u64, out: &mut Vec<u8>) {
+    for piece in pieces {
+        match piece {
+            Piece::Fixed(bytes) => out.extend_from_slice(bytes),
+            Piece::Iteration { before, after } => {
+                let mut digits = [0u8; 20];
+                let mut start = digits.len();
+                let mut n = iteration;
+                loop {
+                    start -= 1;
+                    digits[start] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let number = &digits[start..];
+                let length = before.len() + number.len() + after.len();
+                let _ = write!(out, "${length}\r\n");
+                out.extend_from_slice(before);
+                out.extend_from_slice(number);
+                out.extend_from_slice(after);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 }
 
@@ -95,13 +136,13 @@ fn main() {
         .unwrap_or_else(|_| fail("N must be a number"));
     let mut servers = [connect(&args[1]), connect(&args[2])];
     // Each step: (server index, command template) pairs.
-    let steps: Vec<Vec<(usize, String)>> = args[3..]
+    let steps: Vec<Vec<(usize, Vec<Piece>)>> = args[3..]
         .iter()
         .map(|step| {
             step.split(" ++ ")
                 .map(|command| match command.trim().split_once(':') {
-                    Some(("S", rest)) => (0, rest.to_string()),
-                    Some(("D", rest)) => (1, rest.to_string()),
+                    Some(("S", rest)) => (0, template(rest)),
+                    Some(("D", rest)) => (1, template(rest)),
                     _ => fail(&format!(
                         "a command must start with S: or D:, got {command:?}"
                     )),

@@ -190,124 +190,44 @@ impl Server {
     }
 
     fn encode_into(&self, key: &[u8], command: &Command, packed: &mut Vec<u8>) {
-        use crate::resp::write_command as write;
         match command {
             Command::Acquire { token, ttl_ms } => {
                 if self.set_get.load(Ordering::Relaxed) {
-                    write(
-                        packed,
-                        &[
-                            "SET".into(),
-                            key.into(),
-                            token.as_slice().into(),
-                            "NX".into(),
-                            "GET".into(),
-                            "PX".into(),
-                            (*ttl_ms).into(),
-                        ],
-                    );
+                    write_set_nx_get(packed, key, token, Some(*ttl_ms));
                 } else {
-                    let sha = evalsha(&scripts::ACQUIRE);
-                    write(
-                        packed,
-                        &[
-                            "EVALSHA".into(),
-                            sha,
-                            "1".into(),
-                            key.into(),
-                            token.as_slice().into(),
-                            (*ttl_ms).into(),
-                        ],
-                    );
+                    write_evalsha(packed, &scripts::ACQUIRE, key, token, Some(*ttl_ms));
                 }
             }
             Command::CompareAndDelete { token } => {
-                let sha = evalsha(&scripts::COMPARE_AND_DELETE);
-                write(
-                    packed,
-                    &[
-                        "EVALSHA".into(),
-                        sha,
-                        "1".into(),
-                        key.into(),
-                        token.as_slice().into(),
-                    ],
-                );
+                write_evalsha(packed, &scripts::COMPARE_AND_DELETE, key, token, None)
             }
-            Command::CompareAndExtend { token, ttl_ms } => {
-                let sha = evalsha(&scripts::COMPARE_AND_EXTEND);
-                write(
-                    packed,
-                    &[
-                        "EVALSHA".into(),
-                        sha,
-                        "1".into(),
-                        key.into(),
-                        token.as_slice().into(),
-                        (*ttl_ms).into(),
-                    ],
-                );
-            }
-            Command::Exists => write(packed, &["EXISTS".into(), key.into()]),
+            Command::CompareAndExtend { token, ttl_ms } => write_evalsha(
+                packed,
+                &scripts::COMPARE_AND_EXTEND,
+                key,
+                token,
+                Some(*ttl_ms),
+            ),
+            Command::Exists => resp::write_command(packed, &["EXISTS".into(), key.into()]),
             Command::TokenTtl { token } => {
-                let sha = evalsha(&scripts::TOKEN_TTL);
-                write(
-                    packed,
-                    &[
-                        "EVALSHA".into(),
-                        sha,
-                        "1".into(),
-                        key.into(),
-                        token.as_slice().into(),
-                    ],
-                );
+                write_evalsha(packed, &scripts::TOKEN_TTL, key, token, None)
             }
             Command::ReadWithTtl => {
                 // MULTI/EXEC makes the two reads atomic, at a fraction of a
                 // Lua call's cost (it runs for every key of a backfill, twice).
-                write(packed, &["MULTI".into()]);
-                write(packed, &["GET".into(), key.into()]);
-                write(packed, &["PTTL".into(), key.into()]);
-                write(packed, &["EXEC".into()]);
+                resp::write_command(packed, &["MULTI".into()]);
+                resp::write_command(packed, &["GET".into(), key.into()]);
+                resp::write_command(packed, &["PTTL".into(), key.into()]);
+                resp::write_command(packed, &["EXEC".into()]);
             }
-            Command::Mirror { value, ttl_ms } => match ttl_ms {
-                Some(ttl_ms) => write(
-                    packed,
-                    &[
-                        "SET".into(),
-                        key.into(),
-                        value.as_slice().into(),
-                        "NX".into(),
-                        "GET".into(),
-                        "PX".into(),
-                        (*ttl_ms).into(),
-                    ],
-                ),
-                None => write(
-                    packed,
-                    &[
-                        "SET".into(),
-                        key.into(),
-                        value.as_slice().into(),
-                        "NX".into(),
-                        "GET".into(),
-                    ],
-                ),
-            },
-            Command::ExtendIfGreater { token, ttl_ms } => {
-                let sha = evalsha(&scripts::EXTEND_IF_GREATER);
-                write(
-                    packed,
-                    &[
-                        "EVALSHA".into(),
-                        sha,
-                        "1".into(),
-                        key.into(),
-                        token.as_slice().into(),
-                        (*ttl_ms).into(),
-                    ],
-                );
-            }
+            Command::Mirror { value, ttl_ms } => write_set_nx_get(packed, key, value, *ttl_ms),
+            Command::ExtendIfGreater { token, ttl_ms } => write_evalsha(
+                packed,
+                &scripts::EXTEND_IF_GREATER,
+                key,
+                token,
+                Some(*ttl_ms),
+            ),
         }
     }
 
@@ -399,46 +319,6 @@ impl Server {
                 _ => Ok(Reply::Entry(None)),
             })
             .collect())
-    }
-
-    /// Reads the pipeline's replies in order. A command refused for a missing
-    /// script (or an old server) is resent alone once every reply is in, so
-    /// the replies never get out of step. A transport failure fails the lot;
-    /// a server error fails its command only.
-    pub fn pipeline_finish(
-        &self,
-        connection: &mut Connection,
-        commands: &[(&[u8], &Command)],
-        interrupt: &Interrupt,
-    ) -> Result<Vec<Result<Reply>>> {
-        if all_reads(commands) {
-            let mut replies = Vec::with_capacity(commands.len());
-            for chunk in commands.chunks(READS_PER_TRANSACTION) {
-                replies.extend(self.finish_reads(connection, chunk.len(), interrupt)?);
-            }
-            return Ok(replies);
-        }
-        let mut replies = Vec::with_capacity(commands.len());
-        let mut retries = Vec::new();
-        for (index, decoded) in self
-            .pipeline_decode(connection, commands, interrupt)?
-            .into_iter()
-            .enumerate()
-        {
-            match decoded {
-                Ok(Decoded::Reply(reply)) => replies.push(Ok(reply)),
-                Ok(retry) => {
-                    retries.push((index, retry));
-                    replies.push(Err(Error::Internal("awaiting resend".into())));
-                }
-                Err(error) => replies.push(Err(error)),
-            }
-        }
-        for (index, retry) in retries {
-            let (key, command) = commands[index];
-            replies[index] = self.retry(connection, key, command, retry, interrupt);
-        }
-        Ok(replies)
     }
 
     /// Reads and decodes a pipeline's replies, resending nothing: a reply
@@ -612,8 +492,52 @@ fn receive_reply(
     })
 }
 
-fn evalsha(script: &'static redis::Script) -> Arg<'static> {
-    Arg::from(script.get_hash())
+/// `SET key value NX GET [PX ttl_ms]`: set unless present, answering what was there.
+fn write_set_nx_get(packed: &mut Vec<u8>, key: &[u8], value: &[u8], ttl_ms: Option<u64>) {
+    let mut args: [Arg; 7] = [
+        "SET".into(),
+        key.into(),
+        value.into(),
+        "NX".into(),
+        "GET".into(),
+        "PX".into(),
+        0.into(),
+    ];
+    let used = match ttl_ms {
+        Some(ttl_ms) => {
+            args[6] = ttl_ms.into();
+            7
+        }
+        None => 5,
+    };
+    resp::write_command(packed, &args[..used]);
+}
+
+/// `EVALSHA sha 1 key token [ttl_ms]`: every script takes one key, the token,
+/// and for some a TTL.
+fn write_evalsha(
+    packed: &mut Vec<u8>,
+    script: &'static redis::Script,
+    key: &[u8],
+    token: &[u8],
+    ttl_ms: Option<u64>,
+) {
+    let mut args: [Arg; 6] = [
+        "EVALSHA".into(),
+        script.get_hash().into(),
+        "1".into(),
+        key.into(),
+        token.into(),
+        0.into(),
+    ];
+    let used = match ttl_ms {
+        Some(ttl_ms) => {
+            args[5] = ttl_ms.into();
+            6
+        }
+        None => 5,
+    };
+    resp::write_command(packed, &args[..used]);
 }
 
 fn command_name(command: &Command) -> &'static str {
@@ -654,6 +578,57 @@ mod tests {
         let config = ServerConfig::parse("redis://127.0.0.1:6379/0", Duration::from_secs(1))
             .expect("a valid URL");
         Server::new(config, 1, EvictionCheck::Off)
+    }
+
+    #[test]
+    fn commands_are_written_as_the_redis_crate_writes_them() {
+        let server = server();
+        let encoded = |command: &Command| server.encode(b"k", command);
+        let theirs = |cmd: &mut redis::Cmd| cmd.get_packed_command();
+        let cad = scripts::COMPARE_AND_DELETE.get_hash();
+        let extend = scripts::EXTEND_IF_GREATER.get_hash();
+        assert_eq!(
+            encoded(&Command::Acquire {
+                token: b"t".to_vec(),
+                ttl_ms: 5
+            }),
+            theirs(
+                redis::cmd("SET")
+                    .arg("k")
+                    .arg("t")
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(5)
+            )
+        );
+        assert_eq!(
+            encoded(&Command::Mirror {
+                value: b"v".to_vec(),
+                ttl_ms: None
+            }),
+            theirs(redis::cmd("SET").arg("k").arg("v").arg("NX").arg("GET"))
+        );
+        assert_eq!(
+            encoded(&Command::CompareAndDelete {
+                token: b"t".to_vec()
+            }),
+            theirs(redis::cmd("EVALSHA").arg(cad).arg(1).arg("k").arg("t"))
+        );
+        assert_eq!(
+            encoded(&Command::ExtendIfGreater {
+                token: b"t".to_vec(),
+                ttl_ms: 7
+            }),
+            theirs(
+                redis::cmd("EVALSHA")
+                    .arg(extend)
+                    .arg(1)
+                    .arg("k")
+                    .arg("t")
+                    .arg(7)
+            )
+        );
     }
 
     fn commands() -> Vec<Command> {
