@@ -14,9 +14,11 @@ class Locking
       Commands:
         status              lock keys on each server (counted with SCAN), their TTLs, the phase, the fleet
         backfill            copy every source-only lock onto the destination (phases 0 and 1 only)
-        gate                exit 0 when moving to phase 2 is safe, 1 (with the reasons) when not
+        gate                exit 0 when moving to phase 2 is safe, 1 (with the reasons) when not;
+                            --reverse: the same for rolling back from phase 1 to 0
         phase               show the phase and, with dynamic phases, the fleet
-        phase set PHASE     set the fleet's phase (dynamic phases): 0..3 or source|dual|drain|destination
+        phase set PHASE     set the fleet's phase (dynamic phases): 0..3 or source|dual|drain|destination;
+                            only to an adjacent phase, once every process has caught up (--init: the first one)
         phase advance       move the fleet to the next phase once every process has caught up
 
       Options:
@@ -34,7 +36,7 @@ class Locking
       @options = {
         source: config.source, destination: config.destination, prefix: config.key_prefix,
         timeout: [config.timeout, 5.0].max, batch: 1000, rate: nil, dry_run: false, restart: false,
-        wait: 0.0, progress: nil
+        wait: 0.0, progress: nil, phase: config.phase, init: false
       }
     end
 
@@ -77,12 +79,15 @@ class Locking
         o.on("--rate N", Integer, "backfill: at most N keys per second (each: 2 reads on the source)") do |v|
           options[:rate] = v
         end
+        o.on("--reverse", "gate: the reverse gate, before rolling back from phase 1 to 0") { options[:reverse] = true }
         o.on("--dry-run", "backfill: count what would be copied, write nothing") { options[:dry_run] = true }
         o.on("--restart", "backfill: start over instead of resuming a saved position") { options[:restart] = true }
         o.on("--[no-]progress", "backfill: progress bar (default: on a terminal)") { |v| options[:progress] = v }
-        o.on("--wait SECONDS", Float, "phase advance: wait this long for the fleet (default: 0)") do |v|
+        o.on("--wait SECONDS", Float, "phase set/advance: wait this long for the fleet to catch up (default: 0)") do |v|
           options[:wait] = v
         end
+        o.on("--init", "phase set: set the phase when none is set (the first set, or after the destination " \
+                       "lost its data)") { options[:init] = true }
         o.on("-h", "--help", "this help") { options[:help] = true }
       end
     end
@@ -160,9 +165,11 @@ class Locking
 
     def backfill
       need_destination!
-      phase = control_phase
+      phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
       if %i[drain destination].include?(phase)
-        raise ArgumentError, "the fleet is in phase #{phase}: backfill runs only in phases 0 and 1"
+        @err.puts "locking: refused: the fleet is in phase #{describe_phase(phase)}: backfill runs only in " \
+                  "phases 0 and 1 (its copies could race releases)"
+        return EXIT_REFUSED
       end
 
       tool = client(phase: :dual)
@@ -266,9 +273,11 @@ class Locking
 
     def gate
       need_destination!
+      return reverse_gate if options[:reverse]
+
       count, scanned, examples = client(phase: :dual).source_only(examples: 5)
-      dynamic = dynamic_fleet?
-      fleet = dynamic ? client.fleet : []
+      fleet = client.fleet
+      dynamic = !control_phase.nil? || !fleet.empty?
       in_phase_zero = fleet.count { |m| m[:phase] == :source }
       @out.puts "gate into phase 2 (drain):"
       @out.puts "  source-only locks: #{number(count)} (of #{number(scanned)} on the source)"
@@ -279,11 +288,35 @@ class Locking
         @out.puts "  processes still in phase 0: not visible without dynamic phases; make sure every " \
                   "process has been deployed with phase :dual"
       end
+      verdict(protocol_reasons(count, in_phase_zero), "moving to phase 2 is safe")
+    end
+
+    # Before a rollback from phase 1 to 0: no lock on the destination only.
+    def reverse_gate
+      count, scanned, examples = client(phase: :dual).destination_only(examples: 5)
+      @out.puts "reverse gate into phase 0 (source), for a rollback from phase 1:"
+      @out.puts "  destination-only locks: #{number(count)} (of #{number(scanned)} on the destination)"
+      examples.each { |key| @out.puts "    e.g. #{key.inspect}" }
       reasons = []
-      reasons << "#{number(count)} lock(s) live on the source only: run `locking backfill`, or wait for their TTLs" if count.positive?
+      if count.positive?
+        reasons << "#{number(count)} lock(s) live on the destination only (taken in phase 2): a process in phase 0 " \
+                   "would not see them; wait for their TTLs"
+      end
+      verdict(reasons, "rolling back to phase 0 is safe")
+    end
+
+    def protocol_reasons(source_only, in_phase_zero)
+      reasons = []
+      if source_only.positive?
+        reasons << "#{number(source_only)} lock(s) live on the source only: run `locking backfill`, or wait for their TTLs"
+      end
       reasons << "#{in_phase_zero} process(es) still in phase 0" if in_phase_zero.positive?
+      reasons
+    end
+
+    def verdict(reasons, safe)
       if reasons.empty?
-        @out.puts "OPEN: moving to phase 2 is safe"
+        @out.puts "OPEN: #{safe}"
         EXIT_OK
       else
         @out.puts "CLOSED:"
@@ -299,81 +332,134 @@ class Locking
       case @args.shift
       when nil then show_phase
       when "set"
-        target = @args.shift or return usage_error("phase set needs a phase: 0..3 or source|dual|drain|destination")
-        set_phase(parse_phase(target))
+        text = @args.shift or return usage_error("phase set needs a phase: #{PHASE_CHOICES}")
+        target = parse_phase(text) or return usage_error("unknown phase #{text.inspect} (expected #{PHASE_CHOICES})")
+        set_phase(target)
       when "advance" then advance
       else usage_error("unknown phase command (expected: phase, phase set PHASE, phase advance)")
       end
     end
 
+    PHASE_CHOICES = "0..3 or source|dual|drain|destination"
+
+    # @return [Symbol, nil] nil for anything but 0..3 or a phase's name
     def parse_phase(text)
-      Configuration::PHASES.fetch(Configuration.phase_index(text.match?(/\A\d+\z/) ? Integer(text) : text))
+      index = text.match?(/\A[0-3]\z/) ? Integer(text) : Configuration::PHASES.index(text.to_sym)
+      index && Configuration::PHASES[index]
     end
 
     def control_phase
-      options[:destination] ? client.control_phase : :source
+      options[:destination] ? client.control_phase : nil
     end
 
-    def dynamic_fleet?
-      options[:destination] && (client.control_get("phase") || !client.fleet.empty?)
+    def describe_phase(phase)
+      "#{Configuration.phase_index(phase)} (#{phase})"
     end
 
     def show_phase
       current = client.control_phase
       fleet = client.fleet
-      index = Configuration.phase_index(current)
-      @out.puts format("%-12s %d (%s)%s", "phase", index, current,
-                       dynamic_fleet? ? " (dynamic: the control key on the destination)" : " (no dynamic phase set)")
+      line = if current
+               "#{describe_phase(current)} (dynamic: the control key on the destination)"
+             elsif options[:phase] == :dynamic
+               "none set: processes with phase :dynamic refuse to work until `locking phase set PHASE --init`"
+             else
+               "#{describe_phase(options[:phase])} (static: this configuration's phase; no dynamic phase is set)"
+             end
+      @out.puts format("%-12s %s", "phase", line)
       @out.puts format("%-12s %d process(es) reporting", "fleet", fleet.size)
-      fleet.group_by { |m| m[:phase] }.sort_by { |p, _| Configuration.phase_index(p) }.each do |p, members|
-        @out.puts "  phase #{Configuration.phase_index(p)} (#{p}): #{members.size}: " \
-                  "#{members.first(5).map { |m| m[:process] }.join(', ')}#{members.size > 5 ? ', ...' : ''}"
+      fleet.group_by { |m| [m[:phase], m[:highest]] }.sort_by { |(low, high), _| [low, high].map { |p| Configuration.phase_index(p) } }
+           .each do |(low, high), members|
+        phases = low == high ? "phase #{describe_phase(low)}" : "phases #{Configuration.phase_index(low)}..#{Configuration.phase_index(high)} (moving)"
+        @out.puts "  #{phases}: #{members.size}: " \
+                  "#{members.first(5).map { |m| describe_member(m) }.join(', ')}#{members.size > 5 ? ', ...' : ''}"
       end
       EXIT_OK
     end
 
-    def source_only_for(current, target)
-      return nil unless current == :dual && target == :drain
+    def describe_member(member)
+      return member[:process] unless member[:age_ms]
 
-      client(phase: :dual).source_only(examples: 0).first
+      "#{member[:process]} (seen #{seconds(member[:age_ms])} ago)"
     end
 
-    def set_phase(target)
-      current = client.control_phase
-      current, reasons = client.transition_reasons(target, source_only: source_only_for(current, target))
-      return refuse(current, target, reasons) unless reasons.empty?
+    # The count the gate (1 -> 2) or the reverse gate (1 -> 0) needs.
+    def one_sided_for(current, target)
+      return nil unless current == :dual
 
-      stored = client.set_control_phase(current, target)
-      if stored != target
-        @err.puts "locking: the phase changed meanwhile (now #{stored}); nothing was set"
-        return EXIT_REFUSED
+      case target
+      when :drain then client(phase: :dual).source_only(examples: 0).first
+      when :source then client(phase: :dual).destination_only(examples: 0).first
       end
-      @out.puts "phase #{Configuration.phase_index(current)} (#{current}) -> " \
-                "#{Configuration.phase_index(target)} (#{target}): processes pick it up within their phase_cache_ttl"
-      EXIT_OK
     end
 
     def advance
       current = client.control_phase
+      return refuse_unset(:source) if current.nil?
+
       index = Configuration.phase_index(current)
-      return refuse(current, current, ["phase 3 (destination) is the last phase"]) if index == 3
+      if index == 3
+        @out.puts "refused: the fleet is in phase #{describe_phase(current)}, the last phase; nothing to advance"
+        return EXIT_REFUSED
+      end
+      set_phase(Configuration::PHASES[index + 1], expected: current)
+    end
 
-      target = Configuration::PHASES[index + 1]
-      source_only = source_only_for(current, target)
+    # Moves the fleet to `target` once it is safe, waiting up to --wait for
+    # the fleet to catch up (a lock count that blocks the move does not wait:
+    # it needs a backfill, or time for TTLs).
+    def set_phase(target, expected: :any)
+      current = client.control_phase
+      return initialize_phase(target) if current.nil?
+      if expected != :any && current != expected
+        return refuse(current, target, ["the phase changed meanwhile (now #{current})"])
+      end
+
+      one_sided = one_sided_for(current, target)
       deadline = monotonic + options[:wait]
+      waited = nil
       loop do
-        current_now, reasons = client.transition_reasons(target, source_only: source_only)
-        return refuse(current_now, target, ["the phase changed meanwhile (now #{current_now})"]) if current_now != current
-        return set_phase(target) if reasons.empty?
-        return refuse(current, target, reasons) if monotonic >= deadline || source_only.to_i.positive?
+        now, reasons = client.transition_reasons(target, source_only: one_sided)
+        return refuse(now || current, target, ["the phase changed meanwhile (now #{now.inspect})"]) if now != current
+        break if reasons.empty?
+        return refuse(current, target, reasons) if monotonic >= deadline || one_sided.to_i.positive?
 
+        if waited.nil? || monotonic - waited >= 2
+          waited = monotonic
+          @out.puts "waiting (#{format('%.0f', deadline - monotonic)}s left): #{reasons.join('; ')}"
+          @out.flush
+        end
         sleep 0.2
       end
+      store_phase(current, target)
+    end
+
+    def initialize_phase(target)
+      return refuse_unset(target) unless options[:init]
+
+      store_phase(nil, target)
+    end
+
+    def refuse_unset(target)
+      @out.puts "refused: no phase is set on the destination (never set, or lost with the destination's data)."
+      @out.puts "  Processes with phase :dynamic refuse to work until one is. To set the first phase, or the"
+      @out.puts "  phase the fleet was in before the destination lost it: locking phase set #{Configuration.phase_index(target)} --init"
+      EXIT_REFUSED
+    end
+
+    def store_phase(current, target)
+      stored = client.set_control_phase(current, target)
+      if stored != target
+        @err.puts "locking: the phase changed meanwhile (now #{stored.inspect}); nothing was set"
+        return EXIT_REFUSED
+      end
+      from = current ? describe_phase(current) : "none"
+      @out.puts "phase #{from} -> #{describe_phase(target)}: processes pick it up within their phase_cache_ttl"
+      EXIT_OK
     end
 
     def refuse(current, target, reasons)
-      @out.puts "refused: phase #{Configuration.phase_index(current)} (#{current}) -> " \
-                "#{Configuration.phase_index(target)} (#{target}):"
+      @out.puts "refused: phase #{describe_phase(current)} -> #{describe_phase(target)}:"
       reasons.each { |r| @out.puts "  - #{r}" }
       EXIT_REFUSED
     end

@@ -9,9 +9,36 @@ class Locking
     # @return [Client] built from a Configuration; raises ArgumentError on a bad URL.
     def self.build(config)
       phase = config.dynamic? ? 0 : Configuration.phase_index(config.phase)
-      _new(config.source, config.destination, phase, config.key_prefix, config.timeout.to_f, config.pool_size,
-           config.dynamic? ? config.phase_cache_ttl : nil, Socket.gethostname,
-           Configuration::EVICTION_CHECKS.index(config.eviction_policy_check))
+      client = _new(config.source, config.destination, phase, config.key_prefix, config.timeout.to_f,
+                    config.pool_size, config.dynamic? ? config.phase_cache_ttl : nil, Socket.gethostname,
+                    Configuration::EVICTION_CHECKS.index(config.eviction_policy_check))
+      leave_fleet_at_exit(client) if config.dynamic?
+      client
+    end
+
+    # A process that exits normally takes its heartbeat with it, so that
+    # `locking phase` does not wait for it to expire. (One that dies leaves
+    # it to expire: its lease on the phase lasts the heartbeat's TTL.)
+    def self.leave_fleet_at_exit(client)
+      @leaving ||= begin
+        at_exit do
+          @leaving.each do |leaving|
+            leaving.leave_fleet
+          rescue Locking::Error
+            nil # the heartbeat expires by itself
+          end
+        end
+        ObjectSpace::WeakMap.new
+      end
+      @leaving[client] = client
+    end
+    private_class_method :leave_fleet_at_exit
+
+    # Dynamic phases: removes this process's heartbeat unless an operation is
+    # still in flight. The next operation reads the phase and reports again.
+    # @return [Boolean] whether a heartbeat was removed
+    def leave_fleet
+      _leave_fleet
     end
 
     # @return [Boolean] true when the lock was taken with this token (or already held by it).
@@ -77,7 +104,14 @@ class Locking
     # Source locks the destination does not hold with the same token.
     # @return [Array(Integer, Integer, Array<String>)] count, keys scanned, a few examples
     def source_only(examples: 5)
-      _source_only(Integer(examples))
+      _only_on(0, Integer(examples))
+    end
+
+    # Destination locks the source does not hold with the same token (taken
+    # in phase 2): the reverse gate's count, before rolling back from 1 to 0.
+    # @return [Array(Integer, Integer, Array<String>)] count, keys scanned, a few examples
+    def destination_only(examples: 5)
+      _only_on(1, Integer(examples))
     end
 
     # @return [Symbol] the phase this client uses now.
@@ -86,34 +120,37 @@ class Locking
     end
 
     # Dynamic phases: the phase the fleet is told to use (the control key on the destination).
-    # @return [Symbol]
+    # @return [Symbol, nil] nil when no phase is set (processes with phase :dynamic then refuse)
     def control_phase
-      Configuration::PHASES.fetch(_control_phase)
+      phase = _control_phase
+      phase && Configuration::PHASES.fetch(phase)
     end
 
     # Dynamic phases: sets the fleet's phase to `target` if it is still
-    # `expected`. No checks: use #transition_reasons first (the CLI does).
-    # @return [Symbol] the phase stored afterwards
+    # `expected` (nil: only if no phase is set). No checks: use
+    # #transition_reasons first (the CLI does).
+    # @return [Symbol, nil] the phase stored afterwards
     def set_control_phase(expected, target)
-      Configuration::PHASES.fetch(
-        _set_control_phase(Configuration.phase_index(expected), Configuration.phase_index(target))
-      )
+      stored = _set_control_phase(expected && Configuration.phase_index(expected), Configuration.phase_index(target))
+      stored && Configuration::PHASES.fetch(stored)
     end
 
     # Dynamic phases: the processes whose heartbeat is live.
-    # @return [Array<Hash>] {process: "host:pid", phase: Symbol, expires_in_ms: Integer}
+    # @return [Array<Hash>] {process: "host:pid", phase: Symbol (the lowest it may act in),
+    #   highest: Symbol, expires_in_ms: Integer, age_ms: Integer or nil}
     def fleet
-      _fleet.map do |process, phase, expires|
-        { process: process, phase: Configuration::PHASES.fetch(phase), expires_in_ms: expires }
+      _fleet.map do |process, phase, highest, expires, age|
+        { process: process, phase: Configuration::PHASES.fetch(phase), highest: Configuration::PHASES.fetch(highest),
+          expires_in_ms: expires, age_ms: age }
       end
     end
 
     # Why the fleet may not move to `target` now (empty when it may).
     # @param source_only [Integer, nil] the gate's count, needed to move from :dual to :drain
-    # @return [Array(Symbol, Array<String>)] the current control phase and the reasons
+    # @return [Array(Symbol or nil, Array<String>)] the current control phase and the reasons
     def transition_reasons(target, source_only: nil)
       current, reasons = _transition_reasons(Configuration.phase_index(target), source_only)
-      [Configuration::PHASES.fetch(current), reasons]
+      [current && Configuration::PHASES.fetch(current), reasons]
     end
 
     # A value kept under the control prefix on the destination (nil when unset).

@@ -10,6 +10,10 @@ class Locking
   # A Redis server did not answer within the configured timeout.
   class TimeoutError < ConnectionError; end
 
+  # Dynamic phases: the fleet's phase is not set on the destination (never set, or lost with the
+  # destination's data); operations refuse rather than guess. `locking phase set` sets it.
+  class PhaseError < Error; end
+
   # A Redis server answered with an error reply (WRONGTYPE, OOM, NOAUTH ...).
   class CommandError < Error; end
 

@@ -4,7 +4,7 @@ require "active_support/log_subscriber"
 
 class Locking
   # Logs the *.locking notifications (acquire, conflict, release, renew,
-  # error, unlock) to ActiveJob's logger, or Locking.logger when set.
+  # error, release_error, unlock) to ActiveJob's logger, or Locking.logger when set.
   class LogSubscriber < ActiveSupport::LogSubscriber
     def acquire(event)
       debug { "[locking] #{job(event)} acquired #{event.payload[:lock_key]} at #{event.payload[:at]}" }
@@ -28,6 +28,14 @@ class Locking
     def error(event)
       error = event.payload[:error]
       warn { "[locking] #{job(event)} Redis error on #{event.payload[:lock_key]}: #{error.class}: #{error.message}" }
+    end
+
+    def release_error(event)
+      error = event.payload[:error]
+      warn do
+        "[locking] #{job(event)} could not release #{event.payload[:lock_key]} (#{event.payload[:reason]}): " \
+          "#{error.class}: #{error.message}; it stays locked until its TTL runs out"
+      end
     end
 
     def unlock(event)

@@ -38,6 +38,7 @@ class Locking
     ON_PERFORM_CONFLICT = %i[drop raise retry].freeze
     ON_REDIS_ERROR = %i[raise allow deny].freeze
     ON_FAILURE = %i[release keep].freeze
+    ON_RELEASE_ERROR = %i[warn raise].freeze
     DATA_KEY = "locking"
 
     included do
@@ -62,13 +63,20 @@ class Locking
       #   enqueue as if the lock were free, or treat it as taken
       # @param on_failure [:release, :keep] perform raised and the job is not retried by
       #   retry_on: free the lock (default) or keep it until its TTL
+      # @param on_release_error [:warn, :raise, Proc] releasing the lock failed (a server down or
+      #   timing out). :warn (default): log a warning, emit release_error.locking and let the TTL
+      #   free the lock: the job's work is done, and failing it would only run it again. :raise
+      #   re-raises (the job fails). A Proc is called with the job and the error (then as :warn).
       def unique_lock(strategy, ttl:, on_conflict: :drop, on_perform_conflict: :drop, key: nil,
-                      on_redis_error: :raise, on_failure: :release, retry_wait: 5)
+                      on_redis_error: :raise, on_failure: :release, on_release_error: :warn, retry_wait: 5)
         check_choice(strategy, STRATEGIES, "strategy")
         check_choice(on_conflict, ON_CONFLICT, "on_conflict") unless on_conflict.respond_to?(:call)
         check_choice(on_perform_conflict, ON_PERFORM_CONFLICT, "on_perform_conflict")
         check_choice(on_redis_error, ON_REDIS_ERROR, "on_redis_error")
         check_choice(on_failure, ON_FAILURE, "on_failure")
+        unless on_release_error.respond_to?(:call)
+          check_choice(on_release_error, ON_RELEASE_ERROR, "on_release_error")
+        end
         raise ArgumentError, "key: must be a Proc, got #{key.inspect}" unless key.nil? || key.respond_to?(:call)
 
         seconds = ttl.to_f
@@ -78,7 +86,8 @@ class Locking
 
         self.locking_options = {
           strategy: strategy, ttl: seconds, on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
-          key: key, on_redis_error: on_redis_error, on_failure: on_failure, retry_wait: retry_wait
+          key: key, on_redis_error: on_redis_error, on_failure: on_failure, on_release_error: on_release_error,
+          retry_wait: retry_wait
         }.freeze
       end
 
@@ -215,6 +224,7 @@ class Locking
       unless acquired
         UniqueJob.instrument(:conflict, locking_payload(at: :enqueue))
         @lock_token = nil
+        locking_enqueue_halted
         return locking_enqueue_conflict(options[:on_conflict])
       end
 
@@ -227,6 +237,15 @@ class Locking
       ensure
         locking_release(:enqueue_failed) unless enqueued
       end
+    end
+
+    # Tells ActiveJob the enqueue was halted, as a before_enqueue callback
+    # that throws :abort does, so its log says "Failed enqueuing" rather than
+    # "Enqueued" for a duplicate that was dropped.
+    def locking_enqueue_halted
+      halted_callback_hook(:locking_around_enqueue, :enqueue) if respond_to?(:halted_callback_hook, true)
+    rescue ArgumentError
+      nil # a Rails whose hook takes other arguments: only the log line differs
     end
 
     def locking_enqueue_conflict(policy)
@@ -293,10 +312,28 @@ class Locking
     def locking_release(reason)
       return unless @lock_token
 
-      released = locking_redis(:release) { locking_lock.release }
+      begin
+        released = locking_lock.release
+      rescue Locking::Error => e
+        @lock_released = true
+        return locking_release_error(reason, e)
+      end
       @lock_released = true
       UniqueJob.instrument(:release, locking_payload(reason: reason, released: released))
       released
+    end
+
+    # A release that failed leaves the lock to its TTL. That only delays the
+    # next run of the same job; failing this one (whose work may be done)
+    # would make the queue run it again, which is what the lock prevents.
+    def locking_release_error(reason, error)
+      UniqueJob.instrument(:release_error, locking_payload(reason: reason, error: error))
+      policy = locking_options[:on_release_error]
+      # After a failed enqueue, that failure is the one to report.
+      raise error if policy == :raise && reason != :enqueue_failed
+
+      policy.call(self, error) if policy.respond_to?(:call)
+      nil
     end
   end
 end

@@ -97,8 +97,19 @@ RSpec.describe "exe/locking" do
     destination.set("{locking-control}:locking:phase", "2")
     source.set("locking:a", "t", px: 60_000)
     status, _, err = locking_cli("backfill")
-    expect(status).to eq(3)
-    expect(err).to include("backfill runs only in phases 0 and 1")
+    expect(status).to eq(1)
+    expect(err).to include("refused: the fleet is in phase 2 (drain): backfill runs only in phases 0 and 1")
+    expect(destination.exists?("locking:a")).to be(false)
+  end
+
+  it "refuses to backfill when the configuration says phase 2 or 3 (static phases)" do
+    source.set("locking:a", "t", px: 60_000)
+    %i[drain destination].each do |phase|
+      configure_both(phase) # what a rake task inside the app sees
+      status, _, err = locking_cli("backfill")
+      expect(status).to eq(1)
+      expect(err).to include("backfill runs only in phases 0 and 1")
+    end
     expect(destination.exists?("locking:a")).to be(false)
   end
 
@@ -112,7 +123,8 @@ RSpec.describe "exe/locking" do
 
   it "prints usage and exits 2 on bad input" do
     expect(locking_cli("frobnicate")[0..2]).to match([2, "", /unknown command "frobnicate"/])
-    expect(locking_cli("phase", "set", "7")[2]).to include("unknown phase 7")
+    expect(locking_cli("phase", "set", "7")[0..2]).to match([2, "", /unknown phase "7" \(expected 0..3 or source\|dual\|drain\|destination\)/])
+    expect(locking_cli("phase", "set", "bogus")[2]).not_to include("dynamic")
     status, out, = Locking::CLI.new(["--help"], out: StringIO.new.tap { |io| @help = io }).run, @help.string
     expect(status).to eq(0)
     expect(@help.string).to include("phase advance", "--rate N", "--dry-run")
@@ -126,6 +138,10 @@ RSpec.describe "exe/locking" do
 
   describe "phase" do
     it "moves one phase at a time, and into phase 2 only through the gate" do
+      status, out, = locking_cli("phase", "set", "dual") # no phase set yet
+      expect(status).to eq(1)
+      expect(out).to include("no phase is set", "--init")
+      expect(locking_cli("phase", "set", "source", "--init")[0]).to eq(0)
       expect(locking_cli("phase", "set", "2")[0]).to eq(1)
       expect(locking_cli("phase", "set", "dual")[0]).to eq(0)
       expect(destination.get("{locking-control}:locking:phase")).to eq("1")
@@ -144,7 +160,7 @@ RSpec.describe "exe/locking" do
     end
 
     it "refuses to advance while a process is behind, and waits for it with --wait" do
-      locking_cli("phase", "set", "1")
+      locking_cli("phase", "set", "1", "--init")
       heartbeat = "{locking-control}:locking:process:worker-7:4242"
       destination.set(heartbeat, "0", px: 10_000) # a process still on phase 0
 

@@ -3,6 +3,7 @@
 require "open3"
 require "tmpdir"
 require "rbconfig"
+require "fileutils"
 
 # The Railtie in a minimal Rails app, in a process of its own: settings from
 # config/locking.yml and config.locking, and the rake tasks.
@@ -50,6 +51,73 @@ RSpec.describe "Rails integration" do
       expect(lines[2]).to eq(%w[locking:backfill locking:gate locking:phase locking:status].inspect)
       expect(source_server.redis.get("app-locks:job")).to eq("t")
       expect(destination_server.redis.get("app-locks:job")).to eq("t")
+    end
+  end
+
+  # An app laid out as `rails new` lays it out: the Rakefile requires
+  # config/application and loads the tasks, and only the :environment task
+  # (defined by Rails after our Railtie has loaded its tasks) runs
+  # config/environment.rb, which initializes the app.
+  it "runs rake locking:* with the app's settings (config/locking.yml, config.locking), no environment variables" do
+    Dir.mktmpdir("locking-rails-new-") do |root|
+      FileUtils.mkdir_p(File.join(root, "config", "environments"))
+      File.write(File.join(root, "Rakefile"), <<~RUBY)
+        require_relative "config/application"
+        Rails.application.load_tasks
+      RUBY
+      File.write(File.join(root, "config", "application.rb"), <<~RUBY)
+        require "rails"
+        require "active_job/railtie"
+        require "locking"
+        module Shop
+          class Application < Rails::Application
+            config.load_defaults 6.1
+            config.eager_load = false
+            config.logger = Logger.new(nil)
+          end
+        end
+      RUBY
+      File.write(File.join(root, "config", "environment.rb"), <<~RUBY)
+        require_relative "application"
+        Rails.application.initialize!
+      RUBY
+      File.write(File.join(root, "config", "environments", "development.rb"), <<~RUBY)
+        Rails.application.configure do
+          config.locking.destination = #{destination_server.url.dump}
+          config.locking.phase = :dual
+        end
+      RUBY
+      File.write(File.join(root, "config", "locking.yml"), <<~YAML)
+        development:
+          source: #{source_server.url}
+          key_prefix: "shop-locks:"
+      YAML
+      source_server.redis.set("shop-locks:ImportJob:1", "t1", px: 60_000)
+      source_server.redis.set("locking:Other:1", "t2", px: 60_000) # another prefix: not ours
+
+      env = ENV.keys.grep(/\A(LOCKING_|REDIS_URL|RAILS_ENV|RACK_ENV)/).to_h { |k| [k, nil] }
+                  .merge("RUBYLIB" => lib, "BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil)
+      rake = ->(task) { Open3.capture2e(env, RbConfig.ruby, "-S", "rake", task, chdir: root) }
+
+      out, status = rake.("locking:status")
+      expect(status).to be_success, out
+      expect(out).to match(/source\s+#{Regexp.escape(source_server.url)}\s+1 lock keys/)
+      expect(out).to match(/destination\s+#{Regexp.escape(destination_server.url)}\s+0 lock keys/)
+      expect(out).to match(/phase\s+1 \(dual\) \(static/)
+
+      out, status = rake.("locking:gate")
+      expect(status.exitstatus).to eq(1), out
+      expect(out).to include("source-only locks: 1")
+
+      out, status = rake.("locking:backfill")
+      expect(status).to be_success, out
+      expect(out).to include("1 copied")
+      expect(destination_server.redis.get("shop-locks:ImportJob:1")).to eq("t1")
+      expect(destination_server.redis.keys("locking:*")).to eq([])
+
+      out, status = rake.("locking:gate")
+      expect(status).to be_success, out
+      expect(out).to include("OPEN")
     end
   end
 

@@ -71,6 +71,22 @@ module UniqueJobs
     def perform(*) = raise(ArgumentError, "bad input")
   end
 
+  class ReleaseWarn < Base
+    unique_lock :until_executed, ttl: 60, on_release_error: :warn
+    def perform(*) = PERFORMED << :ran
+  end
+
+  class ReleaseRaise < Base
+    unique_lock :until_executed, ttl: 60, on_release_error: :raise
+    def perform(*) = PERFORMED << :ran
+  end
+
+  class ReleaseProc < Base
+    SEEN = []
+    unique_lock :until_executed, ttl: 60, on_release_error: ->(job, error) { SEEN << [job.arguments, error.class] }
+    def perform(*) = PERFORMED << :ran
+  end
+
   class Discarded < Base
     class Gone < StandardError; end
     unique_lock :until_executed, ttl: 60
@@ -308,6 +324,92 @@ RSpec.describe Locking::UniqueJob do
         expect(job_class(:deny).perform_later(1)).to be(false)
       end
       expect(enqueued_jobs.size).to eq(1)
+    end
+  end
+
+  describe "release errors (on_release_error)" do
+    # The lock is taken in phase 0 with a destination configured but down;
+    # the worker then runs in phase 1, where the destination is required, so
+    # its release deletes the source copy and fails on the destination.
+    def with_failing_release
+      port = RedisServer.free_port
+      Locking.configure do |c|
+        c.destination = "redis://127.0.0.1:#{port}/0"
+        c.phase = :source
+      end
+      yield -> { Locking.configure { |c| c.phase = :dual } }
+    ensure
+      configure_single
+    end
+
+    def job_class(policy)
+      { warn: UniqueJobs::ReleaseWarn, raise: UniqueJobs::ReleaseRaise, proc: UniqueJobs::ReleaseProc }.fetch(policy)
+    end
+
+    it "never fails a job whose perform finished: it logs, instruments, and leaves the lock to its TTL" do
+      log = StringIO.new
+      Locking.logger = Logger.new(log)
+      events = []
+      subscriber = ActiveSupport::Notifications.subscribe("release_error.locking") { |*, payload| events << payload }
+      with_failing_release do |to_phase_one|
+        klass = job_class(:warn)
+        klass.perform_later(1)
+        to_phase_one.call
+        expect { perform_enqueued_jobs }.not_to raise_error
+        expect(UniqueJobs::PERFORMED).to eq([:ran])
+        expect(enqueued_jobs).to eq([]) # not retried
+        expect(events.map { |e| [e[:reason], e[:error].class] }).to eq([[:performed, Locking::ConnectionError]])
+        expect(log.string).to match(/could not release .*stays locked until its TTL/)
+        expect(lock_keys).to eq([]) # the source copy went first
+      end
+    ensure
+      Locking.logger = nil
+      ActiveSupport::Notifications.unsubscribe(subscriber)
+    end
+
+    it "re-raises with on_release_error: :raise, and calls a Proc with the job and the error" do
+      UniqueJobs::ReleaseProc::SEEN.clear
+      with_failing_release do |to_phase_one|
+        job_class(:raise).perform_later(1)
+        job_class(:proc).perform_later(2)
+        to_phase_one.call
+        expect { perform_enqueued_jobs(only: UniqueJobs::ReleaseRaise) }.to raise_error(Locking::ConnectionError)
+        perform_enqueued_jobs(only: UniqueJobs::ReleaseProc)
+      end
+      expect(UniqueJobs::ReleaseProc::SEEN).to eq([[[2], Locking::ConnectionError]])
+    end
+
+    it "rejects an unknown policy" do
+      expect { Class.new(ActiveJob::Base) { include Locking::UniqueJob; unique_lock :until_executed, ttl: 1, on_release_error: :ignore } }
+        .to raise_error(ArgumentError, /unknown on_release_error :ignore/)
+    end
+
+    it "in phase 0, a destination that is down does not fail the release at all" do
+      port = RedisServer.free_port
+      Locking.configure { |c| c.destination = "redis://127.0.0.1:#{port}/0" }
+      events = []
+      subscriber = ActiveSupport::Notifications.subscribe(/\.locking\z/) { |name, *| events << name }
+      job = job_class(:raise).perform_later(1)
+      perform_enqueued_jobs
+      expect(events).to eq(%w[acquire.locking release.locking])
+      expect(redis.get("locking:#{job.lock_key}")).to be_nil
+    ensure
+      ActiveSupport::Notifications.unsubscribe(subscriber)
+      configure_single
+    end
+  end
+
+  describe "ActiveJob's own log" do
+    it "says a dropped duplicate was not enqueued" do
+      log = StringIO.new
+      ActiveJob::Base.logger = Logger.new(log)
+      UniqueJobs::UntilExecuted.perform_later(77)
+      UniqueJobs::UntilExecuted.perform_later(77)
+      lines = log.string.lines.grep(/UniqueJobs::UntilExecuted/)
+      expect(lines.grep(/Enqueued UniqueJobs::UntilExecuted/).size).to eq(1)
+      expect(lines.grep(/Failed enqueuing UniqueJobs::UntilExecuted/).size).to eq(1)
+    ensure
+      ActiveJob::Base.logger = Logger.new(nil)
     end
   end
 

@@ -201,13 +201,17 @@ impl RbClient {
     }
 
     /// Source locks not on the destination: [count, scanned, example keys].
-    fn source_only(
+    /// Locks on one server only (0: the source, the gate's count; 1: the
+    /// destination, the reverse gate's): [count, scanned, examples].
+    fn only_on(
         ruby: &Ruby,
         rb_self: &Self,
+        server: u8,
         examples: usize,
     ) -> Result<(u64, u64, RArray), magnus::Error> {
-        let report = rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.source_only(examples, interrupt)
+        let report = rb_self.with_lease(ruby, |lease, interrupt| match server {
+            0 => lease.source_only(examples, interrupt),
+            _ => lease.destination_only(examples, interrupt),
         })?;
         let keys = ruby.ary_new();
         for key in &report.examples {
@@ -243,33 +247,67 @@ impl RbClient {
     }
 
     /// The phase the fleet is told to use (dynamic phases: the control key).
-    fn control_phase(ruby: &Ruby, rb_self: &Self) -> Result<u8, magnus::Error> {
+    /// nil when no phase is set.
+    fn control_phase(ruby: &Ruby, rb_self: &Self) -> Result<Option<u8>, magnus::Error> {
         let phase = rb_self.with_lease(ruby, |lease, interrupt| lease.control_phase(interrupt))?;
-        Ok(phase.index())
+        Ok(phase.map(Phase::index))
     }
 
-    /// Sets the control phase if it is still `expected`; returns the phase stored.
+    /// Sets the control phase if it is still `expected` (nil: if none is
+    /// set); returns the phase stored afterwards (nil: none).
     fn set_control_phase(
         ruby: &Ruby,
         rb_self: &Self,
-        expected: i64,
+        expected: Option<i64>,
         target: i64,
-    ) -> Result<u8, magnus::Error> {
-        let expected = Phase::from_index(expected).map_err(RubyError)?;
+    ) -> Result<Option<u8>, magnus::Error> {
+        let expected = expected
+            .map(Phase::from_index)
+            .transpose()
+            .map_err(RubyError)?;
         let target = Phase::from_index(target).map_err(RubyError)?;
         let phase = rb_self.with_lease(ruby, |lease, interrupt| {
             lease.set_control_phase(expected, target, interrupt)
         })?;
-        Ok(phase.index())
+        Ok(phase.map(Phase::index))
     }
 
-    /// Live heartbeats: [[process, phase, expires_in_ms], ...].
-    fn fleet(ruby: &Ruby, rb_self: &Self) -> Result<Vec<(String, u8, i64)>, magnus::Error> {
+    /// Live heartbeats: [[process, lowest phase, highest phase, expires_in_ms, age_ms or nil], ...].
+    #[allow(clippy::type_complexity)]
+    fn fleet(
+        ruby: &Ruby,
+        rb_self: &Self,
+    ) -> Result<Vec<(String, u8, u8, i64, Option<i64>)>, magnus::Error> {
         let members = rb_self.with_lease(ruby, |lease, interrupt| lease.fleet(interrupt))?;
         Ok(members
             .into_iter()
-            .map(|m| (m.process, m.phase.index(), m.expires_in_ms))
+            .map(|m| {
+                (
+                    m.process,
+                    m.phase.index(),
+                    m.highest.index(),
+                    m.expires_in_ms,
+                    m.age_ms,
+                )
+            })
             .collect())
+    }
+
+    /// Removes this process's heartbeat when it leaves the fleet (at exit),
+    /// unless an operation is still in flight (then it expires by itself).
+    /// Returns whether one was removed.
+    fn leave_fleet(ruby: &Ruby, rb_self: &Self) -> Result<bool, magnus::Error> {
+        let client = &rb_self.client;
+        let Some(key) = client.own_heartbeat() else {
+            return Ok(false);
+        };
+        if client.operations_in_flight() > 0 {
+            return Ok(false);
+        }
+        client.forget_phase(); // a later operation reports again
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.delete_heartbeat(&key, interrupt)
+        })
     }
 
     /// Why the fleet may not move to `target` now: [current, reasons].
@@ -279,13 +317,13 @@ impl RbClient {
         rb_self: &Self,
         target: i64,
         source_only: Option<u64>,
-    ) -> Result<(u8, Vec<String>), magnus::Error> {
+    ) -> Result<(Option<u8>, Vec<String>), magnus::Error> {
         let target = Phase::from_index(target).map_err(RubyError)?;
         let (current, fleet) = rb_self.with_lease(ruby, |lease, interrupt| {
             Ok((lease.control_phase(interrupt)?, lease.fleet(interrupt)?))
         })?;
         let reasons = locking_core::control::check_transition(current, target, &fleet, source_only);
-        Ok((current.index(), reasons))
+        Ok((current.map(Phase::index), reasons))
     }
 
     /// A control value on the destination (backfill's saved cursor ...), or nil.
@@ -399,7 +437,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
     class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 4))?;
     class.define_private_method("_key_stats", method!(RbClient::key_stats, 1))?;
-    class.define_private_method("_source_only", method!(RbClient::source_only, 1))?;
+    class.define_private_method("_only_on", method!(RbClient::only_on, 2))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;
     class.define_method("dynamic?", method!(RbClient::is_dynamic, 0))?;
     class.define_private_method("_force_delete", method!(RbClient::force_delete, 1))?;
@@ -412,6 +450,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
         method!(RbClient::set_control_phase, 2),
     )?;
     class.define_private_method("_fleet", method!(RbClient::fleet, 0))?;
+    class.define_private_method("_leave_fleet", method!(RbClient::leave_fleet, 0))?;
     class.define_private_method(
         "_transition_reasons",
         method!(RbClient::transition_reasons, 2),

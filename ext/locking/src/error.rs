@@ -23,6 +23,7 @@ impl From<RubyError> for magnus::Error {
             E::Timeout { .. } => locking_class(&ruby, "TimeoutError"),
             E::Command { .. } => locking_class(&ruby, "CommandError"),
             E::InvalidArgument(_) => ruby.exception_arg_error(),
+            E::Phase(_) => locking_class(&ruby, "PhaseError"),
             E::Internal(_) => locking_class(&ruby, "Error"),
         };
         magnus::Error::new(class, error.to_string())

@@ -218,13 +218,35 @@ impl Lease<'_> {
     /// stays that way, an acquire in flight does not (a stalled one keeps the
     /// gate closed, which errs on the safe side).
     pub fn source_only(&mut self, examples: usize, interrupt: &Interrupt) -> Result<SourceOnly> {
+        self.only_on(Target::Source, examples, interrupt)
+    }
+
+    /// The reverse gate's count, before a rollback from phase 1 to 0: locks
+    /// on the destination only (taken in phase 2), which a process in phase 0
+    /// would not see. Same re-checks as `source_only` (a phase-1 release is
+    /// destination-only for one round trip).
+    pub fn destination_only(
+        &mut self,
+        examples: usize,
+        interrupt: &Interrupt,
+    ) -> Result<SourceOnly> {
+        self.only_on(Target::Destination, examples, interrupt)
+    }
+
+    /// Locks on `side` whose value the other server lacks, re-checked.
+    fn only_on(
+        &mut self,
+        side: Target,
+        examples: usize,
+        interrupt: &Interrupt,
+    ) -> Result<SourceOnly> {
         let mut report = SourceOnly::default();
         let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut cursor = 0;
         loop {
-            let page = self.scan(Target::Source, cursor, 1000, interrupt)?;
+            let page = self.scan(side, cursor, 1000, interrupt)?;
             report.scanned += page.keys.len() as u64;
-            candidates.extend(self.source_only_among(page.keys, interrupt)?);
+            candidates.extend(self.only_among(side, page.keys, interrupt)?);
             cursor = page.cursor;
             if cursor == 0 {
                 break;
@@ -238,7 +260,7 @@ impl Lease<'_> {
             let mut still = HashSet::with_capacity(candidates.len());
             for chunk in candidates.chunks(1000) {
                 let keys = chunk.iter().map(|(key, _)| key.clone()).collect();
-                still.extend(self.source_only_among(keys, interrupt)?);
+                still.extend(self.only_among(side, keys, interrupt)?);
             }
             candidates.retain(|candidate| still.contains(candidate));
         }
@@ -251,18 +273,23 @@ impl Lease<'_> {
         Ok(report)
     }
 
-    /// (key, source value) of the keys whose source value the destination lacks.
-    fn source_only_among(
+    /// (key, value) of the keys whose value on `side` the other server lacks.
+    fn only_among(
         &mut self,
+        side: Target,
         keys: Vec<Vec<u8>>,
         interrupt: &Interrupt,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let on_source = self.pipeline_raw(Target::Source, "GET", &keys, interrupt)?;
-        let on_destination = self.pipeline_raw(Target::Destination, "GET", &keys, interrupt)?;
+        let other = match side {
+            Target::Source => Target::Destination,
+            Target::Destination => Target::Source,
+        };
+        let on_side = self.pipeline_raw(side, "GET", &keys, interrupt)?;
+        let on_other = self.pipeline_raw(other, "GET", &keys, interrupt)?;
         Ok(keys
             .into_iter()
-            .zip(on_source)
-            .zip(on_destination)
+            .zip(on_side)
+            .zip(on_other)
             .filter_map(|((key, source), destination)| match (source, destination) {
                 (Value::BulkString(s), Value::BulkString(d)) if s == d => None,
                 (Value::BulkString(s), _) => Some((key, s)),

@@ -52,6 +52,64 @@ struct Dynamic {
     /// Milliseconds since `epoch` of the last read, plus one; 0 = never.
     read_at: AtomicU64,
     read_by_pid: AtomicU32,
+    /// Operations in flight, per phase they act in. A heartbeat reports every
+    /// phase still in use, not just the latest read: an operation that began
+    /// on an older cached phase may still be writing in it.
+    in_flight: [InFlight; 4],
+}
+
+impl Dynamic {
+    /// The lowest and highest phase this process may still act in: the
+    /// cached phase and those of its operations in flight.
+    fn phases_in_use(&self, cached: Phase) -> (u8, u8) {
+        let mut range = (cached.index(), cached.index());
+        for (index, count) in self.in_flight.iter().enumerate() {
+            if count.get() > 0 {
+                range = (range.0.min(index as u8), range.1.max(index as u8));
+            }
+        }
+        range
+    }
+}
+
+/// A count of operations in flight that belongs to one process: the pid in
+/// the high 32 bits, the count in the low. A forked child inherits its
+/// parent's counts mid-flight; here they read as 0 in the child, and the
+/// child's first operation starts its own count, with no reset to race.
+#[derive(Default)]
+struct InFlight(AtomicU64);
+
+impl InFlight {
+    fn enter(&self) {
+        let pid = u64::from(crate::process::id());
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |value| {
+                Some(if value >> 32 == pid {
+                    value + 1
+                } else {
+                    (pid << 32) | 1
+                })
+            });
+    }
+
+    fn leave(&self) {
+        let pid = u64::from(crate::process::id());
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |value| {
+                (value >> 32 == pid && value & 0xffff_ffff > 0).then(|| value - 1)
+            });
+    }
+
+    fn get(&self) -> u32 {
+        let value = self.0.load(Ordering::SeqCst);
+        if value >> 32 == u64::from(crate::process::id()) {
+            (value & 0xffff_ffff) as u32
+        } else {
+            0
+        }
+    }
 }
 
 pub struct Client {
@@ -91,6 +149,7 @@ impl Client {
                 epoch: Instant::now(),
                 read_at: AtomicU64::new(0),
                 read_by_pid: AtomicU32::new(0),
+                in_flight: Default::default(),
             }
         });
         let client = Client {
@@ -114,7 +173,7 @@ impl Client {
     }
 
     pub fn phase(&self) -> Phase {
-        Phase::from_index(self.phase.load(Ordering::Acquire) as i64).unwrap_or(Phase::Source)
+        Phase::from_index(self.phase.load(Ordering::SeqCst) as i64).unwrap_or(Phase::Source)
     }
 
     pub fn is_dynamic(&self) -> bool {
@@ -146,6 +205,10 @@ impl Client {
         Ok(())
     }
 
+    fn skips_cleanup(&self, target: Target) -> bool {
+        self.server(target).is_some_and(Server::skips_cleanup)
+    }
+
     fn servers(&self) -> Servers {
         Servers {
             source: self.source.is_some(),
@@ -175,8 +238,33 @@ impl Client {
             client: self,
             phase: self.phase(),
             refresh: self.phase_is_stale(),
+            registered: None,
             source: self.source.as_ref().and_then(|s| s.pool.take()),
             destination: self.destination.as_ref().and_then(|s| s.pool.take()),
+        }
+    }
+
+    /// Whether this process has operations in flight (dynamic phases).
+    pub fn operations_in_flight(&self) -> u32 {
+        self.dynamic.as_ref().map_or(0, |dynamic| {
+            dynamic.in_flight.iter().map(InFlight::get).sum()
+        })
+    }
+
+    /// This process's heartbeat key, if it has written one (dynamic phases).
+    pub fn own_heartbeat(&self) -> Option<Vec<u8>> {
+        let dynamic = self.dynamic.as_ref()?;
+        let pid = crate::process::id();
+        (dynamic.read_by_pid.load(Ordering::Acquire) == pid).then(|| {
+            crate::control::heartbeat_key(&self.key_prefix, &format!("{}:{pid}", dynamic.host))
+        })
+    }
+
+    /// Forgets the cached phase, so that the next operation reads it (and
+    /// heartbeats) again.
+    pub fn forget_phase(&self) {
+        if let Some(dynamic) = &self.dynamic {
+            dynamic.read_at.store(0, Ordering::SeqCst);
         }
     }
 
@@ -192,11 +280,11 @@ impl Client {
     }
 
     /// Gives the lease's healthy connections back to their pools.
-    pub fn finish(&self, lease: Lease<'_>) {
-        if let (Some(server), Some(connection)) = (&self.source, lease.source) {
+    pub fn finish(&self, mut lease: Lease<'_>) {
+        if let (Some(server), Some(connection)) = (&self.source, lease.source.take()) {
             server.pool.give_back(connection);
         }
-        if let (Some(server), Some(connection)) = (&self.destination, lease.destination) {
+        if let (Some(server), Some(connection)) = (&self.destination, lease.destination.take()) {
             server.pool.give_back(connection);
         }
     }
@@ -221,8 +309,18 @@ pub struct Lease<'c> {
     pub(crate) phase: Phase,
     /// A dynamic phase to read (and heartbeat) before the operation.
     refresh: bool,
+    /// The phase this operation counts itself in (dynamic phases), until dropped.
+    registered: Option<Phase>,
     source: Option<Connection>,
     destination: Option<Connection>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let (Some(phase), Some(dynamic)) = (self.registered.take(), &self.client.dynamic) {
+            dynamic.in_flight[phase.index() as usize].leave();
+        }
+    }
 }
 
 impl Lease<'_> {
@@ -231,33 +329,45 @@ impl Lease<'_> {
     }
 
     /// Settles the phase for this operation: with dynamic phases, reads the
-    /// control key (and reports this process) when the cached read is stale.
+    /// control key (and reports this process) when the cached read is stale,
+    /// then counts the operation in flight in the phase it will use.
     pub fn resolve_phase(&mut self, interrupt: &Interrupt) -> Result<Phase> {
-        if !self.refresh {
-            return Ok(self.phase);
-        }
-        let Some(dynamic) = &self.client.dynamic else {
+        let client = self.client;
+        let Some(dynamic) = &client.dynamic else {
             return Ok(self.phase);
         };
-        let process = format!("{}:{}", dynamic.host, crate::process::id());
-        let ttl = dynamic.heartbeat_ttl_ms;
-        let phase = self.phase_heartbeat(&process, ttl, interrupt)?;
-        let dynamic = self
-            .client
-            .dynamic
-            .as_ref()
-            .ok_or_else(|| Error::Internal("dynamic phase vanished".into()))?;
-        self.client.phase.store(phase.index(), Ordering::Release);
-        dynamic
-            .read_by_pid
-            .store(crate::process::id(), Ordering::Release);
-        dynamic.read_at.store(
-            dynamic.epoch.elapsed().as_millis() as u64 + 1,
-            Ordering::Release,
-        );
-        self.phase = phase;
-        self.refresh = false;
-        Ok(phase)
+        if self.registered.is_some() {
+            return Ok(self.phase);
+        }
+        if self.refresh {
+            let process = format!("{}:{}", dynamic.host, crate::process::id());
+            let in_use = dynamic.phases_in_use(client.phase());
+            let phase =
+                self.phase_heartbeat(&process, dynamic.heartbeat_ttl_ms, in_use, interrupt)?;
+            client.phase.store(phase.index(), Ordering::SeqCst);
+            dynamic
+                .read_by_pid
+                .store(crate::process::id(), Ordering::Release);
+            dynamic.read_at.store(
+                dynamic.epoch.elapsed().as_millis() as u64 + 1,
+                Ordering::SeqCst,
+            );
+            self.refresh = false;
+        }
+        // Count ourselves in the phase we act in, then make sure the cache
+        // did not move meanwhile: a heartbeat written after this point sees
+        // either our count or the phase we read (DESIGN: dynamic phases).
+        loop {
+            let phase = client.phase();
+            let count = &dynamic.in_flight[phase.index() as usize];
+            count.enter();
+            if client.phase() == phase {
+                self.phase = phase;
+                self.registered = Some(phase);
+                return Ok(phase);
+            }
+            count.leave();
+        }
     }
 
     pub fn acquire(
@@ -275,8 +385,23 @@ impl Lease<'_> {
 
     pub fn release(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<bool> {
         self.resolve_phase(interrupt)?;
-        let op = protocol::Release::new(self.phase, token, self.client.servers());
-        self.run(key, op, interrupt)
+        let mut servers = self.client.servers();
+        // A best-effort cleanup on a server that just failed one is skipped for
+        // a while: a hung server would otherwise cost every release a timeout.
+        match self.phase {
+            Phase::Source => servers.destination &= !self.client.skips_cleanup(Target::Destination),
+            Phase::Destination => servers.source &= !self.client.skips_cleanup(Target::Source),
+            Phase::Dual | Phase::Drain => {}
+        }
+        let mut op = protocol::Release::new(self.phase, token, servers);
+        let full_key = self.full_key(key)?;
+        let result = self.run_on(&full_key, &mut op, interrupt);
+        if let Some(target) = op.cleanup_failed() {
+            if let Some(server) = self.client.server(target) {
+                server.back_off_cleanup();
+            }
+        }
+        result
     }
 
     pub fn locked(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<bool> {
@@ -323,13 +448,18 @@ impl Lease<'_> {
     }
 
     fn run<O: Operation>(&mut self, key: &[u8], op: O, interrupt: &Interrupt) -> Result<O::Output> {
+        let full_key = self.full_key(key)?;
+        self.run_on(&full_key, op, interrupt)
+    }
+
+    fn full_key(&self, key: &[u8]) -> Result<Vec<u8>> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("lock key must not be empty".into()));
         }
         let mut full_key = Vec::with_capacity(self.client.key_prefix.len() + key.len());
         full_key.extend_from_slice(&self.client.key_prefix);
         full_key.extend_from_slice(key);
-        self.run_on(&full_key, op, interrupt)
+        Ok(full_key)
     }
 
     fn run_on<O: Operation>(

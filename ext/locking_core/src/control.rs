@@ -35,20 +35,78 @@ pub fn heartbeat_key(key_prefix: &[u8], process: &str) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetMember {
     pub process: String,
+    /// The lowest phase it may act in (its cache, or an operation in flight).
     pub phase: Phase,
+    /// The highest: above `phase` while it moves to a new phase, until its
+    /// operations in the old one are done.
+    pub highest: Phase,
     pub expires_in_ms: i64,
+    /// Milliseconds since the heartbeat was written (`None`: a heartbeat of
+    /// an older version, which does not say).
+    pub age_ms: Option<i64>,
+}
+
+impl FleetMember {
+    /// Reads a heartbeat's value: "LOW HIGH TTL_MS", or an older "PHASE".
+    pub fn parse(process: String, value: &[u8], expires_in_ms: i64) -> Result<FleetMember> {
+        let text = std::str::from_utf8(value)
+            .map_err(|_| Error::Internal("a heartbeat holds no text".into()))?;
+        let numbers: Vec<i64> = text
+            .split_whitespace()
+            .map(|word| word.parse::<i64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::Internal(format!("a heartbeat holds {text:?}")))?;
+        let (low, high, ttl) = match numbers.as_slice() {
+            [phase] => (*phase, *phase, None),
+            [low, high, ttl] => (*low, *high, Some(*ttl)),
+            _ => return Err(Error::Internal(format!("a heartbeat holds {text:?}"))),
+        };
+        Ok(FleetMember {
+            process,
+            phase: Phase::from_index(low)?,
+            highest: Phase::from_index(high)?,
+            expires_in_ms,
+            age_ms: ttl.map(|ttl| (ttl - expires_in_ms).max(0)),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let phases = if self.phase == self.highest {
+            format!("phase {}", self.phase.index())
+        } else {
+            format!("phases {}..{}", self.phase.index(), self.highest.index())
+        };
+        match self.age_ms {
+            Some(age) => format!(
+                "{} ({phases}, last seen {:.1}s ago, gone in {:.1}s unless it reports again)",
+                self.process,
+                age as f64 / 1000.0,
+                self.expires_in_ms.max(0) as f64 / 1000.0
+            ),
+            None => format!("{} ({phases})", self.process),
+        }
+    }
 }
 
 /// Why moving the fleet from `current` to `target` is not safe now; empty
-/// when it is. `source_only` is the gate's count of source-only locks,
-/// needed for a move from phase 1 to 2.
+/// when it is. `one_sided` is the gate's count of locks on one server only:
+/// source-only for a move from phase 1 to 2, destination-only for a
+/// rollback from 1 to 0 (the reverse gate).
 pub fn check_transition(
-    current: Phase,
+    current: Option<Phase>,
     target: Phase,
     fleet: &[FleetMember],
-    source_only: Option<u64>,
+    one_sided: Option<u64>,
 ) -> Vec<String> {
     let mut reasons = Vec::new();
+    let Some(current) = current else {
+        reasons.push(
+            "no phase is set on the destination (never set, or lost with its data): \
+             `locking phase set PHASE --init` sets it, to the phase the fleet is in"
+                .into(),
+        );
+        return reasons;
+    };
     if target == current {
         reasons.push(format!("the fleet is already in phase {current}"));
         return reasons;
@@ -59,13 +117,12 @@ pub fn check_transition(
         ));
         return reasons;
     }
-    let behind: Vec<&FleetMember> = fleet.iter().filter(|m| m.phase != current).collect();
+    let behind: Vec<&FleetMember> = fleet
+        .iter()
+        .filter(|m| m.phase != current || m.highest != current)
+        .collect();
     if !behind.is_empty() {
-        let names: Vec<String> = behind
-            .iter()
-            .take(5)
-            .map(|m| format!("{} (phase {})", m.process, m.phase.index()))
-            .collect();
+        let names: Vec<String> = behind.iter().take(5).map(|m| m.describe()).collect();
         reasons.push(format!(
             "{} process(es) not yet in phase {current}: {}{}",
             behind.len(),
@@ -75,19 +132,35 @@ pub fn check_transition(
     }
     if current == Phase::Dual && target == Phase::Drain {
         let in_phase_0 = fleet.iter().filter(|m| m.phase == Phase::Source).count();
-        match source_only {
+        match one_sided {
             Some(count) => reasons.extend(protocol::gate(in_phase_0, count).reasons),
             None => reasons.push("the gate was not checked".into()),
+        }
+    }
+    if current == Phase::Dual && target == Phase::Source {
+        match one_sided {
+            Some(count) => reasons.extend(protocol::reverse_gate(count).reasons),
+            None => reasons.push("the reverse gate was not checked".into()),
         }
     }
     reasons
 }
 
 impl Lease<'_> {
+    /// One control command. Like every other operation, it is sent once more
+    /// on a new connection when a pooled one turns out dead (a restart, an
+    /// idle drop): control commands are reads or idempotent writes.
     fn control_request(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<Value> {
         let (server, connection) = self.connection(Target::Destination, interrupt)?;
         let name = server.name().to_string();
-        let value = connection.request(packed, interrupt)?;
+        let stale = connection.from_pool;
+        let value = match connection.request(packed, interrupt) {
+            Err(Error::Connection { .. }) if stale => {
+                let (_, connection) = self.connection(Target::Destination, interrupt)?;
+                connection.request(packed, interrupt)?
+            }
+            other => other?,
+        };
         if let Some(error) = server_error(&value) {
             return Err(Error::Command {
                 server: name,
@@ -128,64 +201,90 @@ impl Lease<'_> {
         }
     }
 
-    /// Reads the fleet's phase and records this process's heartbeat.
+    /// Reads the fleet's phase and records this process's heartbeat: the
+    /// phases it may act in, `in_use` (lowest, highest) widened by the one read.
     pub(crate) fn phase_heartbeat(
         &mut self,
         process: &str,
         heartbeat_ttl_ms: u64,
+        in_use: (u8, u8),
         interrupt: &Interrupt,
     ) -> Result<Phase> {
         let prefix = self.client.key_prefix().to_vec();
-        let value = self.control_script(
+        let result = self.control_script(
             &scripts::PHASE_HEARTBEAT,
             &[&phase_key(&prefix), &heartbeat_key(&prefix, process)],
-            &[heartbeat_ttl_ms.to_string().into_bytes()],
+            &[
+                heartbeat_ttl_ms.to_string().into_bytes(),
+                in_use.0.to_string().into_bytes(),
+                in_use.1.to_string().into_bytes(),
+            ],
             interrupt,
-        )?;
-        phase_of(value)
+        );
+        match result {
+            Err(Error::Command { server, detail }) if detail.starts_with("LOCKING_") => {
+                Err(Error::Phase(format!(
+                    "reading the fleet's phase (phase = :dynamic) from {server}: {}; operations refuse until \
+                     it is set: `locking phase set PHASE --init` (if the destination lost its data, set \
+                     the phase the fleet was in)",
+                    if detail.starts_with("LOCKING_NO_PHASE") {
+                        "no phase is set (never set, or lost with the destination's data)"
+                    } else {
+                        "the phase key holds no phase number"
+                    }
+                )))
+            }
+            Err(error) => Err(error.reading_the_phase()),
+            Ok(value) => phase_of(value),
+        }
     }
 
-    /// The phase stored in the control key (0 when unset).
-    pub fn control_phase(&mut self, interrupt: &Interrupt) -> Result<Phase> {
+    /// The phase stored in the control key (`None` when unset).
+    pub fn control_phase(&mut self, interrupt: &Interrupt) -> Result<Option<Phase>> {
         let key = phase_key(self.client.key_prefix());
         let value =
             self.control_request(&redis::cmd("GET").arg(key).get_packed_command(), interrupt)?;
         match value {
-            Value::Nil => Ok(Phase::Source),
+            Value::Nil => Ok(None),
             Value::BulkString(bytes) => std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|text| text.trim().parse::<i64>().ok())
                 .map_or_else(
                     || {
-                        Err(Error::Internal(
-                            "the phase control key holds no number".into(),
+                        Err(Error::Phase(
+                            "the phase control key holds no phase number".into(),
                         ))
                     },
                     Phase::from_index,
-                ),
+                )
+                .map(Some),
             other => Err(Error::Internal(format!("unexpected phase reply {other:?}"))),
         }
     }
 
-    /// Sets the control phase to `target` if it is still `expected`.
-    /// Returns the phase stored afterwards.
+    /// Sets the control phase to `target` if it is still `expected` (`None`:
+    /// only if no phase is set). Returns the phase stored afterwards.
     pub fn set_control_phase(
         &mut self,
-        expected: Phase,
+        expected: Option<Phase>,
         target: Phase,
         interrupt: &Interrupt,
-    ) -> Result<Phase> {
+    ) -> Result<Option<Phase>> {
         let key = phase_key(self.client.key_prefix());
+        let expected = match expected {
+            Some(phase) => phase.index().to_string().into_bytes(),
+            None => b"none".to_vec(),
+        };
         let value = self.control_script(
             &scripts::SET_PHASE,
             &[&key],
-            &[
-                expected.index().to_string().into_bytes(),
-                target.index().to_string().into_bytes(),
-            ],
+            &[expected, target.index().to_string().into_bytes()],
             interrupt,
         )?;
-        phase_of(value)
+        match value {
+            Value::Int(-1) => Ok(None),
+            other => phase_of(other).map(Some),
+        }
     }
 
     /// A control value by name (under the control prefix), if set.
@@ -220,6 +319,13 @@ impl Lease<'_> {
         self.control_request(&packed, interrupt).map(|_| ())
     }
 
+    /// Deletes a heartbeat (this process's, as it exits).
+    pub fn delete_heartbeat(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<bool> {
+        let value =
+            self.control_request(&redis::cmd("DEL").arg(key).get_packed_command(), interrupt)?;
+        Ok(matches!(value, Value::Int(1)))
+    }
+
     /// Every live heartbeat (SCAN on the destination).
     pub fn fleet(&mut self, interrupt: &Interrupt) -> Result<Vec<FleetMember>> {
         let prefix = self.client.key_prefix().to_vec();
@@ -238,20 +344,17 @@ impl Lease<'_> {
             for key in page.keys {
                 let get = redis::cmd("GET").arg(key.as_slice()).get_packed_command();
                 let pttl = redis::cmd("PTTL").arg(key.as_slice()).get_packed_command();
-                let phase = self.control_request(&get, interrupt)?;
+                let value = self.control_request(&get, interrupt)?;
                 let expires = self.control_request(&pttl, interrupt)?;
-                let phase = match phase_of(phase) {
-                    Ok(phase) => phase,
-                    Err(_) => continue, // expired meanwhile
+                let Value::BulkString(value) = value else {
+                    continue; // expired meanwhile
                 };
-                members.push(FleetMember {
-                    process: String::from_utf8_lossy(&key[heartbeat_prefix.len()..]).into_owned(),
-                    phase,
-                    expires_in_ms: match expires {
-                        Value::Int(ms) => ms,
-                        _ => -2,
-                    },
-                });
+                let process = String::from_utf8_lossy(&key[heartbeat_prefix.len()..]).into_owned();
+                let expires_in_ms = match expires {
+                    Value::Int(ms) => ms,
+                    _ => -2,
+                };
+                members.push(FleetMember::parse(process, &value, expires_in_ms)?);
             }
             cursor = page.cursor;
             if cursor == 0 {
@@ -285,24 +388,47 @@ mod tests {
         FleetMember {
             process: format!("host:{}", phase.index()),
             phase,
+            highest: phase,
             expires_in_ms: 1000,
+            age_ms: Some(9000),
         }
+    }
+
+    #[test]
+    fn a_process_still_finishing_an_operation_in_the_old_phase_is_behind() {
+        let moving = FleetMember::parse("web:1".into(), b"0 1 10000", 7000).unwrap();
+        assert_eq!((moving.phase, moving.highest), (Phase::Source, Phase::Dual));
+        assert_eq!(moving.age_ms, Some(3000));
+        let reasons = check_transition(Some(Phase::Dual), Phase::Drain, &[moving], Some(0));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("web:1 (phases 0..1, last seen 3.0s ago")));
+        let old = FleetMember::parse("web:2".into(), b"1", 7000).unwrap();
+        assert_eq!(
+            (old.phase, old.highest, old.age_ms),
+            (Phase::Dual, Phase::Dual, None)
+        );
+        assert!(FleetMember::parse("web:3".into(), b"x y", 1).is_err());
     }
 
     #[test]
     fn transitions_must_be_adjacent_and_the_fleet_caught_up() {
         let fleet = [member(Phase::Dual), member(Phase::Dual)];
-        assert!(check_transition(Phase::Dual, Phase::Drain, &fleet, Some(0)).is_empty());
-        assert!(check_transition(Phase::Dual, Phase::Source, &fleet, None).is_empty());
-        assert!(!check_transition(Phase::Source, Phase::Drain, &[], Some(0)).is_empty());
-        assert!(!check_transition(Phase::Dual, Phase::Dual, &fleet, Some(0)).is_empty());
+        assert!(check_transition(Some(Phase::Dual), Phase::Drain, &fleet, Some(0)).is_empty());
+        assert!(check_transition(Some(Phase::Dual), Phase::Source, &fleet, Some(0)).is_empty());
+        let reasons = check_transition(Some(Phase::Dual), Phase::Source, &fleet, Some(2));
+        assert!(reasons.iter().any(|r| r.contains("destination only")));
+        assert!(!check_transition(Some(Phase::Dual), Phase::Source, &fleet, None).is_empty());
+        assert!(!check_transition(None, Phase::Source, &fleet, Some(0)).is_empty());
+        assert!(!check_transition(Some(Phase::Source), Phase::Drain, &[], Some(0)).is_empty());
+        assert!(!check_transition(Some(Phase::Dual), Phase::Dual, &fleet, Some(0)).is_empty());
 
         let behind = [member(Phase::Dual), member(Phase::Source)];
-        let reasons = check_transition(Phase::Dual, Phase::Drain, &behind, Some(0));
+        let reasons = check_transition(Some(Phase::Dual), Phase::Drain, &behind, Some(0));
         assert!(reasons.iter().any(|r| r.contains("not yet in phase")));
         assert!(reasons.iter().any(|r| r.contains("still in phase 0")));
 
-        let reasons = check_transition(Phase::Dual, Phase::Drain, &fleet, Some(3));
+        let reasons = check_transition(Some(Phase::Dual), Phase::Drain, &fleet, Some(3));
         assert!(reasons.iter().any(|r| r.contains("source only")));
     }
 

@@ -20,6 +20,9 @@ pub enum Error {
     Interrupted { server: String },
     /// Bad configuration or input, caught before anything was sent.
     InvalidArgument(String),
+    /// Dynamic phases: the fleet's phase cannot be used (its control key is
+    /// missing, or holds something else). Operations refuse rather than guess.
+    Phase(String),
     /// A broken invariant inside the library (a caught panic, a poisoned lock).
     Internal(String),
 }
@@ -32,6 +35,23 @@ impl Error {
     /// did not time out, and the caller was not interrupted).
     pub fn retry_on_new_connection(&self) -> bool {
         matches!(self, Error::Connection { .. })
+    }
+
+    /// The same error, saying it came from reading the fleet's phase.
+    pub fn reading_the_phase(self) -> Error {
+        let context =
+            |detail: String| format!("reading the fleet's phase (phase = :dynamic): {detail}");
+        match self {
+            Error::Connection { server, detail } => Error::Connection {
+                server,
+                detail: context(detail),
+            },
+            Error::Command { server, detail } => Error::Command {
+                server,
+                detail: context(detail),
+            },
+            other => other,
+        }
     }
 }
 
@@ -50,7 +70,7 @@ impl fmt::Display for Error {
             ),
             Error::Command { server, detail } => write!(f, "{server}: {detail}"),
             Error::Interrupted { server } => write!(f, "{server}: interrupted"),
-            Error::InvalidArgument(message) => f.write_str(message),
+            Error::InvalidArgument(message) | Error::Phase(message) => f.write_str(message),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }
     }

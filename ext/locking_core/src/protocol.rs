@@ -86,6 +86,14 @@ pub trait Operation {
     fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<Self::Output>;
 }
 
+/// An operation borrowed, so its driver can ask it questions afterwards.
+impl<O: Operation> Operation for &mut O {
+    type Output = O::Output;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<Self::Output> {
+        (**self).step(replies)
+    }
+}
+
 fn unexpected<T>(what: &str, reply: &Reply) -> Step<T> {
     Step::Done(Err(Error::Internal(format!(
         "unexpected reply to {what}: {reply:?}"
@@ -226,12 +234,23 @@ impl Operation for Acquire {
 /// release could otherwise copy the lock back onto the destination after it
 /// was deleted there (backfill runs only before phase 2). Phases 2 and 3 ask
 /// both at once.
+///
+/// The server a phase does not write (the destination in phase 0, the source
+/// in phase 3) is cleaned up on a best-effort basis: it can hold only a copy
+/// left from the neighbouring phase, and that copy expires with its TTL. An
+/// error there is not the release's error: a job whose lock was freed where
+/// its phase decides must not fail because a server it does not use is down.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Release {
     batches: Vec<Vec<Target>>,
+    /// The server whose errors are ignored (see above), if any.
+    best_effort: Option<Target>,
+    /// The batch sent last, to match replies to servers.
+    sent: Vec<Target>,
     token: Vec<u8>,
     deleted: bool,
     started: bool,
+    cleanup_failed: bool,
 }
 
 /// Which servers are configured, for operations that clean up on both.
@@ -260,11 +279,28 @@ impl Release {
             }
             Phase::Drain | Phase::Destination => vec![vec![Target::Destination]],
         };
+        let best_effort = match phase {
+            Phase::Source => Some(Target::Destination),
+            Phase::Destination => Some(Target::Source),
+            Phase::Dual | Phase::Drain => None,
+        };
         Release {
             batches,
+            best_effort,
+            sent: Vec::new(),
             token: token.to_vec(),
             deleted: false,
             started: false,
+            cleanup_failed: false,
+        }
+    }
+
+    /// Whether a best-effort cleanup failed (the driver backs off from that server).
+    pub fn cleanup_failed(&self) -> Option<Target> {
+        if self.cleanup_failed {
+            self.best_effort
+        } else {
+            None
         }
     }
 }
@@ -274,10 +310,11 @@ impl Operation for Release {
 
     fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
         if self.started {
-            for reply in replies {
+            for (reply, target) in replies.into_iter().zip(&self.sent) {
                 match reply {
                     Ok(Reply::Flag(deleted)) => self.deleted |= deleted,
                     Ok(other) => return unexpected("compare-and-delete", &other),
+                    Err(_) if self.best_effort == Some(*target) => self.cleanup_failed = true,
                     Err(error) => return Step::Done(Err(error)),
                 }
             }
@@ -286,13 +323,13 @@ impl Operation for Release {
         if self.batches.is_empty() {
             return Step::Done(Ok(self.deleted));
         }
-        let batch = self.batches.remove(0);
+        self.sent = self.batches.remove(0);
         Step::Send(
-            batch
-                .into_iter()
+            self.sent
+                .iter()
                 .map(|target| {
                     (
-                        target,
+                        *target,
                         Command::CompareAndDelete {
                             token: self.token.clone(),
                         },
@@ -434,10 +471,19 @@ impl Operation for Renew {
             }
             RenewState::Extended => {
                 let mut flags = Vec::with_capacity(replies.len());
-                for reply in replies {
+                for (index, reply) in replies.into_iter().enumerate() {
                     match reply {
                         Ok(Reply::Flag(extended)) => flags.push(extended),
                         Ok(other) => return unexpected("compare-and-extend", &other),
+                        // As in `Release`: the server the phase does not write
+                        // (second in phases 0 and 3) is kept up to date on a
+                        // best-effort basis only.
+                        Err(_)
+                            if index == 1
+                                && matches!(self.phase, Phase::Source | Phase::Destination) =>
+                        {
+                            flags.push(false)
+                        }
                         Err(error) => return Step::Done(Err(error)),
                     }
                 }
@@ -695,6 +741,23 @@ pub fn gate(processes_in_phase_0: usize, source_only_locks: u64) -> Gate {
     }
 }
 
+/// The reverse gate, before rolling back from phase 1 to 0: no lock that
+/// lives on the destination only. Such a lock was taken in phase 2, and a
+/// process in phase 0 looks at the source only: it would take the lock again.
+pub fn reverse_gate(destination_only_locks: u64) -> Gate {
+    let mut reasons = Vec::new();
+    if destination_only_locks > 0 {
+        reasons.push(format!(
+            "{destination_only_locks} lock(s) live on the destination only (taken in phase 2): \
+             phase 0 would not see them; wait for their TTLs"
+        ));
+    }
+    Gate {
+        open: reasons.is_empty(),
+        reasons,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,6 +831,81 @@ mod tests {
             );
             assert_eq!((value(&s), value(&d)), (Some("b".into()), Some("b".into())));
         }
+    }
+
+    /// A server that is down: every command fails to connect.
+    struct Down;
+
+    impl crate::store::Store for Down {
+        fn execute(&mut self, _key: &[u8], _command: &Command) -> Result<Reply> {
+            Err(Error::Connection {
+                server: "redis://down".into(),
+                detail: "connection refused".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_server_the_phase_does_not_write_is_cleaned_up_on_a_best_effort_basis() {
+        // Phase 0 with the destination down: the source copy is deleted and the
+        // release succeeds; the failed cleanup is reported to the driver.
+        let mut s = held("a");
+        let mut op = Release::new(Phase::Source, b"a", Servers::BOTH);
+        let result = run(
+            &mut op,
+            b"k",
+            Some(&mut ModelStore {
+                store: &mut s,
+                now: 0,
+            }),
+            Some(&mut Down),
+        );
+        assert_eq!(result, Ok(true));
+        assert_eq!(value(&s), None);
+        assert_eq!(op.cleanup_failed(), Some(Target::Destination));
+
+        // Phase 3 with the source down, likewise.
+        let mut d = held("a");
+        let mut op = Release::new(Phase::Destination, b"a", Servers::BOTH);
+        let result = run(
+            &mut op,
+            b"k",
+            Some(&mut Down),
+            Some(&mut ModelStore {
+                store: &mut d,
+                now: 0,
+            }),
+        );
+        assert_eq!((result, value(&d)), (Ok(true), None));
+
+        // Phases 1 and 2 write both servers: an error on either is the release's.
+        for phase in [Phase::Dual, Phase::Drain] {
+            let mut s = held("a");
+            let result = run(
+                Release::new(phase, b"a", Servers::BOTH),
+                b"k",
+                Some(&mut ModelStore {
+                    store: &mut s,
+                    now: 0,
+                }),
+                Some(&mut Down),
+            );
+            assert!(matches!(result, Err(Error::Connection { .. })), "{phase}");
+        }
+
+        // Renew in phase 0 answers from the source even when the destination is down.
+        let mut s = held("a");
+        let result = run(
+            Renew::new(Phase::Source, b"a", 50, Servers::BOTH),
+            b"k",
+            Some(&mut ModelStore {
+                store: &mut s,
+                now: 0,
+            }),
+            Some(&mut Down),
+        );
+        assert_eq!(result, Ok(true));
+        assert_eq!(s.key.as_ref().and_then(|k| k.expires_at), Some(50));
     }
 
     #[test]

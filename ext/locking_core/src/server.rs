@@ -7,7 +7,7 @@ use crate::protocol::{AcquireReply, Command, Entry, Reply, TokenTtl};
 use crate::resp::{self, Arg};
 use crate::scripts;
 use redis::{ErrorKind, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -22,7 +22,13 @@ pub struct Server {
     eviction_checked: AtomicBool,
     eviction_warning: OnceLock<String>,
     warning_pending: AtomicBool,
+    /// Best-effort cleanups are skipped until this many ms after `created`.
+    skip_cleanup_until_ms: AtomicU64,
+    created: Instant,
 }
+
+/// How long a server that failed a best-effort cleanup is left alone.
+pub const CLEANUP_BACKOFF_MS: u64 = 5_000;
 
 /// A server allowed to evict keys can evict a held lock, and a second job
 /// then runs: only `noeviction` is safe for locks.
@@ -53,7 +59,22 @@ impl Server {
             eviction_checked: AtomicBool::new(false),
             eviction_warning: OnceLock::new(),
             warning_pending: AtomicBool::new(false),
+            skip_cleanup_until_ms: AtomicU64::new(0),
+            created: Instant::now(),
         }
+    }
+
+    /// Whether best-effort cleanups skip this server for now (it just failed one).
+    pub fn skips_cleanup(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64;
+        now < self.skip_cleanup_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Records a failed best-effort cleanup: skip this server for a while.
+    pub fn back_off_cleanup(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        self.skip_cleanup_until_ms
+            .store(now + CLEANUP_BACKOFF_MS, Ordering::Release);
     }
 
     /// The eviction warning, once (then `None`).

@@ -15,11 +15,12 @@ pub trait Store {
 /// driver, `client::Lease`, runs the same operations but sends the commands
 /// of a batch to both servers before reading either reply.)
 pub fn run<'a, O: Operation>(
-    mut op: O,
+    op: O,
     key: &[u8],
     source: Option<&'a mut dyn Store>,
     destination: Option<&'a mut dyn Store>,
 ) -> Result<O::Output> {
+    let mut op = op;
     let mut stores = [source, destination];
     let mut replies = Vec::new();
     loop {

@@ -10,7 +10,10 @@ require "shellwords"
 namespace :locking do
   %w[status backfill gate phase].each do |command|
     desc "locking #{command} (see `locking --help`; options in LOCKING_ARGS)"
-    task command => (Rake::Task.task_defined?(:environment) ? :environment : []) do
+    task command do
+      # Decided now, not when this file loads: a Rails app defines
+      # :environment after its Railtie loads these tasks.
+      Rake::Task[:environment].invoke if Rake::Task.task_defined?(:environment)
       require "locking/cli"
       status = Locking::CLI.new([command, *Shellwords.split(ENV.fetch("LOCKING_ARGS", ""))]).run
       exit status unless status.zero?
