@@ -10,7 +10,8 @@
 use crate::error::Result;
 use crate::phase::Phase;
 use crate::protocol::{
-    self, AcquireReply, BackfillOutcome, Command, Entry, Operation, Reply, Step, Target, TokenTtl,
+    self, AcquireReply, BackfillOutcome, Command, CopyTtlRule, Entry, Operation, Reply, Step,
+    Target, TokenTtl,
 };
 use std::collections::HashSet;
 use std::fmt;
@@ -81,6 +82,7 @@ impl MemoryStore {
             Command::ReadWithTtl => Reply::Entry(self.key.as_ref().map(|stored| Entry {
                 value: stored.value.clone(),
                 ttl_ms: stored.expires_at.map(|at| at - now),
+                expires_at_ms: stored.expires_at,
             })),
         }
     }
@@ -126,20 +128,127 @@ pub enum Action {
     /// Acquire; the client's later actions run only if it got the lock.
     Acquire(Phase),
     Renew(Phase),
+    /// Renew with another TTL than the scenario's (say, shorter).
+    RenewTo(Phase, u64),
     Release(Phase),
+    /// In a fleet scenario: an operation in the phase its process has cached
+    /// when it starts (dynamic phases).
+    Dynamic(DynamicOp),
     /// The original team's plan: acquire on one server only (phase 1 = source,
     /// phase 2 = destination). Kept to show the explorer finds its bug.
     NaiveAcquire(Target),
     NaiveRelease(Target),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DynamicOp {
+    Acquire,
+    Renew,
+    Release,
+}
+
 impl Action {
     fn phase(self) -> Option<Phase> {
         match self {
-            Action::Acquire(p) | Action::Renew(p) | Action::Release(p) => Some(p),
+            Action::Acquire(p) | Action::Renew(p) | Action::RenewTo(p, _) | Action::Release(p) => {
+                Some(p)
+            }
             _ => None,
         }
     }
+
+    fn is_acquire(self) -> bool {
+        matches!(
+            self,
+            Action::Acquire(_) | Action::NaiveAcquire(_) | Action::Dynamic(DynamicOp::Acquire)
+        )
+    }
+
+    fn is_renew(self) -> bool {
+        matches!(
+            self,
+            Action::Renew(_) | Action::RenewTo(..) | Action::Dynamic(DynamicOp::Renew)
+        )
+    }
+
+    fn is_release(self) -> bool {
+        matches!(
+            self,
+            Action::Release(_) | Action::NaiveRelease(_) | Action::Dynamic(DynamicOp::Release)
+        )
+    }
+}
+
+/// Dynamic phases (DESIGN: dynamic phases), modelled: each client belongs to
+/// a process that caches the fleet's phase and reports, in a heartbeat, the
+/// phases it may act in; an operator moves the control phase one step at a
+/// time when the heartbeats (and the gates) allow it. Operations start in
+/// their process's cached phase and may still be running when the cache or
+/// the control phase moves on.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub processes: usize,
+    pub start: Phase,
+    /// The operator's moves, in order (each to an adjacent phase).
+    pub moves: Vec<Phase>,
+    /// Phase reads (with heartbeat) each process may make.
+    pub refreshes: u8,
+    pub heartbeat: Heartbeat,
+    /// Before 1 -> 0: no lock on the destination only.
+    pub reverse_gate: bool,
+    /// The control key may be lost once (a destination restart without data).
+    pub lose_control: bool,
+    pub missing_control: MissingControl,
+    /// A move into phase 2 waits for a running backfill, and a backfill
+    /// starts only while the control phase is 0 or 1.
+    pub backfill_lease: bool,
+}
+
+/// What a heartbeat reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Heartbeat {
+    /// The phases still in use: the cache before and after the read, and
+    /// every operation in flight. A move needs every heartbeat at exactly
+    /// the current phase.
+    PhasesInUse,
+    /// The phase just read. Wrong: an operation that began on the cached
+    /// phase may still be writing in it. Negative control only.
+    LatestRead,
+}
+
+/// What a process does when the control key is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MissingControl {
+    /// Refuses to act until the phase is set again.
+    Refuse,
+    /// Reads it as phase 0. Wrong: a fleet in phase 3 falls back to the
+    /// source. Negative control only.
+    ReadsAsSource,
+}
+
+impl Fleet {
+    pub fn new(processes: usize, start: Phase, moves: &[Phase]) -> Self {
+        Fleet {
+            processes,
+            start,
+            moves: moves.to_vec(),
+            refreshes: 2,
+            heartbeat: Heartbeat::PhasesInUse,
+            reverse_gate: true,
+            lose_control: false,
+            missing_control: MissingControl::Refuse,
+            backfill_lease: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ProcessState {
+    /// The phase its operations start in; `None`: it refuses (no phase known).
+    cached: Option<Phase>,
+    /// What its heartbeat says: lowest and highest phase.
+    heartbeat: (Phase, Phase),
+    refreshes_left: u8,
 }
 
 /// A client of the scenario: a token, its actions, and whether it starts
@@ -148,6 +257,9 @@ impl Action {
 pub struct ClientSpec {
     pub actions: Vec<Action>,
     pub holding_from_start: bool,
+    /// Its process, in a fleet scenario (clients of one process share its
+    /// cached phase and heartbeat, like threads).
+    pub process: usize,
 }
 
 impl ClientSpec {
@@ -155,7 +267,14 @@ impl ClientSpec {
         ClientSpec {
             actions: actions.to_vec(),
             holding_from_start: false,
+            process: 0,
         }
+    }
+
+    /// The same client, in process `process` of a fleet scenario.
+    pub fn in_process(mut self, process: usize) -> Self {
+        self.process = process;
+        self
     }
 
     /// A client that took its lock before the scenario began.
@@ -163,6 +282,7 @@ impl ClientSpec {
         ClientSpec {
             actions: actions.to_vec(),
             holding_from_start: true,
+            process: 0,
         }
     }
 }
@@ -186,6 +306,14 @@ pub struct Scenario {
     /// With only acquires and no expiry, someone must end up holding the
     /// lock (no mutual abort).
     pub require_a_winner: bool,
+    /// The backfill's TTL rule for its copy.
+    pub backfill_rule: CopyTtlRule,
+    /// The backfill may start even once phase 2 actions have begun (a
+    /// backfill that does not know the fleet is in phase 2: static phases).
+    /// Negative control only.
+    pub backfill_after_phase_2: bool,
+    /// Dynamic phases: processes, a control phase and an operator.
+    pub fleet: Option<Fleet>,
 }
 
 impl Scenario {
@@ -199,7 +327,18 @@ impl Scenario {
             release_after_refusal: false,
             gate: true,
             require_a_winner: false,
+            backfill_rule: CopyTtlRule::Recheck,
+            backfill_after_phase_2: false,
+            fleet: None,
         }
+    }
+
+    /// A fleet scenario: the operator's moves replace the per-client gate.
+    pub fn with_fleet(clients: Vec<ClientSpec>, fleet: Fleet) -> Self {
+        let mut scenario = Scenario::new(clients);
+        scenario.gate = false;
+        scenario.fleet = Some(fleet);
+        scenario
     }
 }
 
@@ -279,6 +418,15 @@ struct ClientState {
     refused: bool,
     /// Time its current acquire or renew started (the lease counts from then).
     op_started: u64,
+    /// The phase of its operation in flight (dynamic operations).
+    op_phase: Option<Phase>,
+    /// TTL of its last acquire or renew (the lease's length).
+    lease_ttl: u64,
+    /// When its last successful acquire or renew finished, and its TTL.
+    write_end: u64,
+    write_ttl: u64,
+    /// It began a release since that write.
+    released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -291,6 +439,14 @@ struct State {
     expiries_left: u8,
     gate_passed: bool,
     phase_2_started: bool,
+    /// Fleet scenarios: the control phase (`None`: the key was lost), the
+    /// processes, the operator's progress, and whether the loss happened.
+    control: Option<Phase>,
+    processes: Vec<ProcessState>,
+    moves_done: u8,
+    control_lost: bool,
+    /// The phase the control key held when it was lost.
+    lost_phase: Option<Phase>,
 }
 
 /// A schedule that broke an invariant, printable step by step.
@@ -337,12 +493,32 @@ pub fn explore(scenario: &Scenario) -> std::result::Result<Stats, Counterexample
                 lease_until: spec.holding_from_start.then_some(scenario.ttl),
                 refused: false,
                 op_started: 0,
+                op_phase: None,
+                lease_ttl: scenario.ttl,
+                write_end: 0,
+                write_ttl: scenario.ttl,
+                released: false,
             })
             .collect(),
         backfill: if scenario.backfill { None } else { Some(None) },
         expiries_left: scenario.expiries,
         gate_passed: !scenario.gate,
         phase_2_started: false,
+        control: scenario.fleet.as_ref().map(|fleet| fleet.start),
+        processes: scenario
+            .fleet
+            .iter()
+            .flat_map(|fleet| {
+                (0..fleet.processes).map(|_| ProcessState {
+                    cached: Some(fleet.start),
+                    heartbeat: (fleet.start, fleet.start),
+                    refreshes_left: fleet.refreshes,
+                })
+            })
+            .collect(),
+        moves_done: 0,
+        control_lost: false,
+        lost_phase: None,
     };
     for (target, owner) in &scenario.initial {
         let stored = Some(Stored {
@@ -382,6 +558,14 @@ enum Event {
     StartBackfill,
     RunBackfill(usize),
     Expire,
+    /// A process reads the control phase and writes its heartbeat.
+    Refresh(usize),
+    /// The operator makes its next move.
+    Move,
+    /// The destination loses the control key.
+    LoseControl,
+    /// The operator sets it again (`phase set --init`) to the phase it held.
+    RestoreControl,
 }
 
 impl Explorer<'_> {
@@ -399,7 +583,18 @@ impl Explorer<'_> {
         let events = self.events(&state);
         if events.iter().all(|e| matches!(e, Event::Expire)) {
             self.stats.terminal_states += 1;
-            if let Some(violation) = self.orphan(&state).or_else(|| self.no_winner(&state)) {
+            // A client left with actions it may not start (its process
+            // refuses, with no phase to read) is a process that stopped: its
+            // lock expires with its TTL, which is not an orphan.
+            let stuck = (0..state.clients.len()).any(|index| {
+                let client = &state.clients[index];
+                client.running.is_none()
+                    && !client.refused
+                    && client.next_action < self.scenario.clients[index].actions.len()
+                    && self.next_action(&state, index).is_none()
+            });
+            let orphan = if stuck { None } else { self.orphan(&state) };
+            if let Some(violation) = orphan.or_else(|| self.no_winner(&state)) {
                 return Err(Counterexample {
                     violation,
                     schedule: self.schedule.clone(),
@@ -438,7 +633,7 @@ impl Explorer<'_> {
         }
         match &state.backfill {
             // Backfill serves the gate into phase 2; it is not run after that.
-            None if !state.phase_2_started => events.push(Event::StartBackfill),
+            None if self.backfill_may_start(state) => events.push(Event::StartBackfill),
             None => {}
             Some(Some(pending)) => {
                 for (slot, reply) in pending.replies.iter().enumerate() {
@@ -452,7 +647,75 @@ impl Explorer<'_> {
         if state.expiries_left > 0 && next_expiry(state).is_some() {
             events.push(Event::Expire);
         }
+        if let Some(fleet) = &self.scenario.fleet {
+            for (index, process) in state.processes.iter().enumerate() {
+                if process.refreshes_left > 0 {
+                    events.push(Event::Refresh(index));
+                }
+            }
+            if self.move_allowed(state, fleet) {
+                events.push(Event::Move);
+            }
+            if fleet.lose_control && !state.control_lost {
+                events.push(Event::LoseControl);
+            }
+            if state.control.is_none() && state.lost_phase.is_some() {
+                events.push(Event::RestoreControl);
+            }
+        }
         events
+    }
+
+    fn backfill_may_start(&self, state: &State) -> bool {
+        match &self.scenario.fleet {
+            // The CLI reads the control phase before it starts.
+            Some(_) => matches!(state.control, Some(Phase::Source | Phase::Dual)),
+            None => !state.phase_2_started || self.scenario.backfill_after_phase_2,
+        }
+    }
+
+    /// Whether the operator's next move passes its checks now.
+    fn move_allowed(&self, state: &State, fleet: &Fleet) -> bool {
+        let (Some(current), Some(&target)) =
+            (state.control, fleet.moves.get(state.moves_done as usize))
+        else {
+            return false;
+        };
+        if !current.adjacent(target) {
+            return false;
+        }
+        let caught_up = state.processes.iter().all(|p| match fleet.heartbeat {
+            Heartbeat::PhasesInUse => p.heartbeat == (current, current),
+            Heartbeat::LatestRead => p.heartbeat.1 == current,
+        });
+        if !caught_up {
+            return false;
+        }
+        let source_only = match (
+            state.source.live(state.now),
+            state.destination.live(state.now),
+        ) {
+            (Some(s), Some(d)) => s.value != d.value,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let destination_only = match (
+            state.source.live(state.now),
+            state.destination.live(state.now),
+        ) {
+            (Some(s), Some(d)) => s.value != d.value,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let backfill_running = matches!(state.backfill, Some(Some(_)));
+        match (current, target) {
+            (Phase::Dual, Phase::Drain) => {
+                let backfill_holds_it = fleet.backfill_lease && backfill_running;
+                !source_only && !backfill_holds_it
+            }
+            (Phase::Dual, Phase::Source) => !(fleet.reverse_gate && destination_only),
+            _ => true,
+        }
     }
 
     fn next_action(&self, state: &State, index: usize) -> Option<Action> {
@@ -462,6 +725,10 @@ impl Explorer<'_> {
             .get(client.next_action)?;
         if client.refused && !self.scenario.release_after_refusal {
             return None;
+        }
+        if let Action::Dynamic(_) = action {
+            let process = self.scenario.clients[index].process;
+            return state.processes.get(process)?.cached.map(|_| action);
         }
         let after_gate = matches!(action.phase(), Some(Phase::Drain | Phase::Destination));
         let backfill_running = matches!(state.backfill, Some(Some(_)));
@@ -514,22 +781,39 @@ impl Explorer<'_> {
                     return "no-op".into();
                 };
                 let ttl = self.scenario.ttl;
-                let op = match action {
-                    Action::Acquire(phase) => {
+                let process = self.scenario.clients[index].process;
+                let cached = state.processes.get(process).and_then(|p| p.cached);
+                let (action_phase, dynamic) = match (action, cached) {
+                    (Action::Dynamic(op), Some(phase)) => (Some(phase), Some(op)),
+                    _ => (action.phase(), None),
+                };
+                let op = match (action, dynamic, action_phase) {
+                    (_, Some(DynamicOp::Acquire), Some(phase)) | (Action::Acquire(phase), ..) => {
                         RunningOp::Acquire(protocol::Acquire::new(phase, &token(index), ttl))
                     }
-                    Action::Renew(phase) => RunningOp::Renew(protocol::Renew::new(
+                    (_, Some(DynamicOp::Renew), Some(phase)) | (Action::Renew(phase), ..) => {
+                        RunningOp::Renew(protocol::Renew::new(
+                            phase,
+                            &token(index),
+                            ttl,
+                            protocol::Servers::BOTH,
+                        ))
+                    }
+                    (_, Some(DynamicOp::Release), Some(phase)) | (Action::Release(phase), ..) => {
+                        RunningOp::Release(protocol::Release::new(
+                            phase,
+                            &token(index),
+                            protocol::Servers::BOTH,
+                        ))
+                    }
+                    (Action::RenewTo(phase, ttl), ..) => RunningOp::Renew(protocol::Renew::new(
                         phase,
                         &token(index),
                         ttl,
                         protocol::Servers::BOTH,
                     )),
-                    Action::Release(phase) => RunningOp::Release(protocol::Release::new(
-                        phase,
-                        &token(index),
-                        protocol::Servers::BOTH,
-                    )),
-                    Action::NaiveAcquire(target) => RunningOp::Naive(NaiveOp {
+                    (Action::Dynamic(_), ..) => return "no-op: no phase cached".into(),
+                    (Action::NaiveAcquire(target), ..) => RunningOp::Naive(NaiveOp {
                         target,
                         command: Command::Acquire {
                             token: token(index),
@@ -537,7 +821,7 @@ impl Explorer<'_> {
                         },
                         sent: false,
                     }),
-                    Action::NaiveRelease(target) => RunningOp::Naive(NaiveOp {
+                    (Action::NaiveRelease(target), ..) => RunningOp::Naive(NaiveOp {
                         target,
                         command: Command::CompareAndDelete {
                             token: token(index),
@@ -545,17 +829,28 @@ impl Explorer<'_> {
                         sent: false,
                     }),
                 };
-                if matches!(action.phase(), Some(Phase::Drain | Phase::Destination)) {
+                if matches!(action_phase, Some(Phase::Drain | Phase::Destination)) {
                     state.phase_2_started = true;
                 }
                 let client = &mut state.clients[index];
                 client.next_action += 1;
                 client.op_started = state.now;
-                if matches!(action, Action::Release(_) | Action::NaiveRelease(_)) {
+                client.op_phase = dynamic.and(action_phase);
+                client.lease_ttl = match action {
+                    Action::RenewTo(_, ttl) => ttl,
+                    _ => ttl,
+                };
+                if action.is_release() {
                     // Done with its critical section from here on.
                     client.lease_until = None;
+                    client.released = true;
                 }
-                let description = format!("client {index} starts {action:?}");
+                let description = match action_phase {
+                    Some(phase) if dynamic.is_some() => {
+                        format!("client {index} starts {action:?} in phase {phase}")
+                    }
+                    _ => format!("client {index} starts {action:?}"),
+                };
                 let outcome = self.advance(op, Vec::new());
                 self.settle(state, Some(index), action, outcome);
                 description
@@ -576,8 +871,8 @@ impl Explorer<'_> {
                 description
             }
             Event::StartBackfill => {
-                let outcome =
-                    self.advance(RunningOp::Backfill(protocol::Backfill::new()), Vec::new());
+                let backfill = protocol::Backfill::with_rule(self.scenario.backfill_rule);
+                let outcome = self.advance(RunningOp::Backfill(backfill), Vec::new());
                 state.backfill = Some(outcome.ok());
                 "backfill starts".into()
             }
@@ -594,6 +889,26 @@ impl Explorer<'_> {
                 }
                 description
             }
+            Event::Refresh(process) => self.refresh(state, process),
+            Event::Move => {
+                let Some(fleet) = &self.scenario.fleet else {
+                    return "no-op".into();
+                };
+                let target = fleet.moves[state.moves_done as usize];
+                let from = state.control;
+                state.control = Some(target);
+                state.moves_done += 1;
+                format!("operator moves the fleet from phase {from:?} to {target}")
+            }
+            Event::LoseControl => {
+                state.lost_phase = state.control.take();
+                state.control_lost = true;
+                "the destination restarts without its data: the control key is gone".into()
+            }
+            Event::RestoreControl => {
+                state.control = state.lost_phase.take();
+                format!("the operator sets the phase again: {:?}", state.control)
+            }
             Event::Expire => {
                 let at = next_expiry(state).unwrap_or(state.now);
                 state.now = at;
@@ -606,6 +921,52 @@ impl Explorer<'_> {
                 format!("time passes to {at}: keys with that expiry are gone")
             }
         }
+    }
+
+    /// A process reads the control phase and writes its heartbeat in one
+    /// atomic step (as `phase_heartbeat.lua` does).
+    fn refresh(&self, state: &mut State, index: usize) -> String {
+        let Some(fleet) = &self.scenario.fleet else {
+            return "no-op".into();
+        };
+        let read = match (state.control, fleet.missing_control) {
+            (Some(phase), _) => Some(phase),
+            (None, MissingControl::ReadsAsSource) => Some(Phase::Source),
+            (None, MissingControl::Refuse) => None,
+        };
+        let in_flight: Vec<Phase> = state
+            .clients
+            .iter()
+            .zip(&self.scenario.clients)
+            .filter(|(client, spec)| spec.process == index && client.running.is_some())
+            .filter_map(|(client, _)| client.op_phase)
+            .collect();
+        let process = &mut state.processes[index];
+        process.refreshes_left -= 1;
+        let Some(read) = read else {
+            // The script fails before writing: the heartbeat stays, and the
+            // process refuses to start operations.
+            process.cached = None;
+            return format!("process {index} finds no control phase and refuses");
+        };
+        process.heartbeat = match fleet.heartbeat {
+            Heartbeat::LatestRead => (read, read),
+            Heartbeat::PhasesInUse => {
+                let phases = in_flight
+                    .into_iter()
+                    .chain(process.cached)
+                    .chain(std::iter::once(read));
+                let (low, high) =
+                    phases.fold((read, read), |(low, high), p| (low.min(p), high.max(p)));
+                (low, high)
+            }
+        };
+        process.cached = Some(read);
+        format!(
+            "process {index} reads phase {read}; heartbeat {}..{}",
+            process.heartbeat.0.index(),
+            process.heartbeat.1.index()
+        )
     }
 
     fn run_command(
@@ -651,23 +1012,23 @@ impl Explorer<'_> {
         outcome: std::result::Result<Pending, Output>,
     ) {
         let Some(index) = index else { return };
-        let ttl = self.scenario.ttl;
+        let now = state.now;
         let client = &mut state.clients[index];
         match outcome {
             Ok(pending) => client.running = Some((action, pending)),
             Err(output) => {
                 client.running = None;
-                match (action, output) {
-                    (Action::Acquire(_) | Action::NaiveAcquire(_), Output::Bool(true)) => {
-                        client.lease_until = Some(client.op_started + ttl);
+                client.op_phase = None;
+                let lease = client.op_started + client.lease_ttl;
+                match output {
+                    Output::Bool(true) if action.is_acquire() || action.is_renew() => {
+                        client.lease_until = Some(lease);
+                        client.write_end = now;
+                        client.write_ttl = client.lease_ttl;
+                        client.released = false;
                     }
-                    (Action::Acquire(_) | Action::NaiveAcquire(_), Output::Bool(false)) => {
-                        client.refused = true;
-                    }
-                    (Action::Renew(_), Output::Bool(true)) => {
-                        client.lease_until = Some(client.op_started + ttl);
-                    }
-                    (Action::Renew(_), Output::Bool(false)) => client.lease_until = None,
+                    Output::Bool(false) if action.is_acquire() => client.refused = true,
+                    Output::Bool(false) if action.is_renew() => client.lease_until = None,
                     _ => {}
                 }
             }
@@ -703,6 +1064,19 @@ impl Explorer<'_> {
             ("destination", &state.destination),
         ] {
             if let Some(stored) = store.live(state.now) {
+                // A holder that stopped without releasing leaves its key for
+                // the TTL it last asked for, counted from when that request
+                // ended (a write lands during the request, not at its start).
+                let left_by_its_holder = state.clients.iter().enumerate().any(|(index, c)| {
+                    stored.value == token(index)
+                        && !c.released
+                        && stored
+                            .expires_at
+                            .is_some_and(|at| at <= c.write_end + c.write_ttl)
+                });
+                if left_by_its_holder {
+                    continue;
+                }
                 return Some(format!(
                     "orphan: everyone is done, yet the {name} still holds {:?}",
                     String::from_utf8_lossy(&stored.value)

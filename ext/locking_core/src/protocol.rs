@@ -43,6 +43,32 @@ pub enum Command {
 pub struct Entry {
     pub value: Vec<u8>,
     pub ttl_ms: Option<u64>,
+    /// When it expires, on the server's own clock (ms): two reads of one
+    /// key tell whether its expiry moved, whatever time passed between them.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Entry {
+    /// From a `PTTL` (-1: no expiry) read at the server's time `now_ms`.
+    pub fn read_at(value: Vec<u8>, pttl: i64, now_ms: u64) -> Entry {
+        let ttl_ms = u64::try_from(pttl).ok();
+        Entry {
+            value,
+            ttl_ms,
+            expires_at_ms: ttl_ms.map(|ttl| now_ms + ttl),
+        }
+    }
+
+    /// Whether `self`, read later, expires sooner than `earlier` did: a
+    /// renewal shortened the lock in between. (TIME and PTTL round to the
+    /// millisecond, hence the slack.)
+    fn expires_sooner_than(&self, earlier: &Entry) -> bool {
+        match (self.expires_at_ms, earlier.expires_at_ms) {
+            (Some(_), None) => true,
+            (Some(now), Some(before)) => now + 2 < before,
+            _ => false,
+        }
+    }
 }
 
 /// What an `Acquire` command found.
@@ -114,7 +140,14 @@ fn primary(phase: Phase) -> Target {
 enum AcquireState {
     Start,
     First,
+    /// "Already mine" on the first server: its TTL is reset to ours before
+    /// going on (then, in phase 1, to the destination).
+    Refreshing {
+        then_second: bool,
+    },
     Second,
+    /// "Already mine" on the destination in phase 1: its TTL is reset too.
+    RefreshingSecond,
     /// Undo our writes, one server at a time in this order, then finish.
     RollBack {
         outcome: Result<bool>,
@@ -156,6 +189,26 @@ impl Acquire {
         )]
     }
 
+    fn extend_on(&self, target: Target) -> Vec<(Target, Command)> {
+        vec![(
+            target,
+            Command::CompareAndExtend {
+                token: self.token.clone(),
+                ttl_ms: self.ttl_ms,
+            },
+        )]
+    }
+
+    /// The first server is ours: phase 1 goes on to the destination.
+    fn after_first(&mut self) -> Step<bool> {
+        if self.phase == Phase::Dual {
+            self.state = AcquireState::Second;
+            Step::Send(self.acquire_on(Target::Destination))
+        } else {
+            Step::Done(Ok(true))
+        }
+    }
+
     fn roll_back(&mut self, outcome: Result<bool>, mut remaining: Vec<Target>) -> Step<bool> {
         if remaining.is_empty() {
             return Step::Done(outcome);
@@ -181,13 +234,15 @@ impl Operation for Acquire {
                 Step::Send(self.acquire_on(primary(self.phase)))
             }
             AcquireState::First => match replies.pop() {
-                Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
-                    if self.phase == Phase::Dual {
-                        self.state = AcquireState::Second;
-                        Step::Send(self.acquire_on(Target::Destination))
-                    } else {
-                        Step::Done(Ok(true))
-                    }
+                Some(Ok(Reply::Acquire(AcquireReply::Set))) => self.after_first(),
+                // A retry of ours whose first attempt did land (its reply was
+                // lost, or it timed out): the key still has the first
+                // attempt's TTL, while the caller counts a full TTL from now.
+                Some(Ok(Reply::Acquire(AcquireReply::AlreadyMine))) => {
+                    self.state = AcquireState::Refreshing {
+                        then_second: self.phase == Phase::Dual,
+                    };
+                    Step::Send(self.extend_on(primary(self.phase)))
                 }
                 Some(Ok(Reply::Acquire(AcquireReply::Taken))) => Step::Done(Ok(false)),
                 Some(Err(error)) if error.retry_on_new_connection() => {
@@ -197,9 +252,34 @@ impl Operation for Acquire {
                 Some(Ok(other)) => unexpected("acquire", &other),
                 None => Step::Done(Err(Error::Internal("acquire lost its reply".into()))),
             },
+            AcquireState::Refreshing { then_second } => match replies.pop() {
+                Some(Ok(Reply::Flag(true))) if then_second => {
+                    self.state = AcquireState::Second;
+                    Step::Send(self.acquire_on(Target::Destination))
+                }
+                Some(Ok(Reply::Flag(true))) => Step::Done(Ok(true)),
+                // Expired (or taken) since the acquire answered: not ours.
+                Some(Ok(Reply::Flag(false))) => Step::Done(Ok(false)),
+                Some(Err(error)) => self.roll_back(Err(error), vec![primary(self.phase)]),
+                Some(Ok(other)) => unexpected("compare-and-extend", &other),
+                None => Step::Done(Err(Error::Internal("acquire lost its reply".into()))),
+            },
+            AcquireState::RefreshingSecond => match replies.pop() {
+                Some(Ok(Reply::Flag(true))) => Step::Done(Ok(true)),
+                Some(Ok(Reply::Flag(false))) => {
+                    self.roll_back(Ok(false), vec![Target::Source, Target::Destination])
+                }
+                Some(Err(error)) => {
+                    self.roll_back(Err(error), vec![Target::Source, Target::Destination])
+                }
+                Some(Ok(other)) => unexpected("compare-and-extend", &other),
+                None => Step::Done(Err(Error::Internal("acquire lost its reply".into()))),
+            },
             AcquireState::Second => match replies.pop() {
-                Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
-                    Step::Done(Ok(true))
+                Some(Ok(Reply::Acquire(AcquireReply::Set))) => Step::Done(Ok(true)),
+                Some(Ok(Reply::Acquire(AcquireReply::AlreadyMine))) => {
+                    self.state = AcquireState::RefreshingSecond;
+                    Step::Send(self.extend_on(Target::Destination))
                 }
                 // Undo like a release, source then destination: a backfill may
                 // have copied our short-lived source key onto the destination
@@ -395,8 +475,20 @@ impl Operation for Locked {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum RenewState {
     Start,
+    /// Phases 0 and 1: the source answered; now the destination copy. In
+    /// this order, never both at once: a backfill copying the lock meanwhile
+    /// then either sees the source's new TTL in its re-check, or its copy
+    /// exists before ours is extended. At once, a renewal that shortens the
+    /// lock could miss the copy and land on the source after the re-check,
+    /// leaving a copy that outlives the lock (the explorer's case).
+    Copy,
+    /// The copy's reply, after the source's.
+    CopyExtended,
+    /// Phases 2 and 3: destination and source at once.
     Extended,
     Mirrored,
+    /// The copy appeared meanwhile (a backfill): reset its TTL to ours.
+    Refreshed,
 }
 
 /// renew: CAX wherever the phase may hold the token; the answer comes from
@@ -443,56 +535,52 @@ impl Operation for Renew {
     type Output = bool;
 
     fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        let flag = |reply: Option<Result<Reply>>| match reply {
+            Some(Ok(Reply::Flag(flag))) => Ok(flag),
+            Some(Ok(other)) => Err(unexpected("compare-and-extend", &other)),
+            Some(Err(error)) => Err(Step::Done(Err(error))),
+            None => Err(Step::Done(Err(Error::Internal(
+                "renew lost its reply".into(),
+            )))),
+        };
         match self.state {
-            RenewState::Start => {
-                self.state = RenewState::Extended;
-                let batch = match self.phase {
-                    // A phase-1 lock's destination copy must not expire first.
-                    Phase::Source if self.servers.destination => vec![
-                        self.extend(Target::Source),
-                        self.extend(Target::Destination),
-                    ],
-                    Phase::Source => vec![self.extend(Target::Source)],
-                    Phase::Dual => vec![
-                        self.extend(Target::Source),
-                        self.extend(Target::Destination),
-                    ],
-                    Phase::Drain => vec![
-                        self.extend(Target::Destination),
-                        self.extend(Target::Source),
-                    ],
-                    Phase::Destination if self.servers.source => vec![
-                        self.extend(Target::Destination),
-                        self.extend(Target::Source),
-                    ],
-                    Phase::Destination => vec![self.extend(Target::Destination)],
-                };
-                Step::Send(batch)
-            }
-            RenewState::Extended => {
-                let mut flags = Vec::with_capacity(replies.len());
-                for (index, reply) in replies.into_iter().enumerate() {
-                    match reply {
-                        Ok(Reply::Flag(extended)) => flags.push(extended),
-                        Ok(other) => return unexpected("compare-and-extend", &other),
-                        // As in `Release`: the server the phase does not write
-                        // (second in phases 0 and 3) is kept up to date on a
-                        // best-effort basis only.
-                        Err(_)
-                            if index == 1
-                                && matches!(self.phase, Phase::Source | Phase::Destination) =>
-                        {
-                            flags.push(false)
-                        }
-                        Err(error) => return Step::Done(Err(error)),
-                    }
+            RenewState::Start => match self.phase {
+                Phase::Source | Phase::Dual => {
+                    self.state = RenewState::Copy;
+                    Step::Send(vec![self.extend(Target::Source)])
                 }
-                // The first flag is the server that decides ownership in this phase.
-                let held = flags.first().copied().unwrap_or(false);
+                Phase::Drain | Phase::Destination => {
+                    self.state = RenewState::Extended;
+                    let mut batch = vec![self.extend(Target::Destination)];
+                    if self.phase == Phase::Drain || self.servers.source {
+                        batch.push(self.extend(Target::Source));
+                    }
+                    Step::Send(batch)
+                }
+            },
+            RenewState::Copy => {
+                let held = match flag(replies.into_iter().next()) {
+                    Ok(held) => held,
+                    Err(step) => return step,
+                };
+                // Lost where it is decided: a copy is left to its TTL.
+                if !held || !self.servers.destination {
+                    return Step::Done(Ok(held));
+                }
+                self.state = RenewState::CopyExtended;
+                Step::Send(vec![self.extend(Target::Destination)])
+            }
+            RenewState::CopyExtended => {
+                let copy = match (flag(replies.into_iter().next()), self.phase) {
+                    (Ok(copy), _) => copy,
+                    // Phase 0 keeps the destination up to date on a best-effort basis.
+                    (Err(_), Phase::Source) => true,
+                    (Err(step), _) => return step,
+                };
                 // Phase 1 writes both servers: a lock from phase 0 has no
                 // destination copy yet, so renew adds it (as backfill would),
                 // unless someone else holds it, which means the lock was lost.
-                if self.phase == Phase::Dual && held && !flags.get(1).copied().unwrap_or(true) {
+                if self.phase == Phase::Dual && !copy {
                     self.state = RenewState::Mirrored;
                     return Step::Send(vec![(
                         Target::Destination,
@@ -502,16 +590,36 @@ impl Operation for Renew {
                         },
                     )]);
                 }
-                Step::Done(Ok(held))
+                Step::Done(Ok(true))
+            }
+            RenewState::Extended => {
+                let mut replies = replies.into_iter();
+                // The destination decides ownership in phases 2 and 3.
+                let held = match flag(replies.next()) {
+                    Ok(held) => held,
+                    Err(step) => return step,
+                };
+                // The source: required in phase 2, best-effort in phase 3.
+                match flag(replies.next()) {
+                    Err(step) if self.phase == Phase::Drain => step,
+                    _ => Step::Done(Ok(held)),
+                }
             }
             RenewState::Mirrored => match replies.into_iter().next() {
-                Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
-                    Step::Done(Ok(true))
+                Some(Ok(Reply::Acquire(AcquireReply::Set))) => Step::Done(Ok(true)),
+                Some(Ok(Reply::Acquire(AcquireReply::AlreadyMine))) => {
+                    self.state = RenewState::Refreshed;
+                    Step::Send(vec![self.extend(Target::Destination)])
                 }
                 Some(Ok(Reply::Acquire(AcquireReply::Taken))) => Step::Done(Ok(false)),
                 Some(Ok(other)) => unexpected("acquire", &other),
                 Some(Err(error)) => Step::Done(Err(error)),
                 None => Step::Done(Err(Error::Internal("renew lost its reply".into()))),
+            },
+            // The answer was settled by the source; the copy follows if it can.
+            RenewState::Refreshed => match replies.into_iter().next() {
+                Some(Err(error)) => Step::Done(Err(error)),
+                _ => Step::Done(Ok(true)),
             },
         }
     }
@@ -580,8 +688,23 @@ pub enum BackfillOutcome {
 enum BackfillState {
     Start,
     Read,
-    Mirrored { entry: Entry },
-    Rechecked { entry: Entry, wrote: bool },
+    Mirrored {
+        entry: Entry,
+    },
+    Rechecked {
+        entry: Entry,
+        wrote: bool,
+    },
+    /// The copy's TTL was asked to rise to the re-check's.
+    Raised {
+        outcome: BackfillOutcome,
+        recheck: Entry,
+    },
+    /// After a raise, the source read once more.
+    FinalCheck {
+        outcome: BackfillOutcome,
+        recheck: Entry,
+    },
     Finishing(BackfillOutcome),
 }
 
@@ -592,12 +715,29 @@ enum BackfillState {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Backfill {
     state: BackfillState,
+    rule: CopyTtlRule,
+}
+
+/// Which TTL the copy is raised to after the re-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CopyTtlRule {
+    /// The re-check's: the source's latest TTL.
+    Recheck,
+    /// The longer of the first read's and the re-check's. Wrong: it undoes a
+    /// renewal that shortened the lock meanwhile. Kept for the explorer's
+    /// negative control only.
+    LongestRead,
 }
 
 impl Backfill {
     pub fn new() -> Self {
+        Backfill::with_rule(CopyTtlRule::Recheck)
+    }
+
+    pub fn with_rule(rule: CopyTtlRule) -> Self {
         Backfill {
             state: BackfillState::Start,
+            rule,
         }
     }
 }
@@ -629,6 +769,11 @@ impl Operation for Backfill {
             }
             BackfillState::Read => match reply {
                 Some(Ok(Reply::Entry(None))) => Step::Done(Ok(BackfillOutcome::Absent)),
+                // Read in its last millisecond: expiring, nothing to copy
+                // (and `SET .. PX 0` is refused by Redis).
+                Some(Ok(Reply::Entry(Some(entry)))) if entry.ttl_ms == Some(0) => {
+                    Step::Done(Ok(BackfillOutcome::Absent))
+                }
                 Some(Ok(Reply::Entry(Some(entry)))) => {
                     let command = Command::Mirror {
                         value: entry.value.clone(),
@@ -666,23 +811,48 @@ impl Operation for Backfill {
                         return Step::Done(Err(Error::Internal("backfill lost its reply".into())))
                     }
                 };
+                // Our copy was written with the first read's TTL. If a renewal
+                // shortened the lock since, the copy would outlive it: delete it
+                // (the lock stays source-only, which the gate sees, and the next
+                // backfill copies it with its new TTL). Deleting a copy is safe
+                // in phases 0 and 1, where the source decides.
+                let shortened = now
+                    .as_ref()
+                    .is_some_and(|now| now.expires_sooner_than(&entry));
+                let stale_copy = wrote && shortened && self.rule == CopyTtlRule::Recheck;
                 match now {
-                    Some(now) if now.value == entry.value => {
+                    Some(now)
+                        if now.value == entry.value && now.ttl_ms != Some(0) && !stale_copy =>
+                    {
                         let outcome = if wrote {
                             BackfillOutcome::Copied
                         } else {
                             BackfillOutcome::AlreadyThere
                         };
                         // The copy must not expire before the source: follow a
-                        // renewal since our first read, or an older, shorter copy.
-                        let longest = if ttl_longer(now.ttl_ms, entry.ttl_ms) {
-                            now.ttl_ms
-                        } else {
-                            entry.ttl_ms
+                        // renewal since our first read, or an older, shorter
+                        // copy. The target is the re-check's TTL, the source's
+                        // latest: the first read's may predate a renewal that
+                        // shortened the lock (raising the copy to it would keep
+                        // the key locked long after its holder is gone).
+                        // Never lower: a renewal after the re-check may have
+                        // extended the copy already.
+                        let target = match self.rule {
+                            CopyTtlRule::Recheck => now.ttl_ms,
+                            CopyTtlRule::LongestRead if ttl_longer(entry.ttl_ms, now.ttl_ms) => {
+                                entry.ttl_ms
+                            }
+                            CopyTtlRule::LongestRead => now.ttl_ms,
                         };
-                        match longest {
+                        match target {
                             Some(ttl_ms) if !wrote || ttl_longer(now.ttl_ms, entry.ttl_ms) => {
-                                self.state = BackfillState::Finishing(outcome);
+                                self.state = match self.rule {
+                                    CopyTtlRule::Recheck => BackfillState::Raised {
+                                        outcome,
+                                        recheck: now.clone(),
+                                    },
+                                    CopyTtlRule::LongestRead => BackfillState::Finishing(outcome),
+                                };
                                 Step::Send(vec![(
                                     Target::Destination,
                                     Command::ExtendIfGreater {
@@ -703,6 +873,44 @@ impl Operation for Backfill {
                     }
                     _ => Step::Done(Ok(BackfillOutcome::Absent)),
                 }
+            }
+            // A raise is a write based on a read: a renewal that shortened the
+            // lock after the re-check, and reached the copy before the raise,
+            // would be undone by it. The renewal writes the source first, so
+            // one more read of the source tells; then the copy goes (the lock
+            // is source-only again, which the gate sees).
+            BackfillState::Raised { outcome, recheck } => match reply {
+                Some(Err(error)) => Step::Done(Err(error)),
+                Some(Ok(Reply::Flag(true))) => {
+                    self.state = BackfillState::FinalCheck { outcome, recheck };
+                    Step::Send(vec![(Target::Source, Command::ReadWithTtl)])
+                }
+                _ => Step::Done(Ok(outcome)),
+            },
+            BackfillState::FinalCheck { outcome, recheck } => {
+                let last = match reply {
+                    Some(Ok(Reply::Entry(last))) => last,
+                    Some(Ok(other)) => return unexpected("read with ttl", &other),
+                    Some(Err(error)) => return Step::Done(Err(error)),
+                    None => {
+                        return Step::Done(Err(Error::Internal("backfill lost its reply".into())))
+                    }
+                };
+                let still = last.is_some_and(|last| {
+                    last.value == recheck.value
+                        && last.ttl_ms != Some(0)
+                        && !last.expires_sooner_than(&recheck)
+                });
+                if still {
+                    return Step::Done(Ok(outcome));
+                }
+                self.state = BackfillState::Finishing(BackfillOutcome::Undone);
+                Step::Send(vec![(
+                    Target::Destination,
+                    Command::CompareAndDelete {
+                        token: recheck.value,
+                    },
+                )])
             }
             BackfillState::Finishing(outcome) => match reply {
                 Some(Err(error)) => Step::Done(Err(error)),

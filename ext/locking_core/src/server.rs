@@ -239,6 +239,7 @@ impl Server {
                 resp::write_command(packed, &["MULTI".into()]);
                 resp::write_command(packed, &["GET".into(), key.into()]);
                 resp::write_command(packed, &["PTTL".into(), key.into()]);
+                resp::write_command(packed, &["TIME".into()]);
                 resp::write_command(packed, &["EXEC".into()]);
             }
             Command::Mirror { value, ttl_ms } => write_set_nx_get(packed, key, value, *ttl_ms),
@@ -278,6 +279,7 @@ impl Server {
                 for (key, _) in chunk {
                     resp::write_command(packed, &["PTTL".into(), (*key).into()]);
                 }
+                resp::write_command(packed, &["TIME".into()]);
                 resp::write_command(packed, &["EXEC".into()]);
             }
         } else {
@@ -296,8 +298,8 @@ impl Server {
         interrupt: &Interrupt,
     ) -> Result<Vec<Result<Reply>>> {
         let mut refused = None;
-        for _ in 0..count + 2 {
-            // MULTI's OK, then QUEUED for MGET and each PTTL.
+        for _ in 0..count + 3 {
+            // MULTI's OK, then QUEUED for MGET, each PTTL and TIME.
             if let Some(value) = connection.receive_acknowledgement(interrupt)? {
                 if refused.is_none() {
                     refused = Some(
@@ -318,9 +320,13 @@ impl Server {
                 refused.unwrap_or_else(|| format!("{exec:?}"))
             )));
         };
-        if results.len() != count + 1 {
+        if results.len() != count + 2 {
             return Err(bad(format!("EXEC returned {} results", results.len())));
         }
+        let now_ms = results
+            .pop()
+            .and_then(server_time_ms)
+            .ok_or_else(|| bad("TIME returned no time".into()))?;
         let pttls = results.split_off(1);
         let values = match results.pop() {
             Some(Value::Array(values)) if values.len() == count => values,
@@ -332,10 +338,7 @@ impl Server {
             .map(|(value, pttl)| match (value, pttl) {
                 // MGET answers nil for keys that are not strings: never locks.
                 (Value::BulkString(value), Value::Int(pttl)) if pttl != -2 => {
-                    Ok(Reply::Entry(Some(Entry {
-                        value,
-                        ttl_ms: u64::try_from(pttl).ok(),
-                    })))
+                    Ok(Reply::Entry(Some(Entry::read_at(value, pttl, now_ms))))
                 }
                 _ => Ok(Reply::Entry(None)),
             })
@@ -433,14 +436,21 @@ impl Server {
                 Value::Int(n),
             ) => Reply::Flag(n > 0),
             (Command::ReadWithTtl, Value::Array(items)) => match items.as_slice() {
-                [Value::BulkString(value), Value::Int(pttl)] if *pttl != -2 => {
-                    Reply::Entry(Some(Entry {
-                        value: value.clone(),
-                        ttl_ms: u64::try_from(*pttl).ok(),
-                    }))
+                [Value::BulkString(value), Value::Int(pttl), time] if *pttl != -2 => {
+                    match server_time_ms(time.clone()) {
+                        Some(now_ms) => {
+                            Reply::Entry(Some(Entry::read_at(value.clone(), *pttl, now_ms)))
+                        }
+                        None => {
+                            return Err(Error::Command {
+                                server: self.name().to_string(),
+                                detail: format!("unexpected reply to TIME: {time:?}"),
+                            })
+                        }
+                    }
                 }
                 // Absent, or not a string (GET's WRONGTYPE inside EXEC): never a lock.
-                [Value::Nil, _] | [Value::ServerError(_), _] => Reply::Entry(None),
+                [Value::Nil, _, _] | [Value::ServerError(_), _, _] => Reply::Entry(None),
                 other => {
                     return Err(Error::Command {
                         server: self.name().to_string(),
@@ -476,6 +486,22 @@ impl Server {
     }
 }
 
+/// TIME's reply, in milliseconds.
+fn server_time_ms(value: Value) -> Option<u64> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let number = |value: &Value| match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse::<u64>().ok(),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    match parts.as_slice() {
+        [seconds, micros] => Some(number(seconds)? * 1000 + number(micros)? / 1000),
+        _ => None,
+    }
+}
+
 /// Keys read in one MULTI/EXEC of a pipeline of reads: the source (a busy
 /// jobs Redis) runs a transaction without serving anyone else, ~1 ms here.
 const READS_PER_TRANSACTION: usize = 1000;
@@ -496,7 +522,7 @@ fn receive_reply(
     interrupt: &Interrupt,
 ) -> Result<Value> {
     let acknowledgements = match command {
-        Command::ReadWithTtl => 3,
+        Command::ReadWithTtl => 4,
         _ => 0,
     };
     let mut refused = None;
