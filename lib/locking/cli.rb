@@ -163,14 +163,42 @@ class Locking
 
     CURSOR = "backfill-cursor"
 
+    # Seconds the backfill's lease lasts unless renewed (each batch renews it).
+    BACKFILL_LEASE_TTL = 30
+
     def backfill
       need_destination!
-      phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
-      if %i[drain destination].include?(phase)
-        @err.puts "locking: refused: the fleet is in phase #{describe_phase(phase)}: backfill runs only in " \
-                  "phases 0 and 1 (its copies could race releases)"
-        return EXIT_REFUSED
+      return EXIT_REFUSED unless backfill_allowed?
+
+      holder = "#{Socket.gethostname}:#{Process.pid}"
+      unless options[:dry_run]
+        taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL)
+        if taken != holder
+          @err.puts "locking: refused: another backfill is running (#{taken}); one at a time"
+          return EXIT_REFUSED
+        end
       end
+      begin
+        run_backfill(holder)
+      ensure
+        client.backfill_lease(holder, ttl: nil) unless options[:dry_run]
+      end
+    end
+
+    # Backfill runs in phases 0 and 1 only: dynamic phases are read from the
+    # control key (after the lease is taken, so a move into phase 2 either
+    # sees the lease or is seen here), static ones from the configuration.
+    def backfill_allowed?
+      phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
+      return true unless %i[drain destination].include?(phase)
+
+      @err.puts "locking: refused: the fleet is in phase #{describe_phase(phase)}: backfill runs only in " \
+                "phases 0 and 1 (its copies could race releases)"
+      false
+    end
+
+    def run_backfill(holder)
+      return EXIT_REFUSED unless backfill_allowed?
 
       tool = client(phase: :dual)
       cursor = options[:restart] ? 0 : tool.control_get(CURSOR).to_i
@@ -183,6 +211,9 @@ class Locking
       progress = Progress.new(@out, options[:progress].nil? ? @out.tty? : options[:progress])
       started = monotonic
       loop do
+        unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
+          raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
+        end
         report = tool.backfill_batch(cursor, count: options[:batch], pages: pages_per_batch, dry_run: options[:dry_run])
         report.each { |k, v| totals[k] += v unless k == :cursor }
         cursor = report[:cursor]
@@ -411,6 +442,7 @@ class Locking
     def set_phase(target, expected: :any)
       current = client.control_phase
       return initialize_phase(target) if current.nil?
+      return refuse(current, target, ["a backfill is running (#{backfill_running}): phase 2 waits for it"]) if target == :drain && backfill_running
       if expected != :any && current != expected
         return refuse(current, target, ["the phase changed meanwhile (now #{current})"])
       end
@@ -447,8 +479,16 @@ class Locking
       EXIT_REFUSED
     end
 
+    def backfill_running
+      client.control_get("backfill")
+    end
+
     def store_phase(current, target)
-      stored = client.set_control_phase(current, target)
+      stored = begin
+        client.set_control_phase(current, target)
+      rescue Locking::PhaseError => e
+        return refuse(current, target, [e.message])
+      end
       if stored != target
         @err.puts "locking: the phase changed meanwhile (now #{stored.inspect}); nothing was set"
         return EXIT_REFUSED

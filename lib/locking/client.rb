@@ -153,6 +153,14 @@ class Locking
       [current && Configuration::PHASES.fetch(current), reasons]
     end
 
+    # The running backfill's lease on the destination: one backfill at a
+    # time, and no move into phase 2 while it is held. `ttl` seconds takes or
+    # keeps it for `holder`; nil gives it back.
+    # @return [String, nil] who holds it afterwards
+    def backfill_lease(holder, ttl:)
+      _backfill_lease(holder.to_s, ttl ? (ttl * 1000).to_i.clamp(1, MAX_TTL_MS) : 0)
+    end
+
     # A value kept under the control prefix on the destination (nil when unset).
     def control_get(name)
       _control_get(name.to_s)

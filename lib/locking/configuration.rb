@@ -80,11 +80,17 @@ class Locking
     end
 
     def phase_cache_ttl=(seconds)
-      unless seconds.is_a?(Numeric) && seconds.real? && seconds.to_f.finite? && seconds.positive?
-        raise ArgumentError, "phase_cache_ttl must be a positive number of seconds, got #{seconds.inspect}"
+      @phase_cache_ttl = self.class.seconds(seconds, "phase_cache_ttl")
+    end
+
+    # A positive, finite number of seconds, at most a day (Client::MAX_SECONDS).
+    def self.seconds(value, name)
+      max = Client::MAX_SECONDS
+      unless value.is_a?(Numeric) && value.real? && value.to_f.finite? && value.positive? && value <= max
+        raise ArgumentError, "#{name} must be a positive number of seconds, at most #{max}, got #{value.inspect}"
       end
 
-      @phase_cache_ttl = seconds.to_f
+      value.to_f
     end
 
     def key_prefix=(prefix)
@@ -94,16 +100,12 @@ class Locking
     end
 
     def timeout=(seconds)
-      unless seconds.is_a?(Numeric) && seconds.real? && seconds.to_f.finite? && seconds.positive?
-        raise ArgumentError, "timeout must be a positive number of seconds, got #{seconds.inspect}"
-      end
-
-      @timeout = seconds.to_f
+      @timeout = self.class.seconds(seconds, "timeout")
     end
 
     def pool_size=(size)
-      unless size.is_a?(Integer) && size.positive?
-        raise ArgumentError, "pool_size must be a positive Integer, got #{size.inspect}"
+      unless size.is_a?(Integer) && size.between?(1, Client::MAX_POOL_SIZE)
+        raise ArgumentError, "pool_size must be an Integer from 1 to #{Client::MAX_POOL_SIZE}, got #{size.inspect}"
       end
 
       @pool_size = size

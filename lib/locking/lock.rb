@@ -14,8 +14,8 @@
 # Where the lock lives (source, destination or both) follows the configured
 # phase; see Locking.configure and the README.
 class Locking
-  # Milliseconds; the most Redis accepts for PX.
-  MAX_TTL_MS = (2**63 - 1) / 1_000_000
+  # Milliseconds; the most Redis accepts for PX (defined by the core, as Client::MAX_TTL_MS).
+  MAX_TTL_MS = Client::MAX_TTL_MS
 
   # The key as given (Redis stores key_prefix + lock_key).
   attr_reader :lock_key
@@ -123,17 +123,21 @@ class Locking
 
     private
 
+    # Releases on every way out of the block, but only in the process that
+    # acquired: a child forked inside the block that ends with `exit` unwinds
+    # this too, and must not free its parent's lock.
     def run_holding(lock)
+      owner = Process.pid
       result = yield
     rescue Exception # rubocop:disable Lint/RescueException -- release on any exit, then re-raise
       begin
-        lock.release
+        lock.release if Process.pid == owner
       rescue Locking::Error
         nil # the block's error matters more; the lock expires with its TTL
       end
       raise
     else
-      lock.release
+      lock.release if Process.pid == owner
       result
     end
 

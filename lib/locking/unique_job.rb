@@ -153,6 +153,9 @@ class Locking
     def perform_now
       outcome = :failed
       @locking_retrying = false
+      # A child forked inside perform that exits unwinds this method too; only
+      # the process that performs the job releases its lock.
+      @locking_performer = Process.pid
       result = super
       outcome = @locking_retrying ? :retrying : :done
       result
@@ -311,6 +314,7 @@ class Locking
 
     def locking_release(reason)
       return unless @lock_token
+      return if @locking_performer && @locking_performer != Process.pid
 
       begin
         released = locking_lock.release

@@ -293,6 +293,20 @@ impl RbClient {
             .collect())
     }
 
+    /// The backfill lease: take or keep it (ttl_ms > 0) or give it back (0);
+    /// returns its holder afterwards, or nil.
+    fn backfill_lease(
+        ruby: &Ruby,
+        rb_self: &Self,
+        holder: RString,
+        ttl_ms: u64,
+    ) -> Result<Option<String>, magnus::Error> {
+        let holder = holder.to_string()?;
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.backfill_lease(&holder, ttl_ms, interrupt)
+        })
+    }
+
     /// Removes this process's heartbeat when it leaves the fleet (at exit),
     /// unless an operation is still in flight (then it expires by itself).
     /// Returns whether one was removed.
@@ -428,6 +442,10 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
     class.define_singleton_method("_new", function!(RbClient::new, 9))?;
+    // Limits live in the core; Ruby's validation reads them from here.
+    class.const_set("MAX_POOL_SIZE", locking_core::MAX_POOL_SIZE)?;
+    class.const_set("MAX_SECONDS", locking_core::MAX_SECONDS)?;
+    class.const_set("MAX_TTL_MS", locking_core::MAX_TTL_MS)?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
     class.define_private_method("_release", method!(RbClient::release, 2))?;
@@ -451,6 +469,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     )?;
     class.define_private_method("_fleet", method!(RbClient::fleet, 0))?;
     class.define_private_method("_leave_fleet", method!(RbClient::leave_fleet, 0))?;
+    class.define_private_method("_backfill_lease", method!(RbClient::backfill_lease, 2))?;
     class.define_private_method(
         "_transition_reasons",
         method!(RbClient::transition_reasons, 2),

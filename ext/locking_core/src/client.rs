@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 pub const MAX_TTL_MS: u64 = i64::MAX as u64 / 1_000_000;
+/// The most connections kept per server per process.
+pub const MAX_POOL_SIZE: usize = 1024;
+/// The longest timeout, and the longest phase cache: a day.
+pub const MAX_SECONDS: u64 = 86_400;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -122,13 +126,26 @@ pub struct Client {
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client> {
-        if config.timeout.is_zero() {
-            return Err(Error::InvalidArgument("timeout must be positive".into()));
+        let max = Duration::from_secs(MAX_SECONDS);
+        if config.timeout.is_zero() || config.timeout > max {
+            return Err(Error::InvalidArgument(format!(
+                "timeout must be between 0 and {MAX_SECONDS} seconds, got {:?}",
+                config.timeout
+            )));
         }
-        if config.pool_size == 0 {
-            return Err(Error::InvalidArgument(
-                "pool_size must be at least 1".into(),
-            ));
+        if config.pool_size == 0 || config.pool_size > MAX_POOL_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "pool_size must be between 1 and {MAX_POOL_SIZE}, got {}",
+                config.pool_size
+            )));
+        }
+        if let Some(dynamic) = &config.dynamic {
+            if dynamic.cache.is_zero() || dynamic.cache > max {
+                return Err(Error::InvalidArgument(format!(
+                    "phase_cache_ttl must be between 0 and {MAX_SECONDS} seconds, got {:?}",
+                    dynamic.cache
+                )));
+            }
         }
         let server = |url: &Option<String>| -> Result<Option<Server>> {
             url.as_deref()

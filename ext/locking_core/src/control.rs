@@ -24,6 +24,13 @@ pub fn phase_key(key_prefix: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The running backfill's lease.
+pub fn backfill_key(key_prefix: &[u8]) -> Vec<u8> {
+    let mut key = control_prefix(key_prefix);
+    key.extend_from_slice(b"backfill");
+    key
+}
+
 pub fn heartbeat_key(key_prefix: &[u8], process: &str) -> Vec<u8> {
     let mut key = control_prefix(key_prefix);
     key.extend_from_slice(b"process:");
@@ -270,19 +277,27 @@ impl Lease<'_> {
         target: Phase,
         interrupt: &Interrupt,
     ) -> Result<Option<Phase>> {
-        let key = phase_key(self.client.key_prefix());
+        let prefix = self.client.key_prefix().to_vec();
         let expected = match expected {
             Some(phase) => phase.index().to_string().into_bytes(),
             None => b"none".to_vec(),
         };
+        let needs_no_backfill = if target == Phase::Drain { b"1" } else { b"0" };
         let value = self.control_script(
             &scripts::SET_PHASE,
-            &[&key],
-            &[expected, target.index().to_string().into_bytes()],
+            &[&phase_key(&prefix), &backfill_key(&prefix)],
+            &[
+                expected,
+                target.index().to_string().into_bytes(),
+                needs_no_backfill.to_vec(),
+            ],
             interrupt,
         )?;
         match value {
             Value::Int(-1) => Ok(None),
+            Value::Int(-2) => Err(Error::Phase(
+                "a backfill is running (it holds its lease): phase 2 waits for it to finish".into(),
+            )),
             other => phase_of(other).map(Some),
         }
     }
@@ -317,6 +332,27 @@ impl Lease<'_> {
             None => redis::cmd("DEL").arg(key).get_packed_command(),
         };
         self.control_request(&packed, interrupt).map(|_| ())
+    }
+
+    /// Takes, keeps (`ttl_ms` > 0) or gives back (0) the backfill lease for
+    /// `holder`. Returns who holds it afterwards.
+    pub fn backfill_lease(
+        &mut self,
+        holder: &str,
+        ttl_ms: u64,
+        interrupt: &Interrupt,
+    ) -> Result<Option<String>> {
+        let key = backfill_key(self.client.key_prefix());
+        let value = self.control_script(
+            &scripts::CONTROL_LEASE,
+            &[&key],
+            &[holder.as_bytes().to_vec(), ttl_ms.to_string().into_bytes()],
+            interrupt,
+        )?;
+        match value {
+            Value::BulkString(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            _ => Ok(None),
+        }
     }
 
     /// Deletes a heartbeat (this process's, as it exits).

@@ -17,7 +17,9 @@ pub(crate) mod scripts;
 pub mod server;
 pub mod store;
 
-pub use client::{Client, ClientConfig, DynamicPhase, Lease};
+pub use client::{
+    Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS, MAX_TTL_MS,
+};
 pub use connection::Interrupt;
 pub use error::{Error, Result};
 pub use phase::Phase;

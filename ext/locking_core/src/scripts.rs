@@ -27,6 +27,8 @@ scripts! {
     PHASE_HEARTBEAT = "scripts/phase_heartbeat.lua";
     /// Dynamic phases: compare-and-set of the fleet's phase.
     SET_PHASE = "scripts/set_phase.lua";
+    /// One backfill at a time, visible to phase moves.
+    CONTROL_LEASE = "scripts/control_lease.lua";
 }
 
 /// The Lua source of one of the scripts above, for a `SCRIPT LOAD` sent in
