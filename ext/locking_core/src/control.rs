@@ -229,12 +229,13 @@ impl Lease<'_> {
             interrupt,
         );
         match result {
-            Err(Error::Command { server, detail }) if detail.starts_with("LOCKING_") => {
+            // Lua's error_reply: "ERR LOCKING_..." on Redis 7, bare on older servers.
+            Err(Error::Command { server, detail }) if detail.contains("LOCKING_") => {
                 Err(Error::Phase(format!(
                     "reading the fleet's phase (phase = :dynamic) from {server}: {}; operations refuse until \
                      it is set: `locking phase set PHASE --init` (if the destination lost its data, set \
                      the phase the fleet was in)",
-                    if detail.starts_with("LOCKING_NO_PHASE") {
+                    if detail.contains("LOCKING_NO_PHASE") {
                         "no phase is set (never set, or lost with the destination's data)"
                     } else {
                         "the phase key holds no phase number"

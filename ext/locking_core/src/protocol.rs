@@ -1023,6 +1023,49 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_answered_already_mine_resets_the_ttl() {
+        for phase in Phase::ALL {
+            let (mut s, mut d) = (held("a"), held("a"));
+            let mut s_store = ModelStore {
+                store: &mut s,
+                now: 90,
+            };
+            let mut d_store = ModelStore {
+                store: &mut d,
+                now: 90,
+            };
+            let result = run(
+                Acquire::new(phase, b"a", 50),
+                b"k",
+                Some(&mut s_store),
+                Some(&mut d_store),
+            );
+            assert_eq!(result, Ok(true), "{phase}");
+            let primary = if phase.uses_destination() && phase != Phase::Dual {
+                &d
+            } else {
+                &s
+            };
+            assert_eq!(
+                primary.key.as_ref().and_then(|k| k.expires_at),
+                Some(140),
+                "{phase}"
+            );
+        }
+    }
+
+    #[test]
+    fn backfill_skips_a_key_read_in_its_last_millisecond() {
+        let mut op = Backfill::new();
+        assert!(matches!(op.step(Vec::new()), Step::Send(_)));
+        let expiring = Entry::read_at(b"a".to_vec(), 0, 1_000);
+        match op.step(vec![Ok(Reply::Entry(Some(expiring)))]) {
+            Step::Done(Ok(BackfillOutcome::Absent)) => {}
+            other => panic!("expected Absent, got {}", matches!(other, Step::Send(_))),
+        }
+    }
+
+    #[test]
     fn release_cleans_every_configured_server_and_only_our_token() {
         for phase in Phase::ALL {
             let (mut s, mut d) = (held("a"), held("a"));
