@@ -14,12 +14,15 @@ class RedisServer
 
   attr_reader :port, :pid, :dir
 
-  def self.start(name = "redis")
-    new(name).tap(&:start)
+  # `settings`: more redis-server arguments, e.g. ["--appendonly", "yes"]
+  # for a server whose data survives #restart.
+  def self.start(name = "redis", settings: [])
+    new(name, settings: settings).tap(&:start)
   end
 
-  def initialize(name)
+  def initialize(name, settings: [])
     @name = name
+    @settings = settings
     @dir = Dir.mktmpdir("locking-#{name}-")
   end
 
@@ -30,9 +33,7 @@ class RedisServer
   def start
     5.times do
       @port = free_port
-      @pid = Process.spawn(BINARY, "--port", port.to_s, "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--dir", dir, "--daemonize", "no",
-                           out: File.join(dir, "log"), err: [:child, :out])
+      spawn_server
       return self if wait_until_ready
 
       stop
@@ -59,12 +60,13 @@ class RedisServer
     @redis = nil
   end
 
+  # Kills the server (SIGKILL) and starts it again on the same port: its
+  # data is gone, unless it was started with persistence in `settings`.
   def restart
     old_port = port
     stop
-    @pid = Process.spawn(BINARY, "--port", old_port.to_s, "--bind", "127.0.0.1", "--save", "",
-                         "--appendonly", "no", "--dir", dir, out: File.join(dir, "log"), err: [:child, :out])
     @port = old_port
+    spawn_server
     raise "redis-server did not restart" unless wait_until_ready
   end
 
@@ -129,6 +131,12 @@ class RedisServer
 
   private
 
+  def spawn_server
+    defaults = ["--save", "", "--appendonly", "no"]
+    @pid = Process.spawn(BINARY, "--port", port.to_s, "--bind", "127.0.0.1", *defaults, *@settings,
+                         "--dir", dir, "--daemonize", "no", out: File.join(dir, "log"), err: [:child, :out])
+  end
+
   def free_port = self.class.free_port
 
   def wait_until_ready
@@ -138,7 +146,7 @@ class RedisServer
 
       begin
         return true if Redis.new(url: url, timeout: 0.5).ping == "PONG"
-      rescue Redis::BaseConnectionError
+      rescue Redis::BaseConnectionError, Redis::CommandError # LOADING: still reading its data
         sleep 0.02
       end
     end

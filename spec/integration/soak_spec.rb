@@ -1,0 +1,175 @@
+# frozen_string_literal: true
+
+# Minutes of real operation: 8 worker processes with dynamic phases take and
+# release unique locks while an operator walks the fleet 0 -> 3 -> 0 twice
+# (advances, backfills, rollbacks through the reverse gate) and faults land
+# in between: a SIGSTOPped worker, CLIENT PAUSE on the source, SCRIPT FLUSH
+# on both servers, a destination killed and restarted (with persistence).
+#
+# Each worker records every interval in which it believed it held a lock:
+# from acquire's true to the start of its release, cut at acquire's start +
+# TTL (have_lock?'s own rule). Intervals of one key, from all processes, must
+# never overlap. CLOCK_MONOTONIC is one clock for every process of the machine.
+RSpec.describe "soak: a fleet walking the phases under faults", :soak do
+  WORKERS = 8
+  KEYS = 4
+  TTL = 3.0
+  # Seconds the fleet works in each phase before the next move (SOAK_DWELL=30 for a longer soak).
+  DWELL = Float(ENV.fetch("SOAK_DWELL", "6"))
+
+  before(:all) do
+    @source = RedisServer.start("soak-source")
+    @destination = RedisServer.start("soak-destination", settings: %w[--appendonly yes --appendfsync always])
+  end
+
+  after(:all) do
+    [@source, @destination].each(&:cleanup)
+  end
+
+  def cli(*args)
+    locking_cli(*args, source: @source.url, destination: @destination.url, prefix: "soak:")
+  end
+
+  # Runs an operator step until it succeeds (a fault may refuse it for a while).
+  def step(*args, within: 30)
+    deadline = monotonic + within
+    log = []
+    loop do
+      status, out, err = cli(*args)
+      return out if status.zero?
+
+      log << "#{args.join(' ')} -> #{status}: #{out.lines.last(3).join(' ')} #{err}"
+      raise "operator step never passed: #{log.last(3).join("\n")}" if monotonic > deadline
+
+      yield if block_given?
+      sleep 0.2
+    end
+  end
+
+  def start_workers(stop_key)
+    source_url = @source.url
+    destination_url = @destination.url
+    witness_url = witness_server.url
+    WORKERS.times.map do
+      fork do
+        Locking.reset_configuration!
+        Locking.configure do |c|
+          c.source = source_url
+          c.destination = destination_url
+          c.key_prefix = "soak:"
+          c.phase = :dynamic
+          c.phase_cache_ttl = 0.05
+          c.timeout = 1.0
+        end
+        witness = Redis.new(url: witness_url)
+        holds = []
+        errors = 0
+        deadline = monotonic + 600
+        until witness.exists?(stop_key) || monotonic > deadline
+          lock = Locking.new("job:#{rand(KEYS)}")
+          started = monotonic
+          begin
+            next unless lock.acquire(TTL)
+          rescue Locking::Error
+            errors += 1
+            next
+          end
+          from = monotonic
+          witness.incr("phase:#{Locking.client.phase}")
+          sleep(rand * 0.003)
+          holds << [lock.lock_key, Process.pid, from, [monotonic, started + TTL].min].join(" ")
+          begin
+            lock.release
+          rescue Locking::Error
+            errors += 1
+          end
+          if holds.size >= 200
+            witness.rpush("intervals", holds)
+            holds.clear
+          end
+        end
+        witness.rpush("intervals", holds) unless holds.empty?
+        witness.incrby("errors", errors)
+        exit!(0)
+      rescue StandardError => e
+        warn "soak worker: #{e.class}: #{e.message}"
+        exit!(1)
+      end
+    end
+  end
+
+  def overlaps(intervals)
+    intervals.group_by(&:first).sum do |_key, held|
+      latest_end = -Float::INFINITY
+      held.sort_by { |_, _, from, _| from }.count do |_, _, from, to|
+        overlapping = from < latest_end
+        latest_end = [latest_end, to].max
+        overlapping
+      end
+    end
+  end
+
+  # The faults, one after another, each at a different point of the walk.
+  def fault(number, workers)
+    case number % 4
+    when 0
+      victim = workers.sample
+      Process.kill(:STOP, victim)
+      sleep 0.3
+      Process.kill(:CONT, victim)
+    when 1 then @source.redis.call("CLIENT", "PAUSE", "300")
+    when 2 then [@source, @destination].each { |server| server.redis.script(:flush) }
+    when 3 then @destination.restart
+    end
+  end
+
+  it "counts overlapping holds (the checker itself can fail)" do
+    expect(overlaps([["k", 1, 0.0, 2.0], ["k", 2, 1.0, 3.0], ["j", 3, 1.5, 1.6]])).to eq(1)
+    expect(overlaps([["k", 1, 0.0, 1.0], ["k", 2, 1.0, 3.0], ["k", 3, 0.2, 0.5]])).to eq(1)
+    expect(overlaps([["k", 1, 0.0, 1.0], ["k", 2, 1.0, 3.0]])).to eq(0)
+  end
+
+  it "never has two holders of one key" do
+    witness = witness_server.redis
+    step("phase", "set", "0", "--init")
+    workers = start_workers("soak-stop")
+    started = monotonic
+    faults = 0
+    moves = 0
+    begin
+      2.times do
+        [%w[phase advance], %w[phase advance], %w[phase advance],
+         %w[phase set 2], %w[phase set 1], %w[phase set 0]].each do |move|
+          fault(faults, workers)
+          faults += 1
+          sleep DWELL # the fleet works in this phase for a while
+          if move == %w[phase advance] && @destination.redis.get("{locking-control}:soak:phase") == "1"
+            step(*move, "--wait", "5") { step("backfill") }
+          else
+            step(*move, "--wait", "5")
+          end
+          moves += 1
+        end
+      end
+      sleep 1
+    ensure
+      witness.set("soak-stop", "1")
+      workers.each { |pid| Process.kill(:CONT, pid) rescue nil }
+      statuses = workers.map { |pid| Process.wait2(pid).last }
+    end
+
+    intervals = witness.lrange("intervals", 0, -1).map do |line|
+      key, pid, from, to = line.split
+      [key, pid, from.to_f, to.to_f]
+    end
+    phases = %w[source dual drain destination].to_h { |p| [p, witness.get("phase:#{p}").to_i] }
+    puts format("\n  soak: %d holds by %d processes in %.0fs, %d moves (0->3->0 twice), %d faults, " \
+                "%d operation errors during faults, holds per phase %s, 0 overlaps required",
+                intervals.size, WORKERS, monotonic - started, moves, faults, witness.get("errors").to_i, phases)
+    expect(statuses).to all(be_success)
+    expect(moves).to eq(12)
+    expect(intervals.size).to be > 1_000
+    expect(phases.values).to all(be > 0)
+    expect(overlaps(intervals)).to eq(0)
+  end
+end
