@@ -75,7 +75,9 @@ end
 Locking.configure(&configure)
 cli = ->(*args) { Locking::CLI.new([*args, "--source", source_url, "--destination", destination_url, "--prefix", prefix]).run }
 
-step "phase 0: starting #{options[:workers]} worker processes (phase :dynamic), running unique jobs"
+step "phase 0: the fleet's phase is set once, then #{options[:workers]} worker processes (phase :dynamic) run unique jobs"
+puts "$ locking phase set 0 --init"
+cli.call("phase", "set", "0", "--init").zero? or abort "could not set the first phase"
 witness = Redis.new(url: witness_url)
 witness.flushdb
 workers = options[:workers].times.map do
@@ -111,8 +113,9 @@ end
 fleet_in = lambda do |phase|
   deadline = monotonic + 10
   loop do
-    phases = destination.keys("{locking-control}:#{prefix}process:*").map { |k| destination.get(k) }
-    break true if phases.size == options[:workers] && phases.uniq == [phase.to_s]
+    # A heartbeat says "LOWEST HIGHEST TTL": the phases a process may still act in.
+    phases = destination.keys("{locking-control}:#{prefix}process:*").map { |k| destination.get(k).to_s.split.first(2) }
+    break true if phases.size == options[:workers] && phases.uniq == [[phase.to_s, phase.to_s]]
     break false if monotonic > deadline
 
     sleep 0.05

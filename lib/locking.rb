@@ -8,7 +8,10 @@ require_relative "locking/errors"
 begin
   require "locking/locking" # the native extension (ext/locking), built by `rake compile` or `gem install`
 rescue LoadError => e
-  raise LoadError, "locking's native extension is not built (#{e.message}); run `bin/setup` or `rake compile`"
+  raise LoadError, "locking's native extension is not built (#{e.message}). Bundler does not build the " \
+                   "extension of a gem installed with `path:`: in the gem's own directory " \
+                   "(#{File.expand_path('..', __dir__)}) run `bundle exec rake compile` (needs Rust's cargo, " \
+                   "ruby-dev and libclang-dev), or install it with `git:` or `gem install`, which build it"
 end
 
 require_relative "locking/client"

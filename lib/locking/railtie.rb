@@ -4,11 +4,12 @@ require "rails/railtie"
 
 class Locking
   # Reads configuration from the app and loads the rake tasks. Settings come
-  # from config/locking.yml (per environment, via config_for) and then from
-  # config.locking in application.rb or an environment file:
+  # from config/locking.yml (per environment, via config_for; a sample is in
+  # the gem's docs/examples/locking.yml) and then from config.locking in
+  # application.rb or an environment file:
   #
   #   config.locking.source = ENV["REDIS_URL"]
-  #   config.locking.destination = ENV["LOCKS_REDIS_URL"]
+  #   config.locking.destination = ENV["LOCKING_DESTINATION_URL"]
   #   config.locking.phase = :dynamic
   class Railtie < Rails::Railtie
     config.locking = ActiveSupport::OrderedOptions.new

@@ -10,12 +10,15 @@
 # from acquire's true to the start of its release, cut at acquire's start +
 # TTL (have_lock?'s own rule). Intervals of one key, from all processes, must
 # never overlap. CLOCK_MONOTONIC is one clock for every process of the machine.
-RSpec.describe "soak: a fleet walking the phases under faults", :soak do
+module Soak
   WORKERS = 8
   KEYS = 4
   TTL = 3.0
   # Seconds the fleet works in each phase before the next move (SOAK_DWELL=30 for a longer soak).
   DWELL = Float(ENV.fetch("SOAK_DWELL", "6"))
+end
+
+RSpec.describe "soak: a fleet walking the phases under faults", :soak do
 
   before(:all) do
     @source = RedisServer.start("soak-source")
@@ -50,7 +53,7 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
     source_url = @source.url
     destination_url = @destination.url
     witness_url = witness_server.url
-    WORKERS.times.map do
+    Soak::WORKERS.times.map do
       fork do
         Locking.reset_configuration!
         Locking.configure do |c|
@@ -66,10 +69,10 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
         errors = 0
         deadline = monotonic + 600
         until witness.exists?(stop_key) || monotonic > deadline
-          lock = Locking.new("job:#{rand(KEYS)}")
+          lock = Locking.new("job:#{rand(Soak::KEYS)}")
           started = monotonic
           begin
-            next unless lock.acquire(TTL)
+            next unless lock.acquire(Soak::TTL)
           rescue Locking::Error
             errors += 1
             next
@@ -77,7 +80,7 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
           from = monotonic
           witness.incr("phase:#{Locking.client.phase}")
           sleep(rand * 0.003)
-          holds << [lock.lock_key, Process.pid, from, [monotonic, started + TTL].min].join(" ")
+          holds << [lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min].join(" ")
           begin
             lock.release
           rescue Locking::Error
@@ -142,7 +145,7 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
          %w[phase set 2], %w[phase set 1], %w[phase set 0]].each do |move|
           fault(faults, workers)
           faults += 1
-          sleep DWELL # the fleet works in this phase for a while
+          sleep Soak::DWELL # the fleet works in this phase for a while
           if move == %w[phase advance] && @destination.redis.get("{locking-control}:soak:phase") == "1"
             step(*move, "--wait", "5") { step("backfill") }
           else
@@ -165,7 +168,7 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
     phases = %w[source dual drain destination].to_h { |p| [p, witness.get("phase:#{p}").to_i] }
     puts format("\n  soak: %d holds by %d processes in %.0fs, %d moves (0->3->0 twice), %d faults, " \
                 "%d operation errors during faults, holds per phase %s, 0 overlaps required",
-                intervals.size, WORKERS, monotonic - started, moves, faults, witness.get("errors").to_i, phases)
+                intervals.size, Soak::WORKERS, monotonic - started, moves, faults, witness.get("errors").to_i, phases)
     expect(statuses).to all(be_success)
     expect(moves).to eq(12)
     expect(intervals.size).to be > 1_000

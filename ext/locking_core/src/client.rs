@@ -494,6 +494,26 @@ impl Lease<'_> {
         }
     }
 
+    /// With dynamic phases, an operation is covered by its process's latest
+    /// heartbeat (which counts it in flight) only while that heartbeat lives.
+    /// A process stopped mid-operation for longer (SIGSTOP, a VM pause) may
+    /// find the fleet moved on without it: it sends nothing more.
+    fn heartbeat_lapsed(&self) -> Option<Error> {
+        let dynamic = self.client.dynamic.as_ref()?;
+        self.registered?;
+        let read_at = dynamic.read_at.load(Ordering::SeqCst);
+        let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
+        // Keep a phase cache's worth of margin: the operator needs time to act.
+        let lapse = dynamic.heartbeat_ttl_ms.saturating_sub(dynamic.cache_ms);
+        (read_at != 0 && now.saturating_sub(read_at) >= lapse).then(|| {
+            Error::Phase(format!(
+                "this process's heartbeat is {} ms old, past {lapse} ms (was it stopped?): the fleet may have \
+                 moved to another phase meanwhile, so this operation sends nothing more",
+                now.saturating_sub(read_at)
+            ))
+        })
+    }
+
     /// Runs one batch. Commands for two different servers are sent to both
     /// before either reply is read: one round trip of wall time.
     fn execute(
@@ -502,6 +522,9 @@ impl Lease<'_> {
         batch: &[(Target, Command)],
         interrupt: &Interrupt,
     ) -> Vec<Result<Reply>> {
+        if let Some(error) = self.heartbeat_lapsed() {
+            return batch.iter().map(|_| Err(error.clone())).collect();
+        }
         if let [(first, _), (second, _)] = batch {
             if first != second {
                 return self.execute_at_once(key, batch, interrupt);
