@@ -24,6 +24,9 @@ class Locking
       Options:
     TEXT
 
+    # The most keys per SCAN page --batch takes.
+    MAX_BATCH = 100_000
+
     EXIT_OK = 0
     EXIT_REFUSED = 1
     EXIT_USAGE = 2
@@ -71,12 +74,17 @@ class Locking
         o.on("--destination URL", "destination Redis (default: LOCKING_DESTINATION_URL)") do |v|
           options[:destination] = v
         end
-        o.on("--prefix PREFIX", "lock key prefix (default: the configured key_prefix, \"locking:\")") do |v|
+        o.on("--allow-empty", "gate, phase: accept a prefix under which no lock and no process is found") do
+          options[:allow_empty] = true
+        end
+        o.on("--prefix PREFIX", "lock key prefix (default: the configured key_prefix: LOCKING_PREFIX, else \"locking:\")") do |v|
           options[:prefix] = v
         end
         o.on("--timeout SECONDS", Float, "per-command timeout (default: 5)") { |v| options[:timeout] = v }
-        o.on("--batch N", Integer, "backfill: keys per SCAN page (default: 1000; a batch walks up to 16 pages)") { |v| options[:batch] = v }
-        o.on("--rate N", Integer, "backfill: at most N keys per second (each: 2 reads on the source)") do |v|
+        o.on("--batch N", Integer, "backfill: keys per SCAN page, 1..#{MAX_BATCH} (default: 1000; a batch walks up to 16 pages)") do |v|
+          options[:batch] = v
+        end
+        o.on("--rate N", Integer, "backfill: at most N keys per second, N > 0 (each: 2 reads on the source)") do |v|
           options[:rate] = v
         end
         o.on("--reverse", "gate: the reverse gate, before rolling back from phase 1 to 0") { options[:reverse] = true }
@@ -95,6 +103,13 @@ class Locking
     def parse
       @args = parser.parse(@argv)
       return "help" if options[:help]
+
+      unless options[:batch].between?(1, MAX_BATCH)
+        raise OptionParser::InvalidArgument, "--batch #{options[:batch]}: must be 1..#{MAX_BATCH}"
+      end
+      if options[:rate] && !options[:rate].positive?
+        raise OptionParser::InvalidArgument, "--rate #{options[:rate]}: must be a positive number of keys per second"
+      end
 
       @args.shift
     end
@@ -153,7 +168,7 @@ class Locking
                 "TTL max #{seconds(stats[:max_ttl_ms])}, p99 #{seconds(stats[:p99_ttl_ms])}, "
               end
         @out.puts format("%-12s %-32s %12s lock keys  (%s%s without TTL)",
-                         name, url, number(stats[:keys]), ttl, number(stats[:without_ttl]))
+                         name, Locking.redact(url), number(stats[:keys]), ttl, number(stats[:without_ttl]))
       end
       show_phase if options[:destination]
       EXIT_OK
@@ -203,7 +218,8 @@ class Locking
       tool = client(phase: :dual)
       cursor = options[:restart] ? 0 : tool.control_get(CURSOR).to_i
       cursor = 0 if options[:dry_run]
-      @out.puts "backfill#{' (dry run)' if options[:dry_run]}: #{options[:source]} -> #{options[:destination]}, " \
+      @out.puts "backfill#{' (dry run)' if options[:dry_run]}: #{Locking.redact(options[:source])} -> " \
+                "#{Locking.redact(options[:destination])}, " \
                 "keys under #{options[:prefix].inspect}, #{options[:batch]} per page, #{pages_per_batch} page(s) per batch" \
                 "#{", at most #{options[:rate]} keys/s" if options[:rate]}"
       @out.puts "resuming from a saved position (cursor #{cursor}); --restart starts over" if cursor.positive?
@@ -277,6 +293,7 @@ class Locking
           @last = elapsed
           @out.puts format("backfill: %d%% %s keys, %s keys/s, ETA %s",
                            fraction * 100, with_commas(keys), with_commas(rate), clock(eta))
+          @out.flush # a line at a time into a log file or a pipe, not a block at the end
         end
       end
 
@@ -319,7 +336,23 @@ class Locking
         @out.puts "  processes still in phase 0: not visible without dynamic phases; make sure every " \
                   "process has been deployed with phase :dual"
       end
-      verdict(protocol_reasons(count, in_phase_zero), "moving to phase 2 is safe")
+      reasons = protocol_reasons(count, in_phase_zero)
+      reasons << empty_prefix_reason(scanned, fleet) if reasons.empty? && empty_prefix?(scanned, fleet)
+      verdict(reasons, "moving to phase 2 is safe")
+    end
+
+    # A gate that finds nothing proves nothing when it looked in the wrong
+    # place: a prefix under which neither server holds a lock and no process
+    # reports is far more likely a typo than an idle fleet.
+    def empty_prefix?(source_keys, fleet)
+      return false if options[:allow_empty] || source_keys.nil? || source_keys.positive? || !fleet.empty?
+
+      client(phase: :destination).key_stats(:destination)[:keys].zero?
+    end
+
+    def empty_prefix_reason(_source_keys, _fleet)
+      "no lock under #{options[:prefix].inspect} on either server, and no process reports: is the prefix right " \
+        "(--prefix, LOCKING_PREFIX, the app's key_prefix)? If the fleet really holds no lock, pass --allow-empty"
     end
 
     # Before a rollback from phase 1 to 0: no lock on the destination only.
@@ -414,13 +447,14 @@ class Locking
       "#{member[:process]} (seen #{seconds(member[:age_ms])} ago)"
     end
 
-    # The count the gate (1 -> 2) or the reverse gate (1 -> 0) needs.
+    # The count the gate (1 -> 2) or the reverse gate (1 -> 0) needs, and
+    # how many lock keys were scanned for it: [count, scanned], or nil.
     def one_sided_for(current, target)
       return nil unless current == :dual
 
       case target
-      when :drain then client(phase: :dual).source_only(examples: 0).first
-      when :source then client(phase: :dual).destination_only(examples: 0).first
+      when :drain then client(phase: :dual).source_only(examples: 0).first(2)
+      when :source then client(phase: :dual).destination_only(examples: 0).first(2)
       end
     end
 
@@ -447,7 +481,10 @@ class Locking
         return refuse(current, target, ["the phase changed meanwhile (now #{current})"])
       end
 
-      one_sided = one_sided_for(current, target)
+      one_sided, scanned = one_sided_for(current, target)
+      if target == :drain && empty_prefix?(scanned, client.fleet)
+        return refuse(current, target, [empty_prefix_reason(scanned, [])])
+      end
       deadline = monotonic + options[:wait]
       waited = nil
       loop do

@@ -26,7 +26,7 @@ class Locking
     attr_reader :phase_cache_ttl
     # A server whose maxmemory-policy may evict locks: :warn once (default), :raise on connect, or :off.
     attr_reader :eviction_policy_check
-    # Prepended to every lock key in Redis. Default: "locking:".
+    # Prepended to every lock key in Redis. Default: LOCKING_PREFIX, else "locking:".
     attr_reader :key_prefix
     # Seconds to connect, read and write before Locking::TimeoutError. Default: 1.0.
     attr_reader :timeout
@@ -48,7 +48,7 @@ class Locking
       self.source = env["LOCKING_SOURCE_URL"] || env["REDIS_URL"] || DEFAULT_SOURCE
       self.destination = env["LOCKING_DESTINATION_URL"]
       self.phase = env["LOCKING_PHASE"] ? phase_from_env(env["LOCKING_PHASE"]) : DEFAULT_PHASE
-      self.key_prefix = DEFAULT_KEY_PREFIX
+      self.key_prefix = env["LOCKING_PREFIX"] || DEFAULT_KEY_PREFIX
       self.timeout = DEFAULT_TIMEOUT
       self.pool_size = DEFAULT_POOL_SIZE
       self.phase_cache_ttl = DEFAULT_PHASE_CACHE_TTL
@@ -111,6 +111,12 @@ class Locking
       @pool_size = size
     end
 
+    # Passwords in URLs are shown as "***".
+    def inspect
+      "#<#{self.class.name} source=#{Locking.redact(source).inspect} destination=#{Locking.redact(destination).inspect} " \
+        "phase=#{phase.inspect} key_prefix=#{key_prefix.inspect} timeout=#{timeout} pool_size=#{pool_size}>"
+    end
+
     # Settings that need new connections when they change (the phase does not).
     def connection_settings
       [source, destination, key_prefix, timeout, pool_size, dynamic?, phase_cache_ttl, eviction_policy_check]
@@ -139,6 +145,17 @@ class Locking
   @client_lock = Mutex.new
 
   class << self
+    # A Redis URL fit to print: its password replaced by "***".
+    def redact(url)
+      return url unless url.is_a?(String)
+
+      url.sub(%r{\A([a-z]+://)([^@/]*)@}) do
+        scheme = Regexp.last_match(1)
+        user = Regexp.last_match(2).include?(":") ? Regexp.last_match(2).split(":", 2).first : ""
+        "#{scheme}#{user}:***@"
+      end
+    end
+
     # The current settings (read-only use; change them with Locking.configure).
     def configuration
       @configuration

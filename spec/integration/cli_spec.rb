@@ -130,6 +130,49 @@ RSpec.describe "exe/locking" do
     expect(@help.string).to include("phase advance", "--rate N", "--dry-run")
   end
 
+  it "keeps the gate CLOSED when the prefix matches no lock and no process reports (a wrong prefix)" do
+    source.set("app:Job:1", "t", px: 60_000) # the app's locks live under another prefix
+    status, out, = locking_cli("gate") # default prefix "locking:"
+    expect(status).to eq(1)
+    expect(out).to include("CLOSED", "no lock under \"locking:\"", "--allow-empty")
+    expect(locking_cli("gate", "--allow-empty")[0]).to eq(0)
+
+    expect(locking_cli("phase", "set", "1", "--init")[0]).to eq(0)
+    status, out, = locking_cli("phase", "advance")
+    expect(status).to eq(1)
+    expect(out).to include("no lock under")
+    expect(destination.get("{locking-control}:locking:phase")).to eq("1")
+
+    status, out, = locking_cli("gate", prefix: "app:")
+    expect(status).to eq(1) # the right prefix: a real source-only lock
+    expect(out).to include("source-only locks: 1")
+  end
+
+  it "reads the prefix from LOCKING_PREFIX" do
+    expect(Locking::Configuration.new({ "LOCKING_PREFIX" => "app:" }).key_prefix).to eq("app:")
+  end
+
+  it "validates --rate and --batch" do
+    [%w[--rate 0], %w[--rate -5], %w[--batch 0], %w[--batch 1000001]].each do |option|
+      status, _, err = locking_cli("backfill", *option)
+      expect(status).to eq(2), option.join(" ")
+      expect(err).to match(/--(rate|batch) -?\d+: must be/)
+    end
+  end
+
+  it "prints no password: status, backfill, inspect" do
+    source.config(:set, "requirepass", "s3cret")
+    url = "redis://:s3cret@127.0.0.1:#{source_server.port}/0"
+    status, out, err = locking_cli("status", source: url)
+    status2, out2, err2 = locking_cli("backfill", source: url)
+    Locking.configure { |c| c.source = url }
+    expect([status, status2]).to eq([0, 0]), err + err2
+    expect(out + err + out2 + err2 + Locking.configuration.inspect).not_to include("s3cret")
+    expect(out).to include(":***@")
+  ensure
+    Redis.new(url: url).config(:set, "requirepass", "") rescue nil
+  end
+
   it "reports an unreachable server as an error, exit 3" do
     status, _, err = locking_cli("status", source: "redis://127.0.0.1:1/0")
     expect(status).to eq(3)

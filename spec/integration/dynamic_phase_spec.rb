@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "rbconfig"
+
 # The whole migration with no deploy: worker processes with `phase = :dynamic`
 # keep running unique jobs while the operator walks phases 0 to 3 with
 # `locking phase advance`; an occupancy witness counts overlaps.
@@ -108,6 +110,56 @@ RSpec.describe "dynamic phases" do
       workers.each { |pid| Process.wait(pid) }
     end
     expect(witness.get("overlaps").to_i).to eq(0)
+  end
+
+  # Processes of their own, which exit: one normally, one killed.
+  it "removes a heartbeat when its process exits normally; a killed one's shows its age in the refusal" do
+    configure_both(:source)
+    expect(locking_cli("phase", "set", "0", "--init")[0]).to eq(0)
+    script = lambda do |ending|
+      <<~RUBY
+        require "locking"
+        Locking.configure do |c|
+          c.source = #{source_server.url.dump}
+          c.destination = #{destination_server.url.dump}
+          c.phase = :dynamic
+        end
+        Locking.new("job").locked?
+        puts Process.pid
+        $stdout.flush
+        #{ending}
+      RUBY
+    end
+    env = { "RUBYLIB" => File.expand_path("../../lib", __dir__), "RUBYOPT" => nil }
+    exited = IO.popen(env, [RbConfig.ruby, "-e", script.("exit 0")], &:read).to_i
+    killed = IO.popen(env, [RbConfig.ruby, "-e", script.("Process.kill(:KILL, Process.pid)")], &:read).to_i
+    processes = destination_server.redis.keys("{locking-control}:locking:process:*").map { |k| k.split(":").last.to_i }
+    expect(processes).to eq([killed])
+    expect(processes).not_to include(exited)
+
+    expect(locking_cli("phase", "advance")[0]).to eq(0) # 0 -> 1: the killed one was at 0
+    status, out, = locking_cli("phase", "advance")
+    expect(status).to eq(1)
+    expect(out).to match(/:#{killed} \(phase 0, last seen \d+\.\ds ago, gone in \d+\.\ds unless it reports again\)/)
+  end
+
+  it "says that an error came from reading the fleet's phase" do
+    configure_both(:source)
+    Locking.configure do |c|
+      c.destination = "redis://127.0.0.1:#{RedisServer.free_port}/0"
+      c.phase = :dynamic
+    end
+    expect { Locking.new("job").locked? }
+      .to raise_error(Locking::ConnectionError, /reading the fleet's phase \(phase = :dynamic\)/)
+  end
+
+  it "refuses to advance past phase 3, saying so" do
+    configure_both(:source)
+    expect(locking_cli("phase", "set", "3", "--init")[0]).to eq(0)
+    status, out, = locking_cli("phase", "advance")
+    expect(status).to eq(1)
+    expect(out).to include("the last phase; nothing to advance")
+    expect(out).not_to include("3 -> 3")
   end
 
   it "needs both servers" do
