@@ -19,7 +19,7 @@ Gem::Specification.new do |spec|
   spec.files = Dir[
     "lib/**/*.rb", "lib/**/*.rake", "exe/*",
     "ext/locking/extconf.rb", "ext/*/Cargo.toml", "ext/*/build.rs", "ext/*/src/**/*.{rs,lua}",
-    "Cargo.toml", "Cargo.lock", "README.md", "LICENSE"
+    "Cargo.toml", "Cargo.lock", "README.md", "LICENSE", "docs/*.md", "docs/examples/*"
   ]
   spec.bindir = "exe"
   spec.executables = Dir["exe/*"].map { |path| File.basename(path) }
