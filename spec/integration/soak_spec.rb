@@ -15,7 +15,7 @@ module Soak
   KEYS = 4
   TTL = 3.0
   # Seconds the fleet works in each phase before the next move (SOAK_DWELL=30 for a longer soak).
-  DWELL = Float(ENV.fetch("SOAK_DWELL", "6"))
+  DWELL = Float(ENV.fetch("SOAK_DWELL", "8"))
 end
 
 RSpec.describe "soak: a fleet walking the phases under faults", :soak do
