@@ -1,6 +1,8 @@
 # frozen_string_literal: true
 
 require "optparse"
+require "json"
+require "time"
 require_relative "../locking"
 
 class Locking
@@ -170,8 +172,35 @@ class Locking
         @out.puts format("%-12s %-32s %12s lock keys  (%s%s without TTL)",
                          name, Locking.redact(url), number(stats[:keys]), ttl, number(stats[:without_ttl]))
       end
-      show_phase if options[:destination]
+      return EXIT_OK unless options[:destination]
+
+      show_phase
+      show_backfill_and_audit
       EXIT_OK
+    end
+
+    def show_backfill_and_audit
+      holder = client.control_get("backfill")
+      saved = (JSON.parse(client.control_get(CURSOR).to_s) rescue nil)
+      line = if holder then "running (#{holder})"
+             elsif saved.is_a?(Hash) then "not running; a saved position to resume from"
+             else "not running"
+             end
+      if saved.is_a?(Hash) && saved["totals"]
+        line += ", #{number(saved['totals']['scanned'])} keys scanned so far, #{number(saved['totals']['copied'])} copied"
+      end
+      @out.puts format("%-12s %s", "backfill", line)
+      entries = client.audit_log(5)
+      @out.puts format("%-12s %s", "audit", entries.empty? ? "nothing recorded" : "the last #{entries.size}, newest first:")
+      entries.each do |entry|
+        what = if entry["event"] == "phase"
+                 "phase #{entry['from'] || 'none'} -> #{entry['to']}"
+               else
+                 "backfill #{entry['outcome']}: #{number(entry.dig('totals', 'scanned'))} scanned, " \
+                   "#{number(entry.dig('totals', 'copied'))} copied, #{number(entry.dig('totals', 'failed'))} failed"
+               end
+        @out.puts "  #{entry['at']} #{entry['by']}: #{what}"
+      end
     end
 
     # ------------------------------------------------------------ backfill
@@ -216,39 +245,87 @@ class Locking
       return EXIT_REFUSED unless backfill_allowed?
 
       tool = client(phase: :dual)
-      cursor = options[:restart] ? 0 : tool.control_get(CURSOR).to_i
-      cursor = 0 if options[:dry_run]
+      source_id = "#{tool.server_run_id(:source)} #{Locking.redact(options[:source])}"
+      saved = options[:dry_run] || options[:restart] ? nil : saved_position(tool, source_id)
+      cursor = saved ? saved["cursor"] : 0
+      totals = Hash.new(0).merge((saved && saved["totals"] || {}).transform_keys(&:to_sym))
       @out.puts "backfill#{' (dry run)' if options[:dry_run]}: #{Locking.redact(options[:source])} -> " \
                 "#{Locking.redact(options[:destination])}, " \
                 "keys under #{options[:prefix].inspect}, #{options[:batch]} per page, #{pages_per_batch} page(s) per batch" \
                 "#{", at most #{options[:rate]} keys/s" if options[:rate]}"
-      @out.puts "resuming from a saved position (cursor #{cursor}); --restart starts over" if cursor.positive?
-      totals = Hash.new(0)
+      if saved
+        @out.puts "resuming from a saved position (cursor #{cursor}, #{number(totals[:scanned])} keys scanned " \
+                  "before); --restart starts over"
+      end
       progress = Progress.new(@out, options[:progress].nil? ? @out.tty? : options[:progress])
       started = monotonic
-      loop do
-        unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
-          raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
-        end
-        report = tool.backfill_batch(cursor, count: options[:batch], pages: pages_per_batch, dry_run: options[:dry_run])
-        report.each { |k, v| totals[k] += v unless k == :cursor }
-        cursor = report[:cursor]
-        tool.control_set(CURSOR, cursor) unless options[:dry_run] || cursor.zero?
-        progress.update(totals[:scanned], cursor, monotonic - started)
-        break if cursor.zero?
+      scanned_before = totals[:scanned]
+      begin
+        loop do
+          unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
+            raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
+          end
+          report = tool.backfill_batch(cursor, count: options[:batch], pages: pages_per_batch, dry_run: options[:dry_run])
+          report.each { |k, v| totals[k] += v unless k == :cursor }
+          cursor = report[:cursor]
+          unless options[:dry_run] || cursor.zero?
+            tool.control_set(CURSOR, JSON.generate("cursor" => cursor, "source" => source_id, "totals" => totals))
+          end
+          progress.update(totals[:scanned] - scanned_before, cursor, monotonic - started)
+          break if cursor.zero?
 
-        throttle(totals[:scanned], started)
+          throttle(totals[:scanned] - scanned_before, started)
+        end
+      rescue Interrupt, Locking::Error => e
+        progress.finish
+        stopped = e.is_a?(Interrupt) ? "interrupted" : "stopped: #{e.message} (#{e.class})"
+        report_backfill(totals, monotonic - started, stopped)
+        unless options[:dry_run] || cursor.zero?
+          @out.puts "the position is saved (cursor #{cursor}); resume with: " \
+                    "locking backfill --source #{Locking.redact(options[:source])} " \
+                    "--destination #{Locking.redact(options[:destination])} --prefix #{options[:prefix].inspect}"
+        end
+        audit(event: "backfill", outcome: stopped, totals: totals) unless options[:dry_run]
+        return e.is_a?(Interrupt) ? 130 : EXIT_ERROR
       end
       tool.control_set(CURSOR, nil) unless options[:dry_run]
       progress.finish
-      elapsed = monotonic - started
-      verb = options[:dry_run] ? "would copy" : "copied"
-      @out.puts "done: #{number(totals[:scanned])} scanned, #{number(totals[:copied])} #{verb}, " \
-                "#{number(totals[:already_there])} already there, #{number(totals[:conflicts])} conflicts, " \
-                "#{number(totals[:undone])} undone, #{number(totals[:absent])} skipped (gone, or not a string), " \
-                "#{number(totals[:failed])} failed " \
-                "in #{format('%.1f', elapsed)}s (#{number(totals[:scanned] / [elapsed, 1e-9].max)} keys/s)"
+      report_backfill(totals, monotonic - started, "done")
+      audit(event: "backfill", outcome: "done", totals: totals) unless options[:dry_run]
       totals[:failed].zero? ? EXIT_OK : EXIT_ERROR
+    end
+
+    # The saved position, if it was saved for this source (its run_id and
+    # address) and this prefix (the key lives under it). Another source's,
+    # or one saved before the source restarted, is not resumed.
+    def saved_position(tool, source_id)
+      text = tool.control_get(CURSOR) or return nil
+      saved = JSON.parse(text) rescue nil
+      if saved.is_a?(Hash) && saved["source"] == source_id && saved["cursor"].is_a?(Integer)
+        return saved
+      end
+
+      @out.puts "a saved position exists, but for another source (or from before this source restarted): " \
+                "starting over"
+      nil
+    end
+
+    def report_backfill(totals, elapsed, outcome)
+      verb = options[:dry_run] ? "would copy" : "copied"
+      @out.puts "#{outcome}: #{number(totals[:scanned])} scanned, #{number(totals[:copied])} #{verb}, " \
+                "#{number(totals[:already_there])} already there, #{number(totals[:conflicts])} conflicts, " \
+                "#{number(totals[:undone])} undone, #{number(totals[:absent])} skipped (gone, expiring, or not a string), " \
+                "#{number(totals[:failed])} failed " \
+                "(totals over every run since the start; this run: #{format('%.1f', elapsed)}s)"
+      @out.flush
+    end
+
+    # Records an operator's action in the audit log on the destination.
+    def audit(entry)
+      client.audit(entry.merge(at: Time.now.utc.iso8601, by: "#{ENV.fetch('USER', 'unknown')}@#{Socket.gethostname}",
+                               prefix: options[:prefix]))
+    rescue Locking::Error => e
+      @err.puts "locking: could not write the audit log: #{e.message}"
     end
 
     # Pages per backfill batch: as many as keep both servers busy, but under
@@ -532,6 +609,7 @@ class Locking
       end
       from = current ? describe_phase(current) : "none"
       @out.puts "phase #{from} -> #{describe_phase(target)}: processes pick it up within their phase_cache_ttl"
+      audit(event: "phase", from: current, to: target)
       EXIT_OK
     end
 

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "json"
+
 class Locking
   # One process-wide handle on the configured servers (defined natively in
   # ext/locking/src/client.rs). It keeps a small pool of connections per
@@ -159,6 +161,27 @@ class Locking
     # @return [String, nil] who holds it afterwards
     def backfill_lease(holder, ttl:)
       _backfill_lease(holder.to_s, ttl ? (ttl * 1000).to_i.clamp(1, MAX_TTL_MS) : 0)
+    end
+
+    # The run_id of :source or :destination (changes when the server restarts).
+    def server_run_id(server)
+      _server_run_id(server_index(server))
+    end
+
+    # Appends an entry (a Hash, stored as JSON) to the audit log on the
+    # destination; the newest `keep` are kept.
+    def audit(entry, keep: 100)
+      _audit_push(JSON.generate(entry), keep)
+    end
+
+    # The newest audit entries, newest first.
+    # @return [Array<Hash>]
+    def audit_log(count = 10)
+      _audit_recent(count).filter_map do |line|
+        JSON.parse(line)
+      rescue JSON::ParserError
+        nil
+      end
     end
 
     # A value kept under the control prefix on the destination (nil when unset).

@@ -145,15 +145,9 @@ class Locking
   @client_lock = Mutex.new
 
   class << self
-    # A Redis URL fit to print: its password replaced by "***".
+    # A Redis URL fit to print: its password replaced by "***" (the core's rule).
     def redact(url)
-      return url unless url.is_a?(String)
-
-      url.sub(%r{\A([a-z]+://)([^@/]*)@}) do
-        scheme = Regexp.last_match(1)
-        user = Regexp.last_match(2).include?(":") ? Regexp.last_match(2).split(":", 2).first : ""
-        "#{scheme}#{user}:***@"
-      end
+      url.is_a?(String) ? Client.redact(url) : url
     end
 
     # The current settings (read-only use; change them with Locking.configure).

@@ -1,5 +1,8 @@
 # frozen_string_literal: true
 
+require "rbconfig"
+require "json"
+
 RSpec.describe "exe/locking" do
   let(:source) { source_server.redis }
   let(:destination) { destination_server.redis }
@@ -28,7 +31,7 @@ RSpec.describe "exe/locking" do
     # The list and the hash under the prefix are scanned, and skipped.
     expect(out).to match(/done: 6 scanned, 4 copied, 0 already there, 0 conflicts, 0 undone, 2 skipped/)
     expect(snapshot(source)).to eq(before)
-    expect(destination.keys("*").map(&:b).sort).to eq(
+    expect(destination.keys("*").reject { |k| k.start_with?("{locking-control}") }.map(&:b).sort).to eq(
       ["locking:binary:\xFF".b, "locking:forever".b, "locking:job:1".b, "locking:job:2".b].sort
     )
     { "locking:job:1" => "token-1", "locking:job:2" => "token-2", "locking:forever" => "token-f",
@@ -63,14 +66,53 @@ RSpec.describe "exe/locking" do
       c.phase = :dual
     end)
     first = tool.backfill_batch(0, count: 20, pages: 1)
-    tool.control_set("backfill-cursor", first[:cursor]) # what the command saves after each batch
+    # What the command saves after each batch: the position, for this source, and the totals so far.
+    saved = { "cursor" => first[:cursor], "source" => "#{tool.server_run_id(:source)} #{source_server.url}",
+              "totals" => { "scanned" => first[:scanned], "copied" => first[:copied] } }
+    tool.control_set("backfill-cursor", JSON.generate(saved))
 
     status, out, = locking_cli("backfill", "--batch", "50")
 
     expect(status).to eq(0)
     expect(out).to include("resuming from a saved position")
+    expect(out).to match(/done: 200 scanned, 200 copied/) # totals over both runs
     expect(destination.keys("locking:*").size).to eq(200)
     expect(destination.get("{locking-control}:locking:backfill-cursor")).to be_nil
+  end
+
+  it "does not resume a position saved for another source" do
+    200.times { |i| source.set("locking:k#{i}", "t#{i}", px: 60_000) }
+    other = "#{witness_server.redis.info('server')['run_id']} #{witness_server.url}"
+    destination.set("{locking-control}:locking:backfill-cursor",
+                    JSON.generate("cursor" => 12_345, "source" => other, "totals" => { "scanned" => 96_476 }))
+    status, out, = locking_cli("backfill")
+    expect(status).to eq(0)
+    expect(out).to include("for another source", "done: 200 scanned, 200 copied")
+    expect(destination.keys("locking:*").size).to eq(200)
+  end
+
+  it "on Ctrl-C prints the totals so far, the saved position and the command to resume; status shows the audit" do
+    RedisServer.bulk_load(source_server.url, 20_000.times.map { |i| ["SET", "locking:k#{i}", "t", "PX", "600000"] })
+    env = { "RUBYLIB" => File.expand_path("../../lib", __dir__), "RUBYOPT" => nil }
+    command = [RbConfig.ruby, File.expand_path("../../exe/locking", __dir__), "backfill", "--source", source_server.url,
+               "--destination", destination_server.url, "--rate", "4000", "--batch", "100"]
+    output = +""
+    IO.popen(env, command, err: [:child, :out]) do |io|
+      deadline = monotonic + 20
+      sleep 0.02 until destination.get("{locking-control}:locking:backfill-cursor") || monotonic > deadline
+      Process.kill(:INT, io.pid)
+      output << io.read
+    end
+    expect($?.exitstatus).to eq(130), output
+    expect(output).to match(/interrupted: [\d,]+ scanned, [\d,]+ copied/)
+    expect(output).to include("the position is saved (cursor ", "resume with: locking backfill --source")
+    saved = JSON.parse(destination.get("{locking-control}:locking:backfill-cursor"))
+    expect(saved["totals"]["scanned"]).to be > 0
+
+    status, out, = locking_cli("status")
+    expect(status).to eq(0)
+    expect(out).to match(/backfill\s+not running; a saved position to resume from, [\d,]+ keys scanned so far/)
+    expect(out).to match(/backfill interrupted: [\d,]+ scanned/)
   end
 
   it "caps the rate with --rate" do

@@ -4,6 +4,7 @@
 
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
+use locking_core::protocol::Target;
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Phase, TokenTtl,
 };
@@ -307,6 +308,41 @@ impl RbClient {
         })
     }
 
+    /// The run_id of the source (0) or the destination (1).
+    fn server_run_id(ruby: &Ruby, rb_self: &Self, server: u8) -> Result<String, magnus::Error> {
+        let target = if server == 0 {
+            Target::Source
+        } else {
+            Target::Destination
+        };
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.server_run_id(target, interrupt)
+        })
+    }
+
+    fn audit_push(
+        ruby: &Ruby,
+        rb_self: &Self,
+        entry: RString,
+        keep: u64,
+    ) -> Result<(), magnus::Error> {
+        let entry = bytes(entry);
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.audit_push(&entry, keep, interrupt)
+        })
+    }
+
+    fn audit_recent(ruby: &Ruby, rb_self: &Self, count: u64) -> Result<RArray, magnus::Error> {
+        let entries = rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.audit_recent(count, interrupt)
+        })?;
+        let array = ruby.ary_new();
+        for entry in entries {
+            array.push(ruby.str_from_slice(&entry))?;
+        }
+        Ok(array)
+    }
+
     /// Removes this process's heartbeat when it leaves the fleet (at exit),
     /// unless an operation is still in flight (then it expires by itself).
     /// Returns whether one was removed.
@@ -405,7 +441,6 @@ impl RbClient {
 
     /// Idle pooled connections of this process, per server (for tests and status).
     fn idle_connections(&self) -> (usize, usize) {
-        use locking_core::protocol::Target;
         (
             self.client.idle_connections(Target::Source),
             self.client.idle_connections(Target::Destination),
@@ -438,6 +473,12 @@ fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error>
     }
 }
 
+/// `Locking::Client.redact(url)`: the URL with its password as "***" (the
+/// core's rule, also used in every error message).
+fn redact_url(url: RString) -> Result<String, magnus::Error> {
+    Ok(locking_core::redact(&url.to_string()?))
+}
+
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
@@ -447,6 +488,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.const_set("MAX_SECONDS", locking_core::MAX_SECONDS)?;
     class.const_set("MAX_TTL_MS", locking_core::MAX_TTL_MS)?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
+    class.define_singleton_method("redact", function!(redact_url, 1))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
     class.define_private_method("_release", method!(RbClient::release, 2))?;
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;
@@ -470,6 +512,9 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_fleet", method!(RbClient::fleet, 0))?;
     class.define_private_method("_leave_fleet", method!(RbClient::leave_fleet, 0))?;
     class.define_private_method("_backfill_lease", method!(RbClient::backfill_lease, 2))?;
+    class.define_private_method("_server_run_id", method!(RbClient::server_run_id, 1))?;
+    class.define_private_method("_audit_push", method!(RbClient::audit_push, 2))?;
+    class.define_private_method("_audit_recent", method!(RbClient::audit_recent, 1))?;
     class.define_private_method(
         "_transition_reasons",
         method!(RbClient::transition_reasons, 2),

@@ -169,9 +169,18 @@ impl Client {
                 in_flight: Default::default(),
             }
         });
+        let (source, destination) = (server(&config.source)?, server(&config.destination)?);
+        if let (Some(source), Some(destination)) = (&source, &destination) {
+            if source.name() == destination.name() {
+                return Err(Error::InvalidArgument(format!(
+                    "source and destination are the same server ({}): a migration needs two",
+                    source.name()
+                )));
+            }
+        }
         let client = Client {
-            source: server(&config.source)?,
-            destination: server(&config.destination)?,
+            source,
+            destination,
             phase: AtomicU8::new(config.phase.index()),
             key_prefix: config.key_prefix,
             dynamic,

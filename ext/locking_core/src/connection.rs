@@ -83,10 +83,14 @@ impl ServerConfig {
 }
 
 /// The URL with any password replaced, for messages.
+/// A URL fit to print: the password (and the user's secret part) replaced
+/// by "***", the user name kept (`redis://app:***@host:6379/0`).
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://[redacted]{}", &url[..scheme_end], &url[at..])
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{}://{user}:***{}", &url[..scheme_end], &url[at..])
         }
         _ => url.to_string(),
     }
@@ -697,7 +701,9 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("redis://u:p@h:1/0"), "redis://[redacted]@h:1/0");
+        assert_eq!(redact("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:p@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact("redis://p@h"), "redis://:***@h");
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
     }
 }

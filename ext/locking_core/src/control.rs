@@ -24,6 +24,13 @@ pub fn phase_key(key_prefix: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The audit log: backfills and phase changes, who, when, totals.
+pub fn audit_key(key_prefix: &[u8]) -> Vec<u8> {
+    let mut key = control_prefix(key_prefix);
+    key.extend_from_slice(b"audit");
+    key
+}
+
 /// The running backfill's lease.
 pub fn backfill_key(key_prefix: &[u8]) -> Vec<u8> {
     let mut key = control_prefix(key_prefix);
@@ -354,6 +361,75 @@ impl Lease<'_> {
             Value::BulkString(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
             _ => Ok(None),
         }
+    }
+
+    /// The server's `run_id` (INFO server): changes when it restarts. With its
+    /// address, it tells one source from another for a saved backfill position.
+    pub fn server_run_id(&mut self, target: Target, interrupt: &Interrupt) -> Result<String> {
+        let (server, connection) = self.connection(target, interrupt)?;
+        let name = server.name().to_string();
+        let packed = redis::cmd("INFO").arg("server").get_packed_command();
+        let text = match connection.request(&packed, interrupt)? {
+            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            other => {
+                return Err(Error::Command {
+                    server: name,
+                    detail: format!("unexpected reply to INFO: {other:?}"),
+                })
+            }
+        };
+        text.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string())
+            .ok_or_else(|| Error::Command {
+                server: name,
+                detail: "INFO server has no run_id".into(),
+            })
+    }
+
+    /// Appends an entry to the audit log (newest first, the last `keep` kept).
+    pub fn audit_push(&mut self, entry: &[u8], keep: u64, interrupt: &Interrupt) -> Result<()> {
+        let key = audit_key(self.client.key_prefix());
+        self.control_request(
+            &redis::cmd("LPUSH")
+                .arg(&key)
+                .arg(entry)
+                .get_packed_command(),
+            interrupt,
+        )?;
+        self.control_request(
+            &redis::cmd("LTRIM")
+                .arg(&key)
+                .arg(0)
+                .arg(keep.saturating_sub(1))
+                .get_packed_command(),
+            interrupt,
+        )?;
+        Ok(())
+    }
+
+    /// The newest `count` audit entries.
+    pub fn audit_recent(&mut self, count: u64, interrupt: &Interrupt) -> Result<Vec<Vec<u8>>> {
+        let key = audit_key(self.client.key_prefix());
+        let value = self.control_request(
+            &redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(count.saturating_sub(1))
+                .get_packed_command(),
+            interrupt,
+        )?;
+        Ok(match value {
+            Value::Array(items) => items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Value::BulkString(bytes) => Some(bytes),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
     }
 
     /// Deletes a heartbeat (this process's, as it exits).

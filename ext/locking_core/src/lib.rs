@@ -20,7 +20,7 @@ pub mod store;
 pub use client::{
     Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS, MAX_TTL_MS,
 };
-pub use connection::Interrupt;
+pub use connection::{redact, Interrupt};
 pub use error::{Error, Result};
 pub use phase::Phase;
 pub use protocol::TokenTtl;
