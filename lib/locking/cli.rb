@@ -19,6 +19,8 @@ class Locking
         gate                exit 0 when moving to phase 2 is safe, 1 (with the reasons) when not;
                             --reverse: the same for rolling back from phase 1 to 0
         phase               show the phase and, with dynamic phases, the fleet
+        cleanup-source      after phase 3: delete the locks left on the source (strings under the prefix);
+                            --dry-run counts them
         phase set PHASE     set the fleet's phase (dynamic phases): 0..3 or source|dual|drain|destination;
                             only to an adjacent phase, once every process has caught up (--init: the first one)
         phase advance       move the fleet to the next phase once every process has caught up
@@ -35,7 +37,9 @@ class Locking
     EXIT_ERROR = 3
 
     def initialize(argv, out: $stdout, err: $stderr, config: Locking.configuration)
-      @argv = argv.dup
+      # A binary --prefix (not valid UTF-8) is passed on as bytes: OptionParser's
+      # matching would fail on it as text.
+      @argv = argv.map { |arg| arg.valid_encoding? ? arg : arg.b }
       @out = out
       @err = err
       @options = {
@@ -52,6 +56,7 @@ class Locking
       when "backfill" then backfill
       when "gate" then gate
       when "phase" then phase
+      when "cleanup-source" then cleanup_source
       when nil, "help" then usage(EXIT_OK)
       else usage_error("unknown command #{command.inspect}")
       end
@@ -193,11 +198,14 @@ class Locking
       entries = client.audit_log(5)
       @out.puts format("%-12s %s", "audit", entries.empty? ? "nothing recorded" : "the last #{entries.size}, newest first:")
       entries.each do |entry|
-        what = if entry["event"] == "phase"
-                 "phase #{entry['from'] || 'none'} -> #{entry['to']}"
-               else
+        what = case entry["event"]
+               when "phase" then "phase #{entry['from'] || 'none'} -> #{entry['to']}"
+               when "backfill"
                  "backfill #{entry['outcome']}: #{number(entry.dig('totals', 'scanned'))} scanned, " \
                    "#{number(entry.dig('totals', 'copied'))} copied, #{number(entry.dig('totals', 'failed'))} failed"
+               else
+                 "#{entry['event']} #{entry['outcome']}: " \
+                   "#{(entry['totals'] || {}).map { |k, v| "#{number(v)} #{k}" }.join(', ')}"
                end
         @out.puts "  #{entry['at']} #{entry['by']}: #{what}"
       end
@@ -260,13 +268,15 @@ class Locking
       progress = Progress.new(@out, options[:progress].nil? ? @out.tty? : options[:progress])
       started = monotonic
       scanned_before = totals[:scanned]
+      first_errors = []
       begin
         loop do
           unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
             raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
           end
           report = tool.backfill_batch(cursor, count: options[:batch], pages: pages_per_batch, dry_run: options[:dry_run])
-          report.each { |k, v| totals[k] += v unless k == :cursor }
+          first_errors.concat(report[:errors]) if first_errors.size < 5
+          report.each { |k, v| totals[k] += v unless %i[cursor errors].include?(k) }
           cursor = report[:cursor]
           unless options[:dry_run] || cursor.zero?
             tool.control_set(CURSOR, JSON.generate("cursor" => cursor, "source" => source_id, "totals" => totals))
@@ -279,7 +289,7 @@ class Locking
       rescue Interrupt, Locking::Error => e
         progress.finish
         stopped = e.is_a?(Interrupt) ? "interrupted" : "stopped: #{e.message} (#{e.class})"
-        report_backfill(totals, monotonic - started, stopped)
+        report_backfill(totals, monotonic - started, stopped, first_errors)
         unless options[:dry_run] || cursor.zero?
           @out.puts "the position is saved (cursor #{cursor}); resume with: " \
                     "locking backfill --source #{Locking.redact(options[:source])} " \
@@ -290,9 +300,31 @@ class Locking
       end
       tool.control_set(CURSOR, nil) unless options[:dry_run]
       progress.finish
-      report_backfill(totals, monotonic - started, "done")
+      report_backfill(totals, monotonic - started, "done", first_errors)
       audit(event: "backfill", outcome: "done", totals: totals) unless options[:dry_run]
-      totals[:failed].zero? ? EXIT_OK : EXIT_ERROR
+      return EXIT_ERROR unless totals[:failed].zero?
+
+      options[:dry_run] ? EXIT_OK : verify_backfill
+    end
+
+    # "Done" is checked, not trusted: the gate's own count of source-only
+    # locks, right after. In phase 1 it must be 0 (new locks go to both
+    # servers); in phase 0 processes keep writing the source only.
+    def verify_backfill
+      count, = client(phase: :dual).source_only(examples: 0)
+      phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
+      if count.zero?
+        @out.puts "verified: no lock lives on the source only"
+        EXIT_OK
+      elsif phase == :dual
+        @out.puts "verified: #{number(count)} lock(s) still live on the source only (copies undone as their " \
+                  "locks changed, or a position skipped): run backfill again"
+        EXIT_REFUSED
+      else
+        @out.puts "verified: #{number(count)} lock(s) live on the source only, expected in phase 0 (processes " \
+                  "there write the source only); run backfill again once the fleet is in phase 1"
+        EXIT_OK
+      end
     end
 
     # The saved position, if it was saved for this source (its run_id and
@@ -310,21 +342,26 @@ class Locking
       nil
     end
 
-    def report_backfill(totals, elapsed, outcome)
+    def report_backfill(totals, elapsed, outcome, errors = [])
       verb = options[:dry_run] ? "would copy" : "copied"
       @out.puts "#{outcome}: #{number(totals[:scanned])} scanned, #{number(totals[:copied])} #{verb}, " \
                 "#{number(totals[:already_there])} already there, #{number(totals[:conflicts])} conflicts, " \
                 "#{number(totals[:undone])} undone, #{number(totals[:absent])} skipped (gone, expiring, or not a string), " \
                 "#{number(totals[:failed])} failed " \
                 "(totals over every run since the start; this run: #{format('%.1f', elapsed)}s)"
+      unless errors.empty?
+        @out.puts "the first failures:"
+        errors.first(5).each { |error| @out.puts "  - #{error}" }
+      end
       @out.flush
     end
 
     # Records an operator's action in the audit log on the destination.
     def audit(entry)
+      # The prefix as Ruby shows it: a binary prefix is no JSON text.
       client.audit(entry.merge(at: Time.now.utc.iso8601, by: "#{ENV.fetch('USER', 'unknown')}@#{Socket.gethostname}",
-                               prefix: options[:prefix]))
-    rescue Locking::Error => e
+                               prefix: options[:prefix].inspect))
+    rescue Locking::Error, JSON::GeneratorError => e
       @err.puts "locking: could not write the audit log: #{e.message}"
     end
 
@@ -463,6 +500,64 @@ class Locking
         @out.puts "CLOSED:"
         reasons.each { |r| @out.puts "  - #{r}" }
         EXIT_REFUSED
+      end
+    end
+
+    # ------------------------------------------------------------ cleanup-source
+
+    # After phase 3 the source is read by nobody, but locks without a TTL,
+    # and those not yet expired, stay there. This deletes them, strings under
+    # the prefix only, once nothing can read them: the fleet in phase 3
+    # (dynamic: every process reports phase 3 alone; static: this
+    # configuration says :destination).
+    def cleanup_source
+      need_destination!
+      reasons = cleanup_refusals
+      unless reasons.empty?
+        @out.puts "refused: cleanup-source runs only once the fleet is in phase 3 with no phase-2 process left:"
+        reasons.each { |r| @out.puts "  - #{r}" }
+        return EXIT_REFUSED
+      end
+
+      tool = client(phase: :dual)
+      cursor = 0
+      found = deleted = 0
+      loop do
+        cursor, page_found, page_deleted = tool.cleanup_source_page(cursor, count: options[:batch],
+                                                                            dry_run: options[:dry_run])
+        found += page_found
+        deleted += page_deleted
+        break if cursor.zero?
+      end
+      if options[:dry_run]
+        @out.puts "dry run: #{number(found)} lock key(s) under #{options[:prefix].inspect} on the source would be deleted"
+      else
+        @out.puts "deleted #{number(deleted)} lock key(s) under #{options[:prefix].inspect} from the source " \
+                  "(#{number(found)} found); other keys are untouched"
+        audit(event: "cleanup-source", outcome: "done", totals: { "deleted" => deleted })
+      end
+      EXIT_OK
+    rescue Interrupt
+      @out.puts "interrupted: #{number(deleted)} deleted so far; running it again goes on (it starts a new walk)"
+      130
+    end
+
+    def cleanup_refusals
+      current = client.control_phase
+      fleet = client.fleet
+      if current
+        reasons = []
+        reasons << "the fleet is in phase #{describe_phase(current)}" unless current == :destination
+        behind = fleet.reject { |m| m[:phase] == :destination && m[:highest] == :destination }
+        unless behind.empty?
+          reasons << "#{behind.size} process(es) not in phase 3 alone: #{behind.first(5).map { |m| m[:process] }.join(', ')}"
+        end
+        reasons
+      elsif options[:phase] == :destination
+        []
+      else
+        ["no dynamic phase is set, and this configuration's phase is #{options[:phase].inspect}, not :destination " \
+         "(run it from the app, or with LOCKING_PHASE=destination, once every process is deployed with phase 3)"]
       end
     end
 

@@ -85,7 +85,8 @@ class Locking
     # give a finer --rate and resume point. Phases 0 and 1 only. With
     # dry_run, one page is counted and nothing is written.
     # @return [Hash] :cursor (0 when done), :scanned, :copied, :already_there,
-    #   :conflicts, :undone, :absent, :failed
+    #   :conflicts, :undone, :absent, :failed, and :errors (the first few
+    #   failures, in words)
     def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false)
       pages = Integer(pages)
       raise ArgumentError, "pages must be between 1 and #{MAX_BACKFILL_PAGES}, not #{pages}" unless pages.between?(1, MAX_BACKFILL_PAGES)
@@ -161,6 +162,13 @@ class Locking
     # @return [String, nil] who holds it afterwards
     def backfill_lease(holder, ttl:)
       _backfill_lease(holder.to_s, ttl ? (ttl * 1000).to_i.clamp(1, MAX_TTL_MS) : 0)
+    end
+
+    # One page of `locking cleanup-source`: string keys under the prefix on
+    # the source, deleted (or counted, with dry_run).
+    # @return [Array(Integer, Integer, Integer)] next cursor (0: done), found, deleted
+    def cleanup_source_page(cursor, count: 1000, dry_run: false)
+      _cleanup_source_page(Integer(cursor), Integer(count), dry_run ? true : false)
     end
 
     # The run_id of :source or :destination (changes when the server restarts).

@@ -215,6 +215,79 @@ RSpec.describe "exe/locking" do
     Redis.new(url: url).config(:set, "requirepass", "") rescue nil
   end
 
+  it "prints the first failures of a backfill, and verifies 'done' with the gate's count" do
+    source.set("locking:a", "t1", px: 60_000)
+    source.set("locking:b", "t2", px: 60_000)
+    destination.rpush("locking:b", "not a lock") # a key of another type where the copy goes
+    configure_both(:dual)
+    status, out, = locking_cli("backfill")
+    expect(status).to eq(3)
+    expect(out).to include("1 failed", "the first failures:", '"locking:b"', "WRONGTYPE")
+
+    destination.del("locking:b")
+    status, out, = locking_cli("backfill")
+    expect(status).to eq(0), out
+    expect(out).to include("verified: no lock lives on the source only")
+  end
+
+  describe "cleanup-source" do
+    def load_leftovers
+      source.set("locking:forever", "t") # no TTL: would stay for ever
+      source.set("locking:late", "t", px: 600_000)
+      source.rpush("locking:queue", "job") # not a string: never a lock
+      source.set("other:plain", "x")
+    end
+
+    it "refuses until the fleet is in phase 3 with no phase-2 process left" do
+      load_leftovers
+      expect(locking_cli("phase", "set", "2", "--init")[0]).to eq(0)
+      status, out, = locking_cli("cleanup-source")
+      expect(status).to eq(1)
+      expect(out).to include("the fleet is in phase 2 (drain)")
+
+      destination.set("{locking-control}:locking:phase", "3")
+      destination.set("{locking-control}:locking:process:web-1:9", "2 3 10000", px: 10_000)
+      status, out, = locking_cli("cleanup-source")
+      expect(status).to eq(1)
+      expect(out).to include("not in phase 3 alone: web-1:9")
+      expect(source.dbsize).to eq(4)
+    end
+
+    it "deletes the string keys under the prefix on the source, nothing else (--dry-run counts them)" do
+      load_leftovers
+      expect(locking_cli("phase", "set", "3", "--init")[0]).to eq(0)
+      status, out, = locking_cli("cleanup-source", "--dry-run")
+      expect(status).to eq(0)
+      expect(out).to include("2 lock key(s)")
+      expect(source.dbsize).to eq(4)
+
+      status, out, = locking_cli("cleanup-source")
+      expect(status).to eq(0)
+      expect(out).to include("deleted 2 lock key(s)")
+      expect(source.keys("*").sort).to eq(%w[locking:queue other:plain])
+      expect(locking_cli("status")[1]).to include("cleanup-source")
+    end
+
+    it "runs with static phases when the configuration says phase 3" do
+      load_leftovers
+      expect(locking_cli("cleanup-source")[0]).to eq(1) # this configuration: phase :source
+      configure_both(:destination)
+      expect(locking_cli("cleanup-source")[0]).to eq(0)
+      expect(source.keys("locking:*")).to eq(["locking:queue"])
+    end
+  end
+
+  it "takes a binary --prefix (not UTF-8) in every command" do
+    prefix = "\xFF:".b
+    source.set("#{prefix}a".b, "t", px: 60_000)
+    %w[status gate backfill phase].each do |command|
+      status, out, err = locking_cli(command, prefix: prefix)
+      expect(err).not_to include("invalid byte sequence"), "#{command}: #{err}"
+      expect(status).to be <= 1, "#{command}: #{out}#{err}"
+    end
+    expect(destination.get("#{prefix}a".b)).to eq("t")
+  end
+
   it "reports an unreachable server as an error, exit 3" do
     status, _, err = locking_cli("status", source: "redis://127.0.0.1:1/0")
     expect(status).to eq(3)

@@ -232,7 +232,11 @@ impl RbClient {
         let report = rb_self.with_lease(ruby, |lease, interrupt| {
             lease.backfill_batch(cursor, count, pages, dry_run, interrupt)
         })?;
-        counts(
+        let errors = ruby.ary_new();
+        for error in &report.errors {
+            errors.push(error.as_str())?;
+        }
+        let hash = counts(
             ruby,
             &[
                 ("cursor", report.cursor),
@@ -244,7 +248,22 @@ impl RbClient {
                 ("absent", report.absent),
                 ("failed", report.failed),
             ],
-        )
+        )?;
+        hash.aset(ruby.to_symbol("errors"), errors)?;
+        Ok(hash)
+    }
+
+    /// One page of `locking cleanup-source`: [next cursor, found, deleted].
+    fn cleanup_source_page(
+        ruby: &Ruby,
+        rb_self: &Self,
+        cursor: u64,
+        count: usize,
+        dry_run: bool,
+    ) -> Result<(u64, u64, u64), magnus::Error> {
+        rb_self.with_lease(ruby, |lease, interrupt| {
+            lease.cleanup_source_page(cursor, count, dry_run, interrupt)
+        })
     }
 
     /// The phase the fleet is told to use (dynamic phases: the control key).
@@ -513,6 +532,10 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_leave_fleet", method!(RbClient::leave_fleet, 0))?;
     class.define_private_method("_backfill_lease", method!(RbClient::backfill_lease, 2))?;
     class.define_private_method("_server_run_id", method!(RbClient::server_run_id, 1))?;
+    class.define_private_method(
+        "_cleanup_source_page",
+        method!(RbClient::cleanup_source_page, 3),
+    )?;
     class.define_private_method("_audit_push", method!(RbClient::audit_push, 2))?;
     class.define_private_method("_audit_recent", method!(RbClient::audit_recent, 1))?;
     class.define_private_method(

@@ -47,7 +47,12 @@ pub struct BackfillReport {
     pub absent: u64,
     /// Keys whose commands failed with a server error (the batch went on).
     pub failed: u64,
+    /// The first few of those errors, with their keys.
+    pub errors: Vec<String>,
 }
+
+/// How many failures a backfill batch reports in words.
+const ERRORS_REPORTED: usize = 3;
 
 /// Source locks that the destination does not hold with the same token.
 #[derive(Debug, Clone, Default)]
@@ -355,14 +360,21 @@ impl Lease<'_> {
             scanned: walk.outcomes.len() as u64,
             ..BackfillReport::default()
         };
-        for outcome in walk.outcomes {
+        for (key, outcome) in walk.keys.iter().zip(walk.outcomes) {
             match outcome {
                 Ok(BackfillOutcome::Copied) => report.copied += 1,
                 Ok(BackfillOutcome::AlreadyThere) => report.already_there += 1,
                 Ok(BackfillOutcome::Conflict) => report.conflicts += 1,
                 Ok(BackfillOutcome::Undone) => report.undone += 1,
                 Ok(BackfillOutcome::Absent) => report.absent += 1,
-                Err(_) => report.failed += 1,
+                Err(error) => {
+                    report.failed += 1;
+                    if report.errors.len() < ERRORS_REPORTED {
+                        report
+                            .errors
+                            .push(format!("{:?}: {error}", String::from_utf8_lossy(key)));
+                    }
+                }
             }
         }
         Ok(report)
@@ -515,6 +527,7 @@ impl Lease<'_> {
         }
         Ok(Walk {
             cursor: next_cursor,
+            keys,
             outcomes: outcomes
                 .into_iter()
                 .map(|outcome| {
@@ -572,6 +585,29 @@ impl Lease<'_> {
         Ok(deleted)
     }
 
+    /// One page of `locking cleanup-source`: string keys under the prefix on
+    /// the source, deleted (or, with `dry_run`, counted). Returns the next
+    /// cursor, the keys found and the keys deleted. Only once the fleet no
+    /// longer reads the source (the CLI checks that).
+    pub fn cleanup_source_page(
+        &mut self,
+        cursor: u64,
+        count: usize,
+        dry_run: bool,
+        interrupt: &Interrupt,
+    ) -> Result<(u64, u64, u64)> {
+        self.check_prefix()?;
+        let prefix = self.client.key_prefix().to_vec();
+        let page = self.scan_matching(Target::Source, &prefix, cursor, count, true, interrupt)?;
+        let found = page.keys.len() as u64;
+        let mut deleted = 0;
+        if !dry_run && !page.keys.is_empty() {
+            let values = self.pipeline_raw(Target::Source, "DEL", &page.keys, interrupt)?;
+            deleted = values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
+        }
+        Ok((page.cursor, found, deleted))
+    }
+
     fn configured_targets(&self) -> Vec<Target> {
         [Target::Source, Target::Destination]
             .into_iter()
@@ -611,6 +647,7 @@ enum Flight {
 /// What `stream_backfill` did: where the walk stopped, and each key's end.
 struct Walk {
     cursor: u64,
+    keys: Vec<Vec<u8>>,
     outcomes: Vec<Result<BackfillOutcome>>,
 }
 
