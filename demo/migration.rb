@@ -113,9 +113,9 @@ end
 fleet_in = lambda do |phase|
   deadline = monotonic + 10
   loop do
-    # A heartbeat says "LOWEST HIGHEST TTL": the phases a process may still act in.
-    phases = destination.keys("{locking-control}:#{prefix}process:*").map { |k| destination.get(k).to_s.split.first(2) }
-    break true if phases.size == options[:workers] && phases.uniq == [[phase.to_s, phase.to_s]]
+    # Each heartbeat gives the lowest and highest phase a process may still act in.
+    phases = Locking.client.fleet.map { |m| [m[:phase], m[:highest]].map { |p| Locking::Configuration.phase_index(p) } }
+    break true if phases.size == options[:workers] && phases.uniq == [[phase, phase]]
     break false if monotonic > deadline
 
     sleep 0.05
@@ -157,6 +157,10 @@ advance_and_run.call(3, "phase 3 (destination): the destination alone")
 
 witness.set("stop", "1")
 statuses = workers.map { |pid| Process.wait2(pid).last }
+left_on_source = source.keys("#{prefix}*").size
+
+step "finishing: the phase-0 locks left on the source, which nobody reads any more, are deleted"
+run.call("cleanup-source").zero? or abort "cleanup-source refused"
 run.call("status")
 
 copied = destination.keys("#{prefix}Phase0Job:*").size
@@ -172,11 +176,12 @@ puts format("duplicate executions     %d", duplicates)
 puts format("lock errors              %d%s", errors, errors.positive? ? " (#{witness.lrange('error-messages', 0, 2).join('; ')})" : "")
 puts format("phase-0 locks copied     %d of %d (lost: %d)", copied, options[:keys], lost)
 puts format("job lock keys left       %d", job_keys_left)
-puts format("keys left on the source  %d phase-0 locks (they expire with their TTLs; phase 3 never reads the source)",
-            source.keys("#{prefix}*").size)
+puts format("left on the source       %d phase-0 locks after phase 3; %d after `locking cleanup-source`",
+            left_on_source, source.keys("#{prefix}*").size)
 puts format("queue data untouched     %s", queue_intact ? "yes" : "NO")
 timings.each { |phase, seconds| puts format("time in phase %d          %.1fs", phase, seconds) }
-ok = duplicates.zero? && lost.zero? && errors.zero? && job_keys_left.zero? && queue_intact && statuses.all?(&:success?)
+ok = duplicates.zero? && lost.zero? && errors.zero? && job_keys_left.zero? && queue_intact &&
+     statuses.all?(&:success?) && source.keys("#{prefix}*").empty?
 puts
 puts ok ? "OK: migrated live, no job ran twice, no lock lost" : "FAILED"
 exit(ok ? 0 : 1)

@@ -24,8 +24,9 @@ RSpec.describe "adversarial cases" do
     result
   end
 
+  # [LOW, HIGH] phase indexes of each live heartbeat, as strings.
   def heartbeats
-    destination.keys("{locking-control}:locking:process:*").map { |key| destination.get(key).to_s.split }
+    fleet_members.map { |m| [m[:phase], m[:highest]].map { |p| Locking::Configuration.phase_index(p).to_s } }
   end
 
   def configure_dynamic(source_url: source_server.url, destination_url: destination_server.url, **settings)

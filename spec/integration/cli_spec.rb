@@ -246,7 +246,7 @@ RSpec.describe "exe/locking" do
       expect(out).to include("the fleet is in phase 2 (drain)")
 
       destination.set("{locking-control}:locking:phase", "3")
-      destination.set("{locking-control}:locking:process:web-1:9", "2 3 10000", px: 10_000)
+      fake_heartbeat("web-1:9", "2 3 10000")
       status, out, = locking_cli("cleanup-source")
       expect(status).to eq(1)
       expect(out).to include("not in phase 3 alone: web-1:9")
@@ -319,8 +319,7 @@ RSpec.describe "exe/locking" do
 
     it "refuses to advance while a process is behind, and waits for it with --wait" do
       locking_cli("phase", "set", "1", "--init")
-      heartbeat = "{locking-control}:locking:process:worker-7:4242"
-      destination.set(heartbeat, "0", px: 10_000) # a process still on phase 0
+      fake_heartbeat("worker-7:4242", "0") # a process still on phase 0 (an older version's heartbeat)
 
       status, out, = locking_cli("phase", "advance")
       expect(status).to eq(1)
@@ -328,7 +327,7 @@ RSpec.describe "exe/locking" do
 
       catching_up = Thread.new do
         sleep 0.3
-        destination.set(heartbeat, "1", px: 10_000)
+        fake_heartbeat("worker-7:4242", "1 1 10000")
       end
       status, out, = locking_cli("phase", "advance", "--wait", "5")
       catching_up.join

@@ -35,14 +35,6 @@ RSpec.describe "dynamic phases" do
     end
   end
 
-  # Each heartbeat's phases: "1", or "0..1" while a process moves on.
-  def fleet_phases
-    destination_server.redis.keys("{locking-control}:locking:process:*").map do |k|
-      low, high = destination_server.redis.get(k).to_s.split.first(2)
-      low == high ? low : "#{low}..#{high}"
-    end
-  end
-
   def wait_for(seconds = 5)
     deadline = monotonic + seconds
     sleep 0.02 until yield || monotonic > deadline
@@ -56,7 +48,7 @@ RSpec.describe "dynamic phases" do
     workers = start_workers(3, "stop")
     begin
       expect(wait_for { fleet_phases.size == 3 }).to be(true)
-      pids_before = destination_server.redis.keys("{locking-control}:locking:process:*").sort
+      pids_before = fleet_members.map { |m| m[:process] }.sort
 
       expect(locking_cli("phase", "advance", "--wait", "5")[0]).to eq(0) # 0 -> 1
       expect(wait_for { fleet_phases.uniq == ["1"] }).to be(true)
@@ -70,7 +62,7 @@ RSpec.describe "dynamic phases" do
       sleep 0.2
 
       # The same processes (no restart) did all of it.
-      expect(destination_server.redis.keys("{locking-control}:locking:process:*").sort).to eq(pids_before)
+      expect(fleet_members.map { |m| m[:process] }.sort).to eq(pids_before)
     ensure
       witness.set("stop", "1")
       statuses = workers.map { |pid| Process.wait2(pid).last }
@@ -133,7 +125,7 @@ RSpec.describe "dynamic phases" do
     env = { "RUBYLIB" => File.expand_path("../../lib", __dir__), "RUBYOPT" => nil }
     exited = IO.popen(env, [RbConfig.ruby, "-e", script.("exit 0")], &:read).to_i
     killed = IO.popen(env, [RbConfig.ruby, "-e", script.("Process.kill(:KILL, Process.pid)")], &:read).to_i
-    processes = destination_server.redis.keys("{locking-control}:locking:process:*").map { |k| k.split(":").last.to_i }
+    processes = fleet_members.map { |m| m[:process].split(":").last.to_i }
     expect(processes).to eq([killed])
     expect(processes).not_to include(exited)
 

@@ -18,6 +18,32 @@ module PhaseHelpers
     Locking.configure { |c| c.phase = phase }
   end
 
+  # The live heartbeats of a dynamic fleet, read as `locking phase` reads them.
+  def fleet_members(prefix: "locking:")
+    config = Locking::Configuration.new({})
+    config.source = source_server.url
+    config.destination = destination_server.url
+    config.key_prefix = prefix
+    config.phase = :dual
+    Locking::Client.build(config).fleet
+  end
+
+  # "LOW..HIGH" phase indexes of each live heartbeat ("1" when LOW == HIGH).
+  def fleet_phases(prefix: "locking:")
+    fleet_members(prefix: prefix).map do |member|
+      low, high = [member[:phase], member[:highest]].map { |p| Locking::Configuration.phase_index(p).to_s }
+      low == high ? low : "#{low}..#{high}"
+    end
+  end
+
+  # A heartbeat as a process would write it, for specs that stand in for one.
+  def fake_heartbeat(process, value, prefix: "locking:", ttl_ms: 10_000)
+    redis = destination_server.redis
+    seconds, micros = redis.time
+    redis.zadd("{locking-control}:#{prefix}fleet", seconds * 1000 + micros / 1000 + ttl_ms, process)
+    redis.hset("{locking-control}:#{prefix}fleet-phases", process, value)
+  end
+
   # [value on source, value on destination] for the test key.
   def holdings
     [source_server.redis.get(KEY), destination_server.redis.get(KEY)]

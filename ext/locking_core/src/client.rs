@@ -277,13 +277,12 @@ impl Client {
         })
     }
 
-    /// This process's heartbeat key, if it has written one (dynamic phases).
-    pub fn own_heartbeat(&self) -> Option<Vec<u8>> {
+    /// This process's name in the fleet, if it has reported (dynamic phases).
+    pub fn own_heartbeat(&self) -> Option<String> {
         let dynamic = self.dynamic.as_ref()?;
         let pid = crate::process::id();
-        (dynamic.read_by_pid.load(Ordering::Acquire) == pid).then(|| {
-            crate::control::heartbeat_key(&self.key_prefix, &format!("{}:{pid}", dynamic.host))
-        })
+        (dynamic.read_by_pid.load(Ordering::Acquire) == pid)
+            .then(|| format!("{}:{pid}", dynamic.host))
     }
 
     /// Forgets the cached phase, so that the next operation reads it (and

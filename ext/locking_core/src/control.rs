@@ -38,10 +38,17 @@ pub fn backfill_key(key_prefix: &[u8]) -> Vec<u8> {
     key
 }
 
-pub fn heartbeat_key(key_prefix: &[u8], process: &str) -> Vec<u8> {
+/// The fleet: process -> when its heartbeat expires (a sorted set).
+pub fn fleet_key(key_prefix: &[u8]) -> Vec<u8> {
     let mut key = control_prefix(key_prefix);
-    key.extend_from_slice(b"process:");
-    key.extend_from_slice(process.as_bytes());
+    key.extend_from_slice(b"fleet");
+    key
+}
+
+/// The fleet's heartbeats: process -> "LOW HIGH TTL_MS" (a hash).
+pub fn fleet_phases_key(key_prefix: &[u8]) -> Vec<u8> {
+    let mut key = control_prefix(key_prefix);
+    key.extend_from_slice(b"fleet-phases");
     key
 }
 
@@ -227,11 +234,16 @@ impl Lease<'_> {
         let prefix = self.client.key_prefix().to_vec();
         let result = self.control_script(
             &scripts::PHASE_HEARTBEAT,
-            &[&phase_key(&prefix), &heartbeat_key(&prefix, process)],
+            &[
+                &phase_key(&prefix),
+                &fleet_key(&prefix),
+                &fleet_phases_key(&prefix),
+            ],
             &[
                 heartbeat_ttl_ms.to_string().into_bytes(),
                 in_use.0.to_string().into_bytes(),
                 in_use.1.to_string().into_bytes(),
+                process.as_bytes().to_vec(),
             ],
             interrupt,
         );
@@ -432,50 +444,98 @@ impl Lease<'_> {
         })
     }
 
-    /// Deletes a heartbeat (this process's, as it exits).
-    pub fn delete_heartbeat(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<bool> {
-        let value =
-            self.control_request(&redis::cmd("DEL").arg(key).get_packed_command(), interrupt)?;
-        Ok(matches!(value, Value::Int(1)))
+    /// Deletes a process's heartbeat (this process's, as it exits).
+    pub fn delete_heartbeat(&mut self, process: &str, interrupt: &Interrupt) -> Result<bool> {
+        let prefix = self.client.key_prefix().to_vec();
+        let removed = self.control_request(
+            &redis::cmd("ZREM")
+                .arg(fleet_key(&prefix))
+                .arg(process)
+                .get_packed_command(),
+            interrupt,
+        )?;
+        self.control_request(
+            &redis::cmd("HDEL")
+                .arg(fleet_phases_key(&prefix))
+                .arg(process)
+                .get_packed_command(),
+            interrupt,
+        )?;
+        Ok(matches!(removed, Value::Int(1)))
     }
 
-    /// Every live heartbeat (SCAN on the destination).
+    /// Every live heartbeat: three commands, whatever the size of the
+    /// keyspace (no SCAN).
     pub fn fleet(&mut self, interrupt: &Interrupt) -> Result<Vec<FleetMember>> {
         let prefix = self.client.key_prefix().to_vec();
-        let heartbeat_prefix = heartbeat_key(&prefix, "");
-        let mut members = Vec::new();
-        let mut cursor = 0;
-        loop {
-            let page = self.scan_matching(
-                Target::Destination,
-                &heartbeat_prefix,
-                cursor,
-                1000,
-                true,
-                interrupt,
-            )?;
-            for key in page.keys {
-                let get = redis::cmd("GET").arg(key.as_slice()).get_packed_command();
-                let pttl = redis::cmd("PTTL").arg(key.as_slice()).get_packed_command();
-                let value = self.control_request(&get, interrupt)?;
-                let expires = self.control_request(&pttl, interrupt)?;
-                let Value::BulkString(value) = value else {
-                    continue; // expired meanwhile
-                };
-                let process = String::from_utf8_lossy(&key[heartbeat_prefix.len()..]).into_owned();
-                let expires_in_ms = match expires {
-                    Value::Int(ms) => ms,
-                    _ => -2,
-                };
-                members.push(FleetMember::parse(process, &value, expires_in_ms)?);
+        let now =
+            match self.control_request(&redis::cmd("TIME").get_packed_command(), interrupt)? {
+                Value::Array(parts) => time_ms(&parts),
+                _ => None,
             }
-            cursor = page.cursor;
-            if cursor == 0 {
-                break;
+            .ok_or_else(|| Error::Internal("TIME gave no time".into()))?;
+        let live = self.control_request(
+            &redis::cmd("ZRANGEBYSCORE")
+                .arg(fleet_key(&prefix))
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .get_packed_command(),
+            interrupt,
+        )?;
+        let Value::Array(items) = live else {
+            return Ok(Vec::new());
+        };
+        let mut processes = Vec::with_capacity(items.len() / 2);
+        for pair in items.chunks(2) {
+            let [Value::BulkString(process), score] = pair else {
+                continue;
+            };
+            let expires_at = match score {
+                Value::BulkString(text) => std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok()),
+                Value::Double(value) => Some(*value),
+                _ => None,
             }
+            .unwrap_or(0.0) as i64;
+            processes.push((process.clone(), expires_at - now as i64));
+        }
+        if processes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(fleet_phases_key(&prefix));
+        for (process, _) in &processes {
+            hmget.arg(process.as_slice());
+        }
+        let Value::Array(values) = self.control_request(&hmget.get_packed_command(), interrupt)?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut members = Vec::with_capacity(processes.len());
+        for ((process, expires_in_ms), value) in processes.into_iter().zip(values) {
+            let Value::BulkString(value) = value else {
+                continue; // forgotten meanwhile
+            };
+            let name = String::from_utf8_lossy(&process).into_owned();
+            members.push(FleetMember::parse(name, &value, expires_in_ms)?);
         }
         members.sort_by(|a, b| a.process.cmp(&b.process));
         Ok(members)
+    }
+}
+
+/// TIME's reply ([seconds, microseconds]) in milliseconds.
+fn time_ms(parts: &[Value]) -> Option<u64> {
+    let number = |value: &Value| match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse::<u64>().ok(),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    match parts {
+        [seconds, micros] => Some(number(seconds)? * 1000 + number(micros)? / 1000),
+        _ => None,
     }
 }
 
@@ -549,8 +609,8 @@ mod tests {
     fn control_keys_stay_outside_the_lock_prefix() {
         assert!(!phase_key(b"locking:").starts_with(b"locking:"));
         assert_eq!(
-            heartbeat_key(b"locking:", "web-1:42"),
-            b"{locking-control}:locking:process:web-1:42".to_vec()
+            fleet_key(b"locking:"),
+            b"{locking-control}:locking:fleet".to_vec()
         );
     }
 }
