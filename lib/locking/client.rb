@@ -101,20 +101,33 @@ class Locking
     # Lock keys on :source or :destination, counted with SCAN, and their TTLs.
     # @return [Hash] :keys, :without_ttl, :max_ttl_ms, :p99_ttl_ms
     def key_stats(server)
-      _key_stats(server_index(server))
+      walk(0, server_index(server), 0)
     end
+
+    # SCAN pages per step of a walk (about 1,000 keys a page): the CLI is
+    # single-threaded, so Ctrl-C waits at most one step.
+    WALK_PAGES = 8
+
+    # Walks a server page by page (see ext/locking/src/walk.rs).
+    def walk(kind, server, examples)
+      walk = self.class._walk(kind, server)
+      nil until _walk_step(walk, WALK_PAGES)
+      _walk_finish(walk, examples)
+    end
+    private :walk
 
     # Source locks the destination does not hold with the same token.
     # @return [Array(Integer, Integer, Array<String>)] count, keys scanned, a few examples
+    # (At most 10,000 are re-checked for operations in flight; the rest count as they were found.)
     def source_only(examples: 5)
-      _only_on(0, Integer(examples))
+      walk(1, 0, Integer(examples)).first(3)
     end
 
     # Destination locks the source does not hold with the same token (taken
     # in phase 2): the reverse gate's count, before rolling back from 1 to 0.
     # @return [Array(Integer, Integer, Array<String>)] count, keys scanned, a few examples
     def destination_only(examples: 5)
-      _only_on(1, Integer(examples))
+      walk(1, 1, Integer(examples)).first(3)
     end
 
     # @return [Symbol] the phase this client uses now.

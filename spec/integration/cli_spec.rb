@@ -288,6 +288,29 @@ RSpec.describe "exe/locking" do
     expect(destination.get("#{prefix}a".b)).to eq("t")
   end
 
+  # The CLI walks the keyspace a few pages per native call, so a Ctrl-C lands
+  # between two calls (a single-threaded process cannot cut one short).
+  it "ends gate on Ctrl-C within the timeout, mid-walk of 1,000,000 keys" do
+    RedisServer.bulk_load(source_server.url, 1_000_000.times.lazy.map { |i| ["SET", "locking:k#{i}", "t", "PX", "600000"] })
+    clients_before = source.info("clients")["connected_clients"].to_i
+    env = { "RUBYLIB" => File.expand_path("../../lib", __dir__), "RUBYOPT" => nil }
+    command = [RbConfig.ruby, File.expand_path("../../exe/locking", __dir__), "gate", "--source", source_server.url,
+               "--destination", destination_server.url, "--timeout", "5"]
+    output = +""
+    IO.popen(env, command, err: [:child, :out]) do |io|
+      deadline = monotonic + 20
+      # Walking: it has connected to the source.
+      sleep 0.01 until source.info("clients")["connected_clients"].to_i > clients_before || monotonic > deadline
+      interrupted = monotonic
+      Process.kill(:INT, io.pid)
+      output << io.read
+      expect(monotonic - interrupted).to be < 5.0
+    end
+    expect($?.exitstatus).to eq(130), output
+    expect(output).to include("interrupted")
+    expect(output).not_to include("CLOSED")
+  end
+
   it "reports an unreachable server as an error, exit 3" do
     status, _, err = locking_cli("status", source: "redis://127.0.0.1:1/0")
     expect(status).to eq(3)

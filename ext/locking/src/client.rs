@@ -4,11 +4,13 @@
 
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
+use crate::walk::{RbWalk, Walk};
+use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::protocol::Target;
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Phase, TokenTtl,
 };
-use magnus::{function, method, prelude::*, RArray, RHash, RString, Ruby, Value};
+use magnus::{function, method, prelude::*, IntoValue, RArray, RHash, RString, Ruby, Value};
 use std::time::Duration;
 
 #[magnus::wrap(class = "Locking::Client", free_immediately, size)]
@@ -186,39 +188,76 @@ impl RbClient {
     }
 
     /// Lock keys on one server (0 = source, 1 = destination) and their TTLs.
-    fn key_stats(ruby: &Ruby, rb_self: &Self, target: u8) -> Result<RHash, magnus::Error> {
-        let target = target_of(target)?;
-        let stats =
-            rb_self.with_lease(ruby, |lease, interrupt| lease.key_stats(target, interrupt))?;
-        counts(
-            ruby,
-            &[
-                ("keys", stats.keys),
-                ("without_ttl", stats.without_ttl),
-                ("max_ttl_ms", stats.max_ttl_ms),
-                ("p99_ttl_ms", stats.p99_ttl_ms),
-            ],
-        )
+    /// A walk of a server's lock keys: kind 0 = key stats, 1 = one-sided
+    /// locks (the gate's count on the source, the reverse gate's on the
+    /// destination). Stepped with `_walk_step`, ended with `_walk_finish`.
+    fn walk_new(kind: u8, server: u8) -> Result<RbWalk, magnus::Error> {
+        let target = target_of(server)?;
+        let walk = match kind {
+            0 => Walk::Stats(KeyStatsWalk::new(target)),
+            _ => Walk::OneSided(OneSidedWalk::new(target)),
+        };
+        Ok(RbWalk(std::sync::Mutex::new(walk)))
     }
 
-    /// Source locks not on the destination: [count, scanned, example keys].
-    /// Locks on one server only (0: the source, the gate's count; 1: the
-    /// destination, the reverse gate's): [count, scanned, examples].
-    fn only_on(
+    /// Walks up to `pages` SCAN pages; true when the walk is complete.
+    fn walk_step(
         ruby: &Ruby,
         rb_self: &Self,
-        server: u8,
+        walk: &RbWalk,
+        pages: usize,
+    ) -> Result<bool, magnus::Error> {
+        let mut state = walk.take(ruby)?;
+        let result = rb_self.with_lease(ruby, |lease, interrupt| match &mut state {
+            Walk::Stats(stats) => lease.key_stats_step(stats, pages, interrupt),
+            Walk::OneSided(one_sided) => lease.one_sided_step(one_sided, pages, interrupt),
+            Walk::Busy => Ok(true),
+        });
+        walk.put_back(state);
+        result
+    }
+
+    /// Ends a walk. Key stats: {keys:, without_ttl:, max_ttl_ms:, p99_ttl_ms:};
+    /// one-sided: [count, scanned, example keys, counted without re-check].
+    fn walk_finish(
+        ruby: &Ruby,
+        rb_self: &Self,
+        walk: &RbWalk,
         examples: usize,
-    ) -> Result<(u64, u64, RArray), magnus::Error> {
-        let report = rb_self.with_lease(ruby, |lease, interrupt| match server {
-            0 => lease.source_only(examples, interrupt),
-            _ => lease.destination_only(examples, interrupt),
-        })?;
-        let keys = ruby.ary_new();
-        for key in &report.examples {
-            keys.push(ruby.str_from_slice(key))?;
+    ) -> Result<Value, magnus::Error> {
+        match walk.take(ruby)? {
+            Walk::Stats(stats) => {
+                let stats = stats.finish();
+                let hash = counts(
+                    ruby,
+                    &[
+                        ("keys", stats.keys),
+                        ("without_ttl", stats.without_ttl),
+                        ("max_ttl_ms", stats.max_ttl_ms),
+                        ("p99_ttl_ms", stats.p99_ttl_ms),
+                    ],
+                )?;
+                Ok(hash.as_value())
+            }
+            Walk::OneSided(one_sided) => {
+                let report = rb_self.with_lease(ruby, |lease, interrupt| {
+                    lease.one_sided_finish(one_sided, examples, interrupt)
+                })?;
+                let keys = ruby.ary_new();
+                for key in &report.examples {
+                    keys.push(ruby.str_from_slice(key))?;
+                }
+                Ok(ruby
+                    .ary_new_from_values(&[
+                        report.count.into_value_with(ruby),
+                        report.scanned.into_value_with(ruby),
+                        keys.as_value(),
+                        report.unchecked.into_value_with(ruby),
+                    ])
+                    .as_value())
+            }
+            Walk::Busy => Ok(ruby.qnil().as_value()),
         }
-        Ok((report.count, report.scanned, keys))
     }
 
     fn backfill_batch(
@@ -515,8 +554,9 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
     class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 4))?;
-    class.define_private_method("_key_stats", method!(RbClient::key_stats, 1))?;
-    class.define_private_method("_only_on", method!(RbClient::only_on, 2))?;
+    class.define_singleton_method("_walk", function!(RbClient::walk_new, 2))?;
+    class.define_private_method("_walk_step", method!(RbClient::walk_step, 2))?;
+    class.define_private_method("_walk_finish", method!(RbClient::walk_finish, 2))?;
     class.define_method("phase_index", method!(RbClient::phase, 0))?;
     class.define_method("dynamic?", method!(RbClient::is_dynamic, 0))?;
     class.define_private_method("_force_delete", method!(RbClient::force_delete, 1))?;

@@ -4,10 +4,12 @@
 mod client;
 mod error;
 mod nogvl;
+mod walk;
 
 use magnus::{Error, Ruby};
 
 #[magnus::init(name = "locking")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
-    client::init(ruby)
+    client::init(ruby)?;
+    walk::init(ruby)
 }

@@ -59,7 +59,96 @@ const ERRORS_REPORTED: usize = 3;
 pub struct SourceOnly {
     pub scanned: u64,
     pub count: u64,
+    /// Of `count`, those counted without the re-check (past `MAX_RECHECKED`).
+    pub unchecked: u64,
     pub examples: Vec<Vec<u8>>,
+}
+
+/// One-sided locks kept for the gate's re-check; past this many they are
+/// counted without it, so the walk's memory stays bounded (2,000,000
+/// source-only locks once took 655 MB).
+pub const MAX_RECHECKED: usize = 10_000;
+
+/// TTLs kept to estimate the p99 of a key-stats walk (a uniform sample).
+const TTL_SAMPLE: usize = 100_000;
+
+/// A walk of one server for `key_stats`, resumable page by page.
+#[derive(Debug, Clone)]
+pub struct KeyStatsWalk {
+    target: Target,
+    cursor: u64,
+    done: bool,
+    stats: KeyStats,
+    ttls: Vec<u64>,
+    ttls_seen: u64,
+    random: u64,
+}
+
+impl KeyStatsWalk {
+    pub fn new(target: Target) -> Self {
+        KeyStatsWalk {
+            target,
+            cursor: 0,
+            done: false,
+            stats: KeyStats::default(),
+            ttls: Vec::new(),
+            ttls_seen: 0,
+            random: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Reservoir sampling: every TTL seen has the same chance to be kept.
+    fn sample_ttl(&mut self, ttl: u64) {
+        self.stats.max_ttl_ms = self.stats.max_ttl_ms.max(ttl);
+        self.ttls_seen += 1;
+        if self.ttls.len() < TTL_SAMPLE {
+            self.ttls.push(ttl);
+            return;
+        }
+        // xorshift64: enough to spread the sample, no dependency.
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        let slot = self.random % self.ttls_seen;
+        if let Some(kept) = self.ttls.get_mut(slot as usize) {
+            *kept = ttl;
+        }
+    }
+
+    pub fn finish(mut self) -> KeyStats {
+        if !self.ttls.is_empty() {
+            let index = ((self.ttls.len() as f64) * 0.99).ceil() as usize;
+            let index = index.clamp(1, self.ttls.len()) - 1;
+            let (_, p99, _) = self.ttls.select_nth_unstable(index);
+            self.stats.p99_ttl_ms = *p99;
+        }
+        self.stats
+    }
+}
+
+/// A walk of one server for the gate (source-only) or the reverse gate
+/// (destination-only), resumable page by page.
+#[derive(Debug, Clone)]
+pub struct OneSidedWalk {
+    side: Target,
+    cursor: u64,
+    done: bool,
+    scanned: u64,
+    candidates: Vec<(Vec<u8>, Vec<u8>)>,
+    unchecked: u64,
+}
+
+impl OneSidedWalk {
+    pub fn new(side: Target) -> Self {
+        OneSidedWalk {
+            side,
+            cursor: 0,
+            done: false,
+            scanned: 0,
+            candidates: Vec::new(),
+            unchecked: 0,
+        }
+    }
 }
 
 /// `SCAN cursor MATCH prefix* COUNT count [TYPE string]`, encoded.
@@ -179,49 +268,47 @@ impl Lease<'_> {
 
     /// Counts lock keys on a server and summarizes their TTLs (a full walk).
     pub fn key_stats(&mut self, target: Target, interrupt: &Interrupt) -> Result<KeyStats> {
-        let mut ttls: Vec<u64> = Vec::new();
-        let mut stats = KeyStats::default();
-        let mut cursor = 0;
-        loop {
-            let page = self.scan(target, cursor, 1000, interrupt)?;
-            let pttls = self.pipeline_raw(target, "PTTL", &page.keys, interrupt)?;
+        let mut walk = KeyStatsWalk::new(target);
+        while !self.key_stats_step(&mut walk, usize::MAX, interrupt)? {}
+        Ok(walk.finish())
+    }
+
+    /// Walks up to `pages` SCAN pages of a key-stats walk; true when it is
+    /// complete. A caller that steps a few pages at a time can stop between
+    /// steps (Ctrl-C in the CLI), and memory stays bounded (a TTL sample).
+    pub fn key_stats_step(
+        &mut self,
+        walk: &mut KeyStatsWalk,
+        pages: usize,
+        interrupt: &Interrupt,
+    ) -> Result<bool> {
+        for _ in 0..pages.max(1) {
+            if walk.done {
+                break;
+            }
+            let page = self.scan(walk.target, walk.cursor, 1000, interrupt)?;
+            let pttls = self.pipeline_raw(walk.target, "PTTL", &page.keys, interrupt)?;
             for pttl in pttls {
                 match pttl {
                     Value::Int(-1) => {
-                        stats.keys += 1;
-                        stats.without_ttl += 1;
+                        walk.stats.keys += 1;
+                        walk.stats.without_ttl += 1;
                     }
                     Value::Int(ms) if ms >= 0 => {
-                        stats.keys += 1;
-                        ttls.push(ms as u64);
+                        walk.stats.keys += 1;
+                        walk.sample_ttl(ms as u64);
                     }
                     _ => {} // expired since the scan
                 }
             }
-            cursor = page.cursor;
-            if cursor == 0 {
-                break;
-            }
+            walk.cursor = page.cursor;
+            walk.done = page.cursor == 0;
         }
-        if !ttls.is_empty() {
-            stats.max_ttl_ms = ttls.iter().copied().max().unwrap_or(0);
-            let index = ((ttls.len() as f64) * 0.99).ceil() as usize;
-            let index = index.clamp(1, ttls.len()) - 1;
-            let (_, p99, _) = ttls.select_nth_unstable(index);
-            stats.p99_ttl_ms = *p99;
-        }
-        Ok(stats)
+        Ok(walk.done)
     }
 
     /// Source locks the destination does not hold with the same token (a full
     /// walk of the source): what stands between phase 1 and the gate.
-    ///
-    /// A phase-1 acquire in flight has written the source and not yet the
-    /// destination; such a key is source-only for a round trip. Candidates
-    /// are therefore checked again, a few times over ~150 ms, and only those
-    /// still source-only with the same token count: a lock left from phase 0
-    /// stays that way, an acquire in flight does not (a stalled one keeps the
-    /// gate closed, which errs on the safe side).
     pub fn source_only(&mut self, examples: usize, interrupt: &Interrupt) -> Result<SourceOnly> {
         self.only_on(Target::Source, examples, interrupt)
     }
@@ -238,44 +325,83 @@ impl Lease<'_> {
         self.only_on(Target::Destination, examples, interrupt)
     }
 
-    /// Locks on `side` whose value the other server lacks, re-checked.
     fn only_on(
         &mut self,
         side: Target,
         examples: usize,
         interrupt: &Interrupt,
     ) -> Result<SourceOnly> {
-        let mut report = SourceOnly::default();
-        let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut cursor = 0;
-        loop {
-            let page = self.scan(side, cursor, 1000, interrupt)?;
-            report.scanned += page.keys.len() as u64;
-            candidates.extend(self.only_among(side, page.keys, interrupt)?);
-            cursor = page.cursor;
-            if cursor == 0 {
+        let mut walk = OneSidedWalk::new(side);
+        while !self.one_sided_step(&mut walk, usize::MAX, interrupt)? {}
+        self.one_sided_finish(walk, examples, interrupt)
+    }
+
+    /// Walks up to `pages` SCAN pages of `side`, collecting the locks the
+    /// other server lacks; true when the walk is complete.
+    pub fn one_sided_step(
+        &mut self,
+        walk: &mut OneSidedWalk,
+        pages: usize,
+        interrupt: &Interrupt,
+    ) -> Result<bool> {
+        for _ in 0..pages.max(1) {
+            if walk.done {
                 break;
             }
+            let page = self.scan(walk.side, walk.cursor, 1000, interrupt)?;
+            walk.scanned += page.keys.len() as u64;
+            for candidate in self.only_among(walk.side, page.keys, interrupt)? {
+                if walk.candidates.len() < MAX_RECHECKED {
+                    walk.candidates.push(candidate);
+                } else {
+                    walk.unchecked += 1;
+                }
+            }
+            walk.cursor = page.cursor;
+            walk.done = page.cursor == 0;
         }
+        Ok(walk.done)
+    }
+
+    /// Ends a walk: an operation in flight makes a key one-sided for a round
+    /// trip (a phase-1 acquire has written the source, not yet the
+    /// destination), so candidates are checked again, a few times over
+    /// ~150 ms, and only those still one-sided with the same token count: a
+    /// lock left from phase 0 stays that way, an acquire in flight does not
+    /// (a stalled one keeps the gate closed, which errs on the safe side).
+    /// At most `MAX_RECHECKED` are kept for that; the rest count unchecked
+    /// (the gate is closed by far more than a few acquires in flight then).
+    pub fn one_sided_finish(
+        &mut self,
+        mut walk: OneSidedWalk,
+        examples: usize,
+        interrupt: &Interrupt,
+    ) -> Result<SourceOnly> {
+        let side = walk.side;
         for _ in 0..3 {
-            if candidates.is_empty() {
+            if walk.candidates.is_empty() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
-            let mut still = HashSet::with_capacity(candidates.len());
-            for chunk in candidates.chunks(1000) {
+            let mut still = HashSet::with_capacity(walk.candidates.len());
+            for chunk in walk.candidates.chunks(1000) {
                 let keys = chunk.iter().map(|(key, _)| key.clone()).collect();
                 still.extend(self.only_among(side, keys, interrupt)?);
             }
-            candidates.retain(|candidate| still.contains(candidate));
+            walk.candidates
+                .retain(|candidate| still.contains(candidate));
         }
-        report.count = candidates.len() as u64;
-        report.examples = candidates
-            .into_iter()
-            .take(examples)
-            .map(|(key, _)| key)
-            .collect();
-        Ok(report)
+        Ok(SourceOnly {
+            scanned: walk.scanned,
+            count: walk.candidates.len() as u64 + walk.unchecked,
+            unchecked: walk.unchecked,
+            examples: walk
+                .candidates
+                .into_iter()
+                .take(examples)
+                .map(|(key, _)| key)
+                .collect(),
+        })
     }
 
     /// (key, value) of the keys whose value on `side` the other server lacks.
