@@ -44,7 +44,7 @@ class Locking
       @err = err
       @options = {
         source: config.source, destination: config.destination, prefix: config.key_prefix,
-        timeout: [config.timeout, 5.0].max, batch: 1000, rate: nil, dry_run: false, restart: false,
+        timeout: [config.timeout, 5.0].max, batch: 200, rate: nil, dry_run: false, restart: false,
         wait: 0.0, progress: nil, phase: config.phase, init: false
       }
     end
@@ -88,13 +88,17 @@ class Locking
           options[:prefix] = v
         end
         o.on("--timeout SECONDS", Float, "per-command timeout (default: 5)") { |v| options[:timeout] = v }
-        o.on("--batch N", Integer, "backfill: keys per SCAN page, 1..#{MAX_BATCH} (default: 1000; a batch walks up to 16 pages)") do |v|
+        o.on("--batch N", Integer, "backfill: keys per SCAN page and per read transaction on the source, 1..#{MAX_BATCH} (default: 200; a batch walks up to 16 pages)") do |v|
           options[:batch] = v
         end
         o.on("--rate N", Integer, "backfill: at most N keys per second, N > 0 (each: 2 reads on the source)") do |v|
           options[:rate] = v
         end
         o.on("--reverse", "gate: the reverse gate, before rolling back from phase 1 to 0") { options[:reverse] = true }
+        o.on("--pages N", Integer, "backfill: SCAN pages per batch, 1..#{Locking::Client::MAX_BACKFILL_PAGES} " \
+                                   "(default: #{Locking::Client::BACKFILL_PAGES}; 1 under --rate)") do |v|
+          options[:pages] = v
+        end
         o.on("--dry-run", "backfill: count what would be copied, write nothing") { options[:dry_run] = true }
         o.on("--restart", "backfill: start over instead of resuming a saved position") { options[:restart] = true }
         o.on("--[no-]progress", "backfill: progress bar (default: on a terminal)") { |v| options[:progress] = v }
@@ -113,6 +117,9 @@ class Locking
 
       unless options[:batch].between?(1, MAX_BATCH)
         raise OptionParser::InvalidArgument, "--batch #{options[:batch]}: must be 1..#{MAX_BATCH}"
+      end
+      if options[:pages] && !options[:pages].between?(1, Locking::Client::MAX_BACKFILL_PAGES)
+        raise OptionParser::InvalidArgument, "--pages #{options[:pages]}: must be 1..#{Locking::Client::MAX_BACKFILL_PAGES}"
       end
       if options[:rate] && !options[:rate].positive?
         raise OptionParser::InvalidArgument, "--rate #{options[:rate]}: must be a positive number of keys per second"
@@ -259,13 +266,13 @@ class Locking
       totals = Hash.new(0).merge((saved && saved["totals"] || {}).transform_keys(&:to_sym))
       @out.puts "backfill#{' (dry run)' if options[:dry_run]}: #{Locking.redact(options[:source])} -> " \
                 "#{Locking.redact(options[:destination])}, " \
-                "keys under #{options[:prefix].inspect}, #{options[:batch]} per page, #{pages_per_batch} page(s) per batch" \
+                "keys under #{options[:prefix].inspect}, #{page_size} per page, #{pages_per_batch} page(s) per batch" \
                 "#{", at most #{options[:rate]} keys/s" if options[:rate]}"
       if saved
         @out.puts "resuming from a saved position (cursor #{cursor}, #{number(totals[:scanned])} keys scanned " \
                   "before); --restart starts over"
       end
-      progress = Progress.new(@out, options[:progress].nil? ? @out.tty? : options[:progress])
+      progress = Progress.new(@out, options[:progress].nil? ? @out.tty? : options[:progress], from: cursor)
       started = monotonic
       scanned_before = totals[:scanned]
       first_errors = []
@@ -274,7 +281,7 @@ class Locking
           unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
             raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
           end
-          report = tool.backfill_batch(cursor, count: options[:batch], pages: pages_per_batch, dry_run: options[:dry_run])
+          report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run])
           first_errors.concat(report[:errors]) if first_errors.size < 5
           report.each { |k, v| totals[k] += v unless %i[cursor errors].include?(k) }
           cursor = report[:cursor]
@@ -368,10 +375,22 @@ class Locking
     # Pages per backfill batch: as many as keep both servers busy, but under
     # --rate only what a tenth of a second allows, so the cap stays smooth
     # (the pause comes between batches) and the saved position stays recent.
+    # SCAN pages per backfill batch: as many as keep both servers busy
+    # (--pages overrides), but one under --rate, so the load is spread evenly
+    # rather than a burst at full speed and then a pause.
     def pages_per_batch
-      return Locking::Client::BACKFILL_PAGES unless options[:rate]
+      return options[:pages] if options[:pages]
 
-      (options[:rate] / 10 / options[:batch]).clamp(1, Locking::Client::BACKFILL_PAGES)
+      options[:rate] ? 1 : Locking::Client::BACKFILL_PAGES
+    end
+
+    # Keys per SCAN page (and per read transaction on the source): --batch,
+    # but under --rate at most what 5 ms of the rate allows, so that the
+    # source never serves one batch for long.
+    def page_size
+      return options[:batch] unless options[:rate] && !options[:pages]
+
+      [options[:batch], [options[:rate] / 200, 10].max].min
     end
 
     def throttle(scanned, started)
@@ -385,16 +404,20 @@ class Locking
     # plain line every few seconds. SCAN gives no total: the fraction done is
     # read off the cursor, whose bits reversed walk the hash table in order.
     class Progress
-      def initialize(out, bar)
+      # `from`: the cursor this run starts at (a resume starts part way).
+      def initialize(out, bar, from: 0)
         @out = out
         @bar = bar
         @last = -Float::INFINITY
+        @start_fraction = from.zero? ? 0.0 : reverse_bits(from) / 2.0**64
       end
 
       def update(keys, cursor, elapsed)
         fraction = cursor.zero? ? 1.0 : reverse_bits(cursor) / 2.0**64
         rate = keys / [elapsed, 1e-9].max
-        eta = fraction.positive? ? elapsed * (1 - fraction) / fraction : 0
+        # The ETA follows this run's own pace: a resumed run starts part way.
+        done = fraction - @start_fraction
+        eta = done.positive? ? elapsed * (1 - fraction) / done : 0
         if @bar
           return if elapsed - @last < 0.1 && fraction < 1.0
 
