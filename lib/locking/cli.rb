@@ -77,15 +77,20 @@ class Locking
     def parser
       @parser ||= OptionParser.new do |o|
         o.banner = USAGE
-        o.on("--source URL", "source Redis (default: LOCKING_SOURCE_URL, REDIS_URL)") { |v| options[:source] = v }
+        o.on("--config FILE", "settings from a YAML file like config/locking.yml (its --environment section); " \
+                              "--source/--destination/--prefix still win") { |v| options[:config] = v }
+        o.on("--environment NAME", "the section of --config (default: RAILS_ENV, RACK_ENV, else production)") do |v|
+          options[:environment] = v
+        end
+        o.on("--source URL", "source Redis (default: LOCKING_SOURCE_URL, REDIS_URL)") { |v| explicit(:source, v) }
         o.on("--destination URL", "destination Redis (default: LOCKING_DESTINATION_URL)") do |v|
-          options[:destination] = v
+          explicit(:destination, v)
         end
         o.on("--allow-empty", "gate, phase: accept a prefix under which no lock and no process is found") do
           options[:allow_empty] = true
         end
         o.on("--prefix PREFIX", "lock key prefix (default: the configured key_prefix: LOCKING_PREFIX, else \"locking:\")") do |v|
-          options[:prefix] = v
+          explicit(:prefix, v)
         end
         o.on("--timeout SECONDS", Float, "per-command timeout (default: 5)") { |v| options[:timeout] = v }
         o.on("--batch N", Integer, "backfill: keys per SCAN page and per read transaction on the source, 1..#{MAX_BATCH} (default: 200; a batch walks up to 16 pages)") do |v|
@@ -111,9 +116,16 @@ class Locking
       end
     end
 
+    def explicit(name, value)
+      (@explicit ||= []) << name
+      options[name] = value
+    end
+
     def parse
       @args = parser.parse(@argv)
       return "help" if options[:help]
+
+      apply_config_file(options[:config]) if options[:config]
 
       unless options[:batch].between?(1, MAX_BATCH)
         raise OptionParser::InvalidArgument, "--batch #{options[:batch]}: must be 1..#{MAX_BATCH}"
@@ -128,6 +140,36 @@ class Locking
       @args.shift
     end
 
+    # Settings from a YAML file in config/locking.yml's form (ERB, one section
+    # per environment, or flat), through Locking::Configuration's checks;
+    # options given on the command line win.
+    def apply_config_file(path)
+      require "yaml"
+      require "erb"
+      text = ERB.new(File.read(path)).result
+      data = YAML.safe_load(text, aliases: true) || {}
+      environment = options[:environment] || ENV["RAILS_ENV"] || ENV["RACK_ENV"] || "production"
+      data = data[environment] if data.key?(environment)
+      unless data.is_a?(Hash)
+        raise ArgumentError, "#{path}: expected settings (source, destination, key_prefix ...) or an #{environment}: section"
+      end
+
+      config = Configuration.new(ENV)
+      data.each do |name, value|
+        next if value.nil?
+
+        config.public_send(:"#{name}=", name.to_s == "phase" ? value.to_s : value)
+      rescue NoMethodError
+        raise ArgumentError, "#{path}: unknown setting #{name.inspect}"
+      end
+      explicit = @explicit || []
+      options[:source] = config.source unless explicit.include?(:source)
+      options[:destination] = config.destination unless explicit.include?(:destination)
+      options[:prefix] = config.key_prefix unless explicit.include?(:prefix)
+      options[:phase] = config.phase
+    rescue Errno::ENOENT, Psych::SyntaxError => e
+      raise ArgumentError, "--config: #{e.message}"
+    end
     def usage(status)
       @out.puts parser.help
       status

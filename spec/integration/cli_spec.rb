@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "tmpdir"
+
 require "rbconfig"
 require "json"
 
@@ -309,6 +311,35 @@ RSpec.describe "exe/locking" do
     expect($?.exitstatus).to eq(130), output
     expect(output).to include("interrupted")
     expect(output).not_to include("CLOSED")
+  end
+
+  it "reads its settings from --config FILE (config/locking.yml's form), the command line winning" do
+    source.set("shop:a", "t", px: 60_000)
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "locking.yml")
+      File.write(path, <<~YAML)
+        production:
+          source: #{source_server.url}
+          destination: <%= "#{destination_server.url}" %>
+          key_prefix: "shop:"
+          phase: dual
+      YAML
+      out = StringIO.new
+      status = Locking::CLI.new(["status", "--config", path], out: out, err: out).run
+      expect(status).to eq(0), out.string
+      expect(out.string).to match(/source\s+#{Regexp.escape(source_server.url)}\s+1 lock keys/)
+      expect(out.string).to include("1 (dual) (static")
+
+      out = StringIO.new
+      status = Locking::CLI.new(["status", "--config", path, "--prefix", "other:"], out: out, err: out).run
+      expect(status).to eq(0)
+      expect(out.string).to match(/source\s+\S+\s+0 lock keys/)
+
+      File.write(path, "production:\n  colour: blue\n")
+      out = StringIO.new
+      expect(Locking::CLI.new(["status", "--config", path], out: out, err: out).run).to eq(3)
+      expect(out.string).to include("unknown setting \"colour\"")
+    end
   end
 
   it "reports an unreachable server as an error, exit 3" do

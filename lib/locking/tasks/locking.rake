@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-# rake locking:status | locking:backfill | locking:gate | locking:phase
+# rake locking:status | locking:backfill | locking:gate | locking:phase | locking:cleanup_source
 # Options go in LOCKING_ARGS, as for exe/locking:
 #   rake locking:backfill LOCKING_ARGS="--rate 50000"
 #   rake locking:phase LOCKING_ARGS="advance --wait 60"
@@ -8,9 +8,10 @@
 require "shellwords"
 
 namespace :locking do
-  %w[status backfill gate phase].each do |command|
+  { "status" => "status", "backfill" => "backfill", "gate" => "gate", "phase" => "phase",
+    "cleanup_source" => "cleanup-source" }.each do |task_name, command|
     desc "locking #{command} (see `locking --help`; options in LOCKING_ARGS)"
-    task command do
+    task task_name do
       # Decided now, not when this file loads: a Rails app defines
       # :environment after its Railtie loads these tasks.
       Rake::Task[:environment].invoke if Rake::Task.task_defined?(:environment)
