@@ -342,6 +342,56 @@ RSpec.describe "exe/locking" do
     end
   end
 
+  it "writes progress a line at a time into a pipe or a log file, while it runs" do
+    3_000.times { |i| source.set("locking:k#{i}", "t", px: 600_000) }
+    env = { "RUBYLIB" => File.expand_path("../../lib", __dir__), "RUBYOPT" => nil }
+    command = [RbConfig.ruby, File.expand_path("../../exe/locking", __dir__), "backfill", "--source", source_server.url,
+               "--destination", destination_server.url, "--rate", "1000"]
+    IO.popen(env, command, err: [:child, :out]) do |io|
+      expect(io.gets).to start_with("backfill: redis://") # the header, before the work
+      expect(io.gets).to match(/\Abackfill: \d+% [\d,]+ keys/) # a progress line, long before the end
+      expect(destination.keys("locking:*").size).to be < 3_000 # still running
+      io.read
+    end
+  end
+
+  it "spreads --rate evenly: one small page at a time" do
+    100.times { |i| source.set("locking:k#{i}", "t", px: 600_000) }
+    status, out, = locking_cli("backfill", "--rate", "10000")
+    expect(status).to eq(0)
+    expect(out).to include("50 per page, 1 page(s) per batch, at most 10000 keys/s") # 5 ms of the rate
+    status, out, = locking_cli("backfill", "--restart")
+    expect(status).to eq(0)
+    expect(out).to include("200 per page, 16 page(s) per batch") # the default, unthrottled
+  end
+
+  it "estimates the time left from this run's own pace after a resume" do
+    out = StringIO.new
+    half = 1 # SCAN's cursor walks in reversed-bit order: this one is half way
+    three_quarters = 3
+    progress = Locking::CLI::Progress.new(out, false, from: half)
+    progress.update(1_000, three_quarters, 10.0) # a quarter of the walk in 10 s: a quarter left
+    expect(out.string).to include("75%", "ETA 0:10")
+  end
+
+  it "reads the fleet without scanning the destination's keyspace" do
+    RedisServer.bulk_load(destination_server.url, 20_000.times.lazy.map { |i| ["SET", "locking:k#{i}", "t"] })
+    expect(locking_cli("phase", "set", "1", "--init")[0]).to eq(0)
+    fake_heartbeat("web-1:1", "1 1 10000")
+    scans = -> { destination.info("commandstats").fetch("scan", {}).to_s[/calls=(\d+)/, 1].to_i }
+    before = scans.call
+    status, out, = locking_cli("phase")
+    expect(status).to eq(0)
+    expect(out).to include("web-1:1")
+    expect(scans.call).to eq(before)
+  end
+
+  it "refuses a source that is the destination" do
+    status, _, err = locking_cli("status", destination: source_server.url)
+    expect(status).to eq(3)
+    expect(err).to include("source and destination are the same server")
+  end
+
   it "reports an unreachable server as an error, exit 3" do
     status, _, err = locking_cli("status", source: "redis://127.0.0.1:1/0")
     expect(status).to eq(3)
