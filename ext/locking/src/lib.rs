@@ -3,6 +3,7 @@
 
 mod client;
 mod error;
+mod memory;
 mod nogvl;
 mod walk;
 
@@ -11,5 +12,6 @@ use magnus::{Error, Ruby};
 #[magnus::init(name = "locking")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     client::init(ruby)?;
-    walk::init(ruby)
+    walk::init(ruby)?;
+    memory::init(ruby)
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod connection;
 pub mod control;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod phase;
 pub mod pool;

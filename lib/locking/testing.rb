@@ -1,0 +1,167 @@
+# frozen_string_literal: true
+
+require "locking"
+
+class Locking
+  # Test support for the apps that use locking: no Redis server, no lock left
+  # over from an earlier test.
+  #
+  #   # spec/rails_helper.rb (or test/test_helper.rb)
+  #   require "locking/testing"          # mode :memory from here on
+  #   Locking::Testing.mode = :memory    # or :bypass, :refuse, :real
+  #
+  # Modes:
+  # - :memory  locks live in this process, with Redis's semantics: tokens,
+  #            TTLs on a clock the test moves (Locking::Testing.travel), phases,
+  #            locked? (the same protocol code as on Redis, over an in-memory model)
+  # - :bypass  every acquire succeeds and nothing is stored
+  # - :refuse  every acquire fails (to test conflict paths); locked? is true
+  # - :real    the configured Redis servers, as in production
+  module Testing
+    MODES = %i[memory bypass refuse real].freeze
+
+    # Locks in memory, behind the interface Locking and Locking::UniqueJob
+    # use (Locking::Client's).
+    class MemoryClient
+      def initialize
+        @memory = Memory.new
+        @phase = :source
+      end
+
+      attr_reader :memory
+
+      def acquire(key, token, ttl_ms)
+        @memory._acquire(key, token, ttl_ms).tap { |acquired| Testing.record(key) if acquired }
+      end
+
+      def release(key, token) = @memory._release(key, token)
+      def locked?(key) = @memory._locked(key)
+      def renew(key, token, ttl_ms) = @memory._renew(key, token, ttl_ms)
+      def ttl_ms(key, token) = @memory._ttl(key, token)
+      def force_delete(key) = @memory._force_delete(key)
+      def delete_matching(start) = @memory._delete_matching(start)
+      def phase = Configuration::PHASES.fetch(@memory._phase)
+
+      def phase=(phase)
+        @memory._set_phase(Configuration.phase_index(phase))
+      end
+    end
+
+    # Every acquire succeeds; nothing is stored.
+    class BypassClient
+      def acquire(key, _token, _ttl_ms)
+        Testing.record(key)
+        true
+      end
+
+      def release(_key, _token) = true
+      def locked?(_key) = false
+      def renew(_key, _token, _ttl_ms) = true
+      def ttl_ms(_key, _token) = nil
+      def force_delete(_key) = 0
+      def delete_matching(_start) = 0
+      def phase = :source
+      def phase=(_phase); end
+    end
+
+    # Every acquire fails: someone else always holds the lock.
+    class RefuseClient < BypassClient
+      def acquire(_key, _token, _ttl_ms) = false
+      def release(_key, _token) = false
+      def locked?(_key) = true
+      def renew(_key, _token, _ttl_ms) = false
+    end
+
+    # Locking.client and Locking's clock follow the mode.
+    module Switch
+      def client
+        Testing.client || super
+      end
+
+      private
+
+      def monotonic
+        super + Testing.offset
+      end
+    end
+
+    @mode = :real
+    @memory_client = nil
+    @offset = 0.0
+    @acquired = []
+
+    class << self
+      attr_reader :mode
+
+      # Seconds the test clock is ahead of the real one (:memory).
+      attr_reader :offset
+
+      def mode=(mode)
+        unless MODES.include?(mode)
+          raise ArgumentError, "unknown Locking::Testing mode #{mode.inspect} (expected #{MODES.map(&:inspect).join(', ')})"
+        end
+
+        @mode = mode
+      end
+
+      # Runs the block in another mode, then restores the previous one.
+      def with_mode(mode)
+        previous = @mode
+        self.mode = mode
+        yield
+      ensure
+        @mode = previous
+      end
+
+      # The client for the mode; nil for :real (Locking's own).
+      def client
+        case @mode
+        when :memory then memory_client
+        when :bypass then (@bypass ||= BypassClient.new)
+        when :refuse then (@refuse ||= RefuseClient.new)
+        end
+      end
+
+      def memory_client
+        @memory_client ||= MemoryClient.new
+      end
+
+      # Moves the :memory clock forward: locks whose TTL runs out expire, and
+      # have_lock? counts the time too.
+      def travel(seconds)
+        unless seconds.is_a?(Numeric) && seconds.real? && seconds.to_f.finite? && seconds >= 0
+          raise ArgumentError, "travel takes a non-negative number of seconds, got #{seconds.inspect}"
+        end
+
+        memory_client.memory._travel((seconds * 1000).round)
+        @offset += seconds.to_f
+        nil
+      end
+
+      # Clears the :memory locks and the record of acquisitions.
+      def reset!
+        memory_client.memory._reset
+        @acquired.clear
+        nil
+      end
+
+      # Lock keys held in memory now (:memory).
+      def locks
+        memory_client.memory._keys
+      end
+
+      # Lock keys acquired since the last reset! (:memory and :bypass), oldest first.
+      def acquired
+        @acquired.dup
+      end
+
+      def record(key)
+        @acquired << key
+      end
+    end
+  end
+
+  singleton_class.prepend(Testing::Switch)
+end
+
+Locking::Testing.mode = :memory
