@@ -531,7 +531,7 @@ impl Lease<'_> {
         let mut packed = Vec::new();
         let mut next_cursor = cursor;
         let mut pages_asked = 1;
-        let mut resent: Vec<bool> = Vec::new();
+        let mut resent: Vec<u8> = Vec::new();
         let mut load: [Vec<&'static redis::Script>; 2] = [Vec::new(), Vec::new()];
         let names = [
             self.client
@@ -573,7 +573,7 @@ impl Lease<'_> {
                         keys.push(key);
                         ops.push(protocol::Backfill::new());
                         outcomes.push(None);
-                        resent.push(false);
+                        resent.push(0);
                         step_into(&mut ops[index], index, Vec::new(), &mut outcomes, &mut next);
                     }
                 }
@@ -588,10 +588,18 @@ impl Lease<'_> {
                         let reply = match decoded {
                             Ok(Decoded::Reply(reply)) => Ok(reply),
                             // The script is gone (restart, SCRIPT FLUSH): load
-                            // it in the next pipeline and resend, once.
-                            Ok(Decoded::LoadScript(script)) if !resent[index] => {
-                                resent[index] = true;
+                            // it in the next pipeline and resend. An old server
+                            // (no SET .. NX GET): resend as the Lua mirror, which
+                            // may need loading in turn. At most twice a key.
+                            Ok(Decoded::LoadScript(script)) if resent[index] < 2 => {
+                                resent[index] += 1;
                                 load[side].push(script);
+                                next[side].push((index, command));
+                                continue;
+                            }
+                            Ok(Decoded::UseAcquireScript) if resent[index] < 2 => {
+                                resent[index] += 1;
+                                server.use_acquire_script();
                                 next[side].push((index, command));
                                 continue;
                             }

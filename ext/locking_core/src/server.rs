@@ -185,25 +185,6 @@ impl Server {
         self.retry(connection, key, command, decoded, interrupt)
     }
 
-    fn resend(
-        &self,
-        connection: &mut Connection,
-        key: &[u8],
-        command: &Command,
-        interrupt: &Interrupt,
-    ) -> Result<Reply> {
-        connection.send(&self.encode(key, command), interrupt)?;
-        let deadline = Instant::now() + connection.read_timeout();
-        let value = receive_reply(connection, command, deadline, interrupt)?;
-        match self.decode(command, value)? {
-            Decoded::Reply(reply) => Ok(reply),
-            _ => Err(Error::Command {
-                server: self.name().to_string(),
-                detail: format!("server keeps refusing {}", command_name(command)),
-            }),
-        }
-    }
-
     fn encode(&self, key: &[u8], command: &Command) -> Vec<u8> {
         let mut packed = Vec::new();
         self.encode_into(key, command, &mut packed);
@@ -242,7 +223,13 @@ impl Server {
                 resp::write_command(packed, &["TIME".into()]);
                 resp::write_command(packed, &["EXEC".into()]);
             }
-            Command::Mirror { value, ttl_ms } => write_set_nx_get(packed, key, value, *ttl_ms),
+            Command::Mirror { value, ttl_ms } => {
+                if self.set_get.load(Ordering::Relaxed) {
+                    write_set_nx_get(packed, key, value, *ttl_ms)
+                } else {
+                    write_evalsha(packed, &scripts::ACQUIRE, key, value, *ttl_ms)
+                }
+            }
             Command::ExtendIfGreater { token, ttl_ms } => write_evalsha(
                 packed,
                 &scripts::EXTEND_IF_GREATER,
@@ -371,28 +358,46 @@ impl Server {
         Ok(replies)
     }
 
+    /// Answers what a reply asked for, then sends the command again: a
+    /// script to load (NOSCRIPT), or the Lua acquire on an old server, which
+    /// may itself need loading first. At most twice.
     fn retry(
         &self,
         connection: &mut Connection,
         key: &[u8],
         command: &Command,
-        retry: Decoded,
+        mut decoded: Decoded,
         interrupt: &Interrupt,
     ) -> Result<Reply> {
-        match retry {
-            Decoded::Reply(reply) => Ok(reply),
-            Decoded::LoadScript(script) => {
-                script.load(connection).map_err(|error| Error::Command {
-                    server: self.name().to_string(),
-                    detail: format!("cannot load script: {error}"),
-                })?;
-                self.resend(connection, key, command, interrupt)
+        for _ in 0..2 {
+            match decoded {
+                Decoded::Reply(reply) => return Ok(reply),
+                Decoded::LoadScript(script) => {
+                    script.load(connection).map_err(|error| Error::Command {
+                        server: self.name().to_string(),
+                        detail: format!("cannot load script: {error}"),
+                    })?;
+                }
+                Decoded::UseAcquireScript => self.use_acquire_script(),
             }
-            Decoded::UseAcquireScript => {
-                self.set_get.store(false, Ordering::Relaxed);
-                self.resend(connection, key, command, interrupt)
-            }
+            connection.send(&self.encode(key, command), interrupt)?;
+            let deadline = Instant::now() + connection.read_timeout();
+            let value = receive_reply(connection, command, deadline, interrupt)?;
+            decoded = self.decode(command, value)?;
         }
+        match decoded {
+            Decoded::Reply(reply) => Ok(reply),
+            _ => Err(Error::Command {
+                server: self.name().to_string(),
+                detail: format!("server keeps refusing {}", command_name(command)),
+            }),
+        }
+    }
+
+    /// From now on, acquire (and mirror) with the Lua script: this server is
+    /// older than Redis 7 (its `SET .. NX GET` was a syntax error).
+    pub(crate) fn use_acquire_script(&self) {
+        self.set_get.store(false, Ordering::Relaxed);
     }
 
     pub(crate) fn decode(&self, command: &Command, value: Value) -> Result<Decoded> {
@@ -403,7 +408,7 @@ impl Server {
                 }
             }
             let text = server_error_text(&error);
-            if matches!(command, Command::Acquire { .. })
+            if matches!(command, Command::Acquire { .. } | Command::Mirror { .. })
                 && self.set_get.load(Ordering::Relaxed)
                 && text.to_ascii_lowercase().contains("syntax error")
             {
