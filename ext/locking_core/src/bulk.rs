@@ -586,11 +586,14 @@ impl Lease<'_> {
                     let decoded = server.pipeline_decode(connection, &commands, interrupt)?;
                     for ((index, command), decoded) in flight.into_iter().zip(decoded) {
                         let reply = match decoded {
-                            Ok(Decoded::Reply(reply)) => Ok(reply),
+                            Ok(Decoded::Reply(reply)) => {
+                                resent[index] = 0; // the count is per command
+                                Ok(reply)
+                            }
                             // The script is gone (restart, SCRIPT FLUSH): load
                             // it in the next pipeline and resend. An old server
                             // (no SET .. NX GET): resend as the Lua mirror, which
-                            // may need loading in turn. At most twice a key.
+                            // may need loading in turn. At most twice a command.
                             Ok(Decoded::LoadScript(script)) if resent[index] < 2 => {
                                 resent[index] += 1;
                                 load[side].push(script);

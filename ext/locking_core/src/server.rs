@@ -408,8 +408,9 @@ impl Server {
                 }
             }
             let text = server_error_text(&error);
+            // Also when the flag is already down: a pipeline may hold commands
+            // encoded before another reply taught us the server is old.
             if matches!(command, Command::Acquire { .. } | Command::Mirror { .. })
-                && self.set_get.load(Ordering::Relaxed)
                 && text.to_ascii_lowercase().contains("syntax error")
             {
                 return Ok(Decoded::UseAcquireScript);
@@ -481,12 +482,13 @@ impl Server {
 
     fn script_of(&self, command: &Command) -> Option<&'static redis::Script> {
         match command {
-            Command::Acquire { .. } => Some(&scripts::ACQUIRE),
+            // The mirror runs the acquire script on servers without SET .. NX GET.
+            Command::Acquire { .. } | Command::Mirror { .. } => Some(&scripts::ACQUIRE),
             Command::CompareAndDelete { .. } => Some(&scripts::COMPARE_AND_DELETE),
             Command::CompareAndExtend { .. } => Some(&scripts::COMPARE_AND_EXTEND),
             Command::TokenTtl { .. } => Some(&scripts::TOKEN_TTL),
             Command::ExtendIfGreater { .. } => Some(&scripts::EXTEND_IF_GREATER),
-            Command::Exists | Command::Mirror { .. } | Command::ReadWithTtl => None,
+            Command::Exists | Command::ReadWithTtl => None,
         }
     }
 }
