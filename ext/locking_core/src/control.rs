@@ -468,11 +468,8 @@ impl Lease<'_> {
     /// keyspace (no SCAN).
     pub fn fleet(&mut self, interrupt: &Interrupt) -> Result<Vec<FleetMember>> {
         let prefix = self.client.key_prefix().to_vec();
-        let now =
-            match self.control_request(&redis::cmd("TIME").get_packed_command(), interrupt)? {
-                Value::Array(parts) => time_ms(&parts),
-                _ => None,
-            }
+        let time = self.control_request(&redis::cmd("TIME").get_packed_command(), interrupt)?;
+        let now = crate::server::server_time_ms(time)
             .ok_or_else(|| Error::Internal("TIME gave no time".into()))?;
         let live = self.control_request(
             &redis::cmd("ZRANGEBYSCORE")
@@ -523,19 +520,6 @@ impl Lease<'_> {
         }
         members.sort_by(|a, b| a.process.cmp(&b.process));
         Ok(members)
-    }
-}
-
-/// TIME's reply ([seconds, microseconds]) in milliseconds.
-fn time_ms(parts: &[Value]) -> Option<u64> {
-    let number = |value: &Value| match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse::<u64>().ok(),
-        Value::Int(n) => u64::try_from(*n).ok(),
-        _ => None,
-    };
-    match parts {
-        [seconds, micros] => Some(number(seconds)? * 1000 + number(micros)? / 1000),
-        _ => None,
     }
 }
 

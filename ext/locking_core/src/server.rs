@@ -494,7 +494,8 @@ impl Server {
 }
 
 /// TIME's reply, in milliseconds.
-fn server_time_ms(value: Value) -> Option<u64> {
+/// TIME's reply ([seconds, microseconds]) in milliseconds.
+pub(crate) fn server_time_ms(value: Value) -> Option<u64> {
     let Value::Array(parts) = value else {
         return None;
     };
