@@ -493,7 +493,6 @@ impl Server {
     }
 }
 
-/// TIME's reply, in milliseconds.
 /// TIME's reply ([seconds, microseconds]) in milliseconds.
 pub(crate) fn server_time_ms(value: Value) -> Option<u64> {
     let Value::Array(parts) = value else {
