@@ -72,12 +72,18 @@ pub const MAX_RECHECKED: usize = 10_000;
 /// TTLs kept to estimate the p99 of a key-stats walk (a uniform sample).
 const TTL_SAMPLE: usize = 100_000;
 
+/// Where a resumable SCAN walk stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct WalkPosition {
+    cursor: u64,
+    done: bool,
+}
+
 /// A walk of one server for `key_stats`, resumable page by page.
 #[derive(Debug, Clone)]
 pub struct KeyStatsWalk {
     target: Target,
-    cursor: u64,
-    done: bool,
+    position: WalkPosition,
     stats: KeyStats,
     ttls: Vec<u64>,
     ttls_seen: u64,
@@ -88,8 +94,7 @@ impl KeyStatsWalk {
     pub fn new(target: Target) -> Self {
         KeyStatsWalk {
             target,
-            cursor: 0,
-            done: false,
+            position: WalkPosition::default(),
             stats: KeyStats::default(),
             ttls: Vec::new(),
             ttls_seen: 0,
@@ -131,8 +136,7 @@ impl KeyStatsWalk {
 #[derive(Debug, Clone)]
 pub struct OneSidedWalk {
     side: Target,
-    cursor: u64,
-    done: bool,
+    position: WalkPosition,
     scanned: u64,
     candidates: Vec<(Vec<u8>, Vec<u8>)>,
     unchecked: u64,
@@ -142,8 +146,7 @@ impl OneSidedWalk {
     pub fn new(side: Target) -> Self {
         OneSidedWalk {
             side,
-            cursor: 0,
-            done: false,
+            position: WalkPosition::default(),
             scanned: 0,
             candidates: Vec::new(),
             unchecked: 0,
@@ -282,12 +285,10 @@ impl Lease<'_> {
         pages: usize,
         interrupt: &Interrupt,
     ) -> Result<bool> {
-        for _ in 0..pages.max(1) {
-            if walk.done {
-                break;
-            }
-            let page = self.scan(walk.target, walk.cursor, 1000, interrupt)?;
-            let pttls = self.pipeline_raw(walk.target, "PTTL", &page.keys, interrupt)?;
+        let target = walk.target;
+        let mut position = walk.position;
+        let done = self.walk_pages(target, &mut position, pages, interrupt, |lease, keys| {
+            let pttls = lease.pipeline_raw(target, "PTTL", &keys, interrupt)?;
             for pttl in pttls {
                 match pttl {
                     Value::Int(-1) => {
@@ -301,10 +302,32 @@ impl Lease<'_> {
                     _ => {} // expired since the scan
                 }
             }
-            walk.cursor = page.cursor;
-            walk.done = page.cursor == 0;
+            Ok(())
+        })?;
+        walk.position = position;
+        Ok(done)
+    }
+
+    /// Steps a resumable SCAN walk of `target`: up to `pages` pages from
+    /// `position`, each page's keys handed to `page`; true once complete.
+    fn walk_pages(
+        &mut self,
+        target: Target,
+        position: &mut WalkPosition,
+        pages: usize,
+        interrupt: &Interrupt,
+        mut page: impl FnMut(&mut Self, Vec<Vec<u8>>) -> Result<()>,
+    ) -> Result<bool> {
+        for _ in 0..pages.max(1) {
+            if position.done {
+                break;
+            }
+            let scanned = self.scan(target, position.cursor, 1000, interrupt)?;
+            position.cursor = scanned.cursor;
+            position.done = scanned.cursor == 0;
+            page(self, scanned.keys)?;
         }
-        Ok(walk.done)
+        Ok(position.done)
     }
 
     /// Source locks the destination does not hold with the same token (a full
@@ -344,23 +367,21 @@ impl Lease<'_> {
         pages: usize,
         interrupt: &Interrupt,
     ) -> Result<bool> {
-        for _ in 0..pages.max(1) {
-            if walk.done {
-                break;
-            }
-            let page = self.scan(walk.side, walk.cursor, 1000, interrupt)?;
-            walk.scanned += page.keys.len() as u64;
-            for candidate in self.only_among(walk.side, page.keys, interrupt)? {
+        let side = walk.side;
+        let mut position = walk.position;
+        let done = self.walk_pages(side, &mut position, pages, interrupt, |lease, keys| {
+            walk.scanned += keys.len() as u64;
+            for candidate in lease.only_among(side, keys, interrupt)? {
                 if walk.candidates.len() < MAX_RECHECKED {
                     walk.candidates.push(candidate);
                 } else {
                     walk.unchecked += 1;
                 }
             }
-            walk.cursor = page.cursor;
-            walk.done = page.cursor == 0;
-        }
-        Ok(walk.done)
+            Ok(())
+        })?;
+        walk.position = position;
+        Ok(done)
     }
 
     /// Ends a walk: an operation in flight makes a key one-sided for a round
