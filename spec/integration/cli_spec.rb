@@ -294,15 +294,16 @@ RSpec.describe "exe/locking" do
   # between two calls (a single-threaded process cannot cut one short).
   it "ends gate on Ctrl-C within the timeout, mid-walk of 1,000,000 keys" do
     RedisServer.bulk_load(source_server.url, 1_000_000.times.lazy.map { |i| ["SET", "locking:k#{i}", "t", "PX", "600000"] })
-    clients_before = source.info("clients")["connected_clients"].to_i
+    scans = -> { scan_calls(source) }
+    scans_before = scans.call
     env = { "RUBYLIB" => File.expand_path("../../lib", __dir__), "RUBYOPT" => nil }
     command = [RbConfig.ruby, File.expand_path("../../exe/locking", __dir__), "gate", "--source", source_server.url,
                "--destination", destination_server.url, "--timeout", "5"]
     output = +""
     IO.popen(env, command, err: [:child, :out]) do |io|
       deadline = monotonic + 20
-      # Walking: it has connected to the source.
-      sleep 0.01 until source.info("clients")["connected_clients"].to_i > clients_before || monotonic > deadline
+      # Walking: the source has served its first SCAN pages (of about 1,000).
+      sleep 0.005 until scans.call > scans_before || monotonic > deadline
       interrupted = monotonic
       Process.kill(:INT, io.pid)
       output << io.read
@@ -378,7 +379,7 @@ RSpec.describe "exe/locking" do
     RedisServer.bulk_load(destination_server.url, 20_000.times.lazy.map { |i| ["SET", "locking:k#{i}", "t"] })
     expect(locking_cli("phase", "set", "1", "--init")[0]).to eq(0)
     fake_heartbeat("web-1:1", "1 1 10000")
-    scans = -> { destination.info("commandstats").fetch("scan", {}).to_s[/calls=(\d+)/, 1].to_i }
+    scans = -> { scan_calls(destination) }
     before = scans.call
     status, out, = locking_cli("phase")
     expect(status).to eq(0)
@@ -390,6 +391,17 @@ RSpec.describe "exe/locking" do
     status, _, err = locking_cli("status", destination: source_server.url)
     expect(status).to eq(3)
     expect(err).to include("source and destination are the same server")
+  end
+
+  # SCAN commands a server has run so far.
+  def scan_calls(redis)
+    redis.info("commandstats").fetch("scan", {}).fetch("calls", "0").to_i
+  end
+
+  it "counts the SCANs a server runs (the helper the two specs above rely on)" do
+    before = scan_calls(destination)
+    destination.scan(0)
+    expect(scan_calls(destination)).to eq(before + 1)
   end
 
   it "reports an unreachable server as an error, exit 3" do
