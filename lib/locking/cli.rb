@@ -291,10 +291,10 @@ class Locking
     # sees the lease or is seen here), static ones from the configuration.
     def backfill_allowed?
       phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
-      return true unless %i[drain destination].include?(phase)
+      refusal = phase && Locking::Client.backfill_refusal(Configuration::PHASES.index(phase))
+      return true unless refusal
 
-      @err.puts "locking: refused: the fleet is in phase #{describe_phase(phase)}: backfill runs only in " \
-                "phases 0 and 1 (its copies could race releases)"
+      @err.puts "locking: refused: the fleet is in phase #{describe_phase(phase)}: #{refusal}"
       false
     end
 
@@ -540,21 +540,12 @@ class Locking
       @out.puts "reverse gate into phase 0 (source), for a rollback from phase 1:"
       @out.puts "  destination-only locks: #{number(count)} (of #{number(scanned)} on the destination)"
       examples.each { |key| @out.puts "    e.g. #{key.inspect}" }
-      reasons = []
-      if count.positive?
-        reasons << "#{number(count)} lock(s) live on the destination only (taken in phase 2): a process in phase 0 " \
-                   "would not see them; wait for their TTLs"
-      end
-      verdict(reasons, "rolling back to phase 0 is safe")
+      verdict(Locking::Client.reverse_gate_reasons(count), "rolling back to phase 0 is safe")
     end
 
+    # The core's gate, in the core's words (the same as `phase advance`).
     def protocol_reasons(source_only, in_phase_zero)
-      reasons = []
-      if source_only.positive?
-        reasons << "#{number(source_only)} lock(s) live on the source only: run `locking backfill`, or wait for their TTLs"
-      end
-      reasons << "#{in_phase_zero} process(es) still in phase 0" if in_phase_zero.positive?
-      reasons
+      Locking::Client.gate_reasons(in_phase_zero, source_only)
     end
 
     def verdict(reasons, safe)

@@ -8,7 +8,7 @@ use crate::walk::{RbWalk, Walk};
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::protocol::Target;
 use locking_core::{
-    Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Phase, TokenTtl,
+    Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
 };
 use magnus::{function, method, prelude::*, IntoValue, RArray, RHash, RString, Ruby, Value};
 use std::time::Duration;
@@ -86,13 +86,32 @@ impl RbClient {
         ruby: &Ruby,
         operation: impl FnOnce(&mut Lease<'_>, &Interrupt) -> locking_core::Result<T>,
     ) -> Result<T, magnus::Error> {
-        let mut lease = self.client.lease();
+        self.with_session(ruby, Client::lease, Client::finish, operation)
+    }
+
+    /// The same for an operator command (bulk walks, backfill, control).
+    fn with_operator<T>(
+        &self,
+        ruby: &Ruby,
+        operation: impl FnOnce(&mut Operator<'_>, &Interrupt) -> locking_core::Result<T>,
+    ) -> Result<T, magnus::Error> {
+        self.with_session(ruby, Client::operator, Client::finish_operator, operation)
+    }
+
+    fn with_session<'c, S, T>(
+        &'c self,
+        ruby: &Ruby,
+        take: impl FnOnce(&'c Client) -> S,
+        give_back: impl FnOnce(&'c Client, S),
+        operation: impl FnOnce(&mut S, &Interrupt) -> locking_core::Result<T>,
+    ) -> Result<T, magnus::Error> {
+        let mut session = take(&self.client);
         let interrupt = Interrupt::new();
-        let outcome = without_gvl(&interrupt, || operation(&mut lease, &interrupt));
+        let outcome = without_gvl(&interrupt, || operation(&mut session, &interrupt));
         if interrupt.is_cancelled() {
-            drop(lease); // its sockets were shut down
+            drop(session); // its sockets were shut down
         } else {
-            self.client.finish(lease);
+            give_back(&self.client, session);
         }
         for warning in self.client.take_warnings() {
             let _: Result<Value, _> = ruby
@@ -175,8 +194,8 @@ impl RbClient {
     ) -> Result<&'static str, magnus::Error> {
         use locking_core::protocol::BackfillOutcome;
         let full_key = bytes(full_key);
-        let outcome = rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.backfill(&full_key, interrupt)
+        let outcome = rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.backfill(&full_key, interrupt)
         })?;
         Ok(match outcome {
             BackfillOutcome::Absent => "absent",
@@ -208,9 +227,9 @@ impl RbClient {
         pages: usize,
     ) -> Result<bool, magnus::Error> {
         let mut state = walk.take(ruby)?;
-        let result = rb_self.with_lease(ruby, |lease, interrupt| match &mut state {
-            Walk::Stats(stats) => lease.key_stats_step(stats, pages, interrupt),
-            Walk::OneSided(one_sided) => lease.one_sided_step(one_sided, pages, interrupt),
+        let result = rb_self.with_operator(ruby, |operator, interrupt| match &mut state {
+            Walk::Stats(stats) => operator.key_stats_step(stats, pages, interrupt),
+            Walk::OneSided(one_sided) => operator.one_sided_step(one_sided, pages, interrupt),
             Walk::Busy => Ok(true),
         });
         walk.put_back(state);
@@ -240,8 +259,8 @@ impl RbClient {
                 Ok(hash.as_value())
             }
             Walk::OneSided(one_sided) => {
-                let report = rb_self.with_lease(ruby, |lease, interrupt| {
-                    lease.one_sided_finish(one_sided, examples, interrupt)
+                let report = rb_self.with_operator(ruby, |operator, interrupt| {
+                    operator.one_sided_finish(one_sided, examples, interrupt)
                 })?;
                 let keys = ruby.ary_new();
                 for key in &report.examples {
@@ -268,8 +287,8 @@ impl RbClient {
         pages: usize,
         dry_run: bool,
     ) -> Result<RHash, magnus::Error> {
-        let report = rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.backfill_batch(cursor, count, pages, dry_run, interrupt)
+        let report = rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.backfill_batch(cursor, count, pages, dry_run, interrupt)
         })?;
         let errors = ruby.ary_new();
         for error in &report.errors {
@@ -300,15 +319,17 @@ impl RbClient {
         count: usize,
         dry_run: bool,
     ) -> Result<(u64, u64, u64), magnus::Error> {
-        rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.cleanup_source_page(cursor, count, dry_run, interrupt)
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.cleanup_source_page(cursor, count, dry_run, interrupt)
         })
     }
 
     /// The phase the fleet is told to use (dynamic phases: the control key).
     /// nil when no phase is set.
     fn control_phase(ruby: &Ruby, rb_self: &Self) -> Result<Option<u8>, magnus::Error> {
-        let phase = rb_self.with_lease(ruby, |lease, interrupt| lease.control_phase(interrupt))?;
+        let phase = rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.control_phase(interrupt)
+        })?;
         Ok(phase.map(Phase::index))
     }
 
@@ -325,8 +346,8 @@ impl RbClient {
             .transpose()
             .map_err(RubyError)?;
         let target = Phase::from_index(target).map_err(RubyError)?;
-        let phase = rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.set_control_phase(expected, target, interrupt)
+        let phase = rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.set_control_phase(expected, target, interrupt)
         })?;
         Ok(phase.map(Phase::index))
     }
@@ -337,7 +358,8 @@ impl RbClient {
         ruby: &Ruby,
         rb_self: &Self,
     ) -> Result<Vec<(String, u8, u8, i64, Option<i64>)>, magnus::Error> {
-        let members = rb_self.with_lease(ruby, |lease, interrupt| lease.fleet(interrupt))?;
+        let members =
+            rb_self.with_operator(ruby, |operator, interrupt| operator.fleet(interrupt))?;
         Ok(members
             .into_iter()
             .map(|m| {
@@ -361,8 +383,8 @@ impl RbClient {
         ttl_ms: u64,
     ) -> Result<Option<String>, magnus::Error> {
         let holder = holder.to_string()?;
-        rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.backfill_lease(&holder, ttl_ms, interrupt)
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.backfill_lease(&holder, ttl_ms, interrupt)
         })
     }
 
@@ -373,8 +395,8 @@ impl RbClient {
         } else {
             Target::Destination
         };
-        rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.server_run_id(target, interrupt)
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.server_run_id(target, interrupt)
         })
     }
 
@@ -385,14 +407,14 @@ impl RbClient {
         keep: u64,
     ) -> Result<(), magnus::Error> {
         let entry = bytes(entry);
-        rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.audit_push(&entry, keep, interrupt)
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.audit_push(&entry, keep, interrupt)
         })
     }
 
     fn audit_recent(ruby: &Ruby, rb_self: &Self, count: u64) -> Result<RArray, magnus::Error> {
-        let entries = rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.audit_recent(count, interrupt)
+        let entries = rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.audit_recent(count, interrupt)
         })?;
         let array = ruby.ary_new();
         for entry in entries {
@@ -413,8 +435,8 @@ impl RbClient {
             return Ok(false);
         }
         client.forget_phase(); // a later operation reports again
-        rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.delete_heartbeat(&key, interrupt)
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.delete_heartbeat(&key, interrupt)
         })
     }
 
@@ -427,8 +449,11 @@ impl RbClient {
         source_only: Option<u64>,
     ) -> Result<(Option<u8>, Vec<String>), magnus::Error> {
         let target = Phase::from_index(target).map_err(RubyError)?;
-        let (current, fleet) = rb_self.with_lease(ruby, |lease, interrupt| {
-            Ok((lease.control_phase(interrupt)?, lease.fleet(interrupt)?))
+        let (current, fleet) = rb_self.with_operator(ruby, |operator, interrupt| {
+            Ok((
+                operator.control_phase(interrupt)?,
+                operator.fleet(interrupt)?,
+            ))
         })?;
         let reasons = locking_core::control::check_transition(current, target, &fleet, source_only);
         Ok((current.map(Phase::index), reasons))
@@ -441,8 +466,9 @@ impl RbClient {
         name: RString,
     ) -> Result<Option<RString>, magnus::Error> {
         let name = bytes(name);
-        let value =
-            rb_self.with_lease(ruby, |lease, interrupt| lease.control_get(&name, interrupt))?;
+        let value = rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.control_get(&name, interrupt)
+        })?;
         Ok(value.map(|v| ruby.str_from_slice(&v)))
     }
 
@@ -456,15 +482,17 @@ impl RbClient {
     ) -> Result<(), magnus::Error> {
         let name = bytes(name);
         let value = value.map(bytes);
-        rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.control_set(&name, value.as_deref(), ttl_ms, interrupt)
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.control_set(&name, value.as_deref(), ttl_ms, interrupt)
         })
     }
 
     /// Deletes a lock on every configured server, whoever holds it.
     fn force_delete(ruby: &Ruby, rb_self: &Self, key: RString) -> Result<u64, magnus::Error> {
         let key = bytes(key);
-        rb_self.with_lease(ruby, |lease, interrupt| lease.force_delete(&key, interrupt))
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.force_delete(&key, interrupt)
+        })
     }
 
     /// Deletes every lock whose key starts with `key_start` (SCAN, every server).
@@ -474,8 +502,8 @@ impl RbClient {
         key_start: RString,
     ) -> Result<u64, magnus::Error> {
         let key_start = bytes(key_start);
-        rb_self.with_lease(ruby, |lease, interrupt| {
-            lease.delete_matching(&key_start, interrupt)
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.delete_matching(&key_start, interrupt)
         })
     }
 
@@ -537,6 +565,28 @@ fn redact_url(url: RString) -> Result<String, magnus::Error> {
     Ok(locking_core::redact(&url.to_string()?))
 }
 
+/// `Locking::Client.gate_reasons(processes_in_phase_0, source_only)`: why
+/// moving from phase 1 to 2 is not safe (empty: it is). The core's words.
+fn gate_reasons(in_phase_0: usize, source_only: u64) -> Vec<String> {
+    locking_core::protocol::gate(in_phase_0, source_only).reasons
+}
+
+/// `Locking::Client.reverse_gate_reasons(destination_only)`: the same for a
+/// rollback from phase 1 to 0.
+fn reverse_gate_reasons(destination_only: u64) -> Vec<String> {
+    locking_core::protocol::reverse_gate(destination_only).reasons
+}
+
+/// `Locking::Client.backfill_refusal(phase_index)`: why backfill may not run
+/// in that phase, or nil.
+fn backfill_refusal(phase: i64) -> Result<Option<String>, magnus::Error> {
+    let phase = Phase::from_index(phase).map_err(RubyError)?;
+    Ok(phase.check_backfill().err().map(|error| match error {
+        locking_core::Error::InvalidArgument(text) => text,
+        other => other.to_string(),
+    }))
+}
+
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
@@ -545,6 +595,14 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.const_set("MAX_POOL_SIZE", locking_core::MAX_POOL_SIZE)?;
     class.const_set("MAX_SECONDS", locking_core::MAX_SECONDS)?;
     class.const_set("MAX_TTL_MS", locking_core::MAX_TTL_MS)?;
+    class.const_set(
+        "MAX_BACKFILL_PAGES",
+        locking_core::bulk::MAX_PAGES_PER_BATCH,
+    )?;
+    // Rules, too: the CLI prints the core's reasons, never its own copy.
+    class.define_singleton_method("gate_reasons", function!(gate_reasons, 2))?;
+    class.define_singleton_method("reverse_gate_reasons", function!(reverse_gate_reasons, 1))?;
+    class.define_singleton_method("backfill_refusal", function!(backfill_refusal, 1))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
     class.define_singleton_method("redact", function!(redact_url, 1))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;

@@ -6,13 +6,13 @@
 //! connections, never blocks), one blocking operation on the lease, and
 //! `finish` (gives healthy connections back, never blocks).
 
+use crate::codec::Value;
 use crate::connection::{Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
 use crate::phase::Phase;
-use crate::protocol::{
-    self, BackfillOutcome, Command, Operation, Reply, Servers, Step, Target, TokenTtl,
-};
-use crate::server::{EvictionCheck, RedisStore, Server};
+use crate::pipeline::{self, Request};
+use crate::protocol::{self, Command, Operation, Reply, Servers, Step, Target, TokenTtl};
+use crate::server::{EvictionCheck, Node, RedisStore, Server};
 use crate::store::Store;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -151,7 +151,7 @@ impl Client {
             url.as_deref()
                 .map(|url| {
                     ServerConfig::parse(url, config.timeout)
-                        .map(|parsed| Server::new(parsed, config.pool_size, config.eviction))
+                        .map(|parsed| Server::standalone(parsed, config.pool_size, config.eviction))
                 })
                 .transpose()
         };
@@ -231,8 +231,10 @@ impl Client {
         Ok(())
     }
 
-    fn skips_cleanup(&self, target: Target) -> bool {
-        self.server(target).is_some_and(Server::skips_cleanup)
+    /// Whether a best-effort cleanup of `key` on `target` is skipped for now.
+    fn skips_cleanup(&self, target: Target, key: &[u8]) -> bool {
+        self.server(target)
+            .is_some_and(|server| server.node_for(key).skips_cleanup())
     }
 
     fn servers(&self) -> Servers {
@@ -265,9 +267,20 @@ impl Client {
             phase: self.phase(),
             refresh: self.phase_is_stale(),
             registered: None,
-            source: self.source.as_ref().and_then(|s| s.pool.take()),
-            destination: self.destination.as_ref().and_then(|s| s.pool.take()),
+            source: self.source.as_ref().and_then(idle_connection),
+            destination: self.destination.as_ref().and_then(idle_connection),
         }
+    }
+
+    /// A handle for one operator command (bulk walks, backfill, control),
+    /// with the same connections and phase as a lease.
+    pub fn operator(&self) -> crate::operator::Operator<'_> {
+        crate::operator::Operator::new(self.lease())
+    }
+
+    /// Gives an operator's healthy connections back to their pools.
+    pub fn finish_operator(&self, operator: crate::operator::Operator<'_>) {
+        self.finish(operator.into_lease());
     }
 
     /// Whether this process has operations in flight (dynamic phases).
@@ -306,11 +319,15 @@ impl Client {
 
     /// Gives the lease's healthy connections back to their pools.
     pub fn finish(&self, mut lease: Lease<'_>) {
-        if let (Some(server), Some(connection)) = (&self.source, lease.source.take()) {
-            server.pool.give_back(connection);
-        }
-        if let (Some(server), Some(connection)) = (&self.destination, lease.destination.take()) {
-            server.pool.give_back(connection);
+        for (server, slot) in [
+            (&self.source, lease.source.take()),
+            (&self.destination, lease.destination.take()),
+        ] {
+            if let (Some(server), Some((node, connection))) = (server, slot) {
+                if let Some(node) = server.nodes().get(node) {
+                    node.pool.give_back(connection);
+                }
+            }
         }
     }
 
@@ -319,25 +336,47 @@ impl Client {
         [&self.source, &self.destination]
             .into_iter()
             .flatten()
-            .filter_map(Server::take_warning)
+            .flat_map(Server::nodes)
+            .filter_map(Node::take_warning)
             .collect()
     }
 
     pub fn idle_connections(&self, target: Target) -> usize {
-        self.server(target).map_or(0, |s| s.pool.idle_count())
+        self.server(target)
+            .map_or(0, |s| s.nodes().iter().map(|n| n.pool.idle_count()).sum())
     }
 }
 
-/// Connections and a phase for one operation. Every method here may block.
+/// An idle connection to a server of one node (taken with the lease, so
+/// that pools are only touched where the caller holds its interpreter lock).
+fn idle_connection(server: &Server) -> Option<(usize, Connection)> {
+    match server.nodes() {
+        [node] => node.pool.take().map(|connection| (0, connection)),
+        _ => None,
+    }
+}
+
+/// Which node of a server a request goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// The node that serves this key.
+    Key(&'a [u8]),
+    /// A node by its place in `Server::nodes` (the operator tools walk each).
+    Node(usize),
+}
+
+/// Connections and a phase for one operation: the hot operations (acquire,
+/// release, locked?, renew, ttl). Every method here may block.
 pub struct Lease<'c> {
-    pub(crate) client: &'c Client,
-    pub(crate) phase: Phase,
+    client: &'c Client,
+    phase: Phase,
     /// A dynamic phase to read (and heartbeat) before the operation.
     refresh: bool,
     /// The phase this operation counts itself in (dynamic phases), until dropped.
     registered: Option<Phase>,
-    source: Option<Connection>,
-    destination: Option<Connection>,
+    /// The connection to each server, with the node it goes to.
+    source: Option<(usize, Connection)>,
+    destination: Option<(usize, Connection)>,
 }
 
 impl Drop for Lease<'_> {
@@ -348,9 +387,13 @@ impl Drop for Lease<'_> {
     }
 }
 
-impl Lease<'_> {
+impl<'c> Lease<'c> {
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    pub(crate) fn client(&self) -> &'c Client {
+        self.client
     }
 
     /// Settles the phase for this operation: with dynamic phases, reads the
@@ -367,8 +410,13 @@ impl Lease<'_> {
         if self.refresh {
             let process = format!("{}:{}", dynamic.host, crate::process::id());
             let in_use = dynamic.phases_in_use(client.phase());
-            let phase =
-                self.phase_heartbeat(&process, dynamic.heartbeat_ttl_ms, in_use, interrupt)?;
+            let phase = crate::control::phase_heartbeat(
+                self,
+                &process,
+                dynamic.heartbeat_ttl_ms,
+                in_use,
+                interrupt,
+            )?;
             client.phase.store(phase.index(), Ordering::SeqCst);
             dynamic
                 .read_by_pid
@@ -413,17 +461,21 @@ impl Lease<'_> {
         let mut servers = self.client.servers();
         // A best-effort cleanup on a server that just failed one is skipped for
         // a while: a hung server would otherwise cost every release a timeout.
+        let full_key = self.full_key(key)?;
         match self.phase {
-            Phase::Source => servers.destination &= !self.client.skips_cleanup(Target::Destination),
-            Phase::Destination => servers.source &= !self.client.skips_cleanup(Target::Source),
+            Phase::Source => {
+                servers.destination &= !self.client.skips_cleanup(Target::Destination, &full_key)
+            }
+            Phase::Destination => {
+                servers.source &= !self.client.skips_cleanup(Target::Source, &full_key)
+            }
             Phase::Dual | Phase::Drain => {}
         }
         let mut op = protocol::Release::new(self.phase, token, servers);
-        let full_key = self.full_key(key)?;
         let result = self.run_on(&full_key, &mut op, interrupt);
         if let Some(target) = op.cleanup_failed() {
             if let Some(server) = self.client.server(target) {
-                server.back_off_cleanup();
+                server.node_for(&full_key).back_off_cleanup();
             }
         }
         result
@@ -452,26 +504,6 @@ impl Lease<'_> {
         self.run(key, protocol::Ttl::new(self.phase, token), interrupt)
     }
 
-    /// Mirrors one source lock onto the destination (see `protocol::Backfill`).
-    /// `full_key` is the Redis key, prefix included. Only in phases 0 and 1.
-    pub fn backfill(&mut self, full_key: &[u8], interrupt: &Interrupt) -> Result<BackfillOutcome> {
-        self.resolve_phase(interrupt)?;
-        if !matches!(self.phase, Phase::Source | Phase::Dual) {
-            return Err(Error::InvalidArgument(format!(
-                "backfill runs only in phases 0 and 1, not in phase {}: its copies could race releases",
-                self.phase
-            )));
-        }
-        if !full_key.starts_with(&self.client.key_prefix)
-            || full_key.len() == self.client.key_prefix.len()
-        {
-            return Err(Error::InvalidArgument(
-                "backfill only touches keys under the key prefix".into(),
-            ));
-        }
-        self.run_on(full_key, protocol::Backfill::new(), interrupt)
-    }
-
     fn run<O: Operation>(&mut self, key: &[u8], op: O, interrupt: &Interrupt) -> Result<O::Output> {
         let full_key = self.full_key(key)?;
         self.run_on(&full_key, op, interrupt)
@@ -487,7 +519,7 @@ impl Lease<'_> {
         Ok(full_key)
     }
 
-    fn run_on<O: Operation>(
+    pub(crate) fn run_on<O: Operation>(
         &mut self,
         full_key: &[u8],
         mut op: O,
@@ -557,19 +589,19 @@ impl Lease<'_> {
         command: &Command,
         interrupt: &Interrupt,
     ) -> Result<Reply> {
-        let (server, connection) = self.connection(target, interrupt)?;
+        let (node, connection) = self.connection(target, Route::Key(key), interrupt)?;
         let stale = connection.from_pool;
         let result = RedisStore {
-            server,
+            node,
             connection,
             interrupt,
         }
         .execute(key, command);
         match result {
             Err(Error::Connection { .. }) if stale => {
-                let (server, connection) = self.connection(target, interrupt)?;
+                let (node, connection) = self.connection(target, Route::Key(key), interrupt)?;
                 RedisStore {
-                    server,
+                    node,
                     connection,
                     interrupt,
                 }
@@ -588,12 +620,11 @@ impl Lease<'_> {
         let mut stale = Vec::with_capacity(batch.len());
         let mut sent: Vec<Result<Instant>> = Vec::with_capacity(batch.len());
         for (target, command) in batch {
-            match self.connection(*target, interrupt) {
-                Ok((server, connection)) => {
+            match self.connection(*target, Route::Key(key), interrupt) {
+                Ok((node, connection)) => {
                     stale.push(connection.from_pool);
                     sent.push(
-                        server
-                            .send(connection, key, command, interrupt)
+                        node.send(connection, key, command, interrupt)
                             .map(|_| Instant::now() + connection.read_timeout()),
                     );
                 }
@@ -612,8 +643,9 @@ impl Lease<'_> {
             .map(|(index, ((target, command), sent))| {
                 let result = sent.and_then(|_| {
                     let deadline = deadline.unwrap_or_else(Instant::now);
-                    let (server, connection) = self.connection(*target, interrupt)?;
-                    server.finish(connection, key, command, deadline, interrupt)
+                    let (node, connection) =
+                        self.connection(*target, Route::Key(key), interrupt)?;
+                    node.finish(connection, key, command, deadline, interrupt)
                 });
                 match result {
                     // See `run_command`: once more on a new connection.
@@ -626,13 +658,37 @@ impl Lease<'_> {
             .collect()
     }
 
-    /// The lease's connection to a server, opened (or reopened after a
-    /// failure) on first use and watched by this operation's interrupt.
+    /// Runs `requests` on the node of `target` that `route` names, as one
+    /// pipeline through the executor. Like every operation, it is sent once
+    /// more on a new connection when a pooled one turns out dead (a restart,
+    /// an idle drop).
+    pub(crate) fn exchange(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        requests: &[Request<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Value>> {
+        let (node, connection) = self.connection(target, route, interrupt)?;
+        let stale = connection.from_pool;
+        match pipeline::run(connection, &node.dialect, requests, interrupt) {
+            Err(Error::Connection { .. }) if stale => {
+                let (node, connection) = self.connection(target, route, interrupt)?;
+                pipeline::run(connection, &node.dialect, requests, interrupt)
+            }
+            other => other,
+        }
+    }
+
+    /// The lease's connection to the node `route` names, opened (or
+    /// reopened after a failure, or for another node) on first use and
+    /// watched by this operation's interrupt.
     pub(crate) fn connection(
         &mut self,
         target: Target,
+        route: Route<'_>,
         interrupt: &Interrupt,
-    ) -> Result<(&Server, &mut Connection)> {
+    ) -> Result<(&Node, &mut Connection)> {
         let client = self.client;
         let server = client.server(target).ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -644,22 +700,40 @@ impl Lease<'_> {
                 }
             ))
         })?;
+        let (index, node) = match route {
+            Route::Key(key) => {
+                let node = server.node_for(key);
+                let index = server
+                    .nodes()
+                    .iter()
+                    .position(|n| std::ptr::eq(n, node))
+                    .unwrap_or(0);
+                (index, node)
+            }
+            Route::Node(index) => (
+                index,
+                server.nodes().get(index).ok_or_else(|| {
+                    Error::Internal(format!("{} has no node {index}", server.name()))
+                })?,
+            ),
+        };
         let slot = match target {
             Target::Source => &mut self.source,
             Target::Destination => &mut self.destination,
         };
-        if !slot
+        let usable = slot
             .as_ref()
-            .is_some_and(|c| c.healthy && c.pid == crate::process::id())
-        {
+            .is_some_and(|(at, c)| *at == index && c.healthy && c.pid == crate::process::id());
+        if !usable {
+            // Not given back: this operation's interrupt still watches it.
             *slot = None;
-            *slot = Some(server.connect(interrupt)?);
+            *slot = Some((index, node.connect(interrupt)?));
         }
-        let connection = slot
+        let (_, connection) = slot
             .as_mut()
             .ok_or_else(|| Error::Internal("connection slot empty after connect".into()))?;
         connection.watch(interrupt)?;
-        Ok((server, connection))
+        Ok((node, connection))
     }
 }
 

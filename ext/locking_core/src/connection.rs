@@ -1,12 +1,13 @@
-//! One synchronous connection to one Redis server: our own socket (so that an
-//! interrupt can shut it down from another thread), the `redis` crate's RESP
-//! encoder, and our own reply reader (`resp`) over a per-connection buffer.
+//! One connection to one Redis server: a transport (`transport`), a read
+//! buffer, the connection prelude (AUTH, SELECT), and reads and writes
+//! bounded by a deadline and by the operation's `Interrupt`. Commands are
+//! written and replies read by the codec (`codec`); pipelines, NOSCRIPT and
+//! the old-server fallback are the executor's (`pipeline`).
 
+use crate::codec::{self, Value};
 use crate::error::{Error, Result};
-use redis::{ConnectionLike, RedisError, RedisResult, Value};
+use crate::transport::{self, Address, ConnectError, Transport};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,12 +24,6 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-enum Address {
-    Tcp(String, u16),
-    Unix(std::path::PathBuf),
 }
 
 impl ServerConfig {
@@ -96,79 +91,19 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// A connected socket of either kind.
-pub enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Socket {
-    /// Wakes any thread blocked reading or writing this socket; the
-    /// connection is unusable afterwards.
-    fn shutdown(&self) {
-        let _ = match self {
-            Socket::Tcp(stream) => stream.shutdown(Shutdown::Both),
-            Socket::Unix(stream) => stream.shutdown(Shutdown::Both),
-        };
-    }
-
-    fn set_timeouts(&self, read: Duration, write: Duration) -> io::Result<()> {
-        match self {
-            Socket::Tcp(stream) => {
-                stream.set_read_timeout(Some(read))?;
-                stream.set_write_timeout(Some(write))
-            }
-            Socket::Unix(stream) => {
-                stream.set_read_timeout(Some(read))?;
-                stream.set_write_timeout(Some(write))
-            }
-        }
-    }
-}
-
-impl Socket {
-    fn read_once(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(stream) => (&*stream).read(buf),
-            Socket::Unix(stream) => (&*stream).read(buf),
-        }
-    }
-
-    fn write_once(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(stream) => (&*stream).write(buf),
-            Socket::Unix(stream) => (&*stream).write(buf),
-        }
-    }
-
-    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
-        match self {
-            Socket::Tcp(stream) => stream.set_read_timeout(Some(timeout)),
-            Socket::Unix(stream) => stream.set_read_timeout(Some(timeout)),
-        }
-    }
-
-    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
-        match self {
-            Socket::Tcp(stream) => stream.set_write_timeout(Some(timeout)),
-            Socket::Unix(stream) => stream.set_write_timeout(Some(timeout)),
-        }
-    }
-}
-
 /// Reads or writes one socket against a deadline. A socket with a timeout
 /// returns EINTR whenever a signal arrives (Ruby's timer thread sends them),
 /// and retrying with the full timeout could wait forever; so each retry
 /// waits only for what is left of the deadline.
 struct Deadline<'a> {
-    socket: &'a Socket,
+    socket: &'a dyn Transport,
     interrupt: &'a Interrupt,
     deadline: Instant,
     shortened: bool,
 }
 
 impl<'a> Deadline<'a> {
-    fn new(socket: &'a Socket, interrupt: &'a Interrupt, timeout: Duration) -> Self {
+    fn new(socket: &'a dyn Transport, interrupt: &'a Interrupt, timeout: Duration) -> Self {
         Deadline {
             socket,
             interrupt,
@@ -178,7 +113,7 @@ impl<'a> Deadline<'a> {
     }
 
     /// Whether to try again after EINTR; false once cancelled or out of time.
-    fn retry(&mut self, set: fn(&Socket, Duration) -> io::Result<()>) -> io::Result<bool> {
+    fn retry(&mut self, set: fn(&dyn Transport, Duration) -> io::Result<()>) -> io::Result<bool> {
         if self.interrupt.is_cancelled() {
             return Ok(false);
         }
@@ -195,9 +130,9 @@ impl<'a> Deadline<'a> {
 impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.socket.read_once(buf) {
+            match self.socket.read(buf) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                    if !self.retry(Socket::set_read_timeout)? {
+                    if !self.retry(|t, d| t.set_read_timeout(d))? {
                         return Err(error);
                     }
                 }
@@ -210,9 +145,9 @@ impl Read for Deadline<'_> {
 impl Write for Deadline<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
-            match self.socket.write_once(buf) {
+            match self.socket.write(buf) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                    if !self.retry(Socket::set_write_timeout)? {
+                    if !self.retry(|t, d| t.set_write_timeout(d))? {
                         // Not `Interrupted`, which write_all would retry.
                         return Err(io::Error::other("interrupted"));
                     }
@@ -233,7 +168,7 @@ impl Write for Deadline<'_> {
 #[derive(Default)]
 pub struct Interrupt {
     cancelled: AtomicBool,
-    sockets: Mutex<Vec<Arc<Socket>>>,
+    sockets: Mutex<Vec<Arc<dyn Transport>>>,
 }
 
 impl Interrupt {
@@ -255,7 +190,7 @@ impl Interrupt {
 
     /// Registers a socket before the operation blocks on it. Checking the flag
     /// after registering closes the race with a cancel that came first.
-    fn watch(&self, socket: &Arc<Socket>) -> bool {
+    fn watch(&self, socket: &Arc<dyn Transport>) -> bool {
         self.sockets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -295,7 +230,7 @@ impl Input {
     fn read_with<T>(
         &mut self,
         reader: &mut Deadline<'_>,
-        parse: crate::resp::Parse<T>,
+        parse: codec::Parse<T>,
     ) -> std::result::Result<T, ReadError> {
         loop {
             if let Some((value, used)) =
@@ -333,13 +268,12 @@ impl Input {
 enum ReadError {
     Io(io::Error),
     Closed,
-    Protocol(crate::resp::ProtocolError),
+    Protocol(codec::ProtocolError),
 }
 
 pub struct Connection {
-    socket: Arc<Socket>,
+    socket: Arc<dyn Transport>,
     input: Input,
-    db: i64,
     /// The process that opened the socket; a forked child must not use it.
     pub pid: u32,
     /// False once a command failed midway: the reply stream is out of step.
@@ -351,23 +285,37 @@ pub struct Connection {
     server: String,
     read_timeout: Duration,
     write_timeout: Duration,
+    /// Scripts to load, and loads to read replies to (the executor's).
+    pub(crate) loads: crate::pipeline::Loads,
 }
 
 impl Connection {
+    /// Connects and runs the prelude: AUTH (with a user, if given), SELECT.
     pub fn open(config: &ServerConfig, interrupt: &Interrupt) -> Result<Connection> {
         if interrupt.is_cancelled() {
             return Err(Error::Interrupted {
                 server: config.name.clone(),
             });
         }
-        let socket = connect_socket(config)?;
-        socket
-            .set_timeouts(config.read_timeout, config.write_timeout)
+        let socket: Arc<dyn Transport> = Arc::from(
+            transport::connect(&config.address, config.connect_timeout).map_err(
+                |error| match error {
+                    ConnectError::TimedOut => Error::Timeout {
+                        server: config.name.clone(),
+                        action: "connect",
+                        after: config.connect_timeout,
+                    },
+                    ConnectError::Failed(what, error) => {
+                        connection_error(&config.name, what, &error)
+                    }
+                },
+            )?,
+        );
+        set_timeouts(&*socket, config.read_timeout, config.write_timeout)
             .map_err(|e| connection_error(&config.name, "cannot set socket timeouts", &e))?;
         let mut connection = Connection {
-            socket: Arc::new(socket),
+            socket,
             input: Input::new(),
-            db: config.db,
             pid: crate::process::id(),
             healthy: true,
             from_pool: false,
@@ -375,21 +323,23 @@ impl Connection {
             server: config.name.clone(),
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
+            loads: Default::default(),
         };
         connection.watch(interrupt)?;
         if let Some(password) = &config.password {
-            let mut auth = redis::cmd("AUTH");
-            if let Some(username) = &config.username {
-                auth.arg(username);
-            }
-            auth.arg(password);
-            connection.expect_ok(&auth.get_packed_command(), interrupt)?;
+            let auth = match &config.username {
+                Some(user) => codec::command(&[
+                    "AUTH".into(),
+                    user.as_str().into(),
+                    password.as_str().into(),
+                ]),
+                None => codec::command(&["AUTH".into(), password.as_str().into()]),
+            };
+            connection.expect_ok("AUTH", &auth, interrupt)?;
         }
         if config.db != 0 {
-            connection.expect_ok(
-                &redis::cmd("SELECT").arg(config.db).get_packed_command(),
-                interrupt,
-            )?;
+            let select = codec::command(&["SELECT".into(), config.db.to_string().as_str().into()]);
+            connection.expect_ok("SELECT", &select, interrupt)?;
         }
         Ok(connection)
     }
@@ -414,27 +364,30 @@ impl Connection {
         self.watched = false;
     }
 
-    fn expect_ok(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<()> {
-        match self.request(packed, interrupt)? {
+    /// The server's name (its URL without the password), for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn expect_ok(&mut self, what: &str, packed: &[u8], interrupt: &Interrupt) -> Result<()> {
+        self.send(packed, interrupt)?;
+        let deadline = Instant::now() + self.read_timeout;
+        match self.receive_by(deadline, interrupt)? {
             Value::Okay => Ok(()),
-            other if server_error(&other).is_some() => Err(Error::Command {
+            Value::ServerError(error) => Err(Error::Command {
                 server: self.server.clone(),
-                detail: server_error(&other).map_or_else(String::new, |e| server_error_text(&e)),
+                detail: format!("{what} failed: {error}"),
             }),
             other => Err(Error::Command {
                 server: self.server.clone(),
-                detail: format!("unexpected reply {other:?}"),
+                detail: format!("unexpected reply to {what}: {other:?}"),
             }),
         }
     }
 
-    pub fn request(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<Value> {
-        self.send(packed, interrupt)?;
-        self.receive(interrupt)
-    }
-
+    /// Writes `packed` (one or more encoded commands) in full.
     pub fn send(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<()> {
-        let mut writer = Deadline::new(&self.socket, interrupt, self.write_timeout);
+        let mut writer = Deadline::new(&*self.socket, interrupt, self.write_timeout);
         let result = writer.write_all(packed);
         if writer.shortened {
             self.restore_timeouts();
@@ -445,33 +398,32 @@ impl Connection {
         })
     }
 
-    /// Reads one reply. A server error reply is returned as a `Value`, not an
-    /// `Err`: only transport failures are errors here.
-    pub fn receive(&mut self, interrupt: &Interrupt) -> Result<Value> {
-        self.receive_by(Instant::now() + self.read_timeout, interrupt)
-    }
-
     /// Reads one reply by `deadline`: replies to commands sent to several
-    /// servers at once share one deadline, so the wait is one timeout, not two.
+    /// servers at once share one deadline, so the wait is one timeout, not
+    /// two. A server error reply is a `Value`, not an `Err`: only transport
+    /// failures are errors here.
     pub fn receive_by(&mut self, deadline: Instant, interrupt: &Interrupt) -> Result<Value> {
-        self.receive_with(deadline, interrupt, crate::resp::parse)
+        self.receive_with(deadline, interrupt, codec::parse)
     }
 
     /// Reads an acknowledgement (MULTI's OK, a QUEUED): `None` for a status
     /// line, which costs no allocation; the reply itself otherwise (an error).
-    pub fn receive_acknowledgement(&mut self, interrupt: &Interrupt) -> Result<Option<Value>> {
-        let deadline = Instant::now() + self.read_timeout;
-        self.receive_with(deadline, interrupt, crate::resp::parse_acknowledgement)
+    pub fn receive_acknowledgement_by(
+        &mut self,
+        deadline: Instant,
+        interrupt: &Interrupt,
+    ) -> Result<Option<Value>> {
+        self.receive_with(deadline, interrupt, codec::parse_acknowledgement)
     }
 
     fn receive_with<T>(
         &mut self,
         deadline: Instant,
         interrupt: &Interrupt,
-        parse: crate::resp::Parse<T>,
+        parse: codec::Parse<T>,
     ) -> Result<T> {
         let mut reader = Deadline {
-            socket: &self.socket,
+            socket: &*self.socket,
             interrupt,
             deadline,
             shortened: false,
@@ -520,11 +472,7 @@ impl Connection {
     }
 
     fn restore_timeouts(&mut self) {
-        if self
-            .socket
-            .set_timeouts(self.read_timeout, self.write_timeout)
-            .is_err()
-        {
+        if set_timeouts(&*self.socket, self.read_timeout, self.write_timeout).is_err() {
             self.healthy = false;
         }
     }
@@ -556,21 +504,9 @@ impl Connection {
     }
 }
 
-/// The error reply inside `value`, if it is one.
-pub fn server_error(value: &Value) -> Option<RedisError> {
-    match value {
-        Value::ServerError(_) => value.clone().extract_error().err(),
-        _ => None,
-    }
-}
-
-/// An error reply as Redis wrote it: "WRONGTYPE Operation against a key ...".
-pub fn server_error_text(error: &RedisError) -> String {
-    match (error.code(), error.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        (Some(code), None) => code.to_string(),
-        _ => error.to_string(),
-    }
+fn set_timeouts(socket: &dyn Transport, read: Duration, write: Duration) -> io::Result<()> {
+    socket.set_read_timeout(read)?;
+    socket.set_write_timeout(write)
 }
 
 fn connection_error(server: &str, what: &str, error: &io::Error) -> Error {
@@ -578,94 +514,6 @@ fn connection_error(server: &str, what: &str, error: &io::Error) -> Error {
         server: server.to_string(),
         detail: format!("{what}: {error}"),
     }
-}
-
-fn connect_socket(config: &ServerConfig) -> Result<Socket> {
-    let unreachable = |error: &io::Error| {
-        if matches!(
-            error.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            Error::Timeout {
-                server: config.name.clone(),
-                action: "connect",
-                after: config.connect_timeout,
-            }
-        } else {
-            connection_error(&config.name, "cannot connect", error)
-        }
-    };
-    match &config.address {
-        Address::Tcp(host, port) => {
-            let addresses = (host.as_str(), *port)
-                .to_socket_addrs()
-                .map_err(|e| connection_error(&config.name, "cannot resolve host", &e))?;
-            let mut last_error = None;
-            for address in addresses {
-                match TcpStream::connect_timeout(&address, config.connect_timeout) {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        return Ok(Socket::Tcp(stream));
-                    }
-                    Err(error) => last_error = Some(error),
-                }
-            }
-            Err(match last_error {
-                Some(error) => unreachable(&error),
-                None => Error::Connection {
-                    server: config.name.clone(),
-                    detail: "host resolved to no address".into(),
-                },
-            })
-        }
-        Address::Unix(path) => UnixStream::connect(path)
-            .map(Socket::Unix)
-            .map_err(|e| unreachable(&e)),
-    }
-}
-
-/// Lets `redis::Script` load a script over our connection (it handles NOSCRIPT).
-/// No interrupt is at hand here, so these calls rely on the socket timeouts.
-impl ConnectionLike for Connection {
-    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
-        let interrupt = Interrupt::new();
-        self.request(cmd, &interrupt).map_err(to_redis_error)
-    }
-
-    fn req_packed_commands(
-        &mut self,
-        cmd: &[u8],
-        offset: usize,
-        count: usize,
-    ) -> RedisResult<Vec<Value>> {
-        let interrupt = Interrupt::new();
-        self.send(cmd, &interrupt).map_err(to_redis_error)?;
-        let mut values = Vec::with_capacity(count);
-        for index in 0..offset + count {
-            let value = self.receive(&interrupt).map_err(to_redis_error)?;
-            if index >= offset {
-                values.push(value);
-            }
-        }
-        Ok(values)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.db
-    }
-
-    fn check_connection(&mut self) -> bool {
-        let ping = redis::cmd("PING").get_packed_command();
-        matches!(self.req_packed_command(&ping), Ok(Value::SimpleString(_)))
-    }
-
-    fn is_open(&self) -> bool {
-        self.healthy
-    }
-}
-
-fn to_redis_error(error: Error) -> RedisError {
-    RedisError::from(io::Error::other(error.to_string()))
 }
 
 #[cfg(test)]

@@ -4,16 +4,22 @@
 //! Control keys live under `{locking-control}:<key_prefix>`, outside the key
 //! prefix (so they never count as locks) and in one cluster slot.
 
-use crate::client::Lease;
-use crate::connection::{server_error, server_error_text, Interrupt};
+use crate::client::{Lease, Route};
+use crate::codec::scripts::{self, Script};
+use crate::codec::{lock::server_time_ms, Arg, Value};
+use crate::connection::Interrupt;
 use crate::error::{Error, Result};
+use crate::operator::Operator;
 use crate::phase::Phase;
+use crate::pipeline::Request;
 use crate::protocol::{self, Target};
-use crate::scripts;
-use redis::Value;
+
+/// Every control key carries this hash tag: one node holds them all.
+const CONTROL_TAG: &[u8] = b"{locking-control}";
 
 pub fn control_prefix(key_prefix: &[u8]) -> Vec<u8> {
-    let mut prefix = b"{locking-control}:".to_vec();
+    let mut prefix = CONTROL_TAG.to_vec();
+    prefix.push(b':');
     prefix.extend_from_slice(key_prefix);
     prefix
 }
@@ -167,111 +173,98 @@ pub fn check_transition(
     reasons
 }
 
-impl Lease<'_> {
-    /// One control command. Like every other operation, it is sent once more
-    /// on a new connection when a pooled one turns out dead (a restart, an
-    /// idle drop): control commands are reads or idempotent writes.
-    fn control_request(&mut self, packed: &[u8], interrupt: &Interrupt) -> Result<Value> {
-        let (server, connection) = self.connection(Target::Destination, interrupt)?;
-        let name = server.name().to_string();
-        let stale = connection.from_pool;
-        let value = match connection.request(packed, interrupt) {
-            Err(Error::Connection { .. }) if stale => {
-                let (_, connection) = self.connection(Target::Destination, interrupt)?;
-                connection.request(packed, interrupt)?
-            }
-            other => other?,
-        };
-        if let Some(error) = server_error(&value) {
-            return Err(Error::Command {
-                server: name,
-                detail: server_error_text(&error),
-            });
-        }
-        Ok(value)
-    }
-
-    /// Runs a control script, loading it first if the server lacks it.
-    fn control_script(
-        &mut self,
-        script: &redis::Script,
-        keys: &[&[u8]],
-        args: &[Vec<u8>],
-        interrupt: &Interrupt,
-    ) -> Result<Value> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(keys.len());
-        for key in keys {
-            cmd.arg(*key);
-        }
-        for arg in args {
-            cmd.arg(arg.as_slice());
-        }
-        let packed = cmd.get_packed_command();
-        match self.control_request(&packed, interrupt) {
-            Err(Error::Command { detail, .. }) if detail.starts_with("NOSCRIPT") => {
-                let (server, connection) = self.connection(Target::Destination, interrupt)?;
-                let name = server.name().to_string();
-                script.load(connection).map_err(|error| Error::Command {
-                    server: name,
-                    detail: format!("cannot load script: {error}"),
-                })?;
-                self.control_request(&packed, interrupt)
-            }
-            other => other,
-        }
-    }
-
-    /// Reads the fleet's phase and records this process's heartbeat: the
-    /// phases it may act in, `in_use` (lowest, highest) widened by the one read.
-    pub(crate) fn phase_heartbeat(
-        &mut self,
-        process: &str,
-        heartbeat_ttl_ms: u64,
-        in_use: (u8, u8),
-        interrupt: &Interrupt,
-    ) -> Result<Phase> {
-        let prefix = self.client.key_prefix().to_vec();
-        let result = self.control_script(
-            &scripts::PHASE_HEARTBEAT,
-            &[
-                &phase_key(&prefix),
-                &fleet_key(&prefix),
-                &fleet_phases_key(&prefix),
-            ],
-            &[
-                heartbeat_ttl_ms.to_string().into_bytes(),
-                in_use.0.to_string().into_bytes(),
-                in_use.1.to_string().into_bytes(),
-                process.as_bytes().to_vec(),
-            ],
+/// Runs a control script on the destination's control node (loaded by the
+/// executor if the server lacks it); an error reply is an `Error::Command`.
+fn control_script(
+    lease: &mut Lease<'_>,
+    script: &'static Script,
+    keys: &[&[u8]],
+    args: &[Arg<'_>],
+    interrupt: &Interrupt,
+) -> Result<Value> {
+    let request = Request::Script { script, keys, args };
+    let value = lease
+        .exchange(
+            Target::Destination,
+            Route::Key(CONTROL_TAG),
+            &[request],
             interrupt,
-        );
-        match result {
-            // Lua's error_reply: "ERR LOCKING_..." on Redis 7, bare on older servers.
-            Err(Error::Command { server, detail }) if detail.contains("LOCKING_") => {
-                Err(Error::Phase(format!(
-                    "reading the fleet's phase (phase = :dynamic) from {server}: {}; operations refuse until \
-                     it is set: `locking phase set PHASE --init` (if the destination lost its data, set \
-                     the phase the fleet was in)",
-                    if detail.contains("LOCKING_NO_PHASE") {
-                        "no phase is set (never set, or lost with the destination's data)"
-                    } else {
-                        "the phase key holds no phase number"
-                    }
-                )))
-            }
-            Err(error) => Err(error.reading_the_phase()),
-            Ok(value) => phase_of(value),
+        )?
+        .pop()
+        .unwrap_or(Value::Nil);
+    match value {
+        Value::ServerError(error) => Err(Error::Command {
+            server: lease
+                .client()
+                .server_name(Target::Destination)
+                .unwrap_or("destination")
+                .to_string(),
+            detail: error.to_string(),
+        }),
+        value => Ok(value),
+    }
+}
+
+/// Reads the fleet's phase and records this process's heartbeat: the
+/// phases it may act in, `in_use` (lowest, highest) widened by the one read.
+pub(crate) fn phase_heartbeat(
+    lease: &mut Lease<'_>,
+    process: &str,
+    heartbeat_ttl_ms: u64,
+    in_use: (u8, u8),
+    interrupt: &Interrupt,
+) -> Result<Phase> {
+    let prefix = lease.client().key_prefix().to_vec();
+    let result = control_script(
+        lease,
+        &scripts::PHASE_HEARTBEAT,
+        &[
+            &phase_key(&prefix),
+            &fleet_key(&prefix),
+            &fleet_phases_key(&prefix),
+        ],
+        &[
+            heartbeat_ttl_ms.into(),
+            u64::from(in_use.0).into(),
+            u64::from(in_use.1).into(),
+            process.into(),
+        ],
+        interrupt,
+    );
+    match result {
+        // Lua's error_reply: "ERR LOCKING_..." on Redis 7, bare on older servers.
+        Err(Error::Command { server, detail }) if detail.contains("LOCKING_") => {
+            Err(Error::Phase(format!(
+                "reading the fleet's phase (phase = :dynamic) from {server}: {}; operations refuse until \
+                 it is set: `locking phase set PHASE --init` (if the destination lost its data, set \
+                 the phase the fleet was in)",
+                if detail.contains("LOCKING_NO_PHASE") {
+                    "no phase is set (never set, or lost with the destination's data)"
+                } else {
+                    "the phase key holds no phase number"
+                }
+            )))
         }
+        Err(error) => Err(error.reading_the_phase()),
+        Ok(value) => phase_of(value),
+    }
+}
+
+impl Operator<'_> {
+    /// One control command on the destination's control node.
+    fn control(&mut self, args: &[Arg<'_>], interrupt: &Interrupt) -> Result<Value> {
+        self.command(
+            Target::Destination,
+            Route::Key(CONTROL_TAG),
+            args,
+            interrupt,
+        )
     }
 
     /// The phase stored in the control key (`None` when unset).
     pub fn control_phase(&mut self, interrupt: &Interrupt) -> Result<Option<Phase>> {
-        let key = phase_key(self.client.key_prefix());
-        let value =
-            self.control_request(&redis::cmd("GET").arg(key).get_packed_command(), interrupt)?;
-        match value {
+        let key = phase_key(self.client().key_prefix());
+        match self.control(&["GET".into(), key.as_slice().into()], interrupt)? {
             Value::Nil => Ok(None),
             Value::BulkString(bytes) => std::str::from_utf8(&bytes)
                 .ok()
@@ -297,19 +290,20 @@ impl Lease<'_> {
         target: Phase,
         interrupt: &Interrupt,
     ) -> Result<Option<Phase>> {
-        let prefix = self.client.key_prefix().to_vec();
-        let expected = match expected {
-            Some(phase) => phase.index().to_string().into_bytes(),
-            None => b"none".to_vec(),
+        let prefix = self.client().key_prefix().to_vec();
+        let expected: Arg<'_> = match expected {
+            Some(phase) => u64::from(phase.index()).into(),
+            None => "none".into(),
         };
-        let needs_no_backfill = if target == Phase::Drain { b"1" } else { b"0" };
-        let value = self.control_script(
+        let needs_no_backfill = if target == Phase::Drain { "1" } else { "0" };
+        let value = control_script(
+            self.lease(),
             &scripts::SET_PHASE,
             &[&phase_key(&prefix), &backfill_key(&prefix)],
             &[
                 expected,
-                target.index().to_string().into_bytes(),
-                needs_no_backfill.to_vec(),
+                u64::from(target.index()).into(),
+                needs_no_backfill.into(),
             ],
             interrupt,
         )?;
@@ -324,9 +318,9 @@ impl Lease<'_> {
 
     /// A control value by name (under the control prefix), if set.
     pub fn control_get(&mut self, name: &[u8], interrupt: &Interrupt) -> Result<Option<Vec<u8>>> {
-        let mut key = control_prefix(self.client.key_prefix());
+        let mut key = control_prefix(self.client().key_prefix());
         key.extend_from_slice(name);
-        match self.control_request(&redis::cmd("GET").arg(key).get_packed_command(), interrupt)? {
+        match self.control(&["GET".into(), key.as_slice().into()], interrupt)? {
             Value::BulkString(value) => Ok(Some(value)),
             _ => Ok(None),
         }
@@ -340,18 +334,23 @@ impl Lease<'_> {
         ttl_ms: u64,
         interrupt: &Interrupt,
     ) -> Result<()> {
-        let mut key = control_prefix(self.client.key_prefix());
+        let mut key = control_prefix(self.client().key_prefix());
         key.extend_from_slice(name);
-        let packed = match value {
-            Some(value) => redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(ttl_ms.max(1))
-                .get_packed_command(),
-            None => redis::cmd("DEL").arg(key).get_packed_command(),
-        };
-        self.control_request(&packed, interrupt).map(|_| ())
+        let key = key.as_slice();
+        match value {
+            Some(value) => self.control(
+                &[
+                    "SET".into(),
+                    key.into(),
+                    value.into(),
+                    "PX".into(),
+                    ttl_ms.max(1).into(),
+                ],
+                interrupt,
+            ),
+            None => self.control(&["DEL".into(), key.into()], interrupt),
+        }
+        .map(|_| ())
     }
 
     /// Takes, keeps (`ttl_ms` > 0) or gives back (0) the backfill lease for
@@ -362,11 +361,12 @@ impl Lease<'_> {
         ttl_ms: u64,
         interrupt: &Interrupt,
     ) -> Result<Option<String>> {
-        let key = backfill_key(self.client.key_prefix());
-        let value = self.control_script(
+        let key = backfill_key(self.client().key_prefix());
+        let value = control_script(
+            self.lease(),
             &scripts::CONTROL_LEASE,
             &[&key],
-            &[holder.as_bytes().to_vec(), ttl_ms.to_string().into_bytes()],
+            &[holder.into(), ttl_ms.into()],
             interrupt,
         )?;
         match value {
@@ -378,12 +378,14 @@ impl Lease<'_> {
     /// The server's `run_id` (INFO server): changes when it restarts. With its
     /// address, it tells one source from another for a saved backfill position.
     pub fn server_run_id(&mut self, target: Target, interrupt: &Interrupt) -> Result<String> {
-        let (server, connection) = self.connection(target, interrupt)?;
-        let name = server.name().to_string();
-        let packed = redis::cmd("INFO").arg("server").get_packed_command();
-        let text = match connection.request(&packed, interrupt)? {
+        let name = self.client().server_name(target).unwrap_or("?").to_string();
+        let text = match self.command(
+            target,
+            Route::Node(0),
+            &["INFO".into(), "server".into()],
+            interrupt,
+        )? {
             Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Value::VerbatimString { text, .. } => text,
             other => {
                 return Err(Error::Command {
                     server: name,
@@ -402,20 +404,16 @@ impl Lease<'_> {
 
     /// Appends an entry to the audit log (newest first, the last `keep` kept).
     pub fn audit_push(&mut self, entry: &[u8], keep: u64, interrupt: &Interrupt) -> Result<()> {
-        let key = audit_key(self.client.key_prefix());
-        self.control_request(
-            &redis::cmd("LPUSH")
-                .arg(&key)
-                .arg(entry)
-                .get_packed_command(),
-            interrupt,
-        )?;
-        self.control_request(
-            &redis::cmd("LTRIM")
-                .arg(&key)
-                .arg(0)
-                .arg(keep.saturating_sub(1))
-                .get_packed_command(),
+        let key = audit_key(self.client().key_prefix());
+        let key = key.as_slice();
+        self.control(&["LPUSH".into(), key.into(), entry.into()], interrupt)?;
+        self.control(
+            &[
+                "LTRIM".into(),
+                key.into(),
+                0.into(),
+                keep.saturating_sub(1).into(),
+            ],
             interrupt,
         )?;
         Ok(())
@@ -423,13 +421,14 @@ impl Lease<'_> {
 
     /// The newest `count` audit entries.
     pub fn audit_recent(&mut self, count: u64, interrupt: &Interrupt) -> Result<Vec<Vec<u8>>> {
-        let key = audit_key(self.client.key_prefix());
-        let value = self.control_request(
-            &redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(count.saturating_sub(1))
-                .get_packed_command(),
+        let key = audit_key(self.client().key_prefix());
+        let value = self.control(
+            &[
+                "LRANGE".into(),
+                key.as_slice().into(),
+                0.into(),
+                count.saturating_sub(1).into(),
+            ],
             interrupt,
         )?;
         Ok(match value {
@@ -446,19 +445,21 @@ impl Lease<'_> {
 
     /// Deletes a process's heartbeat (this process's, as it exits).
     pub fn delete_heartbeat(&mut self, process: &str, interrupt: &Interrupt) -> Result<bool> {
-        let prefix = self.client.key_prefix().to_vec();
-        let removed = self.control_request(
-            &redis::cmd("ZREM")
-                .arg(fleet_key(&prefix))
-                .arg(process)
-                .get_packed_command(),
+        let prefix = self.client().key_prefix().to_vec();
+        let removed = self.control(
+            &[
+                "ZREM".into(),
+                fleet_key(&prefix).as_slice().into(),
+                process.into(),
+            ],
             interrupt,
         )?;
-        self.control_request(
-            &redis::cmd("HDEL")
-                .arg(fleet_phases_key(&prefix))
-                .arg(process)
-                .get_packed_command(),
+        self.control(
+            &[
+                "HDEL".into(),
+                fleet_phases_key(&prefix).as_slice().into(),
+                process.into(),
+            ],
             interrupt,
         )?;
         Ok(matches!(removed, Value::Int(1)))
@@ -467,17 +468,19 @@ impl Lease<'_> {
     /// Every live heartbeat: three commands, whatever the size of the
     /// keyspace (no SCAN).
     pub fn fleet(&mut self, interrupt: &Interrupt) -> Result<Vec<FleetMember>> {
-        let prefix = self.client.key_prefix().to_vec();
-        let time = self.control_request(&redis::cmd("TIME").get_packed_command(), interrupt)?;
-        let now = crate::server::server_time_ms(time)
-            .ok_or_else(|| Error::Internal("TIME gave no time".into()))?;
-        let live = self.control_request(
-            &redis::cmd("ZRANGEBYSCORE")
-                .arg(fleet_key(&prefix))
-                .arg(format!("({now}"))
-                .arg("+inf")
-                .arg("WITHSCORES")
-                .get_packed_command(),
+        let prefix = self.client().key_prefix().to_vec();
+        let time = self.control(&["TIME".into()], interrupt)?;
+        let now =
+            server_time_ms(&time).ok_or_else(|| Error::Internal("TIME gave no time".into()))?;
+        let after = format!("({now}");
+        let live = self.control(
+            &[
+                "ZRANGEBYSCORE".into(),
+                fleet_key(&prefix).as_slice().into(),
+                after.as_str().into(),
+                "+inf".into(),
+                "WITHSCORES".into(),
+            ],
             interrupt,
         )?;
         let Value::Array(items) = live else {
@@ -485,38 +488,35 @@ impl Lease<'_> {
         };
         let mut processes = Vec::with_capacity(items.len() / 2);
         for pair in items.chunks(2) {
-            let [Value::BulkString(process), score] = pair else {
+            let [Value::BulkString(process), Value::BulkString(score)] = pair else {
                 continue;
             };
-            let expires_at = match score {
-                Value::BulkString(text) => std::str::from_utf8(text)
-                    .ok()
-                    .and_then(|t| t.parse::<f64>().ok()),
-                Value::Double(value) => Some(*value),
-                _ => None,
-            }
-            .unwrap_or(0.0) as i64;
+            let expires_at = std::str::from_utf8(score)
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(0.0) as i64;
             processes.push((process.clone(), expires_at - now as i64));
         }
         if processes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut hmget = redis::cmd("HMGET");
-        hmget.arg(fleet_phases_key(&prefix));
-        for (process, _) in &processes {
-            hmget.arg(process.as_slice());
-        }
-        let Value::Array(values) = self.control_request(&hmget.get_packed_command(), interrupt)?
-        else {
+        let phases_key = fleet_phases_key(&prefix);
+        let mut hmget: Vec<Arg<'_>> = vec!["HMGET".into(), phases_key.as_slice().into()];
+        hmget.extend(
+            processes
+                .iter()
+                .map(|(process, _)| Arg::from(process.as_slice())),
+        );
+        let Value::Array(values) = self.control(&hmget, interrupt)? else {
             return Ok(Vec::new());
         };
         let mut members = Vec::with_capacity(processes.len());
-        for ((process, expires_in_ms), value) in processes.into_iter().zip(values) {
+        for ((process, expires_in_ms), value) in processes.iter().zip(values) {
             let Value::BulkString(value) = value else {
                 continue; // forgotten meanwhile
             };
-            let name = String::from_utf8_lossy(&process).into_owned();
-            members.push(FleetMember::parse(name, &value, expires_in_ms)?);
+            let name = String::from_utf8_lossy(process).into_owned();
+            members.push(FleetMember::parse(name, &value, *expires_in_ms)?);
         }
         members.sort_by(|a, b| a.process.cmp(&b.process));
         Ok(members)

@@ -1,28 +1,35 @@
 //! The core of the `locking` gem, with no Ruby in it: the phase protocol as
-//! state machines (`protocol`), the real Redis driver (`client`), and the
-//! connection handling underneath (`connection`, `pool`, `server`).
+//! state machines (`protocol`), the hot operations (`client::Lease`), the
+//! operator tools (`operator`, `bulk`, `backfill`, `control`), and the wire
+//! layer underneath: `codec` (every command and reply, the script table),
+//! `pipeline` (the one executor), `connection` over a `transport`, `pool`,
+//! and `server` (which node serves a key).
 
+pub mod backfill;
 pub mod bulk;
 pub mod client;
+pub mod codec;
 pub mod connection;
 pub mod control;
 pub mod error;
 pub mod memory;
 pub mod model;
+pub mod operator;
 pub mod phase;
+pub mod pipeline;
 pub mod pool;
 pub mod process;
 pub mod protocol;
-pub(crate) mod resp;
-pub(crate) mod scripts;
 pub mod server;
 pub mod store;
+pub mod transport;
 
 pub use client::{
     Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS, MAX_TTL_MS,
 };
 pub use connection::{redact, Interrupt};
 pub use error::{Error, Result};
+pub use operator::Operator;
 pub use phase::Phase;
 pub use protocol::TokenTtl;
 pub use server::EvictionCheck;

@@ -55,6 +55,19 @@ impl Phase {
         }
     }
 
+    /// Backfill runs only in phases 0 and 1: from phase 2 on, releases no
+    /// longer reach the destination through the source, and a copy could
+    /// land after its lock's release (DESIGN: backfill). The one place this
+    /// rule is written; the CLI asks the core.
+    pub fn check_backfill(self) -> Result<()> {
+        if matches!(self, Phase::Source | Phase::Dual) {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "backfill runs only in phases 0 and 1, not in phase {self}: its copies could race releases"
+        )))
+    }
+
     /// Whether the phase writes to (and so needs) the source server.
     pub fn uses_source(self) -> bool {
         matches!(self, Phase::Source | Phase::Dual | Phase::Drain)

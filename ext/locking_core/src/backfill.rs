@@ -1,0 +1,456 @@
+//! Backfill in streamed batches: a scheduler over the pipeline executor
+//! that drives thousands of per-key `protocol::Backfill` state machines (the
+//! ones the explorer checks) at once.
+//!
+//! Each server is sent the next commands as soon as the replies they depend
+//! on are in, so it has work queued while the client reads the other
+//! server's replies. Replies come back in the order sent, per connection;
+//! each key has one command in flight at a time, so its steps stay in the
+//! order the protocol gives them. The next SCAN page is asked for as soon as
+//! a page arrives. NOSCRIPT and the old-server fallback come back from the
+//! executor as `Received::Resend`: the key's command joins the next pipeline
+//! to that server (after the script load the executor puts at its front).
+
+use crate::bulk::{parse_scan, scan_args, BackfillReport, MAX_PAGES_PER_BATCH};
+use crate::client::Route;
+use crate::codec::lock;
+use crate::codec::Value;
+use crate::connection::Interrupt;
+use crate::error::{Error, Result};
+use crate::operator::Operator;
+use crate::pipeline::{self, Received, Request};
+use crate::protocol::{self, BackfillOutcome, Command, Operation, Reply, Step, Target};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Keys read in one MULTI/EXEC: the source (a busy jobs Redis) serves no
+/// one else while it runs a transaction, ~1 ms here for this many.
+const READS_PER_TRANSACTION: usize = 1000;
+
+/// How often one command may be sent again (NOSCRIPT, then an old server).
+const MAX_RESENDS: u8 = 2;
+
+/// How many failures a backfill batch reports in words.
+const ERRORS_REPORTED: usize = 3;
+
+/// A key's place among the batch's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JobId(usize);
+
+/// One key's backfill.
+struct Job {
+    key: Vec<u8>,
+    op: protocol::Backfill,
+    outcome: Option<Result<BackfillOutcome>>,
+    /// Times its current command was sent again.
+    resends: u8,
+}
+
+/// What a server owes the scheduler, in the order it was asked.
+enum Flight {
+    Scan,
+    /// One transaction reading these keys (each key's `ReadWithTtl`).
+    Reads(Vec<JobId>),
+    /// One protocol command per key.
+    Commands(Vec<(JobId, Command)>),
+}
+
+/// One server's side of the stream.
+struct Side {
+    /// Flights sent and not yet read, each with its sending order.
+    owed: VecDeque<(u64, Flight)>,
+    /// Commands to send in the next pipeline.
+    next: Vec<(JobId, Command)>,
+}
+
+impl Side {
+    fn new() -> Side {
+        Side {
+            owed: VecDeque::new(),
+            next: Vec::new(),
+        }
+    }
+}
+
+struct Scheduler<'o, 'c> {
+    operator: &'o mut Operator<'c>,
+    jobs: Vec<Job>,
+    source: Side,
+    destination: Side,
+    /// Flights sent so far (orders them across the two servers).
+    sent: u64,
+    packed: Vec<u8>,
+    prefix: Vec<u8>,
+    count: usize,
+    pages_left: usize,
+    /// Where the walk stands: the cursor of the last page read.
+    cursor: u64,
+}
+
+impl Operator<'_> {
+    /// One batch of backfill: up to `pages` SCAN pages of the source from
+    /// `cursor`, every key mirrored onto the destination. With `dry_run`,
+    /// only counts what would be copied (source locks missing on the
+    /// destination), writing nothing.
+    pub fn backfill_batch(
+        &mut self,
+        cursor: u64,
+        count: usize,
+        pages: usize,
+        dry_run: bool,
+        interrupt: &Interrupt,
+    ) -> Result<BackfillReport> {
+        if !(1..=MAX_PAGES_PER_BATCH).contains(&pages) {
+            return Err(Error::InvalidArgument(format!(
+                "pages must be between 1 and {MAX_PAGES_PER_BATCH}, not {pages}"
+            )));
+        }
+        self.check_prefix()?;
+        self.resolve_phase(interrupt)?.check_backfill()?;
+        if dry_run {
+            return self.backfill_dry_run(cursor, count, interrupt);
+        }
+        let prefix = self.client().key_prefix().to_vec();
+        let mut scheduler = Scheduler {
+            operator: self,
+            jobs: Vec::new(),
+            source: Side::new(),
+            destination: Side::new(),
+            sent: 0,
+            packed: Vec::new(),
+            prefix,
+            count,
+            pages_left: pages,
+            cursor,
+        };
+        scheduler.run(interrupt)?;
+        Ok(scheduler.report())
+    }
+
+    fn backfill_dry_run(
+        &mut self,
+        cursor: u64,
+        count: usize,
+        interrupt: &Interrupt,
+    ) -> Result<BackfillReport> {
+        let prefix = self.client().key_prefix().to_vec();
+        let page =
+            self.scan_matching(Target::Source, 0, &prefix, cursor, count, true, interrupt)?;
+        let mut report = BackfillReport {
+            cursor: page.cursor,
+            scanned: page.keys.len() as u64,
+            ..BackfillReport::default()
+        };
+        if page.keys.is_empty() {
+            return Ok(report);
+        }
+        let on_source = self.each_key(Target::Source, 0, "GET", &page.keys, interrupt)?;
+        let on_destination = self.each_key(Target::Destination, 0, "GET", &page.keys, interrupt)?;
+        for (source, destination) in on_source.into_iter().zip(on_destination) {
+            match (source, destination) {
+                (Value::BulkString(_), Value::Nil) => report.copied += 1,
+                (Value::BulkString(s), Value::BulkString(d)) if s == d => report.already_there += 1,
+                (Value::BulkString(_), _) => report.conflicts += 1,
+                _ => report.absent += 1,
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Scheduler<'_, '_> {
+    fn run(&mut self, interrupt: &Interrupt) -> Result<()> {
+        self.ask_for_page(interrupt)?;
+        while let Some(target) = self.oldest() {
+            let side = self.side(target);
+            let Some((_, flight)) = side.owed.pop_front() else {
+                break;
+            };
+            match flight {
+                Flight::Scan => self.page_arrived(interrupt)?,
+                Flight::Reads(ids) => self.reads_arrived(ids, interrupt)?,
+                Flight::Commands(commands) => self.commands_arrived(target, commands, interrupt)?,
+            }
+            self.send_next(Target::Source, interrupt)?;
+            self.send_next(Target::Destination, interrupt)?;
+        }
+        Ok(())
+    }
+
+    fn side(&mut self, target: Target) -> &mut Side {
+        match target {
+            Target::Source => &mut self.source,
+            Target::Destination => &mut self.destination,
+        }
+    }
+
+    /// The server whose oldest owed reply was sent first: replies come back
+    /// roughly in that order, so reading it blocks the least.
+    fn oldest(&self) -> Option<Target> {
+        match (self.source.owed.front(), self.destination.owed.front()) {
+            (Some((a, _)), Some((b, _))) if b < a => Some(Target::Destination),
+            (Some(_), _) => Some(Target::Source),
+            (None, Some(_)) => Some(Target::Destination),
+            (None, None) => None,
+        }
+    }
+
+    fn ask_for_page(&mut self, interrupt: &Interrupt) -> Result<()> {
+        let pattern = crate::bulk::match_pattern(&self.prefix);
+        let count = self.count as u64;
+        let args = scan_args(self.cursor, &pattern, count, false);
+        let (node, connection) =
+            self.operator
+                .lease()
+                .connection(Target::Source, Route::Node(0), interrupt)?;
+        let request = [Request::Plain(&args)];
+        pipeline::send(
+            connection,
+            &node.dialect,
+            &request,
+            &mut self.packed,
+            interrupt,
+        )?;
+        self.source.owed.push_back((self.sent, Flight::Scan));
+        self.sent += 1;
+        self.pages_left -= 1;
+        Ok(())
+    }
+
+    fn page_arrived(&mut self, interrupt: &Interrupt) -> Result<()> {
+        let pattern = crate::bulk::match_pattern(&self.prefix);
+        let args = scan_args(self.cursor, &pattern, self.count as u64, false);
+        let (node, connection) =
+            self.operator
+                .lease()
+                .connection(Target::Source, Route::Node(0), interrupt)?;
+        let name = node.name().to_string();
+        let deadline = Instant::now() + connection.read_timeout();
+        let request = [Request::Plain(&args)];
+        let value = match pipeline::receive(
+            connection,
+            &node.dialect,
+            &request,
+            deadline,
+            interrupt,
+        )?
+        .pop()
+        {
+            Some(Received::Reply(value)) => value,
+            _ => Value::Nil,
+        };
+        let page = parse_scan(value, &name)?;
+        self.cursor = page.cursor;
+        if self.cursor != 0 && self.pages_left > 0 {
+            self.ask_for_page(interrupt)?;
+        }
+        for key in page.keys {
+            let id = JobId(self.jobs.len());
+            self.jobs.push(Job {
+                key,
+                op: protocol::Backfill::new(),
+                outcome: None,
+                resends: 0,
+            });
+            self.step(id, Vec::new());
+        }
+        Ok(())
+    }
+
+    fn reads_arrived(&mut self, ids: Vec<JobId>, interrupt: &Interrupt) -> Result<()> {
+        let keys: Vec<&[u8]> = ids
+            .iter()
+            .map(|id| self.jobs[id.0].key.as_slice())
+            .collect();
+        let (node, connection) =
+            self.operator
+                .lease()
+                .connection(Target::Source, Route::Node(0), interrupt)?;
+        let name = node.name().to_string();
+        let deadline = Instant::now() + connection.read_timeout();
+        let request = [Request::Reads(&keys)];
+        let received = pipeline::receive(connection, &node.dialect, &request, deadline, interrupt)?;
+        let entries = match received.into_iter().next() {
+            Some(Received::Reply(exec)) => lock::decode_reads(ids.len(), exec),
+            _ => Err("a read of keys asked to be sent again".into()),
+        };
+        match entries {
+            Ok(entries) => {
+                for (id, entry) in ids.into_iter().zip(entries) {
+                    self.step(id, vec![Ok(Reply::Entry(entry))]);
+                }
+            }
+            Err(detail) => {
+                let error = Error::Command {
+                    server: name,
+                    detail,
+                };
+                for id in ids {
+                    self.step(id, vec![Err(error.clone())]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commands_arrived(
+        &mut self,
+        target: Target,
+        commands: Vec<(JobId, Command)>,
+        interrupt: &Interrupt,
+    ) -> Result<()> {
+        let received = {
+            let requests: Vec<Request<'_>> = commands
+                .iter()
+                .map(|(id, command)| Request::Lock {
+                    key: &self.jobs[id.0].key,
+                    command,
+                })
+                .collect();
+            let (node, connection) =
+                self.operator
+                    .lease()
+                    .connection(target, Route::Node(0), interrupt)?;
+            let deadline = Instant::now() + connection.read_timeout();
+            let received =
+                pipeline::receive(connection, &node.dialect, &requests, deadline, interrupt)?;
+            received
+                .into_iter()
+                .zip(&commands)
+                .map(|(received, (_, command))| match received {
+                    Received::Reply(value) => Some(node.decode(command, value)),
+                    Received::Resend => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        for ((id, command), reply) in commands.into_iter().zip(received) {
+            let job = &mut self.jobs[id.0];
+            match reply {
+                Some(reply) => {
+                    job.resends = 0;
+                    self.step(id, vec![reply]);
+                }
+                None if job.resends < MAX_RESENDS => {
+                    job.resends += 1;
+                    self.side(target).next.push((id, command));
+                }
+                None => {
+                    let server = self.operator.client().server_name(target).unwrap_or("?");
+                    let error = Error::Command {
+                        server: server.to_string(),
+                        detail: format!("server keeps refusing {}", lock::name(&command)),
+                    };
+                    self.step(id, vec![Err(error)]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps one key's backfill with its replies: the command it sends next
+    /// is queued for its server, or its end recorded. Backfill sends one
+    /// command per step; anything else is a bug, reported as that key's
+    /// failure.
+    fn step(&mut self, id: JobId, replies: Vec<Result<Reply>>) {
+        let job = &mut self.jobs[id.0];
+        match job.op.step(replies) {
+            Step::Done(result) => job.outcome = Some(result),
+            Step::Send(mut batch) if batch.len() == 1 => {
+                if let Some((target, command)) = batch.pop() {
+                    self.side(target).next.push((id, command));
+                }
+            }
+            Step::Send(_) => {
+                job.outcome = Some(Err(Error::Internal(
+                    "backfill step sent other than one command".into(),
+                )))
+            }
+        }
+    }
+
+    /// Sends what `target` is due as one pipeline: a page of reads as
+    /// transactions of `READS_PER_TRANSACTION` keys, other commands as they are.
+    fn send_next(&mut self, target: Target, interrupt: &Interrupt) -> Result<()> {
+        let next = std::mem::take(&mut self.side(target).next);
+        if next.is_empty() {
+            return Ok(());
+        }
+        let all_reads = next.len() > 1
+            && next
+                .iter()
+                .all(|(_, command)| matches!(command, Command::ReadWithTtl));
+        let flights: Vec<Flight> = if all_reads {
+            next.chunks(READS_PER_TRANSACTION)
+                .map(|chunk| Flight::Reads(chunk.iter().map(|(id, _)| *id).collect()))
+                .collect()
+        } else {
+            vec![Flight::Commands(next)]
+        };
+        for flight in flights {
+            {
+                let keys: Vec<&[u8]> = match &flight {
+                    Flight::Reads(ids) => ids
+                        .iter()
+                        .map(|id| self.jobs[id.0].key.as_slice())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let requests: Vec<Request<'_>> = match &flight {
+                    Flight::Reads(_) => vec![Request::Reads(&keys)],
+                    Flight::Commands(commands) => commands
+                        .iter()
+                        .map(|(id, command)| Request::Lock {
+                            key: &self.jobs[id.0].key,
+                            command,
+                        })
+                        .collect(),
+                    Flight::Scan => Vec::new(),
+                };
+                let (node, connection) =
+                    self.operator
+                        .lease()
+                        .connection(target, Route::Node(0), interrupt)?;
+                pipeline::send(
+                    connection,
+                    &node.dialect,
+                    &requests,
+                    &mut self.packed,
+                    interrupt,
+                )?;
+            }
+            let sent = self.sent;
+            self.side(target).owed.push_back((sent, flight));
+            self.sent += 1;
+        }
+        Ok(())
+    }
+
+    fn report(&mut self) -> BackfillReport {
+        let mut report = BackfillReport {
+            cursor: self.cursor,
+            scanned: self.jobs.len() as u64,
+            ..BackfillReport::default()
+        };
+        for job in self.jobs.drain(..) {
+            let outcome = job
+                .outcome
+                .unwrap_or_else(|| Err(Error::Internal("backfill did not finish".into())));
+            match outcome {
+                Ok(BackfillOutcome::Copied) => report.copied += 1,
+                Ok(BackfillOutcome::AlreadyThere) => report.already_there += 1,
+                Ok(BackfillOutcome::Conflict) => report.conflicts += 1,
+                Ok(BackfillOutcome::Undone) => report.undone += 1,
+                Ok(BackfillOutcome::Absent) => report.absent += 1,
+                Err(error) => {
+                    report.failed += 1;
+                    if report.errors.len() < ERRORS_REPORTED {
+                        report
+                            .errors
+                            .push(format!("{:?}: {error}", String::from_utf8_lossy(&job.key)));
+                    }
+                }
+            }
+        }
+        report
+    }
+}

@@ -1,0 +1,137 @@
+//! The operator tools' handle on the servers: what `locking status`, `gate`,
+//! `backfill`, `phase` and `unlock` use, apart from the hot operations of a
+//! `Lease`. Its methods live beside what they do: walks and deletes in
+//! `bulk`, the backfill scheduler in `backfill`, control keys in `control`.
+
+use crate::client::{Client, Lease, Route};
+use crate::codec::{Arg, Value};
+use crate::connection::Interrupt;
+use crate::error::{Error, Result};
+use crate::phase::Phase;
+use crate::pipeline::Request;
+use crate::protocol::{self, BackfillOutcome, Target};
+
+/// Connections for one operator command. Every method here may block.
+pub struct Operator<'c> {
+    lease: Lease<'c>,
+}
+
+impl<'c> Operator<'c> {
+    pub(crate) fn new(lease: Lease<'c>) -> Self {
+        Operator { lease }
+    }
+
+    pub(crate) fn into_lease(self) -> Lease<'c> {
+        self.lease
+    }
+
+    pub(crate) fn client(&self) -> &'c Client {
+        self.lease.client()
+    }
+
+    pub(crate) fn lease(&mut self) -> &mut Lease<'c> {
+        &mut self.lease
+    }
+
+    /// The phase this command acts in (read from the control key when dynamic).
+    pub fn resolve_phase(&mut self, interrupt: &Interrupt) -> Result<Phase> {
+        self.lease.resolve_phase(interrupt)
+    }
+
+    /// The tools that walk keys need a prefix: with an empty one every
+    /// string key of the server (queue data included) would count as a lock.
+    pub(crate) fn check_prefix(&self) -> Result<()> {
+        if self.client().key_prefix().is_empty() {
+            return Err(Error::InvalidArgument(
+                "the operator tools need a non-empty key_prefix: with an empty one every string key \
+                 of the server (queue data included) would count as a lock"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configured servers.
+    pub(crate) fn configured_targets(&self) -> Vec<Target> {
+        [Target::Source, Target::Destination]
+            .into_iter()
+            .filter(|target| self.client().server(*target).is_some())
+            .collect()
+    }
+
+    /// How many nodes hold `target`'s keys.
+    pub(crate) fn node_count(&self, target: Target) -> usize {
+        self.client()
+            .server(target)
+            .map_or(0, |server| server.nodes().len())
+    }
+
+    /// Runs `requests` as one pipeline on a node (see `Lease::exchange`).
+    pub(crate) fn exchange(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        requests: &[Request<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Value>> {
+        self.lease.exchange(target, route, requests, interrupt)
+    }
+
+    /// One command on a node; an error reply becomes an `Error::Command`.
+    pub(crate) fn command(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        args: &[Arg<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Value> {
+        let value = self
+            .exchange(target, route, &[Request::Plain(args)], interrupt)?
+            .pop()
+            .unwrap_or(Value::Nil);
+        self.refused(target, value)
+    }
+
+    /// `value`, or the error reply it is as an `Error::Command`.
+    pub(crate) fn refused(&self, target: Target, value: Value) -> Result<Value> {
+        match value {
+            Value::ServerError(error) => Err(Error::Command {
+                server: self.client().server_name(target).unwrap_or("?").to_string(),
+                detail: error.to_string(),
+            }),
+            value => Ok(value),
+        }
+    }
+
+    /// The same single-key command (GET, PTTL, DEL ...) for many keys, as one
+    /// pipeline on `target`'s node `node`.
+    pub(crate) fn each_key(
+        &mut self,
+        target: Target,
+        node: usize,
+        name: &str,
+        keys: &[Vec<u8>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Value>> {
+        let args: Vec<[Arg<'_>; 2]> = keys
+            .iter()
+            .map(|key| [name.into(), key.as_slice().into()])
+            .collect();
+        let requests: Vec<Request<'_>> = args.iter().map(|args| Request::Plain(args)).collect();
+        self.exchange(target, Route::Node(node), &requests, interrupt)
+    }
+
+    /// Mirrors one source lock onto the destination (see `protocol::Backfill`).
+    /// `full_key` is the Redis key, prefix included. Only in phases 0 and 1.
+    pub fn backfill(&mut self, full_key: &[u8], interrupt: &Interrupt) -> Result<BackfillOutcome> {
+        self.resolve_phase(interrupt)?.check_backfill()?;
+        let prefix = self.client().key_prefix();
+        if !full_key.starts_with(prefix) || full_key.len() == prefix.len() {
+            return Err(Error::InvalidArgument(
+                "backfill only touches keys under the key prefix".into(),
+            ));
+        }
+        self.lease
+            .run_on(full_key, protocol::Backfill::new(), interrupt)
+    }
+}

@@ -1,0 +1,291 @@
+//! The pipeline executor: the one way every caller (hot operations, control,
+//! operator tools, backfill) talks to a server. It sends N requests in one
+//! write and reads their N replies under one deadline, always through the
+//! operation's `Interrupt`.
+//!
+//! Two replies ask for the request to be sent again, and are handled here
+//! for everyone:
+//! - NOSCRIPT (a restart, a failover, `SCRIPT FLUSH`): the script is queued
+//!   on the connection and loaded at the front of its next pipeline, so a
+//!   caller with later pipelines in flight (the backfill) never reads out of
+//!   step; the load shares that pipeline's deadline and interrupt.
+//! - a syntax error to `SET .. NX GET`: the server is older than Redis 7; it
+//!   is remembered in the server's `Dialect`, and the request goes again as
+//!   the Lua acquire (which may need loading in turn).
+//!
+//! `run` resends by itself (at most twice a request); `send`/`receive` hand
+//! `Received::Resend` back to a caller that schedules its own pipelines.
+
+use crate::codec::{self, lock, scripts::Script, Arg, Value};
+use crate::connection::{Connection, Interrupt};
+use crate::error::{Error, Result};
+use crate::protocol::Command;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// One request of a pipeline. Cheap to copy: it borrows what it sends.
+#[derive(Clone, Copy)]
+pub enum Request<'a> {
+    /// A command with one reply.
+    Plain(&'a [Arg<'a>]),
+    /// `EVALSHA` of a script of the table, with its keys and arguments.
+    Script {
+        script: &'static Script,
+        keys: &'a [&'a [u8]],
+        args: &'a [Arg<'a>],
+    },
+    /// A protocol command on one key (`codec::lock`).
+    Lock { key: &'a [u8], command: &'a Command },
+    /// One transaction reading many keys' values and TTLs (a backfill page).
+    Reads(&'a [&'a [u8]]),
+}
+
+/// What the executor hands back for one request.
+#[derive(Debug)]
+pub enum Received {
+    /// The reply (which may be an error reply, for the caller to read).
+    Reply(Value),
+    /// Send the request again: a script is queued for loading, or the
+    /// server turned out older than Redis 7.
+    Resend,
+}
+
+/// What one server speaks, learnt from its replies and shared by all of its
+/// connections.
+#[derive(Debug)]
+pub struct Dialect {
+    set_get: AtomicBool,
+}
+
+impl Default for Dialect {
+    fn default() -> Self {
+        Dialect {
+            set_get: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Dialect {
+    /// Whether the server knows `SET .. NX GET` (Redis 7), as far as we know.
+    pub fn set_get(&self) -> bool {
+        self.set_get.load(Ordering::Relaxed)
+    }
+
+    fn learn_no_set_get(&self) {
+        self.set_get.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A connection's script loads: those due at its next send, and for each
+/// pipeline sent, how many load replies come before its own.
+#[derive(Default)]
+pub struct Loads {
+    due: Vec<&'static Script>,
+    owed: VecDeque<usize>,
+}
+
+impl Request<'_> {
+    fn encode(&self, out: &mut Vec<u8>, dialect: &Dialect) {
+        match *self {
+            Request::Plain(args) => codec::write_command(out, args),
+            Request::Script { script, keys, args } => {
+                codec::write_header_of(out, 3 + keys.len() + args.len());
+                codec::write_arg(out, "EVALSHA".into());
+                codec::write_arg(out, script.sha.as_str().into());
+                codec::write_arg(out, (keys.len() as u64).into());
+                for key in keys {
+                    codec::write_arg(out, (*key).into());
+                }
+                for arg in args {
+                    codec::write_arg(out, *arg);
+                }
+            }
+            Request::Lock { key, command } => lock::encode(out, key, command, dialect.set_get()),
+            Request::Reads(keys) => lock::encode_reads(out, keys),
+        }
+    }
+
+    /// Acknowledgements (MULTI's OK, QUEUED) that come before the reply.
+    fn queued(&self) -> usize {
+        match *self {
+            Request::Lock { command, .. } => lock::queued(command),
+            Request::Reads(keys) => keys.len() + 3, // MULTI, MGET, each PTTL, TIME
+            Request::Plain(_) | Request::Script { .. } => 0,
+        }
+    }
+
+    /// The script to load after a NOSCRIPT (only scripts meet one).
+    fn script(&self) -> Option<&'static Script> {
+        match *self {
+            Request::Script { script, .. } => Some(script),
+            Request::Lock { command, .. } => lock::script_of(command, false),
+            Request::Plain(_) | Request::Reads(_) => None,
+        }
+    }
+
+    /// What the request is, for a message.
+    pub fn describe(&self) -> String {
+        match *self {
+            Request::Plain(args) => match args.first() {
+                Some(Arg::Bytes(name)) => String::from_utf8_lossy(name).into_owned(),
+                _ => "command".into(),
+            },
+            Request::Script { script, .. } => format!("script {}", script.name),
+            Request::Lock { command, .. } => lock::name(command).into(),
+            Request::Reads(_) => "read of a page of keys".into(),
+        }
+    }
+}
+
+/// Sends `requests` in one write, after any script loads due on this
+/// connection. `packed` is scratch space a caller may keep across rounds.
+pub fn send(
+    connection: &mut Connection,
+    dialect: &Dialect,
+    requests: &[Request<'_>],
+    packed: &mut Vec<u8>,
+    interrupt: &Interrupt,
+) -> Result<()> {
+    packed.clear();
+    let mut due = std::mem::take(&mut connection.loads.due);
+    due.sort_by_key(|script| script.name);
+    due.dedup_by_key(|script| script.name);
+    for script in &due {
+        codec::write_command(
+            packed,
+            &["SCRIPT".into(), "LOAD".into(), script.source.into()],
+        );
+    }
+    for request in requests {
+        request.encode(packed, dialect);
+    }
+    connection.send(packed, interrupt)?;
+    connection.loads.owed.push_back(due.len());
+    Ok(())
+}
+
+/// Reads the replies to the oldest pipeline sent on this connection (which
+/// must be `requests`) by `deadline`, loads first.
+pub fn receive(
+    connection: &mut Connection,
+    dialect: &Dialect,
+    requests: &[Request<'_>],
+    deadline: Instant,
+    interrupt: &Interrupt,
+) -> Result<Vec<Received>> {
+    let loads = connection.loads.owed.pop_front().unwrap_or(0);
+    for _ in 0..loads {
+        // A failed load shows as a second NOSCRIPT, which ends its request.
+        connection.receive_by(deadline, interrupt)?;
+    }
+    let mut received = Vec::with_capacity(requests.len());
+    for request in requests {
+        let value = receive_one(connection, request.queued(), deadline, interrupt)?;
+        received.push(classify(connection, dialect, request, value));
+    }
+    Ok(received)
+}
+
+/// Runs `requests` to completion on one connection: one pipeline, then the
+/// requests that asked to be sent again, at most twice each. Each round is
+/// read under one deadline.
+pub fn run(
+    connection: &mut Connection,
+    dialect: &Dialect,
+    requests: &[Request<'_>],
+    interrupt: &Interrupt,
+) -> Result<Vec<Value>> {
+    let mut packed = Vec::new();
+    let mut replies: Vec<Option<Value>> = vec![None; requests.len()];
+    let mut pending: Vec<usize> = (0..requests.len()).collect();
+    for _ in 0..3 {
+        let round: Vec<Request<'_>> = pending.iter().map(|&index| requests[index]).collect();
+        send(connection, dialect, &round, &mut packed, interrupt)?;
+        let deadline = Instant::now() + connection.read_timeout();
+        let received = receive(connection, dialect, &round, deadline, interrupt)?;
+        let mut again = Vec::new();
+        for (index, received) in pending.into_iter().zip(received) {
+            match received {
+                Received::Reply(value) => replies[index] = Some(value),
+                Received::Resend => again.push(index),
+            }
+        }
+        pending = again;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    if let Some(&index) = pending.first() {
+        return Err(Error::Command {
+            server: connection.server().to_string(),
+            detail: format!("server keeps refusing {}", requests[index].describe()),
+        });
+    }
+    Ok(replies
+        .into_iter()
+        .map(|reply| reply.unwrap_or(Value::Nil))
+        .collect())
+}
+
+/// Runs one request to completion (see `run`).
+pub fn run_one(
+    connection: &mut Connection,
+    dialect: &Dialect,
+    request: Request<'_>,
+    interrupt: &Interrupt,
+) -> Result<Value> {
+    let mut replies = run(connection, dialect, &[request], interrupt)?;
+    replies
+        .pop()
+        .ok_or_else(|| Error::Internal("a pipeline of one gave no reply".into()))
+}
+
+/// Reads one request's reply: its acknowledgements first (the first error
+/// among them stands for EXEC's reply, which then only says EXECABORT).
+fn receive_one(
+    connection: &mut Connection,
+    queued: usize,
+    deadline: Instant,
+    interrupt: &Interrupt,
+) -> Result<Value> {
+    let mut refused = None;
+    for _ in 0..queued {
+        if let Some(value) = connection.receive_acknowledgement_by(deadline, interrupt)? {
+            if refused.is_none() && value.as_error().is_some() {
+                refused = Some(value);
+            }
+        }
+    }
+    let value = connection.receive_by(deadline, interrupt)?;
+    Ok(match refused {
+        Some(error) if value.as_error().is_some() || value == Value::Nil => error,
+        _ => value,
+    })
+}
+
+fn classify(
+    connection: &mut Connection,
+    dialect: &Dialect,
+    request: &Request<'_>,
+    value: Value,
+) -> Received {
+    let Some(error) = value.as_error() else {
+        return Received::Reply(value);
+    };
+    if error.is_noscript() {
+        if let Some(script) = request.script() {
+            connection.loads.due.push(script);
+            return Received::Resend;
+        }
+    }
+    if let Request::Lock { command, .. } = request {
+        // Also when the dialect already says so: a pipeline may hold
+        // commands encoded before another reply taught us the server is old.
+        if lock::needs_acquire_script(command, error) {
+            dialect.learn_no_set_get();
+            return Received::Resend;
+        }
+    }
+    Received::Reply(value)
+}
