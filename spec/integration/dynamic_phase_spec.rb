@@ -20,6 +20,12 @@ RSpec.describe "dynamic phases" do
         witness = Redis.new(url: witness_url)
         deadline = monotonic + 30
         until witness.exists?(stop_key) || monotonic > deadline
+          # A safe point (no operation half done): a test that wants this
+          # process stuck asks here, and it stops itself.
+          if witness.del("pause:#{Process.pid}") == 1
+            witness.set("paused:#{Process.pid}", "1")
+            Process.kill(:STOP, Process.pid)
+          end
           key = "job:#{rand(3)}"
           lock = Locking.new(key)
           if lock.acquire(5)
@@ -84,7 +90,12 @@ RSpec.describe "dynamic phases" do
       expect(locking_cli("phase", "advance", "--wait", "5")[0]).to eq(0) # 0 -> 1
       expect(wait_for { fleet_phases.uniq == ["1"] }).to be(true)
 
-      Process.kill(:STOP, workers.first) # stuck: its heartbeat keeps saying 1
+      # Stuck, at a safe point: its heartbeat keeps saying 1. (A SIGSTOP from
+      # outside could land between a phase-1 acquire's source and destination
+      # writes, and the gate would rightly stay shut on that source-only lock.)
+      witness.set("pause:#{workers.first}", "1")
+      expect(wait_for { witness.exists?("paused:#{workers.first}") }).to be(true)
+      expect(wait_for { File.read("/proc/#{workers.first}/stat").split[2] == "T" }).to be(true)
       expect(locking_cli("phase", "advance", "--wait", "5")[0]).to eq(0) # 1 -> 2 (nothing source-only)
       expect(wait_for { fleet_phases.sort == %w[1 2] }).to be(true)
 
