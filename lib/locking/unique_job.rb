@@ -6,6 +6,7 @@ require "active_support/concern"
 require "active_support/notifications"
 require "active_job"
 require_relative "log_subscriber"
+require_relative "unique_job/strategies"
 
 class Locking
   # Unique jobs for ActiveJob, on any adapter.
@@ -33,7 +34,7 @@ class Locking
   module UniqueJob
     extend ActiveSupport::Concern
 
-    STRATEGIES = %i[until_executing until_executed while_executing until_expired].freeze
+    STRATEGIES = STRATEGY_CLASSES.keys.freeze
     ON_CONFLICT = %i[drop raise log].freeze
     ON_PERFORM_CONFLICT = %i[drop raise retry].freeze
     ON_REDIS_ERROR = %i[raise allow deny].freeze
@@ -85,7 +86,7 @@ class Locking
         end
 
         self.locking_options = {
-          strategy: strategy, ttl: seconds, on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
+          strategy: strategy, strategy_class: STRATEGY_CLASSES.fetch(strategy).new, ttl: seconds, on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
           key: key, on_redis_error: on_redis_error, on_failure: on_failure, on_release_error: on_release_error,
           retry_wait: retry_wait
         }.freeze
@@ -211,7 +212,7 @@ class Locking
 
     def locking_around_enqueue
       options = locking_options
-      return yield if options.nil? || options[:strategy] == :while_executing
+      return yield if options.nil? || !options[:strategy_class].lock_at_enqueue?
 
       if @lock_token
         # A retry (retry_on) of a job that holds its lock: keep it, no gap.
@@ -264,17 +265,15 @@ class Locking
     end
 
     def locking_around_perform(&block)
-      options = locking_options
-      case options[:strategy]
-      when :until_executing
-        locking_release(:perform_started)
-        yield
-      when :while_executing then locking_while_executing(options, &block)
-      else yield
-      end
+      locking_options[:strategy_class].around_perform(self, &block)
     end
 
-    def locking_while_executing(options)
+    public
+
+    # @api private: for the strategies (Locking::UniqueJob::Strategy).
+    # Takes the lock for this run (:while_executing), runs the block, frees it.
+    def locking_while_executing
+      options = locking_options
       @lock_key = self.class.lock_key_for(*arguments)
       @lock_token = Locking::Client.generate_token
       acquired = locking_redis(:lock) { locking_lock.acquire(options[:ttl]) }
@@ -298,20 +297,8 @@ class Locking
       end
     end
 
-    def locking_after_run(outcome)
-      return if @lock_token.nil? || @lock_released
-
-      case locking_options[:strategy]
-      when :until_executed
-        return if outcome == :retrying
-        return if outcome == :failed && locking_options[:on_failure] == :keep
-
-        locking_release(outcome == :done ? :performed : :failed)
-      when :until_executing
-        locking_release(:failed) if outcome == :failed && locking_options[:on_failure] == :release
-      end
-    end
-
+    # @api private: for the strategies. Frees the job's lock, once, in the
+    # process that performs the job, under its on_release_error policy.
     def locking_release(reason)
       return unless @lock_token
       return if @locking_performer && @locking_performer != Process.pid
@@ -325,6 +312,14 @@ class Locking
       @lock_released = true
       UniqueJob.instrument(:release, locking_payload(reason: reason, released: released))
       released
+    end
+
+    private
+
+    def locking_after_run(outcome)
+      return if @lock_token.nil? || @lock_released
+
+      locking_options[:strategy_class].after_run(self, outcome)
     end
 
     # A release that failed leaves the lock to its TTL. That only delays the
