@@ -40,7 +40,7 @@ n = options[:keys]
 puts "loading #{n} lock keys and #{n} other keys (lists, hashes, strings) onto the source..."
 t = monotonic
 source.bulk_load(Enumerator.new do |y|
-  n.times { |i| y << ["SET", "#{PREFIX}job:#{i}", "token-#{i}-#{'x' * 20}", "PX", (3_600_000 + i % 1000).to_s] }
+  n.times { |i| y << ["SET", "#{PREFIX}job:#{i}", "token-#{i}-#{'x' * 20}", "PX", (3_600_000 + (i % 1000)).to_s] }
   (n / 2).times { |i| y << ["RPUSH", "queue:#{i}", "{\"job\":#{i}}"] }
   (n / 4).times { |i| y << ["HSET", "stats:#{i}", "processed", i.to_s] }
   (n - (n / 2) - (n / 4)).times { |i| y << ["SET", "cache:#{i}", "v#{i}"] }
@@ -77,7 +77,7 @@ def ruby_mirror(source, destination, batch)
       results = destination.pipelined do |p|
         keys.each_with_index do |key, i|
           value = replies[2 * i]
-          ttl = replies[2 * i + 1]
+          ttl = replies[(2 * i) + 1]
           next unless value
 
           ttl.positive? ? p.set(key, value, nx: true, px: ttl) : p.set(key, value, nx: true)
@@ -107,7 +107,7 @@ options[:rounds].times do |round|
 
     used = pids.to_h { |name, pid| [name, (cpu_seconds(pid) - before[name]) * 1e6 / n] }
     used.each { |name, us| cpu[name] << us } if kind == :rust
-    rates[kind] << n / elapsed
+    rates[kind] << (n / elapsed)
     puts format("round %d  %-5s %10.0f keys/s  (%.2fs)  CPU µs/key: source %.2f, destination %.2f, client %.2f",
                 round + 1, kind, n / elapsed, elapsed, used[:source], used[:destination], used[:client])
   end

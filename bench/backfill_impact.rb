@@ -85,8 +85,12 @@ measure = lambda do |name, args|
   sleep 0.3
   out = StringIO.new
   started = Bench.monotonic
-  status = args ? Locking::CLI.new(["backfill", "--source", source.url, "--destination", destination.url,
-                                    "--no-progress", *args], out: out, err: out).run : (sleep(3) && 0)
+  status = if args
+             Locking::CLI.new(["backfill", "--source", source.url, "--destination", destination.url,
+                               "--no-progress", *args], out: out, err: out).run
+           else
+             sleep(3) && 0
+           end
   elapsed = Bench.monotonic - started
   sleep 0.2
   stats = summary(stop_pinger(*pinger))

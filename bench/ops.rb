@@ -45,24 +45,24 @@ token = "0b5b3f4c-7f6e-4a51-9d43-6a1d2b8e9f10"
 set = ->(side) { "#{side}:SET locking:f{i} #{token} NX GET PX 10000" }
 del = ->(side) { "#{side}:EVALSHA #{cad} 1 locking:f{i} #{token}" }
 FLOOR = {
-  [:cycle, :source] => [set.("S"), del.("S"), del.("D")],
-  [:cycle, :dual] => [set.("S"), set.("D"), del.("S"), del.("D")],
-  [:cycle, :drain] => [set.("D"), "#{del.('D')} ++ #{del.('S')}"],
-  [:cycle, :destination] => [set.("D"), "#{del.('D')} ++ #{del.('S')}"],
-  [:hit, :dual] => ["S:EXISTS locking:held ++ D:EXISTS locking:held"],
-  [:miss, :dual] => ["S:EXISTS locking:m{i} ++ D:EXISTS locking:m{i}"],
-  [:miss, :drain] => ["D:EXISTS locking:m{i} ++ S:EXISTS locking:m{i}"],
-  [:miss, :destination] => ["D:EXISTS locking:m{i}"],
-  [:acquire, :dual] => [set.("S"), set.("D")]
+  %i[cycle source] => [set.("S"), del.("S"), del.("D")],
+  %i[cycle dual] => [set.("S"), set.("D"), del.("S"), del.("D")],
+  %i[cycle drain] => [set.("D"), "#{del.('D')} ++ #{del.('S')}"],
+  %i[cycle destination] => [set.("D"), "#{del.('D')} ++ #{del.('S')}"],
+  %i[hit dual] => ["S:EXISTS locking:held ++ D:EXISTS locking:held"],
+  %i[miss dual] => ["S:EXISTS locking:m{i} ++ D:EXISTS locking:m{i}"],
+  %i[miss drain] => ["D:EXISTS locking:m{i} ++ S:EXISTS locking:m{i}"],
+  %i[miss destination] => ["D:EXISTS locking:m{i}"],
+  %i[acquire dual] => [set.("S"), set.("D")]
 }.freeze
 GOALS = {
-  [:cycle, :destination] => [1.3, 10.0],
-  [:hit, :dual] => [1.7], [:miss, :dual] => [1.7], [:hit, :drain] => [1.7], [:miss, :drain] => [1.7]
+  %i[cycle destination] => [1.3, 10.0],
+  %i[hit dual] => [1.7], %i[miss dual] => [1.7], %i[hit drain] => [1.7], %i[miss drain] => [1.7]
 }.freeze
 
-def time_per_op(count)
+def time_per_op(count, &)
   started = Bench.monotonic
-  count.times { |i| yield i }
+  count.times(&)
   (Bench.monotonic - started) * 1e6 / count
 end
 
@@ -117,7 +117,8 @@ cases.each do |kind, phase|
   goal << ">= #{speed_goal}x redis-rb" if speed_goal
   goal << "<= #{overhead_goal} µs/command over floor" if overhead_goal
   met = (!speed_goal || ruby / ours >= speed_goal) && (!overhead_goal || overhead <= overhead_goal) if speed_goal
-  rows << Bench.row(name: "#{options[:label]}#{LABELS[kind]}, phase #{phase_number(phase)} (#{phase})", unit: "µs/op", lower_is_better: true,
+  rows << Bench.row(name: "#{options[:label]}#{LABELS[kind]}, phase #{phase_number(phase)} (#{phase})",
+                    unit: "µs/op", lower_is_better: true,
                     locking: ours, references: references.keys.to_h { |k| [k, Bench.median(measured[k])] },
                     floor: floor, commands: commands, round_trips: steps.size, overhead: overhead,
                     goal: goal.join(", "), met: met)
@@ -139,7 +140,7 @@ options[:rounds].times do
   threaded[:locking] << run_threads.() { |t| n.times { |i| l = Locking.new("t#{t}:#{i}"); l.acquire(10) && l.release } }
   started = Bench.monotonic
   n.times { |i| l = Locking.new("s#{i}"); l.acquire(10) && l.release }
-  threaded[:single] << n / (Bench.monotonic - started)
+  threaded[:single] << (n / (Bench.monotonic - started))
   %i[ruby hiredis].each do |driver|
     servers.each(&:flushdb)
     threaded[driver] << run_threads.() do |t|

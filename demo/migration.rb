@@ -60,7 +60,7 @@ source = Redis.new(url: source_url)
 destination = Redis.new(url: destination_url)
 [source, destination].each(&:flushdb)
 RedisServer.bulk_load(source_url, Enumerator.new do |y|
-  options[:keys].times { |i| y << ["SET", "#{prefix}Phase0Job:#{i}", "phase0-token-#{i}", "PX", (120_000 + rand(60_000)).to_s] }
+  options[:keys].times { |i| y << ["SET", "#{prefix}Phase0Job:#{i}", "phase0-token-#{i}", "PX", rand(120_000..179_999).to_s] }
   100.times { |q| y << ["RPUSH", "queue:q#{q}", *Array.new(1_000) { |j| "{\"job\":#{j}}" }] }
   1_000.times { |h| y << ["HSET", "stats:#{h}", "processed", h.to_s] }
 end)

@@ -25,7 +25,7 @@ source = options[:source] || begin
   puts "started a redis-server on #{server.url} (stopped at the end)"
   server.url
 end
-witness_url = source.sub(%r{/\d*\z}, "") + "/15"
+witness_url = "#{source.sub(%r{/\d*\z}, '')}/15"
 witness = Redis.new(url: witness_url)
 witness.flushdb
 

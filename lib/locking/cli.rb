@@ -93,7 +93,8 @@ class Locking
           explicit(:prefix, v)
         end
         o.on("--timeout SECONDS", Float, "per-command timeout (default: 5)") { |v| options[:timeout] = v }
-        o.on("--batch N", Integer, "backfill: keys per SCAN page and per read transaction on the source, 1..#{MAX_BATCH} (default: 200; a batch walks up to 16 pages)") do |v|
+        o.on("--batch N", Integer, "backfill: keys per SCAN page and per read transaction on the source, " \
+                                   "1..#{MAX_BATCH} (default: 200; a batch walks up to 16 pages)") do |v|
           options[:batch] = v
         end
         o.on("--rate N", Integer, "backfill: at most N keys per second, N > 0 (each: 2 reads on the source)") do |v|
@@ -170,6 +171,7 @@ class Locking
     rescue Errno::ENOENT, Psych::SyntaxError => e
       raise ArgumentError, "--config: #{e.message}"
     end
+
     def usage(status)
       @out.puts parser.help
       status
@@ -233,12 +235,20 @@ class Locking
       EXIT_OK
     end
 
+    # A saved backfill position (JSON), or nil when there is none or it does not parse.
+    def parse_saved(text)
+      text && JSON.parse(text)
+    rescue JSON::ParserError
+      nil
+    end
+
     def show_backfill_and_audit
       holder = client.control_get("backfill")
-      saved = (JSON.parse(client.control_get(CURSOR).to_s) rescue nil)
+      saved = parse_saved(client.control_get(CURSOR))
       line = if holder then "running (#{holder})"
              elsif saved.is_a?(Hash) then "not running; a saved position to resume from"
-             else "not running"
+             else
+               "not running"
              end
       if saved.is_a?(Hash) && saved["totals"]
         line += ", #{number(saved['totals']['scanned'])} keys scanned so far, #{number(saved['totals']['copied'])} copied"
@@ -251,10 +261,10 @@ class Locking
                when "phase" then "phase #{entry['from'] || 'none'} -> #{entry['to']}"
                when "backfill"
                  "backfill #{entry['outcome']}: #{number(entry.dig('totals', 'scanned'))} scanned, " \
-                   "#{number(entry.dig('totals', 'copied'))} copied, #{number(entry.dig('totals', 'failed'))} failed"
+                 "#{number(entry.dig('totals', 'copied'))} copied, #{number(entry.dig('totals', 'failed'))} failed"
                else
                  "#{entry['event']} #{entry['outcome']}: " \
-                   "#{(entry['totals'] || {}).map { |k, v| "#{number(v)} #{k}" }.join(', ')}"
+                 "#{(entry['totals'] || {}).map { |k, v| "#{number(v)} #{k}" }.join(', ')}"
                end
         @out.puts "  #{entry['at']} #{entry['by']}: #{what}"
       end
@@ -305,7 +315,7 @@ class Locking
       source_id = "#{tool.server_run_id(:source)} #{Locking.redact(options[:source])}"
       saved = options[:dry_run] || options[:restart] ? nil : saved_position(tool, source_id)
       cursor = saved ? saved["cursor"] : 0
-      totals = Hash.new(0).merge((saved && saved["totals"] || {}).transform_keys(&:to_sym))
+      totals = Hash.new(0).merge(((saved && saved["totals"]) || {}).transform_keys(&:to_sym))
       @out.puts "backfill#{' (dry run)' if options[:dry_run]}: #{Locking.redact(options[:source])} -> " \
                 "#{Locking.redact(options[:destination])}, " \
                 "keys under #{options[:prefix].inspect}, #{page_size} per page, #{pages_per_batch} page(s) per batch" \
@@ -323,6 +333,7 @@ class Locking
           unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
             raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
           end
+
           report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run])
           first_errors.concat(report[:errors]) if first_errors.size < 5
           report.each { |k, v| totals[k] += v unless %i[cursor errors].include?(k) }
@@ -381,7 +392,7 @@ class Locking
     # or one saved before the source restarted, is not resumed.
     def saved_position(tool, source_id)
       text = tool.control_get(CURSOR) or return nil
-      saved = JSON.parse(text) rescue nil
+      saved = parse_saved(text)
       if saved.is_a?(Hash) && saved["source"] == source_id && saved["cursor"].is_a?(Integer)
         return saved
       end
@@ -451,11 +462,11 @@ class Locking
         @out = out
         @bar = bar
         @last = -Float::INFINITY
-        @start_fraction = from.zero? ? 0.0 : reverse_bits(from) / 2.0**64
+        @start_fraction = from.zero? ? 0.0 : reverse_bits(from) / (2.0**64)
       end
 
       def update(keys, cursor, elapsed)
-        fraction = cursor.zero? ? 1.0 : reverse_bits(cursor) / 2.0**64
+        fraction = cursor.zero? ? 1.0 : reverse_bits(cursor) / (2.0**64)
         rate = keys / [elapsed, 1e-9].max
         # The ETA follows this run's own pace: a resumed run starts part way.
         done = fraction - @start_fraction
@@ -662,7 +673,11 @@ class Locking
       @out.puts format("%-12s %d process(es) reporting", "fleet", fleet.size)
       fleet.group_by { |m| [m[:phase], m[:highest]] }.sort_by { |(low, high), _| [low, high].map { |p| Configuration.phase_index(p) } }
            .each do |(low, high), members|
-        phases = low == high ? "phase #{describe_phase(low)}" : "phases #{Configuration.phase_index(low)}..#{Configuration.phase_index(high)} (moving)"
+        phases = if low == high
+                   "phase #{describe_phase(low)}"
+                 else
+                   "phases #{Configuration.phase_index(low)}..#{Configuration.phase_index(high)} (moving)"
+                 end
         @out.puts "  #{phases}: #{members.size}: " \
                   "#{members.first(5).map { |m| describe_member(m) }.join(', ')}#{members.size > 5 ? ', ...' : ''}"
       end
@@ -704,7 +719,9 @@ class Locking
     def set_phase(target, expected: :any)
       current = client.control_phase
       return initialize_phase(target) if current.nil?
-      return refuse(current, target, ["a backfill is running (#{backfill_running}): phase 2 waits for it"]) if target == :drain && backfill_running
+      if target == :drain && backfill_running
+        return refuse(current, target, ["a backfill is running (#{backfill_running}): phase 2 waits for it"])
+      end
       if expected != :any && current != expected
         return refuse(current, target, ["the phase changed meanwhile (now #{current})"])
       end
@@ -713,6 +730,7 @@ class Locking
       if target == :drain && empty_prefix?(scanned, client.fleet)
         return refuse(current, target, [empty_prefix_reason(scanned, [])])
       end
+
       deadline = monotonic + options[:wait]
       waited = nil
       loop do
@@ -749,11 +767,7 @@ class Locking
     end
 
     def store_phase(current, target)
-      stored = begin
-        client.set_control_phase(current, target)
-      rescue Locking::PhaseError => e
-        return refuse(current, target, [e.message])
-      end
+      stored = client.set_control_phase(current, target)
       if stored != target
         @err.puts "locking: the phase changed meanwhile (now #{stored.inspect}); nothing was set"
         return EXIT_REFUSED
@@ -762,6 +776,8 @@ class Locking
       @out.puts "phase #{from} -> #{describe_phase(target)}: processes pick it up within their phase_cache_ttl"
       audit(event: "phase", from: current, to: target)
       EXIT_OK
+    rescue Locking::PhaseError => e
+      refuse(current, target, [e.message])
     end
 
     def refuse(current, target, reasons)

@@ -38,7 +38,7 @@ class Locking
               when Integer then phase
               when Symbol, String then PHASES.index(phase.to_sym)
               end
-      return index if index && index.between?(0, PHASES.size - 1)
+      return index if index&.between?(0, PHASES.size - 1)
 
       raise ArgumentError,
             "unknown phase #{phase.inspect} (expected :source, :dual, :drain, :destination, 0..3 or :dynamic)"
@@ -151,9 +151,7 @@ class Locking
     end
 
     # The current settings (read-only use; change them with Locking.configure).
-    def configuration
-      @configuration
-    end
+    attr_reader :configuration
 
     # Changes settings. The block gets a copy; nothing changes unless the whole
     # copy is valid (URLs parse, the phase has the servers it needs). A change

@@ -143,7 +143,7 @@ class Locking
 
     # Exponential backoff from 10ms to 500ms, with full jitter.
     def retry_delay(attempt)
-      rand * [0.01 * (2**[attempt, 6].min), 0.5].min + 0.001
+      (rand * [0.01 * (2**[attempt, 6].min), 0.5].min) + 0.001
     end
 
     def check_string(value, what)

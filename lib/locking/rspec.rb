@@ -19,7 +19,8 @@ class Locking
         chain(:with_ttl) { |seconds| @ttl = seconds }
         match do |job_class|
           options = job_class.respond_to?(:locking_options) && job_class.locking_options
-          options && options[:strategy] == strategy && (@ttl.nil? || options[:ttl] == @ttl.to_f)
+          # The TTL is stored as given (to_f), so equal settings compare equal.
+          options && options[:strategy] == strategy && (@ttl.nil? || options[:ttl] == @ttl.to_f) # rubocop:disable Lint/FloatComparison
         end
         failure_message do |job_class|
           options = job_class.respond_to?(:locking_options) && job_class.locking_options

@@ -86,7 +86,8 @@ class Locking
         end
 
         self.locking_options = {
-          strategy: strategy, strategy_class: STRATEGY_CLASSES.fetch(strategy).new, ttl: seconds, on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
+          strategy: strategy, strategy_class: STRATEGY_CLASSES.fetch(strategy).new, ttl: seconds,
+          on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
           key: key, on_redis_error: on_redis_error, on_failure: on_failure, on_release_error: on_release_error,
           retry_wait: retry_wait
         }.freeze
@@ -183,11 +184,9 @@ class Locking
       end
     end
 
-    def self.instrument(event, payload, &block)
-      ActiveSupport::Notifications.instrument("#{event}.locking", payload, &block)
+    def self.instrument(event, payload, &)
+      ActiveSupport::Notifications.instrument("#{event}.locking", payload, &)
     end
-
-    private
 
     def locking_lock
       Locking.new(@lock_key, token: @lock_token)
@@ -264,8 +263,8 @@ class Locking
       nil
     end
 
-    def locking_around_perform(&block)
-      locking_options[:strategy_class].around_perform(self, &block)
+    def locking_around_perform(&)
+      locking_options[:strategy_class].around_perform(self, &)
     end
 
     public

@@ -99,7 +99,7 @@ RSpec.describe "exe/locking" do
     command = [RbConfig.ruby, File.expand_path("../../exe/locking", __dir__), "backfill", "--source", source_server.url,
                "--destination", destination_server.url, "--rate", "4000", "--batch", "100"]
     output = +""
-    IO.popen(env, command, err: [:child, :out]) do |io|
+    IO.popen(env, command, err: %i[child out]) do |io|
       deadline = monotonic + 20
       sleep 0.02 until destination.get("{locking-control}:locking:backfill-cursor") || monotonic > deadline
       Process.kill(:INT, io.pid)
@@ -167,9 +167,10 @@ RSpec.describe "exe/locking" do
 
   it "prints usage and exits 2 on bad input" do
     expect(locking_cli("frobnicate")[0..2]).to match([2, "", /unknown command "frobnicate"/])
-    expect(locking_cli("phase", "set", "7")[0..2]).to match([2, "", /unknown phase "7" \(expected 0..3 or source\|dual\|drain\|destination\)/])
+    expect(locking_cli("phase", "set", "7")[0..2])
+      .to match([2, "", /unknown phase "7" \(expected 0..3 or source\|dual\|drain\|destination\)/])
     expect(locking_cli("phase", "set", "bogus")[2]).not_to include("dynamic")
-    status, out, = Locking::CLI.new(["--help"], out: StringIO.new.tap { |io| @help = io }).run, @help.string
+    status = Locking::CLI.new(["--help"], out: StringIO.new.tap { |io| @help = io }).run
     expect(status).to eq(0)
     expect(@help.string).to include("phase advance", "--rate N", "--dry-run")
   end
@@ -300,7 +301,7 @@ RSpec.describe "exe/locking" do
     command = [RbConfig.ruby, File.expand_path("../../exe/locking", __dir__), "gate", "--source", source_server.url,
                "--destination", destination_server.url, "--timeout", "5"]
     output = +""
-    IO.popen(env, command, err: [:child, :out]) do |io|
+    IO.popen(env, command, err: %i[child out]) do |io|
       deadline = monotonic + 20
       # Walking: the source has served its first SCAN pages (of about 1,000).
       sleep 0.005 until scans.call > scans_before || monotonic > deadline
@@ -348,7 +349,7 @@ RSpec.describe "exe/locking" do
     env = { "RUBYLIB" => File.expand_path("../../lib", __dir__), "RUBYOPT" => nil }
     command = [RbConfig.ruby, File.expand_path("../../exe/locking", __dir__), "backfill", "--source", source_server.url,
                "--destination", destination_server.url, "--rate", "1000"]
-    IO.popen(env, command, err: [:child, :out]) do |io|
+    IO.popen(env, command, err: %i[child out]) do |io|
       expect(io.gets).to start_with("backfill: redis://") # the header, before the work
       expect(io.gets).to match(/\Abackfill: \d+% [\d,]+ keys/) # a progress line, long before the end
       expect(destination.keys("locking:*").size).to be < 3_000 # still running

@@ -28,13 +28,13 @@ RSpec.describe "dynamic phases" do
           end
           key = "job:#{rand(3)}"
           lock = Locking.new(key)
-          if lock.acquire(5)
-            witness.incr("overlaps") if witness.incr("inside:#{key}") > 1
-            witness.incr("used:#{Locking.client.phase}")
-            sleep(rand * 0.004)
-            witness.decr("inside:#{key}")
-            lock.release
-          end
+          next unless lock.acquire(5)
+
+          witness.incr("overlaps") if witness.incr("inside:#{key}") > 1
+          witness.incr("used:#{Locking.client.phase}")
+          sleep(rand * 0.004)
+          witness.decr("inside:#{key}")
+          lock.release
         end
         exit!(0)
       end

@@ -26,7 +26,8 @@ RSpec.describe "phase truth table" do
     when :dual
       if s != :none then [false, sv, dv]
       elsif d != :none then [false, nil, dv] # source written, then rolled back
-      else [true, "new", "new"]
+      else
+        [true, "new", "new"]
       end
     when :drain, :destination then d == :none ? [true, sv, "new"] : [false, sv, dv]
     end

@@ -96,7 +96,7 @@ RSpec.describe "Rails integration" do
       source_server.redis.set("locking:Other:1", "t2", px: 60_000) # another prefix: not ours
 
       env = ENV.keys.grep(/\A(LOCKING_|REDIS_URL|RAILS_ENV|RACK_ENV)/).to_h { |k| [k, nil] }
-                  .merge("RUBYLIB" => lib, "BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil)
+               .merge("RUBYLIB" => lib, "BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil)
       rake = ->(task) { Open3.capture2e(env, RbConfig.ruby, "-S", "rake", task, chdir: root) }
 
       out, status = rake.("locking:status")

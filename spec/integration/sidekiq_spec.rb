@@ -24,7 +24,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
   def start_sidekiq(phase, **settings)
     log = File.join(source_server.dir, "sidekiq.log")
     pid = Process.spawn(env(phase, **settings), RbConfig.ruby, SIDEKIQ, "-r", APP, "-c", "5", "-q", "default",
-                        out: log, err: [:child, :out])
+                        out: log, err: %i[child out])
     [pid, log]
   end
 
@@ -41,7 +41,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
   # Enqueues from a separate Ruby process, as a web server would.
   def enqueue(phase, code, **settings)
     script = "require #{APP.dump}; #{code}"
-    out = IO.popen(env(phase, **settings), [RbConfig.ruby, "-e", script], err: [:child, :out], &:read)
+    out = IO.popen(env(phase, **settings), [RbConfig.ruby, "-e", script], err: %i[child out], &:read)
     raise "enqueue failed: #{out}" unless $?.success?
 
     out

@@ -19,7 +19,6 @@ module Soak
 end
 
 RSpec.describe "soak: a fleet walking the phases under faults", :soak do
-
   before(:all) do
     @source = RedisServer.start("soak-source")
     @destination = RedisServer.start("soak-destination", settings: %w[--appendonly yes --appendfsync always])

@@ -67,9 +67,9 @@ RSpec.describe "the wire layer" do
   # Runs `work` in a thread while the destination's traffic is held back;
   # once a request is held, flushes the destination's scripts and lets the
   # request through: it meets NOSCRIPT in the middle of its pipeline.
-  def flush_scripts_under(&work)
+  def flush_scripts_under(&)
     proxy.hold!
-    worker = Thread.new(&work)
+    worker = Thread.new(&)
     Timeout.timeout(10) { Thread.pass until proxy.held? || !worker.alive? }
     destination_server.redis.call("SCRIPT", "FLUSH")
     proxy.let_go!

@@ -40,7 +40,7 @@ module PhaseHelpers
   def fake_heartbeat(process, value, prefix: "locking:", ttl_ms: 10_000)
     redis = destination_server.redis
     seconds, micros = redis.time
-    redis.zadd("{locking-control}:#{prefix}fleet", seconds * 1000 + micros / 1000 + ttl_ms, process)
+    redis.zadd("{locking-control}:#{prefix}fleet", (seconds * 1000) + (micros / 1000) + ttl_ms, process)
     redis.hset("{locking-control}:#{prefix}fleet-phases", process, value)
   end
 

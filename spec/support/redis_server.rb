@@ -134,7 +134,7 @@ class RedisServer
   def spawn_server
     defaults = ["--save", "", "--appendonly", "no"]
     @pid = Process.spawn(BINARY, "--port", port.to_s, "--bind", "127.0.0.1", *defaults, *@settings,
-                         "--dir", dir, "--daemonize", "no", out: File.join(dir, "log"), err: [:child, :out])
+                         "--dir", dir, "--daemonize", "no", out: File.join(dir, "log"), err: %i[child out])
   end
 
   def free_port = self.class.free_port

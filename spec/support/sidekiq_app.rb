@@ -62,7 +62,7 @@ class GatedJob < ActiveJob::Base
   include Locking::UniqueJob
   unique_lock :until_executed, ttl: 60
 
-  def perform(id)
+  def perform(_id)
     witness = Witness.redis
     witness.incr("gated:started")
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 20

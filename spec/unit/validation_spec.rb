@@ -87,8 +87,8 @@ RSpec.describe "input validation" do
   end
 
   describe "configuration" do
-    def configure(&block)
-      Locking.configure(&block)
+    def configure(&)
+      Locking.configure(&)
     end
 
     it "rejects an unknown phase and names it" do

@@ -49,8 +49,8 @@ class Locking
     class WhileExecuting < Strategy
       def lock_at_enqueue? = false
 
-      def around_perform(job, &block)
-        job.locking_while_executing(&block)
+      def around_perform(job, &)
+        job.locking_while_executing(&)
       end
     end
 
