@@ -54,17 +54,20 @@ Locking.configure do |c|
   c.timeout = 10
 end
 
+# Backfills every key; returns how many were copied, and the reports' totals
+# (for the message if a key was not copied).
 def rust_backfill(batch)
   client = Locking.client
   cursor = 0
-  copied = 0
+  totals = Hash.new(0)
   loop do
     report = client.backfill_batch(cursor, count: batch)
-    copied += report[:copied]
+    warn "backfill batch: #{report[:failed]} failed: #{report[:errors].inspect}" if report[:failed].to_i.positive?
+    report.each { |name, value| totals[name] += value if value.is_a?(Integer) && name != :cursor }
     cursor = report[:cursor]
     break if cursor.zero?
   end
-  copied
+  [totals[:copied], totals]
 end
 
 def ruby_mirror(source, destination, batch)
@@ -87,7 +90,7 @@ def ruby_mirror(source, destination, batch)
     end
     break if cursor == "0"
   end
-  copied
+  [copied, {}]
 end
 
 src = Redis.new(url: source.url, timeout: 30)
@@ -101,9 +104,9 @@ options[:rounds].times do |round|
     GC.start
     before = pids.transform_values { |pid| cpu_seconds(pid) }
     t = monotonic
-    copied = kind == :rust ? rust_backfill(options[:batch]) : ruby_mirror(src, dst, options[:batch])
+    copied, totals = kind == :rust ? rust_backfill(options[:batch]) : ruby_mirror(src, dst, options[:batch])
     elapsed = monotonic - t
-    raise "#{kind} copied #{copied} of #{n}" unless copied == n && dst.dbsize == n
+    raise "#{kind} copied #{copied} of #{n} (#{totals.inspect}; destination dbsize #{dst.dbsize})" unless copied == n && dst.dbsize == n
 
     used = pids.to_h { |name, pid| [name, (cpu_seconds(pid) - before[name]) * 1e6 / n] }
     used.each { |name, us| cpu[name] << us } if kind == :rust

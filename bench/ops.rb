@@ -6,7 +6,11 @@
 # commands written by hand to plain sockets (ext/locking_core/examples/floor.rs).
 # All measured in this run, interleaved, medians of --rounds.
 #
-#   bundle exec ruby -Ilib bench/ops.rb [--ops N] [--rounds R] [--json FILE]
+#   bundle exec ruby -Ilib bench/ops.rb [--ops N] [--rounds R] [--json FILE] [--network US]
+#
+# --network US puts each redis-server behind its own delaying proxy (US µs
+# each way; 250 is a round trip of 0.5 ms, as inside one cloud zone): what
+# counts there is how many round trips an operation waits for in sequence.
 require "optparse"
 require "locking"
 require "hiredis"
@@ -22,9 +26,13 @@ OptionParser.new do |o|
   o.on("--json FILE", "write the rows as JSON (for bench/all.rb)") { |v| options[:json] = v }
   o.on("--label TEXT", "put TEXT before each case's name (bench/all.rb: where it ran)") { |v| options[:label] = v }
   o.on("--no-threads", "skip the 8-thread case") { options[:threads] = nil }
+  o.on("--network US", Integer, "each server behind a proxy adding US µs each way") { |v| options[:network] = v }
 end.parse!
 
-source, destination = Bench.start_servers("bench-ops-source", "bench-ops-destination")
+direct = Bench.start_servers("bench-ops-source", "bench-ops-destination")
+# What the client, the references and the floor talk to: the servers, or
+# the proxies in front of them.
+source, destination = options[:network] ? Bench.delayed(direct, options[:network]) : direct
 Locking.configure do |c|
   c.source = source.url
   c.destination = destination.url
@@ -53,7 +61,9 @@ FLOOR = {
   %i[miss dual] => ["S:EXISTS locking:m{i} ++ D:EXISTS locking:m{i}"],
   %i[miss drain] => ["D:EXISTS locking:m{i} ++ S:EXISTS locking:m{i}"],
   %i[miss destination] => ["D:EXISTS locking:m{i}"],
-  %i[acquire dual] => [set.("S"), set.("D")]
+  %i[acquire dual] => [set.("S"), set.("D")],
+  %i[release drain] => ["#{del.('D')} ++ #{del.('S')}"],
+  %i[release destination] => ["#{del.('D')} ++ #{del.('S')}"]
 }.freeze
 GOALS = {
   %i[cycle destination] => [1.3, 10.0],
@@ -70,7 +80,20 @@ def phase_number(phase) = Locking::Configuration::PHASES.index(phase)
 
 cases = %i[source dual drain destination].map { |phase| [:cycle, phase] }
 cases += [%i[hit dual], %i[miss dual], %i[miss drain], %i[miss destination], %i[acquire dual]]
-LABELS = { cycle: "acquire+release", hit: "locked? hit", miss: "locked? miss", acquire: "acquire only" }.freeze
+cases += [%i[release drain], %i[release destination]] if options[:network]
+LABELS = { cycle: "acquire+release", hit: "locked? hit", miss: "locked? miss", acquire: "acquire only",
+           release: "release only" }.freeze
+
+# Round trips the reference waits for in sequence: one per server it asks.
+def reference_round_trips(kind, phase)
+  case kind
+  when :cycle then ACQUIRE_ON[phase].size + RELEASE_ON[phase].size
+  when :hit then 1 # the first server it asks holds the key
+  when :miss then LOOK_ON[phase].size
+  when :acquire then ACQUIRE_ON[phase].size
+  when :release then RELEASE_ON[phase].size
+  end
+end
 
 n = options[:ops]
 rows = []
@@ -81,6 +104,10 @@ cases.each do |kind, phase|
     servers.each(&:flushdb)
     servers[0].set("locking:held", "someone", px: 600_000) if kind == :hit
   end
+  # Release only: each key acquired first, untimed.
+  held = lambda do |prefix|
+    Array.new(n) { |i| Locking.new("#{prefix}#{i}").tap { |l| l.acquire(60) } }
+  end
   options[:rounds].times do
     reset.()
     measured[:locking] << case kind
@@ -88,6 +115,9 @@ cases.each do |kind, phase|
                           when :hit then time_per_op(n) { Locking.new("held").locked? }
                           when :miss then time_per_op(n) { |i| Locking.new("m#{i}").locked? }
                           when :acquire then time_per_op(n) { |i| Locking.new("a#{i}").acquire(10) }
+                          when :release
+                            locks = held.("r")
+                            time_per_op(n) { |i| locks[i].release }
                           end
     references.each do |name, reference|
       reset.()
@@ -101,6 +131,9 @@ cases.each do |kind, phase|
                         when :miss then time_per_op(n) { |i| reference.locked?("m#{i}", LOOK_ON[phase]) }
                         when :acquire
                           time_per_op(n) { |i| reference.acquire("a#{i}", SecureRandom.uuid, 10, ACQUIRE_ON[phase]) }
+                        when :release
+                          tokens = Array.new(n) { |i| SecureRandom.uuid.tap { |t| reference.acquire("r#{i}", t, 60, ACQUIRE_ON[phase]) } }
+                          time_per_op(n) { |i| reference.release("r#{i}", tokens[i], RELEASE_ON[phase]) }
                         end
     end
     reset.()
@@ -113,10 +146,22 @@ cases.each do |kind, phase|
   floor = Bench.median(measured[:floor])
   overhead = (ours - floor) / commands
   speed_goal, overhead_goal = GOALS[[kind, phase]]
+  if options[:network]
+    # Over a network, round trips decide: never more in sequence than the
+    # reference, and 1.8x where we ask both servers at once and it asks
+    # them one after the other.
+    theirs = reference_round_trips(kind, phase)
+    # (A cycle is two operations: its release asks both at once, its acquire one.)
+    both_at_once = kind != :cycle && steps.any? { |step| step.include?(" ++ ") } && theirs > steps.size
+    speed_goal = both_at_once ? 1.8 : nil
+    overhead_goal = nil
+  end
   goal = []
+  goal << "round trips #{steps.size} <= reference's #{theirs}" if options[:network]
   goal << ">= #{speed_goal}x redis-rb" if speed_goal
   goal << "<= #{overhead_goal} µs/command over floor" if overhead_goal
   met = (!speed_goal || ruby / ours >= speed_goal) && (!overhead_goal || overhead <= overhead_goal) if speed_goal
+  met = (met.nil? || met) && steps.size <= theirs if options[:network]
   rows << Bench.row(name: "#{options[:label]}#{LABELS[kind]}, phase #{phase_number(phase)} (#{phase})",
                     unit: "µs/op", lower_is_better: true,
                     locking: ours, references: references.keys.to_h { |k| [k, Bench.median(measured[k])] },

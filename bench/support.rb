@@ -28,19 +28,41 @@ module Bench
       "redis-server #{`redis-server --version`[/v=(\S+)/, 1]}, redis-rb #{Redis::VERSION}"
   end
 
-  # Builds the floor tool (ext/locking_core/examples/floor.rs) once; returns its path.
-  def floor_tool
-    @floor_tool ||= begin
+  # A server behind a delaying proxy (ext/locking_core/examples/delay_proxy.rs):
+  # what the client sees of a server one network hop away.
+  Delayed = Struct.new(:port, :pid) do
+    def url = "redis://127.0.0.1:#{port}/0"
+  end
+
+  # Puts each server behind its own delaying proxy, `delay_us` each way;
+  # the proxies stop when the benchmark exits.
+  def delayed(servers, delay_us)
+    tool = example_tool("delay_proxy")
+    servers.map do |server|
+      reader, writer = IO.pipe
+      pid = Process.spawn(tool, "127.0.0.1:#{server.port}", delay_us.to_s, out: writer)
+      writer.close
+      port = Integer(reader.gets)
+      reader.close
+      at_exit { Process.kill(:KILL, pid) rescue nil } # rubocop:disable Style/RescueModifier
+      Delayed.new(port, pid)
+    end
+  end
+
+  # Builds an example of the core (floor, delay_proxy) once; returns its path.
+  def example_tool(name)
+    @example_tools ||= {}
+    @example_tools[name] ||= begin
       out, status = Open3.capture2e("cargo", "build", "--release", "--locked", "-p", "locking_core",
-                                    "--example", "floor", chdir: ROOT)
+                                    "--example", name, chdir: ROOT)
       abort out unless status.success?
-      File.join(ROOT, "target", "release", "examples", "floor")
+      File.join(ROOT, "target", "release", "examples", name)
     end
   end
 
   # Mean µs per iteration of `steps` (see floor.rs) sent by hand over plain sockets.
   def floor_us(count, source, destination, steps)
-    out, status = Open3.capture2e(floor_tool, count.to_s, "127.0.0.1:#{source.port}",
+    out, status = Open3.capture2e(example_tool("floor"), count.to_s, "127.0.0.1:#{source.port}",
                                   "127.0.0.1:#{destination.port}", *steps)
     abort "floor: #{out}" unless status.success?
     out.to_f

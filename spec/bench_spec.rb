@@ -18,7 +18,7 @@ RSpec.describe "benchmarks", :bench do
     expect(mean).to be > 0
     expect(server.redis.get("locking:bench-floor49")).to eq("t")
 
-    out, status = Open3.capture2e(Bench.floor_tool, "3", "127.0.0.1:#{server.port}", "127.0.0.1:#{server.port}",
+    out, status = Open3.capture2e(Bench.example_tool("floor"), "3", "127.0.0.1:#{server.port}", "127.0.0.1:#{server.port}",
                                   "S:NOSUCHCOMMAND x")
     expect(status).not_to be_success
     expect(out).to include("unknown command")

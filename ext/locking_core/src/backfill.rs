@@ -79,7 +79,6 @@ struct Scheduler<'o, 'c> {
     destination: Side,
     /// Flights sent so far (orders them across the two servers).
     sent: u64,
-    packed: Vec<u8>,
     prefix: Vec<u8>,
     count: usize,
     pages_left: usize,
@@ -117,7 +116,6 @@ impl Operator<'_> {
             source: Side::new(),
             destination: Side::new(),
             sent: 0,
-            packed: Vec::new(),
             prefix,
             count,
             pages_left: pages,
@@ -204,13 +202,7 @@ impl Scheduler<'_, '_> {
                 .lease()
                 .connection(Target::Source, Route::Node(0), interrupt)?;
         let request = [Request::Plain(&args)];
-        pipeline::send(
-            connection,
-            &node.dialect,
-            &request,
-            &mut self.packed,
-            interrupt,
-        )?;
+        pipeline::send(connection, &node.dialect, &request, interrupt)?;
         self.source.owed.push_back((self.sent, Flight::Scan));
         self.sent += 1;
         self.pages_left -= 1;
@@ -410,13 +402,7 @@ impl Scheduler<'_, '_> {
                     self.operator
                         .lease()
                         .connection(target, Route::Node(0), interrupt)?;
-                pipeline::send(
-                    connection,
-                    &node.dialect,
-                    &requests,
-                    &mut self.packed,
-                    interrupt,
-                )?;
+                pipeline::send(connection, &node.dialect, &requests, interrupt)?;
             }
             let sent = self.sent;
             self.side(target).owed.push_back((sent, flight));

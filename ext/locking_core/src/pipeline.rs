@@ -77,12 +77,14 @@ impl Dialect {
     }
 }
 
-/// A connection's script loads: those due at its next send, and for each
-/// pipeline sent, how many load replies come before its own.
+/// The executor's state on a connection: script loads due at its next send,
+/// for each pipeline sent how many load replies come before its own, and
+/// the send buffer, kept between pipelines.
 #[derive(Default)]
 pub struct Loads {
     due: Vec<&'static Script>,
     owed: VecDeque<usize>,
+    output: Vec<u8>,
 }
 
 impl Request<'_> {
@@ -138,29 +140,37 @@ impl Request<'_> {
     }
 }
 
+/// The send buffer a connection keeps between pipelines is given back
+/// above this size (after a large backfill page).
+const MAX_IDLE_OUTPUT: usize = 1024 * 1024;
+
 /// Sends `requests` in one write, after any script loads due on this
-/// connection. `packed` is scratch space a caller may keep across rounds.
+/// connection.
 pub fn send(
     connection: &mut Connection,
     dialect: &Dialect,
     requests: &[Request<'_>],
-    packed: &mut Vec<u8>,
     interrupt: &Interrupt,
 ) -> Result<()> {
+    let mut packed = std::mem::take(&mut connection.loads.output);
     packed.clear();
     let mut due = std::mem::take(&mut connection.loads.due);
     due.sort_by_key(|script| script.name);
     due.dedup_by_key(|script| script.name);
     for script in &due {
         codec::write_command(
-            packed,
+            &mut packed,
             &["SCRIPT".into(), "LOAD".into(), script.source.into()],
         );
     }
     for request in requests {
-        request.encode(packed, dialect);
+        request.encode(&mut packed, dialect);
     }
-    connection.send(packed, interrupt)?;
+    let sent = connection.send(&packed, interrupt);
+    if packed.capacity() <= MAX_IDLE_OUTPUT {
+        connection.loads.output = packed;
+    }
+    sent?;
     connection.loads.owed.push_back(due.len());
     Ok(())
 }
@@ -174,17 +184,40 @@ pub fn receive(
     deadline: Instant,
     interrupt: &Interrupt,
 ) -> Result<Vec<Received>> {
-    let loads = connection.loads.owed.pop_front().unwrap_or(0);
-    for _ in 0..loads {
-        // A failed load shows as a second NOSCRIPT, which ends its request.
-        connection.receive_by(deadline, interrupt)?;
-    }
+    receive_loads(connection, deadline, interrupt)?;
     let mut received = Vec::with_capacity(requests.len());
     for request in requests {
         let value = receive_one(connection, request.queued(), deadline, interrupt)?;
         received.push(classify(connection, dialect, request, value));
     }
     Ok(received)
+}
+
+/// `receive` for a pipeline of one request, without allocating.
+pub fn receive_single(
+    connection: &mut Connection,
+    dialect: &Dialect,
+    request: &Request<'_>,
+    deadline: Instant,
+    interrupt: &Interrupt,
+) -> Result<Received> {
+    receive_loads(connection, deadline, interrupt)?;
+    let value = receive_one(connection, request.queued(), deadline, interrupt)?;
+    Ok(classify(connection, dialect, request, value))
+}
+
+/// Reads the replies to the script loads sent at the front of the oldest
+/// pipeline. A failed load shows as a second NOSCRIPT, which ends its request.
+fn receive_loads(
+    connection: &mut Connection,
+    deadline: Instant,
+    interrupt: &Interrupt,
+) -> Result<()> {
+    let loads = connection.loads.owed.pop_front().unwrap_or(0);
+    for _ in 0..loads {
+        connection.receive_by(deadline, interrupt)?;
+    }
+    Ok(())
 }
 
 /// Runs `requests` to completion on one connection: one pipeline, then the
@@ -196,12 +229,14 @@ pub fn run(
     requests: &[Request<'_>],
     interrupt: &Interrupt,
 ) -> Result<Vec<Value>> {
-    let mut packed = Vec::new();
+    if let [request] = requests {
+        return run_one(connection, dialect, *request, interrupt).map(|value| vec![value]);
+    }
     let mut replies: Vec<Option<Value>> = vec![None; requests.len()];
     let mut pending: Vec<usize> = (0..requests.len()).collect();
     for _ in 0..3 {
         let round: Vec<Request<'_>> = pending.iter().map(|&index| requests[index]).collect();
-        send(connection, dialect, &round, &mut packed, interrupt)?;
+        send(connection, dialect, &round, interrupt)?;
         let deadline = Instant::now() + connection.read_timeout();
         let received = receive(connection, dialect, &round, deadline, interrupt)?;
         let mut again = Vec::new();
@@ -228,17 +263,32 @@ pub fn run(
         .collect())
 }
 
-/// Runs one request to completion (see `run`).
+/// Runs one request to completion (see `run`): the hot path, which
+/// allocates nothing but the reply.
 pub fn run_one(
     connection: &mut Connection,
     dialect: &Dialect,
     request: Request<'_>,
     interrupt: &Interrupt,
 ) -> Result<Value> {
-    let mut replies = run(connection, dialect, &[request], interrupt)?;
-    replies
-        .pop()
-        .ok_or_else(|| Error::Internal("a pipeline of one gave no reply".into()))
+    for _ in 0..3 {
+        send(
+            connection,
+            dialect,
+            std::slice::from_ref(&request),
+            interrupt,
+        )?;
+        let deadline = Instant::now() + connection.read_timeout();
+        if let Received::Reply(value) =
+            receive_single(connection, dialect, &request, deadline, interrupt)?
+        {
+            return Ok(value);
+        }
+    }
+    Err(Error::Command {
+        server: connection.server().to_string(),
+        detail: format!("server keeps refusing {}", request.describe()),
+    })
 }
 
 /// Reads one request's reply: its acknowledgements first (the first error

@@ -201,9 +201,8 @@ impl Node {
         command: &Command,
         interrupt: &Interrupt,
     ) -> Result<()> {
-        let mut packed = Vec::new();
         let request = [Request::Lock { key, command }];
-        pipeline::send(connection, &self.dialect, &request, &mut packed, interrupt)
+        pipeline::send(connection, &self.dialect, &request, interrupt)
     }
 
     /// Second half: reads the reply by `deadline`; a reply that asks for a
@@ -216,11 +215,12 @@ impl Node {
         deadline: Instant,
         interrupt: &Interrupt,
     ) -> Result<Reply> {
-        let request = [Request::Lock { key, command }];
-        let received = pipeline::receive(connection, &self.dialect, &request, deadline, interrupt)?;
-        let value = match received.into_iter().next() {
-            Some(Received::Reply(value)) => value,
-            _ => self.run(connection, request[0], interrupt)?,
+        let request = Request::Lock { key, command };
+        let received =
+            pipeline::receive_single(connection, &self.dialect, &request, deadline, interrupt)?;
+        let value = match received {
+            Received::Reply(value) => value,
+            Received::Resend => self.run(connection, request, interrupt)?,
         };
         self.decode(command, value)
     }
