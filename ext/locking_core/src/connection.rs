@@ -28,48 +28,19 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn parse(url: &str, timeout: Duration) -> Result<ServerConfig> {
-        use redis::{ConnectionAddr, IntoConnectionInfo};
-        if url.starts_with("rediss://") || url.starts_with("valkeys://") {
-            return Err(Error::InvalidArgument(format!(
-                "TLS Redis URLs are not supported yet: {}",
-                redact(url)
-            )));
-        }
-        let info = url.into_connection_info().map_err(|error| {
+        let parsed = crate::url::parse(url).map_err(|why| {
             Error::InvalidArgument(format!(
-                "invalid Redis URL {:?}: {} (expected redis://[:password@]host[:port][/db] or unix:///path)",
-                redact(url),
-                error.detail().unwrap_or("did not parse")
+                "invalid Redis URL {:?}: {why} (expected redis://[[user]:password@]host[:port][/db] or \
+                 unix:///path)",
+                redact(url)
             ))
         })?;
-        let (address, name) = match info.addr {
-            ConnectionAddr::Tcp(host, port) => {
-                if host.is_empty() {
-                    return Err(Error::InvalidArgument(format!(
-                        "invalid Redis URL {:?}: no host",
-                        redact(url)
-                    )));
-                }
-                let name = format!("redis://{host}:{port}/{}", info.redis.db);
-                (Address::Tcp(host, port), name)
-            }
-            ConnectionAddr::Unix(path) => {
-                let name = format!("unix://{}?db={}", path.display(), info.redis.db);
-                (Address::Unix(path), name)
-            }
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "unsupported Redis URL {:?}",
-                    redact(url)
-                )))
-            }
-        };
         Ok(ServerConfig {
-            name,
-            address,
-            db: info.redis.db,
-            username: info.redis.username,
-            password: info.redis.password,
+            name: parsed.name(),
+            address: parsed.address,
+            db: parsed.db,
+            username: parsed.username,
+            password: parsed.password,
             connect_timeout: timeout,
             read_timeout: timeout,
             write_timeout: timeout,

@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod transport;
+pub mod url;
 
 pub use client::{
     Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS, MAX_TTL_MS,

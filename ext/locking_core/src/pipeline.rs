@@ -87,6 +87,13 @@ pub struct Loads {
     output: Vec<u8>,
 }
 
+impl Loads {
+    /// No pipeline sent on the connection is still owed a reply.
+    pub fn settled(&self) -> bool {
+        self.owed.is_empty()
+    }
+}
+
 impl Request<'_> {
     fn encode(&self, out: &mut Vec<u8>, dialect: &Dialect) {
         match *self {

@@ -48,7 +48,9 @@ impl Pool {
     /// Keeps a healthy connection of this process for the next operation.
     pub fn give_back(&self, mut connection: Connection) {
         let pid = crate::process::id();
-        if !connection.healthy || connection.pid != pid {
+        // A connection still owed replies (a caller that stopped midway
+        // through a stream of pipelines) would hand them to the next user.
+        if !connection.healthy || connection.pid != pid || !connection.loads.settled() {
             return;
         }
         connection.unwatch();
