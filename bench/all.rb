@@ -11,6 +11,9 @@
 #     its locking.so; `bin/bench --baseline REV` builds one), each baseline
 #     run just before the same run of this build, and print both: "before"
 #     and "after" from the same run.
+#   --repeat N: run each benchmark N times (alternating with the baseline's
+#     runs) and report the median of the runs: the placement of processes on
+#     2 cores moves a run's figures by 10-20%, run to run.
 require "optparse"
 require "tmpdir"
 require "redis"
@@ -19,9 +22,11 @@ require_relative "../spec/support/redis_server"
 
 quick = false
 baseline = nil
+repeat = 1
 OptionParser.new do |o|
   o.on("--quick", "a short run: fewer operations, keys and cycles") { quick = true }
   o.on("--baseline LIB_DIR", "compare with the build whose lib/ is LIB_DIR") { |v| baseline = File.expand_path(v) }
+  o.on("--repeat N", Integer, "run each benchmark N times; medians of the runs") { |v| repeat = v.clamp(1, 9) }
 end.parse!
 
 ops = quick ? %w[--ops 300 --rounds 3] : %w[--ops 3000 --rounds 5]
@@ -49,14 +54,36 @@ def run_bench(dir, name, lib, script, args, prefix)
   JSON.parse(File.read(json), symbolize_names: true)
 end
 
+# One row from the same row of several runs: the median of each figure.
+def merge(runs)
+  runs.first.to_h do |name, value|
+    case value
+    when Numeric then [name, median_of(runs.map { |row| row[name] })]
+    when Hash then [name, merge(runs.map { |row| row[name] })]
+    else [name, value]
+    end
+  end
+end
+
+def median_of(values)
+  sorted = values.compact.sort
+  return sorted.first if sorted.uniq.size <= 1 # counts (commands), or a single run
+
+  middle = sorted.size / 2
+  sorted.size.odd? ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2.0
+end
+
 started = Bench.monotonic
 before = {}
 rows = Dir.mktmpdir("locking-bench") do |dir|
   runs.each_with_index.flat_map do |(script, args, prefix), index|
-    if baseline
-      run_bench(dir, "before-#{index}", baseline, script, args, prefix).each { |row| before[row[:name]] = row }
+    olds = []
+    news = Array.new(repeat) do |time|
+      olds << run_bench(dir, "before-#{index}-#{time}", baseline, script, args, prefix) if baseline
+      run_bench(dir, "#{index}-#{time}", File.join(Bench::ROOT, "lib"), script, args, prefix)
     end
-    run_bench(dir, index.to_s, File.join(Bench::ROOT, "lib"), script, args, prefix)
+    olds.transpose.each { |same| before[same.first[:name]] = merge(same) } if baseline
+    news.transpose.map { |same| merge(same) }
   end
 end
 
@@ -79,10 +106,11 @@ def ratio(ours, theirs, lower_is_better)
   format("%.2fx", lower_is_better ? theirs / ours : ours / theirs)
 end
 
+runs_note = repeat > 1 ? ", then of #{repeat} runs#{' alternating with the baseline' if baseline}" : ""
 puts
 puts "locking benchmarks, #{Time.now.utc.strftime('%Y-%m-%d')}, #{Bench.machine}, " \
      "hiredis #{Gem.loaded_specs['hiredis']&.version || Gem::Specification.find_by_name('hiredis').version}" \
-     "#{quick ? ' (QUICK RUN: not for the README)' : ''}; medians of interleaved rounds; " \
+     "#{quick ? ' (QUICK RUN: not for the README)' : ''}; medians of interleaved rounds#{runs_note}; " \
      "#{format('%.0f', Bench.monotonic - started)} s"
 puts "The delaying proxy (0.25 ms each way) measures #{format('%.0f', calibration)} µs per PING round trip " \
      "through it (the floor tool)."
