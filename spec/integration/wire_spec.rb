@@ -77,11 +77,9 @@ RSpec.describe "the wire layer" do
   end
 
   def configure_through_proxy(phase)
-    Locking.reset_configuration!
+    configure_both(phase)
     Locking.configure do |c|
-      c.source = source_server.url
       c.destination = proxy.url
-      c.phase = phase
       c.timeout = 5.0
       c.phase_cache_ttl = 60 if phase == :dynamic
     end

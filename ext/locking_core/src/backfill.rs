@@ -197,12 +197,12 @@ impl Scheduler<'_, '_> {
         let pattern = crate::bulk::match_pattern(&self.prefix);
         let count = self.count as u64;
         let args = scan_args(self.cursor, &pattern, count, false);
-        let (node, connection) =
-            self.operator
-                .lease()
-                .connection(Target::Source, Route::Node(0), interrupt)?;
-        let request = [Request::Plain(&args)];
-        pipeline::send(connection, &node.dialect, &request, interrupt)?;
+        send_to(
+            self.operator,
+            Target::Source,
+            &[Request::Plain(&args)],
+            interrupt,
+        )?;
         self.source.owed.push_back((self.sent, Flight::Scan));
         self.sent += 1;
         self.pages_left -= 1;
@@ -210,28 +210,16 @@ impl Scheduler<'_, '_> {
     }
 
     fn page_arrived(&mut self, interrupt: &Interrupt) -> Result<()> {
-        let pattern = crate::bulk::match_pattern(&self.prefix);
-        let args = scan_args(self.cursor, &pattern, self.count as u64, false);
-        let (node, connection) =
-            self.operator
-                .lease()
-                .connection(Target::Source, Route::Node(0), interrupt)?;
-        let name = node.name().to_string();
-        let deadline = Instant::now() + connection.read_timeout();
-        let request = [Request::Plain(&args)];
-        let value = match pipeline::receive(
-            connection,
-            &node.dialect,
-            &request,
-            deadline,
+        let value = match receive_single(
+            self.operator,
+            Target::Source,
+            &Request::Plain(&["SCAN".into()]),
             interrupt,
-        )?
-        .pop()
-        {
-            Some(Received::Reply(value)) => value,
-            _ => Value::Nil,
+        )? {
+            Received::Reply(value) => value,
+            Received::Resend => Value::Nil, // a plain command is never resent
         };
-        let page = parse_scan(value, &name)?;
+        let page = parse_scan(value, &server_name(self.operator, Target::Source))?;
         self.cursor = page.cursor;
         if self.cursor != 0 && self.pages_left > 0 {
             self.ask_for_page(interrupt)?;
@@ -254,17 +242,16 @@ impl Scheduler<'_, '_> {
             .iter()
             .map(|id| self.jobs[id.0].key.as_slice())
             .collect();
-        let (node, connection) =
-            self.operator
-                .lease()
-                .connection(Target::Source, Route::Node(0), interrupt)?;
-        let name = node.name().to_string();
-        let deadline = Instant::now() + connection.read_timeout();
-        let request = [Request::Reads(&keys)];
-        let received = pipeline::receive(connection, &node.dialect, &request, deadline, interrupt)?;
-        let entries = match received.into_iter().next() {
-            Some(Received::Reply(exec)) => lock::decode_reads(ids.len(), exec),
-            _ => Err("a read of keys asked to be sent again".into()),
+        let received = receive_single(
+            self.operator,
+            Target::Source,
+            &Request::Reads(&keys),
+            interrupt,
+        )?;
+        let name = server_name(self.operator, Target::Source);
+        let entries = match received {
+            Received::Reply(exec) => lock::decode_reads(ids.len(), exec),
+            Received::Resend => Err("a read of keys asked to be sent again".into()),
         };
         match entries {
             Ok(entries) => {
@@ -327,9 +314,8 @@ impl Scheduler<'_, '_> {
                     self.side(target).next.push((id, command));
                 }
                 None => {
-                    let server = self.operator.client().server_name(target).unwrap_or("?");
                     let error = Error::Command {
-                        server: server.to_string(),
+                        server: server_name(self.operator, target),
                         detail: format!("server keeps refusing {}", lock::name(&command)),
                     };
                     self.step(id, vec![Err(error)]);
@@ -398,11 +384,7 @@ impl Scheduler<'_, '_> {
                         .collect(),
                     Flight::Scan => Vec::new(),
                 };
-                let (node, connection) =
-                    self.operator
-                        .lease()
-                        .connection(target, Route::Node(0), interrupt)?;
-                pipeline::send(connection, &node.dialect, &requests, interrupt)?;
+                send_to(self.operator, target, &requests, interrupt)?;
             }
             let sent = self.sent;
             self.side(target).owed.push_back((sent, flight));
@@ -439,4 +421,39 @@ impl Scheduler<'_, '_> {
         }
         report
     }
+}
+
+/// Sends one pipeline to `target`.
+fn send_to(
+    operator: &mut Operator<'_>,
+    target: Target,
+    requests: &[Request<'_>],
+    interrupt: &Interrupt,
+) -> Result<()> {
+    let (node, connection) = operator
+        .lease()
+        .connection(target, Route::Node(0), interrupt)?;
+    pipeline::send(connection, &node.dialect, requests, interrupt)
+}
+
+/// Reads the reply to the oldest pipeline of one request that `target` owes.
+fn receive_single(
+    operator: &mut Operator<'_>,
+    target: Target,
+    request: &Request<'_>,
+    interrupt: &Interrupt,
+) -> Result<Received> {
+    let (node, connection) = operator
+        .lease()
+        .connection(target, Route::Node(0), interrupt)?;
+    let deadline = Instant::now() + connection.read_timeout();
+    pipeline::receive_single(connection, &node.dialect, request, deadline, interrupt)
+}
+
+fn server_name(operator: &Operator<'_>, target: Target) -> String {
+    operator
+        .client()
+        .server_name(target)
+        .unwrap_or("?")
+        .to_string()
 }

@@ -83,6 +83,7 @@ impl MemoryStore {
                 value: stored.value.clone(),
                 ttl_ms: stored.expires_at.map(|at| at - now),
                 expires_at_ms: stored.expires_at,
+                expires_by_ms: stored.expires_at,
             })),
         }
     }

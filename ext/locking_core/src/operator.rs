@@ -66,17 +66,6 @@ impl<'c> Operator<'c> {
             .map_or(0, |server| server.nodes().len())
     }
 
-    /// Runs `requests` as one pipeline on a node (see `Lease::exchange`).
-    pub(crate) fn exchange(
-        &mut self,
-        target: Target,
-        route: Route<'_>,
-        requests: &[Request<'_>],
-        interrupt: &Interrupt,
-    ) -> Result<Vec<Value>> {
-        self.lease.exchange(target, route, requests, interrupt)
-    }
-
     /// One command on a node; an error reply becomes an `Error::Command`.
     pub(crate) fn command(
         &mut self,
@@ -86,6 +75,7 @@ impl<'c> Operator<'c> {
         interrupt: &Interrupt,
     ) -> Result<Value> {
         let value = self
+            .lease
             .exchange(target, route, &[Request::Plain(args)], interrupt)?
             .pop()
             .unwrap_or(Value::Nil);
@@ -118,7 +108,8 @@ impl<'c> Operator<'c> {
             .map(|key| [name.into(), key.as_slice().into()])
             .collect();
         let requests: Vec<Request<'_>> = args.iter().map(|args| Request::Plain(args)).collect();
-        self.exchange(target, Route::Node(node), &requests, interrupt)
+        self.lease
+            .exchange(target, Route::Node(node), &requests, interrupt)
     }
 
     /// Mirrors one source lock onto the destination (see `protocol::Backfill`).

@@ -119,7 +119,7 @@ impl Request<'_> {
     fn queued(&self) -> usize {
         match *self {
             Request::Lock { command, .. } => lock::queued(command),
-            Request::Reads(keys) => keys.len() + 3, // MULTI, MGET, each PTTL, TIME
+            Request::Reads(keys) => lock::queued_reads(keys.len()),
             Request::Plain(_) | Request::Script { .. } => 0,
         }
     }

@@ -29,8 +29,10 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], command: &Command, set_get: bool) {
         Command::TokenTtl { token } => write_evalsha(out, &scripts::TOKEN_TTL, key, token, None),
         Command::ReadWithTtl => {
             // MULTI/EXEC makes the reads atomic, at a fraction of a Lua
-            // call's cost (it runs for every key of a backfill, twice).
+            // call's cost (it runs for every key of a backfill, twice);
+            // TIME before and after bound when PTTL was measured.
             write_command(out, &["MULTI".into()]);
+            write_command(out, &["TIME".into()]);
             write_command(out, &["GET".into(), key.into()]);
             write_command(out, &["PTTL".into(), key.into()]);
             write_command(out, &["TIME".into()]);
@@ -46,7 +48,7 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], command: &Command, set_get: bool) {
 /// reply (EXEC's).
 pub fn queued(command: &Command) -> usize {
     match command {
-        Command::ReadWithTtl => 4, // MULTI's OK, GET, PTTL, TIME
+        Command::ReadWithTtl => 5, // MULTI's OK, TIME, GET, PTTL, TIME
         _ => 0,
     }
 }
@@ -97,16 +99,19 @@ pub fn decode(command: &Command, value: Value) -> Result<Reply, String> {
             Value::Int(n),
         ) => Reply::Flag(n > 0),
         (Command::ReadWithTtl, Value::Array(items)) => match items.as_slice() {
-            [Value::BulkString(value), Value::Int(pttl), time] if *pttl != -2 => {
-                match server_time_ms(time) {
-                    Some(now_ms) => {
-                        Reply::Entry(Some(Entry::read_at(value.clone(), *pttl, now_ms)))
-                    }
-                    None => return Err(format!("unexpected reply to TIME: {time:?}")),
+            [after, Value::BulkString(value), Value::Int(pttl), before] if *pttl != -2 => {
+                match (server_time_ms(after), server_time_ms(before)) {
+                    (Some(after), Some(before)) => Reply::Entry(Some(Entry::read_between(
+                        value.clone(),
+                        *pttl,
+                        after,
+                        before,
+                    ))),
+                    _ => return Err(format!("unexpected reply to TIME: {after:?}, {before:?}")),
                 }
             }
             // Absent, or not a string (GET's WRONGTYPE inside EXEC): never a lock.
-            [Value::Nil, _, _] | [Value::ServerError(_), _, _] => Reply::Entry(None),
+            [_, Value::Nil, _, _] | [_, Value::ServerError(_), _, _] => Reply::Entry(None),
             other => return Err(format!("unexpected reply to read with ttl: {other:?}")),
         },
         (Command::TokenTtl { .. }, Value::Int(n)) => Reply::Ttl(match n {
@@ -122,9 +127,11 @@ pub fn decode(command: &Command, value: Value) -> Result<Reply, String> {
 }
 
 /// Appends one transaction that reads every key's value and TTL at once:
-/// MGET, each key's PTTL, and the server's TIME (a page of a backfill).
+/// the server's TIME, MGET, each key's PTTL, TIME again (a page of a
+/// backfill; the two TIMEs bound when each PTTL was measured).
 pub fn encode_reads(out: &mut Vec<u8>, keys: &[&[u8]]) {
     write_command(out, &["MULTI".into()]);
+    write_command(out, &["TIME".into()]);
     write_header_of(out, keys.len() + 1);
     write_arg(out, "MGET".into());
     for key in keys {
@@ -137,6 +144,12 @@ pub fn encode_reads(out: &mut Vec<u8>, keys: &[&[u8]]) {
     write_command(out, &["EXEC".into()]);
 }
 
+/// Acknowledgements before EXEC's reply to `encode_reads` of `count` keys:
+/// MULTI's OK, then QUEUED for TIME, MGET, each PTTL and TIME.
+pub fn queued_reads(count: usize) -> usize {
+    count + 4
+}
+
 /// Reads EXEC's reply to `encode_reads` of `count` keys: each key's entry
 /// (`None`: absent, or not a string).
 pub fn decode_reads(count: usize, exec: Value) -> Result<Vec<Option<Entry>>, String> {
@@ -146,14 +159,17 @@ pub fn decode_reads(count: usize, exec: Value) -> Result<Vec<Option<Entry>>, Str
     let Value::Array(mut results) = exec else {
         return Err(format!("reading a page of keys failed: {exec:?}"));
     };
-    if results.len() != count + 2 {
+    if results.len() != count + 3 {
         return Err(format!("EXEC returned {} results", results.len()));
     }
-    let now_ms = results
-        .pop()
-        .as_ref()
-        .and_then(server_time_ms)
-        .ok_or_else(|| "TIME returned no time".to_string())?;
+    let time = |value: Option<Value>| {
+        value
+            .as_ref()
+            .and_then(server_time_ms)
+            .ok_or_else(|| "TIME returned no time".to_string())
+    };
+    let before_ms = time(results.pop())?;
+    let after_ms = time(Some(results.remove(0)))?;
     let pttls = results.split_off(1);
     let values = match results.pop() {
         Some(Value::Array(values)) if values.len() == count => values,
@@ -165,7 +181,7 @@ pub fn decode_reads(count: usize, exec: Value) -> Result<Vec<Option<Entry>>, Str
         .map(|(value, pttl)| match (value, pttl) {
             // MGET answers nil for keys that are not strings: never locks.
             (Value::BulkString(value), Value::Int(pttl)) if pttl != -2 => {
-                Some(Entry::read_at(value, pttl, now_ms))
+                Some(Entry::read_between(value, pttl, after_ms, before_ms))
             }
             _ => None,
         })
@@ -331,17 +347,25 @@ mod tests {
 
     #[test]
     fn a_page_of_reads_decodes_each_key() {
+        let time = |ms: u64| {
+            Value::Array(vec![
+                Value::BulkString((ms / 1000).to_string().into_bytes()),
+                Value::BulkString(((ms % 1000) * 1000).to_string().into_bytes()),
+            ])
+        };
         let exec = Value::Array(vec![
+            time(100_002),
             Value::Array(vec![Value::BulkString(b"a".to_vec()), Value::Nil]),
             Value::Int(1500),
             Value::Int(-2),
-            Value::Array(vec![
-                Value::BulkString(b"100".to_vec()),
-                Value::BulkString(b"2000".to_vec()),
-            ]),
+            time(100_009),
         ]);
         let entries = decode_reads(2, exec).unwrap();
-        assert_eq!(entries[0].as_ref().unwrap().expires_at_ms, Some(101_502));
+        let entry = entries[0].as_ref().unwrap();
+        assert_eq!(
+            (entry.expires_at_ms, entry.expires_by_ms),
+            (Some(101_502), Some(101_509))
+        );
         assert_eq!(entries[1], None);
         assert!(decode_reads(3, Value::Array(vec![])).is_err());
     }
