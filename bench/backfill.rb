@@ -98,6 +98,10 @@ dst = Redis.new(url: destination.url, timeout: 30)
 pids = { source: source.pid, destination: destination.pid, client: Process.pid }
 rates = { rust: [], ruby: [] }
 cpu = Hash.new { |h, k| h[k] = [] } # µs of CPU per key, locking's rounds only
+# Copies undone although nothing changed the source: a bug (builds before
+# 2026-11-27 had one: their read transaction's clock), counted, not fatal,
+# so that an older build can still be compared with --baseline.
+undone = 0
 options[:rounds].times do |round|
   %i[rust ruby].each do |kind|
     dst.flushall
@@ -106,7 +110,10 @@ options[:rounds].times do |round|
     t = monotonic
     copied, totals = kind == :rust ? rust_backfill(options[:batch]) : ruby_mirror(src, dst, options[:batch])
     elapsed = monotonic - t
-    raise "#{kind} copied #{copied} of #{n} (#{totals.inspect}; destination dbsize #{dst.dbsize})" unless copied == n && dst.dbsize == n
+    undone += totals[:undone].to_i
+    unless copied + totals[:undone].to_i == n && dst.dbsize == copied
+      raise "#{kind} copied #{copied} of #{n} (#{totals.inspect}; destination dbsize #{dst.dbsize})"
+    end
 
     used = pids.to_h { |name, pid| [name, (cpu_seconds(pid) - before[name]) * 1e6 / n] }
     used.each { |name, us| cpu[name] << us } if kind == :rust
@@ -127,14 +134,16 @@ puts format("| %-45s | %12s |", "implementation", "keys/s (median)")
 puts format("| %-45s | %12.0f |", "locking backfill (Rust, full protocol)", rust)
 puts format("| %-45s | %12.0f |", "plain pipelined mirror (Ruby, redis-rb)", ruby)
 puts format("ratio: %.1fx the Ruby mirror", rust / ruby)
+puts "copies undone on an untouched source (a bug): #{undone}" if undone.positive?
 puts format("CPU per key (median): source %.2f µs, destination %.2f µs, client %.2f µs: at most %.0f keys/s " \
             "on %d cores even if every core were busy all the time", used[:source], used[:destination], used[:client],
             bound, Etc.nprocessors)
 if options[:json]
   Bench.emit([Bench.row(name: "backfill, #{n} locks among #{n} other keys (vs a pipelined redis-rb mirror)", unit: "keys/s",
                         locking: rust, references: { "redis-rb" => ruby },
-                        note: format("CPU µs/key: source %.2f, destination %.2f, client %.2f; CPU-bound ceiling %.0f keys/s",
-                                     used[:source], used[:destination], used[:client], bound),
+                        note: format("CPU µs/key: source %.2f, destination %.2f, client %.2f; CPU-bound ceiling %.0f keys/s%s",
+                                     used[:source], used[:destination], used[:client], bound,
+                                     undone.positive? ? "; #{undone} copies wrongly undone" : ""),
                         goal: ">= 200000 keys/s, >= 5x redis-rb", met: rust >= 200_000 && rust / ruby >= 5)],
              options[:json])
 end
