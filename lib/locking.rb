@@ -37,6 +37,7 @@ else
 end
 
 require_relative "locking/client"
+require_relative "locking/server_settings"
 require_relative "locking/configuration"
 require_relative "locking/lock"
 

@@ -226,7 +226,7 @@ class Locking
                 "TTL max #{seconds(stats[:max_ttl_ms])}, p99 #{seconds(stats[:p99_ttl_ms])}, "
               end
         @out.puts format("%-12s %-32s %12s lock keys  (%s%s without TTL)",
-                         name, Locking.redact(url), number(stats[:keys]), ttl, number(stats[:without_ttl]))
+                         name, Locking.server_name(url), number(stats[:keys]), ttl, number(stats[:without_ttl]))
       end
       return EXIT_OK unless options[:destination]
 

@@ -13,7 +13,7 @@ class Locking
       phase = config.dynamic? ? 0 : Configuration.phase_index(config.phase)
       client = _new(config.source, config.destination, phase, config.key_prefix, config.timeout.to_f,
                     config.pool_size, config.dynamic? ? config.phase_cache_ttl : nil, Socket.gethostname,
-                    Configuration::EVICTION_CHECKS.index(config.eviction_policy_check))
+                    Configuration::EVICTION_CHECKS.index(config.eviction_policy_check), config.min_replicas_acked)
       leave_fleet_at_exit(client) if config.dynamic?
       client
     end

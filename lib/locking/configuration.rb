@@ -13,11 +13,19 @@ class Locking
     DEFAULT_PHASE_CACHE_TTL = 1.0
     EVICTION_CHECKS = %i[off warn raise].freeze
 
-    # Where lock keys live today (the jobs Redis). Default: LOCKING_SOURCE_URL,
-    # then REDIS_URL, then DEFAULT_SOURCE.
+    # Where lock keys live today (the jobs Redis): a URL (redis://, rediss://,
+    # redis+sentinel://, unix://), a settings Hash in redis-rb's vocabulary
+    # (host:, port:, ssl:, ssl_params:, sentinels: ...), or a Redis object
+    # (`Resque.redis`) whose connection options are read. Kept as the one URL
+    # form the core reads (Locking::ServerSettings). Default:
+    # LOCKING_SOURCE_URL, then REDIS_URL, then DEFAULT_SOURCE.
     attr_reader :source
-    # Where lock keys move to (the locks Redis). Default: LOCKING_DESTINATION_URL, else none.
+    # Where lock keys move to (the locks Redis), in the same forms. Default: LOCKING_DESTINATION_URL, else none.
     attr_reader :destination
+    # After a successful acquire or renew, wait until this many replicas of each server written have the
+    # write (Redis WAIT), or raise Locking::NotReplicatedError. 0 (default) does not wait.
+    # Default: LOCKING_MIN_REPLICAS_ACKED, else 0.
+    attr_reader :min_replicas_acked
     # :source, :dual, :drain or :destination (0..3 are accepted), or :dynamic
     # to follow the phase an operator sets with `locking phase`.
     # Default: LOCKING_PHASE, else :source.
@@ -53,6 +61,15 @@ class Locking
       self.pool_size = DEFAULT_POOL_SIZE
       self.phase_cache_ttl = DEFAULT_PHASE_CACHE_TTL
       self.eviction_policy_check = :warn
+      self.min_replicas_acked = env["LOCKING_MIN_REPLICAS_ACKED"] ? Integer(env["LOCKING_MIN_REPLICAS_ACKED"], 10) : 0
+    end
+
+    def min_replicas_acked=(count)
+      unless count.is_a?(Integer) && count.between?(0, 64)
+        raise ArgumentError, "min_replicas_acked must be an Integer from 0 to 64, got #{count.inspect}"
+      end
+
+      @min_replicas_acked = count
     end
 
     def eviction_policy_check=(check)
@@ -63,12 +80,12 @@ class Locking
       @eviction_policy_check = check
     end
 
-    def source=(url)
-      @source = url_or_nil(url, "source")
+    def source=(server)
+      @source = server_url(server, "source")
     end
 
-    def destination=(url)
-      @destination = url_or_nil(url, "destination")
+    def destination=(server)
+      @destination = server_url(server, "destination")
     end
 
     def phase=(phase)
@@ -114,21 +131,25 @@ class Locking
     # Passwords in URLs are shown as "***".
     def inspect
       "#<#{self.class.name} source=#{Locking.redact(source).inspect} destination=#{Locking.redact(destination).inspect} " \
-        "phase=#{phase.inspect} key_prefix=#{key_prefix.inspect} timeout=#{timeout} pool_size=#{pool_size}>"
+        "phase=#{phase.inspect} key_prefix=#{key_prefix.inspect} timeout=#{timeout} pool_size=#{pool_size} " \
+        "min_replicas_acked=#{min_replicas_acked}>"
     end
 
     # Settings that need new connections when they change (the phase does not).
     def connection_settings
-      [source, destination, key_prefix, timeout, pool_size, dynamic?, phase_cache_ttl, eviction_policy_check]
+      [source, destination, key_prefix, timeout, pool_size, dynamic?, phase_cache_ttl, eviction_policy_check,
+       min_replicas_acked]
     end
 
     private
 
-    def url_or_nil(url, name)
-      return nil if url.nil?
-      raise TypeError, "#{name} must be a Redis URL String, got #{url.inspect}" unless url.is_a?(String)
-
-      url.dup.freeze
+    def server_url(server, name)
+      url = ServerSettings.to_url(server, name)
+      if ServerSettings.unverified?(url)
+        warn "locking: #{name} #{Locking.redact(url)}: TLS certificate verification is off (verify_mode none): " \
+             "the connection is encrypted but the server is not authenticated"
+      end
+      url
     end
 
     def phase_from_env(value)
@@ -148,6 +169,11 @@ class Locking
     # A Redis URL fit to print: its password replaced by "***" (the core's rule).
     def redact(url)
       url.is_a?(String) ? Client.redact(url) : url
+    end
+
+    # A server as messages name it: "rediss://host:6380/0", "redis+sentinel://s1:26379,.../mymaster/0".
+    def server_name(url)
+      url.is_a?(String) ? Client.server_name(url) : url
     end
 
     # The current settings (read-only use; change them with Locking.configure).

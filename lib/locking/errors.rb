@@ -14,6 +14,10 @@ class Locking
   # destination's data); operations refuse rather than guess. `locking phase set` sets it.
   class PhaseError < Error; end
 
+  # min_replicas_acked: a lock was written on the master, but fewer replicas than asked acknowledged it in
+  # time, so it may not survive a failover. The lock is left in place (it expires by its TTL).
+  class NotReplicatedError < Error; end
+
   # A Redis server answered with an error reply (WRONGTYPE, OOM, NOAUTH ...).
   class CommandError < Error; end
 

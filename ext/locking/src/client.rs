@@ -43,6 +43,7 @@ impl RbClient {
         dynamic_cache: Option<f64>,
         host: RString,
         eviction: u8,
+        min_replicas_acked: u32,
     ) -> Result<RbClient, magnus::Error> {
         let seconds = |value: f64, what: &str| {
             Duration::try_from_secs_f64(value).map_err(|_| {
@@ -71,6 +72,7 @@ impl RbClient {
                 1 => EvictionCheck::Warn,
                 _ => EvictionCheck::Strict,
             },
+            min_replicas_acked,
         };
         Ok(RbClient {
             client: Client::new(config).map_err(RubyError)?,
@@ -565,6 +567,14 @@ fn redact_url(url: RString) -> Result<String, magnus::Error> {
     Ok(locking_core::redact(&url.to_string()?))
 }
 
+/// `Locking::Client.server_name(url)`: the server as error messages name it
+/// (no credentials, no file paths), or the redacted URL if it does not parse.
+fn server_name(url: RString) -> Result<String, magnus::Error> {
+    let url = url.to_string()?;
+    Ok(locking_core::url::parse(&url)
+        .map_or_else(|_| locking_core::redact(&url), |parsed| parsed.name()))
+}
+
 /// `Locking::Client.gate_reasons(processes_in_phase_0, source_only)`: why
 /// moving from phase 1 to 2 is not safe (empty: it is). The core's words.
 fn gate_reasons(in_phase_0: usize, source_only: u64) -> Vec<String> {
@@ -590,7 +600,7 @@ fn backfill_refusal(phase: i64) -> Result<Option<String>, magnus::Error> {
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
-    class.define_singleton_method("_new", function!(RbClient::new, 9))?;
+    class.define_singleton_method("_new", function!(RbClient::new, 10))?;
     // Limits live in the core; Ruby's validation reads them from here.
     class.const_set("MAX_POOL_SIZE", locking_core::MAX_POOL_SIZE)?;
     class.const_set("MAX_SECONDS", locking_core::MAX_SECONDS)?;
@@ -605,6 +615,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_singleton_method("backfill_refusal", function!(backfill_refusal, 1))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
     class.define_singleton_method("redact", function!(redact_url, 1))?;
+    class.define_singleton_method("server_name", function!(server_name, 1))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
     class.define_private_method("_release", method!(RbClient::release, 2))?;
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;

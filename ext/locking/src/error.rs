@@ -22,6 +22,7 @@ impl From<RubyError> for magnus::Error {
             E::Connection { .. } | E::Interrupted { .. } => locking_class(&ruby, "ConnectionError"),
             E::Timeout { .. } => locking_class(&ruby, "TimeoutError"),
             E::Command { .. } => locking_class(&ruby, "CommandError"),
+            E::NotReplicated { .. } => locking_class(&ruby, "NotReplicatedError"),
             E::InvalidArgument(_) => ruby.exception_arg_error(),
             E::Phase(_) => locking_class(&ruby, "PhaseError"),
             E::Internal(_) => locking_class(&ruby, "Error"),

@@ -21,6 +21,7 @@ fn main() {
         pool_size: 2,
         dynamic: None,
         eviction: locking_core::EvictionCheck::Warn,
+        min_replicas_acked: 0,
     }) {
         Ok(client) => client,
         Err(error) => {

@@ -36,6 +36,9 @@ pub struct ClientConfig {
     pub dynamic: Option<DynamicPhase>,
     /// What to do about servers whose maxmemory-policy may evict locks.
     pub eviction: EvictionCheck,
+    /// After a successful acquire or renew, `WAIT` for this many replicas
+    /// of each server written to acknowledge it (0: do not wait).
+    pub min_replicas_acked: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +125,8 @@ pub struct Client {
     phase: AtomicU8,
     key_prefix: Vec<u8>,
     dynamic: Option<Dynamic>,
+    min_replicas_acked: u32,
+    timeout: Duration,
 }
 
 impl Client {
@@ -184,6 +189,8 @@ impl Client {
             phase: AtomicU8::new(config.phase.index()),
             key_prefix: config.key_prefix,
             dynamic,
+            min_replicas_acked: config.min_replicas_acked,
+            timeout: config.timeout,
         };
         if client.dynamic.is_some() {
             if client.destination.is_none() || client.source.is_none() {
@@ -325,6 +332,9 @@ impl Client {
         ] {
             if let (Some(server), Some((node, connection))) = (server, slot) {
                 if let Some(node) = server.nodes().get(node) {
+                    if !connection.healthy {
+                        node.connection_failed();
+                    }
                     node.pool.give_back(connection);
                 }
             }
@@ -453,7 +463,64 @@ impl<'c> Lease<'c> {
         check_ttl(ttl_ms)?;
         self.resolve_phase(interrupt)?;
         let op = protocol::Acquire::new(self.phase, token, ttl_ms);
-        self.run(key, op, interrupt)
+        let acquired = self.run(key, op, interrupt)?;
+        if acquired {
+            self.wait_for_replicas(key, interrupt)?;
+        }
+        Ok(acquired)
+    }
+
+    /// `min_replicas_acked`: waits (`WAIT n timeout`) until that many
+    /// replicas of each server this operation wrote have the write. Fewer in
+    /// time is `Error::NotReplicated`; the lock stays written on the master.
+    fn wait_for_replicas(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<()> {
+        let wanted = self.client.min_replicas_acked;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let full_key = self.full_key(key)?;
+        let timeout_ms = self.client.timeout.as_millis().max(1).to_string();
+        let wanted_text = wanted.to_string();
+        for target in [Target::Source, Target::Destination] {
+            let used = match target {
+                Target::Source => self.source.is_some(),
+                Target::Destination => self.destination.is_some(),
+            };
+            if !used {
+                continue;
+            }
+            let wait = [Request::Plain(&[
+                "WAIT".into(),
+                wanted_text.as_str().into(),
+                timeout_ms.as_str().into(),
+            ])];
+            let replies = self.exchange(target, Route::Key(&full_key), &wait, interrupt)?;
+            let server = self
+                .client
+                .server(target)
+                .map_or("", Server::name)
+                .to_string();
+            match replies.first() {
+                Some(Value::Int(acked)) if *acked >= i64::from(wanted) => {}
+                Some(Value::Int(acked)) => {
+                    return Err(Error::NotReplicated {
+                        server,
+                        detail: format!(
+                            "the lock was written, but only {acked} of the {wanted} replicas asked for \
+                             (min_replicas_acked) acknowledged it within {timeout_ms} ms; it may not survive \
+                             a failover"
+                        ),
+                    })
+                }
+                other => {
+                    return Err(Error::Command {
+                        server,
+                        detail: format!("unexpected reply to WAIT: {other:?}"),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn release(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<bool> {
@@ -496,7 +563,11 @@ impl<'c> Lease<'c> {
         check_ttl(ttl_ms)?;
         self.resolve_phase(interrupt)?;
         let op = protocol::Renew::new(self.phase, token, ttl_ms, self.client.servers());
-        self.run(key, op, interrupt)
+        let renewed = self.run(key, op, interrupt)?;
+        if renewed {
+            self.wait_for_replicas(key, interrupt)?;
+        }
+        Ok(renewed)
     }
 
     pub fn ttl(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<TokenTtl> {
@@ -725,6 +796,12 @@ impl<'c> Lease<'c> {
             .as_ref()
             .is_some_and(|(at, c)| *at == index && c.healthy && c.pid == crate::process::id());
         if !usable {
+            if slot
+                .as_ref()
+                .is_some_and(|(at, c)| *at == index && !c.healthy)
+            {
+                node.connection_failed();
+            }
             // Not given back: this operation's interrupt still watches it.
             *slot = None;
             *slot = Some((index, node.connect(interrupt)?));

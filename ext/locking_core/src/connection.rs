@@ -6,7 +6,9 @@
 
 use crate::codec::{self, Value};
 use crate::error::{Error, Result};
+use crate::tls::{self, Tls};
 use crate::transport::{self, Address, ConnectError, Transport};
+use crate::url::Sentinel;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,10 +19,17 @@ use std::time::{Duration, Instant};
 pub struct ServerConfig {
     /// The URL without its password: used in every error message.
     pub name: String,
-    address: Address,
+    /// The server (for a Sentinel setting: its first sentinel).
+    pub address: Address,
     db: i64,
     username: Option<String>,
     password: Option<String>,
+    /// TLS for the server (and for its sentinels), built once.
+    pub tls: Option<Tls>,
+    /// Whether certificates are checked (a warning when not).
+    pub verifies_peer: bool,
+    /// The sentinels to ask for the master, if the setting names them.
+    pub sentinel: Option<Sentinel>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -30,17 +39,26 @@ impl ServerConfig {
     pub fn parse(url: &str, timeout: Duration) -> Result<ServerConfig> {
         let parsed = crate::url::parse(url).map_err(|why| {
             Error::InvalidArgument(format!(
-                "invalid Redis URL {:?}: {why} (expected redis://[[user]:password@]host[:port][/db] or \
-                 unix:///path)",
+                "invalid Redis URL {:?}: {why} (expected redis://[[user]:password@]host[:port][/db], \
+                 rediss://..., redis+sentinel://host:port[,host:port]/master[/db] or unix:///path)",
                 redact(url)
             ))
         })?;
+        let tls = parsed
+            .tls
+            .as_ref()
+            .map(Tls::new)
+            .transpose()
+            .map_err(|why| Error::InvalidArgument(format!("{}: {why}", parsed.name())))?;
         Ok(ServerConfig {
             name: parsed.name(),
-            address: parsed.address,
+            address: parsed.address.clone(),
             db: parsed.db,
-            username: parsed.username,
-            password: parsed.password,
+            username: parsed.username.clone(),
+            password: parsed.password.clone(),
+            tls,
+            verifies_peer: parsed.tls.as_ref().is_none_or(|tls| tls.verify_peer),
+            sentinel: parsed.sentinel,
             connect_timeout: timeout,
             read_timeout: timeout,
             write_timeout: timeout,
@@ -48,18 +66,36 @@ impl ServerConfig {
     }
 }
 
-/// The URL with any password replaced, for messages.
 /// A URL fit to print: the password (and the user's secret part) replaced
-/// by "***", the user name kept (`redis://app:***@host:6379/0`).
+/// by "***", the user name kept (`redis://app:***@host:6379/0`); so are the
+/// query's `password`, `pass` and `sentinel_password`.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (main, query) = match url.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (main.find("://"), main.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &main[scheme_end + 3..at];
             let user = userinfo.split_once(':').map_or("", |(user, _)| user);
-            format!("{}://{user}:***{}", &url[..scheme_end], &url[at..])
+            format!("{}://{user}:***{}", &main[..scheme_end], &main[at..])
         }
-        _ => url.to_string(),
+        _ => main.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if matches!(name, "password" | "pass" | "sentinel_password") => {
+                    format!("{name}=***")
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
 }
 
 /// Reads or writes one socket against a deadline. A socket with a timeout
@@ -252,8 +288,13 @@ pub struct Connection {
     /// Taken from the pool and not yet proven alive by a reply in this
     /// operation: the server may have dropped it while it sat idle.
     pub from_pool: bool,
+    /// Whether any reply has arrived on it (a close before the first one
+    /// is likely a TLS port spoken to in plain text).
+    answered: bool,
     watched: bool,
     server: String,
+    /// The host connected to (the name TLS checks), for messages.
+    host: String,
     read_timeout: Duration,
     write_timeout: Duration,
     /// Scripts to load, and loads to read replies to (the executor's).
@@ -263,22 +304,64 @@ pub struct Connection {
 impl Connection {
     /// Connects and runs the prelude: AUTH (with a user, if given), SELECT.
     pub fn open(config: &ServerConfig, interrupt: &Interrupt) -> Result<Connection> {
+        Self::open_to(config, &config.address, interrupt)
+    }
+
+    /// `open`, to `address` (the master a sentinel named) instead of the
+    /// configured one.
+    pub fn open_to(
+        config: &ServerConfig,
+        address: &Address,
+        interrupt: &Interrupt,
+    ) -> Result<Connection> {
+        let mut connection = Self::connect(config, address, interrupt)?;
+        connection.prelude(
+            config.username.as_deref(),
+            config.password.as_deref(),
+            config.db,
+            interrupt,
+        )?;
+        Ok(connection)
+    }
+
+    /// A connection to a sentinel of `config`, with the sentinels' credentials.
+    pub fn open_sentinel(
+        config: &ServerConfig,
+        sentinel: &Sentinel,
+        address: &Address,
+        interrupt: &Interrupt,
+    ) -> Result<Connection> {
+        let mut connection = Self::connect(config, address, interrupt)?;
+        connection.prelude(
+            sentinel.username.as_deref(),
+            sentinel.password.as_deref(),
+            0,
+            interrupt,
+        )?;
+        Ok(connection)
+    }
+
+    fn connect(
+        config: &ServerConfig,
+        address: &Address,
+        interrupt: &Interrupt,
+    ) -> Result<Connection> {
+        let server = match address == &config.address {
+            true => config.name.clone(),
+            false => format!("{} at {}", config.name, transport::describe(address)),
+        };
         if interrupt.is_cancelled() {
-            return Err(Error::Interrupted {
-                server: config.name.clone(),
-            });
+            return Err(Error::Interrupted { server });
         }
         let socket: Arc<dyn Transport> = Arc::from(
-            transport::connect(&config.address, config.connect_timeout).map_err(
+            transport::connect(address, config.connect_timeout, config.tls.as_ref()).map_err(
                 |error| match error {
                     ConnectError::TimedOut => Error::Timeout {
-                        server: config.name.clone(),
+                        server: server.clone(),
                         action: "connect",
                         after: config.connect_timeout,
                     },
-                    ConnectError::Failed(what, error) => {
-                        connection_error(&config.name, what, &error)
-                    }
+                    ConnectError::Failed(what, error) => connection_error(&server, what, &error),
                 },
             )?,
         );
@@ -290,29 +373,78 @@ impl Connection {
             pid: crate::process::id(),
             healthy: true,
             from_pool: false,
+            answered: false,
             watched: false,
-            server: config.name.clone(),
+            server,
+            host: match address {
+                Address::Tcp(host, _) => host.clone(),
+                Address::Unix(path) => path.display().to_string(),
+            },
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             loads: Default::default(),
         };
         connection.watch(interrupt)?;
-        if let Some(password) = &config.password {
-            let auth = match &config.username {
-                Some(user) => codec::command(&[
-                    "AUTH".into(),
-                    user.as_str().into(),
-                    password.as_str().into(),
-                ]),
-                None => codec::command(&["AUTH".into(), password.as_str().into()]),
-            };
-            connection.expect_ok("AUTH", &auth, interrupt)?;
-        }
-        if config.db != 0 {
-            let select = codec::command(&["SELECT".into(), config.db.to_string().as_str().into()]);
-            connection.expect_ok("SELECT", &select, interrupt)?;
+        if config.tls.is_some() {
+            connection.handshake(config.connect_timeout, interrupt)?;
         }
         Ok(connection)
+    }
+
+    /// AUTH (with a user, if given) and SELECT.
+    fn prelude(
+        &mut self,
+        username: Option<&str>,
+        password: Option<&str>,
+        db: i64,
+        interrupt: &Interrupt,
+    ) -> Result<()> {
+        if let Some(password) = password {
+            let auth = match username {
+                Some(user) => codec::command(&["AUTH".into(), user.into(), password.into()]),
+                None => codec::command(&["AUTH".into(), password.into()]),
+            };
+            self.expect_ok("AUTH", &auth, interrupt)?;
+        }
+        if db != 0 {
+            let select = codec::command(&["SELECT".into(), db.to_string().as_str().into()]);
+            self.expect_ok("SELECT", &select, interrupt)?;
+        }
+        Ok(())
+    }
+
+    /// The TLS handshake, within `timeout` and open to the interrupt (which
+    /// shuts the socket down under it).
+    fn handshake(&mut self, timeout: Duration, interrupt: &Interrupt) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let result = loop {
+            match self.socket.handshake() {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if interrupt.is_cancelled() || remaining.is_zero() {
+                        break Err(error);
+                    }
+                    let _ = set_timeouts(&*self.socket, remaining, remaining);
+                }
+                other => break other,
+            }
+        };
+        self.restore_timeouts();
+        result.map_err(|error| {
+            self.healthy = false;
+            match tls::describe(&error, &self.host) {
+                Some(detail) if !interrupt.is_cancelled() => Error::Connection {
+                    server: self.server.clone(),
+                    detail,
+                },
+                _ => self.io_error(
+                    "TLS handshake (a plaintext port never answers one: use redis:// for it)",
+                    timeout,
+                    &error,
+                    interrupt,
+                ),
+            }
+        })
     }
 
     /// Registers this connection's socket with the operation's interrupt.
@@ -374,7 +506,20 @@ impl Connection {
     /// two. A server error reply is a `Value`, not an `Err`: only transport
     /// failures are errors here.
     pub fn receive_by(&mut self, deadline: Instant, interrupt: &Interrupt) -> Result<Value> {
-        self.receive_with(deadline, interrupt, codec::parse)
+        let value = self.receive_with(deadline, interrupt, codec::parse)?;
+        self.note_readonly(&value);
+        Ok(value)
+    }
+
+    /// A READONLY reply: this server was a master and is now a replica (a
+    /// failover). The connection is let go, so that the next one asks the
+    /// sentinels for the new master.
+    fn note_readonly(&mut self, value: &Value) {
+        if let Value::ServerError(error) = value {
+            if error.code() == "READONLY" {
+                self.healthy = false;
+            }
+        }
     }
 
     /// Reads an acknowledgement (MULTI's OK, a QUEUED): `None` for a status
@@ -384,7 +529,11 @@ impl Connection {
         deadline: Instant,
         interrupt: &Interrupt,
     ) -> Result<Option<Value>> {
-        self.receive_with(deadline, interrupt, codec::parse_acknowledgement)
+        let value = self.receive_with(deadline, interrupt, codec::parse_acknowledgement)?;
+        if let Some(value) = &value {
+            self.note_readonly(value);
+        }
+        Ok(value)
     }
 
     fn receive_with<T>(
@@ -418,6 +567,7 @@ impl Connection {
         match result {
             Ok(value) => {
                 self.from_pool = false;
+                self.answered = true;
                 Ok(value)
             }
             Err(error) => {
@@ -428,6 +578,12 @@ impl Connection {
                     }
                     ReadError::Closed if interrupt.is_cancelled() => Error::Interrupted {
                         server: self.server.clone(),
+                    },
+                    ReadError::Closed if !self.answered => Error::Connection {
+                        server: self.server.clone(),
+                        detail: "the server closed the connection before its first reply (if it only \
+                                 accepts TLS, use rediss:// or ssl: true; or it refused this client)"
+                            .into(),
                     },
                     ReadError::Closed => Error::Connection {
                         server: self.server.clone(),
@@ -470,7 +626,20 @@ impl Connection {
                 action,
                 after,
             },
-            _ => connection_error(&self.server, "connection lost", error),
+            io::ErrorKind::ConnectionReset if !self.answered => Error::Connection {
+                server: self.server.clone(),
+                detail: format!(
+                    "the server reset the connection before its first reply ({error}); if it only \
+                     accepts TLS, use rediss:// or ssl: true"
+                ),
+            },
+            _ => match tls::describe(error, &self.host) {
+                Some(detail) => Error::Connection {
+                    server: self.server.clone(),
+                    detail,
+                },
+                None => connection_error(&self.server, "connection lost", error),
+            },
         }
     }
 }
@@ -508,7 +677,7 @@ mod tests {
             "nonsense",
             "http://127.0.0.1",
             "redis://[::1",
-            "rediss://h:1",
+            "rediss://h:1?ca_file=/nonexistent/ca.pem",
         ] {
             let error = ServerConfig::parse(url, Duration::from_secs(1)).unwrap_err();
             assert!(
@@ -524,5 +693,9 @@ mod tests {
         assert_eq!(redact("redis://:p@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact("redis://p@h"), "redis://:***@h");
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            redact("redis+sentinel://:m@s:1/x?sentinel_password=s&ssl=true&password=p"),
+            "redis+sentinel://:***@s:1/x?sentinel_password=***&ssl=true&password=***"
+        );
     }
 }

@@ -16,6 +16,9 @@ pub enum Error {
     },
     /// The server answered with an error reply (WRONGTYPE, OOM, NOAUTH ...).
     Command { server: String, detail: String },
+    /// `min_replicas_acked`: a write reached the master, but not enough
+    /// replicas acknowledged it in time.
+    NotReplicated { server: String, detail: String },
     /// The calling thread was interrupted (Thread#kill, Timeout) while waiting.
     Interrupted { server: String },
     /// Bad configuration or input, caught before anything was sent.
@@ -35,6 +38,20 @@ impl Error {
     /// did not time out, and the caller was not interrupted).
     pub fn retry_on_new_connection(&self) -> bool {
         matches!(self, Error::Connection { .. })
+    }
+
+    /// What went wrong, without the server's name.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Connection { detail, .. }
+            | Error::Command { detail, .. }
+            | Error::NotReplicated { detail, .. } => detail.clone(),
+            Error::Timeout { action, after, .. } => format!("{action} timed out after {after:?}"),
+            Error::Interrupted { .. } => "interrupted".into(),
+            Error::InvalidArgument(detail) | Error::Phase(detail) | Error::Internal(detail) => {
+                detail.clone()
+            }
+        }
     }
 
     /// The same error, saying it came from reading the fleet's phase.
@@ -68,7 +85,9 @@ impl fmt::Display for Error {
                 "{server}: {action} timed out after {}s",
                 format_seconds(*after)
             ),
-            Error::Command { server, detail } => write!(f, "{server}: {detail}"),
+            Error::Command { server, detail } | Error::NotReplicated { server, detail } => {
+                write!(f, "{server}: {detail}")
+            }
             Error::Interrupted { server } => write!(f, "{server}: interrupted"),
             Error::InvalidArgument(message) | Error::Phase(message) => f.write_str(message),
             Error::Internal(message) => write!(f, "internal error: {message}"),

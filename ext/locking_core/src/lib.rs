@@ -22,6 +22,7 @@ pub mod process;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod transport;
 pub mod url;
 

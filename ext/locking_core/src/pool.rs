@@ -60,6 +60,15 @@ impl Pool {
         }
     }
 
+    /// Drops every idle connection (their server is gone: a failover).
+    pub fn clear(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connections
+            .clear();
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle
             .lock()

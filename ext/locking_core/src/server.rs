@@ -2,8 +2,15 @@
 //!
 //! `Server` is the routing seam: it is what gives the node, and so the
 //! connection, for a key. A standalone server is one node for every key;
-//! Sentinel and Cluster servers are other kinds of `Server` with the same
-//! two questions to answer (`node_for`, `nodes`).
+//! Cluster servers will be another kind of `Server` with the same two
+//! questions to answer (`node_for`, `nodes`).
+//!
+//! A Sentinel setting is one node too, whose address is not configured but
+//! asked of the sentinels (`SENTINEL get-master-addr-by-name`) and checked
+//! with `ROLE`. A broken connection (or a READONLY reply, from a master
+//! demoted to replica) makes the node forget the address and drop its idle
+//! connections; the next connection asks the sentinels again. The scripts
+//! the new master lacks come back through the executor's NOSCRIPT path.
 
 use crate::codec::{lock, Value};
 use crate::connection::{Connection, Interrupt, ServerConfig};
@@ -11,8 +18,10 @@ use crate::error::{Error, Result};
 use crate::pipeline::{self, Dialect, Received, Request};
 use crate::pool::Pool;
 use crate::protocol::{Command, Reply};
+use crate::transport::{self, Address};
+use crate::url::Sentinel;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 /// A server of the configuration (the source, or the destination).
@@ -67,6 +76,10 @@ pub struct Node {
     /// Best-effort cleanups are skipped until this many ms after `created`.
     skip_cleanup_until_ms: AtomicU64,
     created: Instant,
+    /// With Sentinel: the master the sentinels last named, until a failure.
+    master: Mutex<Option<Address>>,
+    /// With Sentinel: how many times a master was looked up (for stats).
+    pub discoveries: AtomicU64,
 }
 
 /// How long a server that failed a best-effort cleanup is left alone.
@@ -95,7 +108,117 @@ impl Node {
             warning_pending: AtomicBool::new(false),
             skip_cleanup_until_ms: AtomicU64::new(0),
             created: Instant::now(),
+            master: Mutex::new(None),
+            discoveries: AtomicU64::new(0),
         }
+    }
+
+    /// Called when a connection to this node broke (or met READONLY): with
+    /// Sentinel, the master is looked up again and idle connections to the
+    /// old one are dropped. Nothing for a configured address.
+    pub fn connection_failed(&self) {
+        if self.config.sentinel.is_some() {
+            *self.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.pool.clear();
+        }
+    }
+
+    /// The master's address, asked of the sentinels when not known.
+    fn master(&self, sentinel: &Sentinel, interrupt: &Interrupt) -> Result<Address> {
+        if let Some(address) = self
+            .master
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(address);
+        }
+        self.discoveries.fetch_add(1, Ordering::Relaxed);
+        let mut unreachable = Vec::new();
+        let mut unknown = 0;
+        for address in &sentinel.sentinels {
+            match self.ask_sentinel(sentinel, address, interrupt) {
+                Ok(Some(master)) => {
+                    *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(master.clone());
+                    return Ok(master);
+                }
+                Ok(None) => unknown += 1,
+                Err(error @ Error::Interrupted { .. }) => return Err(error),
+                Err(error) => unreachable.push(format!(
+                    "{}: {}",
+                    transport::describe(address),
+                    error.detail()
+                )),
+            }
+        }
+        Err(Error::Connection {
+            server: self.name().to_string(),
+            detail: if unknown > 0 {
+                format!(
+                    "no sentinel knows a master named {:?} ({unknown} of {} answered; check the name)",
+                    sentinel.master,
+                    sentinel.sentinels.len()
+                )
+            } else {
+                format!("no sentinel reachable ({})", unreachable.join("; "))
+            },
+        })
+    }
+
+    fn ask_sentinel(
+        &self,
+        sentinel: &Sentinel,
+        address: &Address,
+        interrupt: &Interrupt,
+    ) -> Result<Option<Address>> {
+        let mut connection = Connection::open_sentinel(&self.config, sentinel, address, interrupt)?;
+        let request = Request::Plain(&[
+            "SENTINEL".into(),
+            "get-master-addr-by-name".into(),
+            sentinel.master.as_str().into(),
+        ]);
+        match pipeline::run_one(&mut connection, &self.dialect, request, interrupt)? {
+            Value::Array(items) => match items.as_slice() {
+                [Value::BulkString(host), Value::BulkString(port)] => {
+                    let host = String::from_utf8_lossy(host).into_owned();
+                    let port = String::from_utf8_lossy(port).parse::<u16>().map_err(|_| {
+                        Error::Command {
+                            server: transport::describe(address),
+                            detail: "sentinel answered a bad port".into(),
+                        }
+                    })?;
+                    Ok(Some(Address::Tcp(host, port)))
+                }
+                _ => Ok(None),
+            },
+            Value::Nil => Ok(None),
+            Value::ServerError(error) => Err(Error::Command {
+                server: transport::describe(address),
+                detail: format!("SENTINEL get-master-addr-by-name: {}", error.0),
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks that the server the sentinels named is a master (not a
+    /// replica still being promoted, or a demoted old master).
+    fn check_role(&self, connection: &mut Connection, interrupt: &Interrupt) -> Result<()> {
+        let role = match self.run(connection, Request::Plain(&["ROLE".into()]), interrupt)? {
+            Value::Array(items) => match items.first() {
+                Some(Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        if role == "master" {
+            return Ok(());
+        }
+        Err(Error::Connection {
+            server: connection.server().to_string(),
+            detail: format!(
+                "the sentinels named this server as the master, but its ROLE is {role:?} (a failover in progress?)"
+            ),
+        })
     }
 
     /// Whether best-effort cleanups skip this server for now (it just failed one).
@@ -166,7 +289,25 @@ impl Node {
 
     /// A new connection, checked as configured.
     pub fn connect(&self, interrupt: &Interrupt) -> Result<Connection> {
-        let mut connection = Connection::open(&self.config, interrupt)?;
+        let mut connection = match &self.config.sentinel {
+            None => Connection::open(&self.config, interrupt)?,
+            Some(sentinel) => {
+                let address = self.master(sentinel, interrupt)?;
+                let opened = Connection::open_to(&self.config, &address, interrupt).and_then(
+                    |mut connection| {
+                        self.check_role(&mut connection, interrupt)?;
+                        Ok(connection)
+                    },
+                );
+                match opened {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        self.connection_failed();
+                        return Err(error);
+                    }
+                }
+            }
+        };
         self.check_eviction(&mut connection, interrupt)?;
         Ok(connection)
     }

@@ -12,6 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::Tls;
+
 pub trait Transport: Send + Sync {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
@@ -19,6 +21,10 @@ pub trait Transport: Send + Sync {
     fn set_write_timeout(&self, timeout: Duration) -> io::Result<()>;
     /// Wakes any thread blocked reading or writing; unusable afterwards.
     fn shutdown(&self);
+    /// Completes a handshake (TLS) before the first command; nothing for plain sockets.
+    fn handshake(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a server listens.
@@ -28,14 +34,28 @@ pub enum Address {
     Unix(PathBuf),
 }
 
+/// `host:port`, or a socket's path, for messages.
+pub fn describe(address: &Address) -> String {
+    match address {
+        Address::Tcp(host, port) if host.contains(':') => format!("[{host}]:{port}"),
+        Address::Tcp(host, port) => format!("{host}:{port}"),
+        Address::Unix(path) => path.display().to_string(),
+    }
+}
+
 /// Why a transport could not be opened.
 pub enum ConnectError {
     TimedOut,
     Failed(&'static str, io::Error),
 }
 
-/// Opens a plain (unencrypted) stream to `address` within `timeout`.
-pub fn connect(address: &Address, timeout: Duration) -> Result<Box<dyn Transport>, ConnectError> {
+/// Opens a stream to `address` within `timeout`: TLS over TCP when `tls`
+/// is given (its handshake is run by the caller, see `Transport::handshake`).
+pub fn connect(
+    address: &Address,
+    timeout: Duration,
+    tls: Option<&Tls>,
+) -> Result<Box<dyn Transport>, ConnectError> {
     let failed = |what, error: io::Error| {
         if matches!(
             error.kind(),
@@ -56,7 +76,13 @@ pub fn connect(address: &Address, timeout: Duration) -> Result<Box<dyn Transport
                 match TcpStream::connect_timeout(&address, timeout) {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
-                        return Ok(Box::new(stream));
+                        return match tls {
+                            None => Ok(Box::new(stream)),
+                            Some(tls) => tls
+                                .wrap(stream, host)
+                                .map(|s| Box::new(s) as Box<dyn Transport>)
+                                .map_err(|e| ConnectError::Failed("cannot start TLS", e)),
+                        };
                     }
                     Err(error) => last_error = Some(error),
                 }
@@ -69,6 +95,10 @@ pub fn connect(address: &Address, timeout: Duration) -> Result<Box<dyn Transport
                 ),
             })
         }
+        Address::Unix(_) if tls.is_some() => Err(ConnectError::Failed(
+            "cannot start TLS",
+            io::Error::other("TLS over a unix socket is not supported"),
+        )),
         Address::Unix(path) => match UnixStream::connect(path) {
             Ok(stream) => Ok(Box::new(stream)),
             Err(error) => Err(failed("cannot connect", error)),

@@ -1,89 +1,174 @@
-//! Redis URLs, read the way redis-rb and the `redis` crate read them:
+//! Redis URLs, read the way redis-rb and the `redis` crate read them, and
+//! the one text form of every server setting (the Ruby side turns a
+//! settings Hash or a `Redis` object into one of these):
 //!
 //! - `redis://[[user][:password]@]host[:port][/db]` (also `valkey://`); an IPv6
 //!   host in brackets; the port 6379 by default; user and password
 //!   percent-decoded;
+//! - `rediss://...` (also `redis://...?ssl=true`): TLS, with the query options
+//!   `ca_file`, `ca_path`, `cert`, `key` (paths), `verify_mode=none|peer` and
+//!   `verify_hostname=true|false`;
+//! - `redis+sentinel://[[user][:password]@]host:port[,host:port...]/MASTER[/db]`
+//!   (`rediss+sentinel://` for TLS): the sentinels, and the master's name.
+//!   `user` and `password` are the master's; the query options
+//!   `sentinel_username` and `sentinel_password` are the sentinels';
 //! - `unix:///path/to/socket[?db=N][&user=U][&pass=P]` (also `redis+unix://`).
-//!
-//! `rediss://` (TLS) is refused with a clear message until TLS lands.
 
+use crate::tls::TlsSettings;
 use crate::transport::Address;
 use std::path::PathBuf;
 
 /// What a URL says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
+    /// The server; for a Sentinel URL, the first sentinel (see `sentinel`).
     pub address: Address,
     pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<TlsSettings>,
+    pub sentinel: Option<Sentinel>,
+}
+
+/// A master found through sentinels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    pub master: String,
+    pub sentinels: Vec<Address>,
     pub username: Option<String>,
     pub password: Option<String>,
 }
 
 impl RedisUrl {
-    /// The URL without user or password, for messages.
+    /// The URL without user, password or file paths, for messages.
     pub fn name(&self) -> String {
-        match &self.address {
-            Address::Tcp(host, port) if host.contains(':') => {
-                format!("redis://[{host}]:{port}/{}", self.db)
-            }
-            Address::Tcp(host, port) => format!("redis://{host}:{port}/{}", self.db),
-            Address::Unix(path) => format!("unix://{}?db={}", path.display(), self.db),
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        if let Some(sentinel) = &self.sentinel {
+            let hosts: Vec<String> = sentinel.sentinels.iter().map(host_port).collect();
+            return format!(
+                "{scheme}+sentinel://{}/{}/{}",
+                hosts.join(","),
+                sentinel.master,
+                self.db
+            );
         }
+        match &self.address {
+            Address::Unix(path) => format!("unix://{}?db={}", path.display(), self.db),
+            tcp => format!("{scheme}://{}/{}", host_port(tcp), self.db),
+        }
+    }
+}
+
+fn host_port(address: &Address) -> String {
+    match address {
+        Address::Tcp(host, port) if host.contains(':') => format!("[{host}]:{port}"),
+        Address::Tcp(host, port) => format!("{host}:{port}"),
+        Address::Unix(path) => path.display().to_string(),
     }
 }
 
 /// Reads `url`; the error says what is wrong, in words.
 pub fn parse(url: &str) -> Result<RedisUrl, String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| "no scheme (expected redis:// or unix://)".to_string())?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        "no scheme (expected redis://, rediss://, redis+sentinel:// or unix://)".to_string()
+    })?;
     match scheme {
-        "redis" | "valkey" => tcp(rest),
+        "redis" | "valkey" => tcp(rest, false),
+        "rediss" | "valkeys" => tcp(rest, true),
+        "redis+sentinel" | "valkey+sentinel" => sentinel(rest, false),
+        "rediss+sentinel" | "valkeys+sentinel" => sentinel(rest, true),
         "unix" | "redis+unix" | "valkey+unix" => unix(rest),
-        "rediss" | "valkeys" => Err("TLS Redis URLs are not supported yet".into()),
         other => Err(format!("unsupported scheme {other:?}")),
     }
 }
 
-fn tcp(rest: &str) -> Result<RedisUrl, String> {
+/// `[[user][:password]@]` and the rest of the authority.
+fn credentials(authority: &str) -> Result<(Option<String>, Option<String>, &str), String> {
+    Ok(match authority.rfind('@') {
+        Some(at) => {
+            let info = &authority[..at];
+            let (user, pass) = match info.split_once(':') {
+                Some((user, pass)) => (non_empty(decode(user)?), Some(decode(pass)?)),
+                None => (non_empty(decode(info)?), None),
+            };
+            (user, pass, &authority[at + 1..])
+        }
+        None => (None, None, authority),
+    })
+}
+
+fn tcp(rest: &str, tls: bool) -> Result<RedisUrl, String> {
     let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, path) = match main.find('/') {
         Some(slash) => (&main[..slash], &main[slash + 1..]),
         None => (main, ""),
     };
-    let (userinfo, host_port) = match authority.rfind('@') {
-        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-        None => (None, authority),
-    };
-    let (host, port) = host_and_port(host_port)?;
+    let (username, password, host_port) = credentials(authority)?;
+    let (host, port) = host_and_port(host_port, 6379)?;
     if host.is_empty() {
         return Err("no host".into());
     }
-    let (mut username, mut password) = match userinfo {
-        Some(info) => match info.split_once(':') {
-            Some((user, pass)) => (non_empty(decode(user)?), Some(decode(pass)?)),
-            None => (non_empty(decode(info)?), None),
-        },
-        None => (None, None),
-    };
-    let mut db = match path.trim_matches('/') {
+    let db = match path.trim_matches('/') {
         "" => 0,
         text => database(text)?,
     };
-    for (name, value) in query_pairs(query)? {
-        match name.as_str() {
-            "db" => db = database(&value)?,
-            "user" | "username" => username = non_empty(value),
-            "pass" | "password" => password = Some(value),
-            _ => {} // other clients' options (protocol=, ...)
-        }
-    }
-    Ok(RedisUrl {
+    let mut url = RedisUrl {
         address: Address::Tcp(host, port),
         db,
         username,
         password,
-    })
+        tls: tls.then(TlsSettings::default),
+        sentinel: None,
+    };
+    options(&mut url, query)?;
+    Ok(url)
+}
+
+fn sentinel(rest: &str, tls: bool) -> Result<RedisUrl, String> {
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = main.split_once('/').ok_or(
+        "a Sentinel URL needs the master's name: redis+sentinel://host:26379,host:26379/mymaster",
+    )?;
+    let (username, password, hosts) = credentials(authority)?;
+    let mut sentinels = Vec::new();
+    for host_port in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (host, port) = host_and_port(host_port, 26379)?;
+        if host.is_empty() {
+            return Err("a sentinel without a host".into());
+        }
+        sentinels.push(Address::Tcp(host, port));
+    }
+    if sentinels.is_empty() {
+        return Err("no sentinel host".into());
+    }
+    let mut parts = path.trim_matches('/').splitn(2, '/');
+    let master = decode(parts.next().unwrap_or(""))?;
+    if master.is_empty() {
+        return Err("no master name (redis+sentinel://host:26379/mymaster)".into());
+    }
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(text) => database(text)?,
+    };
+    let mut url = RedisUrl {
+        address: sentinels[0].clone(),
+        db,
+        username,
+        password,
+        tls: tls.then(TlsSettings::default),
+        sentinel: Some(Sentinel {
+            master,
+            sentinels,
+            username: None,
+            password: None,
+        }),
+    };
+    options(&mut url, query)?;
+    Ok(url)
 }
 
 fn unix(rest: &str) -> Result<RedisUrl, String> {
@@ -96,19 +181,97 @@ fn unix(rest: &str) -> Result<RedisUrl, String> {
         db: 0,
         username: None,
         password: None,
+        tls: None,
+        sentinel: None,
     };
+    options(&mut url, query)?;
+    if url.tls.is_some() {
+        return Err("TLS over a unix socket is not supported".into());
+    }
+    Ok(url)
+}
+
+/// The query options; others' (`protocol=`, ...) are ignored.
+fn options(url: &mut RedisUrl, query: &str) -> Result<(), String> {
+    let mut tls_options = Vec::new();
     for (name, value) in query_pairs(query)? {
         match name.as_str() {
             "db" => url.db = database(&value)?,
             "user" | "username" => url.username = non_empty(value),
             "pass" | "password" => url.password = Some(value),
+            "ssl" | "tls" => {
+                if flag(&name, &value)? {
+                    url.tls.get_or_insert_with(TlsSettings::default);
+                } else {
+                    url.tls = None;
+                }
+            }
+            "ca_file" | "ca_path" | "cert" | "key" | "verify_mode" | "verify_hostname" => {
+                tls_options.push((name, value))
+            }
+            "sentinel_username" | "sentinel_password" | "role" => {
+                let sentinel = url
+                    .sentinel
+                    .as_mut()
+                    .ok_or_else(|| format!("{name} is for a redis+sentinel:// URL"))?;
+                match name.as_str() {
+                    "sentinel_username" => sentinel.username = non_empty(value),
+                    "sentinel_password" => sentinel.password = Some(value),
+                    _ if value == "master" => {}
+                    _ => {
+                        return Err(format!(
+                            "role {value:?}: locks are only ever read and written on the master (role=master)"
+                        ))
+                    }
+                }
+            }
             _ => {}
         }
     }
-    Ok(url)
+    if tls_options.is_empty() {
+        return Ok(());
+    }
+    let tls = url.tls.as_mut().ok_or_else(|| {
+        format!(
+            "{} given but TLS is off (use rediss://, or ssl=true)",
+            tls_options[0].0
+        )
+    })?;
+    for (name, value) in tls_options {
+        match name.as_str() {
+            "ca_file" => tls.ca_file = Some(path(&name, value)?),
+            "ca_path" => tls.ca_path = Some(path(&name, value)?),
+            "cert" => tls.cert = Some(path(&name, value)?),
+            "key" => tls.key = Some(path(&name, value)?),
+            "verify_mode" => {
+                tls.verify_peer = match value.to_ascii_lowercase().as_str() {
+                    "none" | "0" => false,
+                    "peer" | "1" => true,
+                    _ => return Err(format!("verify_mode {value:?} (expected none or peer)")),
+                }
+            }
+            _ => tls.verify_hostname = flag(&name, &value)?,
+        }
+    }
+    Ok(())
 }
 
-fn host_and_port(text: &str) -> Result<(String, u16), String> {
+fn path(name: &str, value: String) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    Ok(PathBuf::from(value))
+}
+
+fn flag(name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{name}={value:?} (expected true or false)")),
+    }
+}
+
+fn host_and_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(inner) = text.strip_prefix('[') {
         let close = inner
             .find(']')
@@ -127,7 +290,7 @@ fn host_and_port(text: &str) -> Result<(String, u16), String> {
         }
     };
     let port = match port {
-        None => 6379,
+        None => default_port,
         Some(port) => port
             .parse::<u16>()
             .ok()
@@ -195,6 +358,8 @@ mod tests {
             db,
             username: user.map(Into::into),
             password: pass.map(Into::into),
+            tls: None,
+            sentinel: None,
         }
     }
 
@@ -231,13 +396,53 @@ mod tests {
     }
 
     #[test]
+    fn reads_tls_and_sentinel_forms() {
+        let url = parse(
+            "rediss://:pw@cache.example:6380/1?ca_file=%2Fetc%2Fca.pem&verify_hostname=false",
+        )
+        .unwrap();
+        let tls = url.tls.clone().unwrap();
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(tls.verify_peer && !tls.verify_hostname);
+        assert_eq!(url.name(), "rediss://cache.example:6380/1");
+        let plain_with_ssl = parse("redis://h:1?ssl=true&verify_mode=none").unwrap();
+        assert!(!plain_with_ssl.tls.unwrap().verify_peer);
+        let url =
+            parse("redis+sentinel://:mpw@s1:26379,s2,[::1]:26381/mymaster/2?sentinel_password=spw")
+                .unwrap();
+        let sentinel = url.sentinel.clone().unwrap();
+        assert_eq!(sentinel.master, "mymaster");
+        assert_eq!(
+            sentinel.sentinels,
+            vec![
+                Address::Tcp("s1".into(), 26379),
+                Address::Tcp("s2".into(), 26379),
+                Address::Tcp("::1".into(), 26381)
+            ]
+        );
+        assert_eq!((url.db, url.password.as_deref()), (2, Some("mpw")));
+        assert_eq!(sentinel.password.as_deref(), Some("spw"));
+        assert_eq!(
+            url.name(),
+            "redis+sentinel://s1:26379,s2:26379,[::1]:26381/mymaster/2"
+        );
+        assert!(parse("rediss+sentinel://s1/m").unwrap().tls.is_some());
+    }
+
+    #[test]
     fn says_what_is_wrong() {
         for (url, says) in [
             ("", "no scheme"),
             ("nonsense", "no scheme"),
             ("http://127.0.0.1", "unsupported scheme"),
             ("redis://[::1", "closing ]"),
-            ("rediss://h:1", "TLS"),
+            ("redis://h:1?ca_file=/x", "TLS is off"),
+            ("unix:///s?ssl=true", "unix socket"),
+            ("redis+sentinel://h:1", "master's name"),
+            ("redis+sentinel://h:1/", "no master name"),
+            ("redis://h?role=master", "redis+sentinel"),
+            ("redis+sentinel://h/m?role=replica", "only ever"),
+            ("rediss://h?verify_mode=maybe", "verify_mode"),
             ("redis://h:0", "bad port"),
             ("redis://h:99999", "bad port"),
             ("redis://h:1/x", "bad database"),

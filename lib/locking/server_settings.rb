@@ -1,0 +1,192 @@
+# frozen_string_literal: true
+
+class Locking
+  # Turns every form a server can be given in into the one text form the core
+  # reads: a URL (see ext/locking_core/src/url.rs, and "Production Redis" in
+  # the README).
+  #
+  #   "rediss://:pw@host:6380/0"                        # a URL, as is
+  #   { host: "h", port: 6380, ssl: true, password: "pw",
+  #     ssl_params: { ca_file: "/etc/ca.pem" } }          # redis-rb's vocabulary
+  #   { name: "mymaster", sentinels: [{ host: "s1", port: 26379 }], role: :master }
+  #   Resque.redis / Sidekiq's Redis / any Redis object  # its connection options
+  #
+  # A Hash and a URL become the same thing: settings in config/locking.yml,
+  # in Locking.configure and in LOCKING_SOURCE_URL are interchangeable.
+  module ServerSettings
+    KEYS = %i[url scheme host port path db username password ssl ssl_params name sentinels role
+              sentinel_username sentinel_password].freeze
+    SSL_KEYS = %i[ca_file ca_path cert key verify_mode verify_hostname].freeze
+    # redis-rb options that say nothing about where the server is (timeouts are Locking's own).
+    IGNORED = %i[timeout connect_timeout read_timeout write_timeout driver id tcp_keepalive reconnect_attempts
+                 reconnect_delay reconnect_delay_max inherit_socket logger _parsed protocol].freeze
+
+    module_function
+
+    # @return [String, nil] the URL for `value`; ArgumentError/TypeError say what is wrong.
+    def to_url(value, name)
+      case value
+      when nil then nil
+      when String then value.dup.freeze
+      when Hash then from_hash(symbolize(value), name).freeze
+      else
+        options = redis_options(value)
+        raise TypeError, "#{name} must be a Redis URL String, a settings Hash or a Redis object, got #{value.inspect}" unless options
+
+        from_hash(options.slice(*KEYS).compact, name).freeze
+      end
+    end
+
+    # Whether the URL turns certificate checks off (verify_mode none).
+    def unverified?(url)
+      url.is_a?(String) && url.match?(/[?&]verify_mode=(none|0)(&|\z)/i)
+    end
+
+    # The connection options of a redis-rb Redis (4.x, or 5.x over
+    # redis-client), unwrapping Redis::Namespace; nil for anything else.
+    def redis_options(object)
+      object = object.redis while object.respond_to?(:redis) && !object.respond_to?(:_client)
+      return nil unless object.respond_to?(:_client)
+
+      client = object._client
+      if client.respond_to?(:options) # redis-rb 4
+        options = client.options.dup
+        options.delete(:url) # parsed into host, port, path ... already
+        options[:name] ||= options[:host] if options[:sentinels]
+        options[:ssl] = true if options[:scheme] == "rediss"
+        options
+      elsif client.respond_to?(:config) # redis-rb 5: a RedisClient
+        config_options(client.config)
+      end
+    end
+
+    def config_options(config)
+      options = {}
+      %i[host port path db username password ssl ssl_params name sentinels].each do |key|
+        options[key] = config.public_send(key) if config.respond_to?(key)
+      end
+      options[:password] = config.password if config.respond_to?(:password)
+      options[:sentinels] = options[:sentinels]&.map { |s| s.respond_to?(:host) ? { host: s.host, port: s.port } : s }
+      options
+    end
+
+    def symbolize(hash)
+      hash.to_h { |key, value| [key.to_sym, value.is_a?(Hash) ? symbolize(value) : value] }
+    end
+
+    def from_hash(hash, name)
+      unknown = hash.keys - KEYS - IGNORED
+      unless unknown.empty?
+        raise ArgumentError, "#{name}: unknown setting #{unknown.map(&:inspect).join(', ')} (known: #{KEYS.join(', ')})"
+      end
+
+      hash[:sentinels] ? sentinel_url(hash, name) : server_url(hash, name)
+    end
+
+    def server_url(hash, name)
+      if hash[:url]
+        where = %i[host port path].select { |key| hash[key] }
+        raise ArgumentError, "#{name}: give url or #{where.join('/')}, not both" unless where.empty?
+
+        base = hash[:url].to_s
+      elsif hash[:path]
+        base = "unix://#{hash[:path]}"
+      else
+        host = hash.fetch(:host, "127.0.0.1").to_s
+        host = "[#{host}]" if host.include?(":")
+        scheme = ssl?(hash) ? "rediss" : "redis"
+        base = "#{scheme}://#{host}:#{Integer(hash.fetch(:port, 6379))}"
+      end
+      with_query(base, common_query(hash, name))
+    end
+
+    def sentinel_url(hash, name)
+      master = hash[:name]
+      raise ArgumentError, "#{name}: sentinels need the master's name (name: \"mymaster\")" if master.to_s.empty?
+      raise ArgumentError, "#{name}: give sentinels or url, not both" if hash[:url]
+
+      role = hash.fetch(:role, :master).to_s
+      unless role == "master"
+        raise ArgumentError, "#{name}: role #{role.inspect}: locks are only ever read and written on the master"
+      end
+
+      hosts = Array(hash[:sentinels]).map { |sentinel| sentinel_host(sentinel, name) }
+      raise ArgumentError, "#{name}: sentinels is empty" if hosts.empty?
+
+      scheme = ssl?(hash) ? "rediss+sentinel" : "redis+sentinel"
+      query = common_query(hash, name)
+      query << ["sentinel_username", hash[:sentinel_username]] if hash[:sentinel_username]
+      query << ["sentinel_password", hash[:sentinel_password]] if hash[:sentinel_password]
+      with_query("#{scheme}://#{hosts.join(',')}/#{escape(master.to_s)}", query)
+    end
+
+    def sentinel_host(sentinel, name)
+      case sentinel
+      when String
+        sentinel.sub(%r{\A[a-z+]+://}, "").sub(%r{/.*\z}, "").sub(/\A.*@/, "")
+      when Hash
+        sentinel = symbolize(sentinel)
+        host = sentinel.fetch(:host) { raise ArgumentError, "#{name}: a sentinel without a host: #{sentinel.inspect}" }.to_s
+        host = "[#{host}]" if host.include?(":")
+        "#{host}:#{Integer(sentinel.fetch(:port, 26_379))}"
+      else
+        raise TypeError, "#{name}: a sentinel must be a Hash or a URL, got #{sentinel.inspect}"
+      end
+    end
+
+    def ssl?(hash)
+      hash[:ssl] == true || hash[:scheme].to_s == "rediss"
+    end
+
+    # db, credentials and TLS options, as query pairs the core reads.
+    def common_query(hash, name)
+      query = []
+      query << ["db", Integer(hash[:db])] if hash[:db]
+      query << ["username", hash[:username]] if hash[:username]
+      query << ["password", hash[:password]] if hash[:password]
+      query << %w[ssl true] if hash[:url] && hash[:ssl] == true
+      query.concat(ssl_query(hash[:ssl_params], name)) if hash[:ssl_params]
+      query
+    end
+
+    def ssl_query(params, name)
+      raise TypeError, "#{name}: ssl_params must be a Hash, got #{params.inspect}" unless params.is_a?(Hash)
+
+      params = symbolize(params)
+      unknown = params.keys - SSL_KEYS
+      unless unknown.empty?
+        raise ArgumentError, "#{name}: unknown ssl_params #{unknown.map(&:inspect).join(', ')} (known: #{SSL_KEYS.join(', ')})"
+      end
+
+      params.filter_map do |key, value|
+        next if value.nil?
+
+        case key
+        when :verify_mode then ["verify_mode", verify_mode(value, name)]
+        when :verify_hostname then ["verify_hostname", value ? "true" : "false"]
+        else [key.to_s, value.to_s]
+        end
+      end
+    end
+
+    # OpenSSL::SSL::VERIFY_NONE is 0, VERIFY_PEER 1 (with or without the fail flags).
+    def verify_mode(value, name)
+      case value
+      when 0, :none, "none" then "none"
+      when Integer, :peer, "peer" then "peer"
+      else raise ArgumentError, "#{name}: verify_mode must be OpenSSL::SSL::VERIFY_NONE or VERIFY_PEER, got #{value.inspect}"
+      end
+    end
+
+    def with_query(base, pairs)
+      return base if pairs.empty?
+
+      separator = base.include?("?") ? "&" : "?"
+      base + separator + pairs.map { |key, value| "#{key}=#{escape(value.to_s)}" }.join("&")
+    end
+
+    def escape(text)
+      text.b.gsub(/[^A-Za-z0-9\-._~]/n) { |char| format("%%%02X", char.ord) }
+    end
+  end
+end

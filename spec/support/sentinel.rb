@@ -1,0 +1,130 @@
+# frozen_string_literal: true
+
+# A real Sentinel set: a master, a replica, and three `redis-server
+# --sentinel` processes watching them, on free loopback ports. Start it once
+# per spec file: a failover takes seconds.
+class SentinelSet
+  MASTER_NAME = "locksmaster"
+  DOWN_AFTER_MS = 1000
+
+  attr_reader :master, :replica, :sentinel_ports, :servers
+
+  def initialize
+    @master = RedisServer.start("sentinel-master")
+    @replica = RedisServer.start("sentinel-replica", settings: ["--replicaof", "127.0.0.1", @master.port.to_s])
+    @servers = [@master, @replica]
+    @sentinels = []
+    @sentinel_ports = []
+    3.times { |index| start_sentinel(index) }
+    wait_for("the replica to sync") { in_sync?(@master) }
+    wait_for("every sentinel to see the replica and the other sentinels") do
+      @sentinel_ports.all? do |port|
+        sentinel(port) do |redis|
+          info = redis.call("SENTINEL", "master", MASTER_NAME).each_slice(2).to_h
+          info["num-slaves"].to_i >= 1 && info["num-other-sentinels"].to_i >= 2
+        end
+      end
+    end
+  end
+
+  # The settings Hash a user writes (redis-rb's vocabulary).
+  def settings(**more)
+    { name: MASTER_NAME, sentinels: @sentinel_ports.map { |port| { host: "127.0.0.1", port: port } }, role: :master }
+      .merge(more)
+  end
+
+  def url
+    "redis+sentinel://#{@sentinel_ports.map { |port| "127.0.0.1:#{port}" }.join(',')}/#{MASTER_NAME}"
+  end
+
+  # The server the sentinels name as master now.
+  def current_master
+    host, port = sentinel(@sentinel_ports.first) { |r| r.call("SENTINEL", "get-master-addr-by-name", MASTER_NAME) }
+    raise "sentinels name #{host}" unless host == "127.0.0.1"
+
+    @servers.find { |server| server.port == Integer(port) }
+  end
+
+  # SIGKILLs the current master; returns it (dead).
+  def kill_master
+    victim = current_master
+    Process.kill(:KILL, victim.pid)
+    Process.wait(victim.pid)
+    victim
+  end
+
+  # Waits until the sentinels name a master other than `old` and it reports itself as one.
+  def wait_for_failover(old, timeout: 60)
+    wait_for("a failover away from #{old.port}", timeout: timeout) do
+      now = current_master
+      now && now != old && now.redis.call("ROLE").first == "master"
+    end
+  end
+
+  # Starts `server` again on its port, empty; the sentinels turn it into a replica of the master.
+  def bring_back(server)
+    server.instance_variable_set(:@pid, nil)
+    server.restart
+    wait_for("#{server.port} to replicate the master", timeout: 60) do
+      server.redis.call("ROLE").first == "slave" && in_sync?(current_master)
+    end
+  end
+
+  def cleanup
+    @sentinels.each do |pid|
+      Process.kill(:KILL, pid)
+      Process.wait(pid)
+    rescue Errno::ESRCH, Errno::ECHILD
+      nil
+    end
+    @servers.each(&:cleanup)
+    FileUtils.rm_rf(@dir) if @dir
+  end
+
+  private
+
+  def start_sentinel(index)
+    @dir ||= Dir.mktmpdir("locking-sentinels-")
+    port = RedisServer.free_port
+    config = File.join(@dir, "sentinel-#{index}.conf")
+    File.write(config, <<~CONF)
+      port #{port}
+      bind 127.0.0.1
+      dir #{@dir}
+      sentinel monitor #{MASTER_NAME} 127.0.0.1 #{@master.port} 2
+      sentinel down-after-milliseconds #{MASTER_NAME} #{DOWN_AFTER_MS}
+      sentinel failover-timeout #{MASTER_NAME} 10000
+      sentinel parallel-syncs #{MASTER_NAME} 1
+    CONF
+    @sentinels << Process.spawn(RedisServer::BINARY, config, "--sentinel",
+                                out: File.join(@dir, "sentinel-#{index}.log"), err: %i[child out])
+    @sentinel_ports << port
+    wait_for("sentinel #{port} to answer") { sentinel(port) { |r| r.ping == "PONG" } }
+  end
+
+  def sentinel(port)
+    redis = Redis.new(host: "127.0.0.1", port: port, timeout: 1)
+    yield redis
+  rescue Redis::BaseError, Errno::ECONNREFUSED
+    nil
+  ensure
+    redis&.close
+  end
+
+  def in_sync?(master)
+    role = master.redis.call("ROLE")
+    role.first == "master" && role[2].any? && role[2].all? { |(_, _, offset)| offset.to_i == role[1].to_i }
+  rescue Redis::BaseError
+    false
+  end
+
+  def wait_for(what, timeout: 30)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    until (result = yield)
+      raise "timed out waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.05
+    end
+    result
+  end
+end
