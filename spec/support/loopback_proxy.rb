@@ -15,6 +15,7 @@ class LoopbackProxy
     @port = @server.addr[1]
     @lock = Mutex.new
     @threads = []
+    @sockets = []
     @acceptor = Thread.new { accept_loop }
   end
 
@@ -34,7 +35,13 @@ class LoopbackProxy
   def accept_loop
     loop do
       client = @server.accept
-      upstream = TCPSocket.new("127.0.0.1", @target_port)
+      begin
+        upstream = TCPSocket.new("127.0.0.1", @target_port)
+      rescue SystemCallError # the server is down: so is this connection
+        client.close
+        next
+      end
+      @lock.synchronize { @sockets.push(client, upstream) }
       @threads << Thread.new { pump(client, upstream) { |data| forward_request(data, upstream, client) } }
       @threads << Thread.new { pump(upstream, client) { |data| forward_reply(data, client, upstream) } }
     end

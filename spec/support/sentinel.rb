@@ -1,17 +1,27 @@
 # frozen_string_literal: true
 
+require_relative "lagging_proxy"
+
 # A real Sentinel set: a master, a replica, and three `redis-server
 # --sentinel` processes watching them, on free loopback ports. Start it once
 # per spec file: a failover takes seconds.
+#
+# The replica replicates through a LaggingProxy (`REPLICATION_LAG_MS`): the
+# master's host is in another zone. Clients and sentinels reach every server
+# directly. Killing the master kills its link too, with what was in flight.
+# (A sentinel re-points a replica whose master address differs from the one
+# it monitors only after failover-timeout, so it leaves the proxied link be.)
 class SentinelSet
   MASTER_NAME = "locksmaster"
   DOWN_AFTER_MS = 1000
+  REPLICATION_LAG_MS = 2
 
   attr_reader :master, :replica, :sentinel_ports, :servers
 
   def initialize
+    @links = {}
     @master = RedisServer.start("sentinel-master")
-    @replica = RedisServer.start("sentinel-replica", settings: ["--replicaof", "127.0.0.1", @master.port.to_s])
+    @replica = RedisServer.start("sentinel-replica", settings: ["--replicaof", "127.0.0.1", link_to(@master).port.to_s])
     @servers = [@master, @replica]
     @sentinels = []
     @sentinel_ports = []
@@ -45,10 +55,11 @@ class SentinelSet
     @servers.find { |server| server.port == Integer(port) }
   end
 
-  # SIGKILLs the current master; returns it (dead).
+  # SIGKILLs the current master, and its replication link with what is in flight; returns it (dead).
   def kill_master
     victim = current_master
     Process.kill(:KILL, victim.pid)
+    @links.delete(victim)&.close
     Process.wait(victim.pid)
     victim
   end
@@ -61,13 +72,17 @@ class SentinelSet
     end
   end
 
-  # Starts `server` again on its port, empty; the sentinels turn it into a replica of the master.
+  # Starts `server` again on its port, empty; the sentinels turn it into a
+  # replica of the master, and it is then pointed at the master's lagging link.
   def bring_back(server)
     server.instance_variable_set(:@pid, nil)
     server.restart
-    wait_for("#{server.port} to replicate the master", timeout: 60) do
-      server.redis.call("ROLE").first == "slave" && in_sync?(current_master)
+    master = current_master
+    wait_for("the sentinels to make #{server.port} a replica", timeout: 60) do
+      server.redis.call("ROLE").first == "slave"
     end
+    server.redis.call("REPLICAOF", "127.0.0.1", link_to(master).port.to_s)
+    wait_for("#{server.port} to replicate the master", timeout: 60) { in_sync?(master) }
   end
 
   def cleanup
@@ -78,10 +93,15 @@ class SentinelSet
       nil
     end
     @servers.each(&:cleanup)
+    @links.each_value(&:close)
     FileUtils.rm_rf(@dir) if @dir
   end
 
   private
+
+  def link_to(master)
+    @links[master] ||= LaggingProxy.new(master.port, lag_ms: REPLICATION_LAG_MS)
+  end
 
   def start_sentinel(index)
     @dir ||= Dir.mktmpdir("locking-sentinels-")
@@ -93,7 +113,7 @@ class SentinelSet
       dir #{@dir}
       sentinel monitor #{MASTER_NAME} 127.0.0.1 #{@master.port} 2
       sentinel down-after-milliseconds #{MASTER_NAME} #{DOWN_AFTER_MS}
-      sentinel failover-timeout #{MASTER_NAME} 10000
+      sentinel failover-timeout #{MASTER_NAME} 180000
       sentinel parallel-syncs #{MASTER_NAME} 1
     CONF
     @sentinels << Process.spawn(RedisServer::BINARY, config, "--sentinel",

@@ -479,7 +479,9 @@ impl<'c> Lease<'c> {
             return Ok(());
         }
         let full_key = self.full_key(key)?;
-        let timeout_ms = self.client.timeout.as_millis().max(1).to_string();
+        // Half the timeout, so that WAIT's own answer (fewer replicas)
+        // arrives well before the read gives up on it.
+        let timeout_ms = (self.client.timeout.as_millis() / 2).max(1).to_string();
         let wanted_text = wanted.to_string();
         for target in [Target::Source, Target::Destination] {
             let used = match target {
