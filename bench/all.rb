@@ -41,6 +41,7 @@ network_ops = quick ? %w[--ops 100 --rounds 3] : %w[--ops 500 --rounds 3]
 runs = [
   ["ops.rb", [*ops, "--label", "[2 cores] "]],
   ["ops.rb", [*ops, "--label", "[1 core] ", "--no-threads"], %w[taskset -c 0]],
+  ["tls.rb", ops],
   ["rss.rb", quick ? %w[--cycles 100000] : []],
   ["backfill.rb", quick ? %w[--keys 100000 --rounds 3] : %w[--keys 1000000 --rounds 3]],
   ["ops.rb", [*network_ops, "--label", "[0.5 ms RTT] ", "--no-threads", "--network", "250"]]

@@ -82,8 +82,9 @@ class Locking
         o.on("--environment NAME", "the section of --config (default: RAILS_ENV, RACK_ENV, else production)") do |v|
           options[:environment] = v
         end
-        o.on("--source URL", "source Redis (default: LOCKING_SOURCE_URL, REDIS_URL)") { |v| explicit(:source, v) }
-        o.on("--destination URL", "destination Redis (default: LOCKING_DESTINATION_URL)") do |v|
+        o.on("--source URL", "source Redis: redis://, rediss://...?ca_file=..., redis+sentinel://s1:26379,s2/master " \
+                             "(default: LOCKING_SOURCE_URL, REDIS_URL)") { |v| explicit(:source, v) }
+        o.on("--destination URL", "destination Redis, the same forms (default: LOCKING_DESTINATION_URL)") do |v|
           explicit(:destination, v)
         end
         o.on("--allow-empty", "gate, phase: accept a prefix under which no lock and no process is found") do

@@ -60,6 +60,25 @@ RSpec.describe "Redis Sentinel" do
     expect(out).to match(%r{redis\+sentinel://.*/locksmaster/0 +1 lock keys})
   end
 
+  it "reads Sentinel settings from a YAML file (exe/locking --config)" do
+    configure(set.url)
+    Locking.new("held").acquire(60)
+    file = File.join(Dir.mktmpdir("locking-yaml-"), "locking.yml")
+    File.write(file, <<~YAML)
+      source:
+        name: #{SentinelSet::MASTER_NAME}
+        role: master
+        sentinels:
+      #{set.sentinel_ports.map { |port| "    - host: 127.0.0.1\n      port: #{port}" }.join("\n")}
+    YAML
+    out = StringIO.new
+    status = Locking::CLI.new(["status", "--config", file, "--no-progress"], out: out, err: StringIO.new).run
+    expect(status).to eq(0)
+    expect(out.string).to match(%r{source +redis\+sentinel://127.0.0.1:\d+,127.0.0.1:\d+,127.0.0.1:\d+/locksmaster/0 +1 lock keys})
+  ensure
+    FileUtils.rm_rf(File.dirname(file)) if file
+  end
+
   # Acquires distinct locks from 4 threads until exactly `count` are held,
   # and SIGKILLs the master (with its replication link) the moment the last
   # one returns. Returns the keys held, and the killed master.

@@ -109,6 +109,33 @@ RSpec.describe "TLS (rediss://)" do
     tls_source.redis.select(0)
   end
 
+  it "reads the same settings from a YAML file (exe/locking --config) and from the environment" do
+    configure(tls_source.tls_url, nil, :source)
+    Locking.new("held").acquire(60)
+    file = File.join(certs.dir, "locking.yml")
+    File.write(file, <<~YAML)
+      production:
+        source:
+          host: 127.0.0.1
+          port: #{tls_source.tls_port}
+          ssl: true
+          ssl_params:
+            ca_file: #{certs.path("ca.crt")}
+        destination: #{tls_destination.tls_url}
+        min_replicas_acked: 0
+    YAML
+    out = StringIO.new
+    status = Locking::CLI.new(["status", "--config", file, "--environment", "production", "--no-progress"],
+                              out: out, err: StringIO.new).run
+    expect(status).to eq(0)
+    expect(out.string).to match(%r{source +rediss://127.0.0.1:#{tls_source.tls_port}/0 +1 lock keys})
+    expect(out.string).to match(%r{destination +rediss://127.0.0.1:#{tls_destination.tls_port}/0 +0 lock keys})
+
+    config = Locking::Configuration.new("LOCKING_SOURCE_URL" => tls_source.tls_url, "LOCKING_PHASE" => "source")
+    client = Locking::Client.build(config)
+    expect(client.locked?("held")).to be(true)
+  end
+
   it "does mutual TLS with a client certificate" do
     url = mutual.tls_url(cert: certs.path("client.crt"), key: certs.path("client.key"))
     configure(url, nil, :source)
