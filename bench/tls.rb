@@ -47,10 +47,12 @@ end
 token = "0b5b3f4c-7f6e-4a51-9d43-6a1d2b8e9f10"
 options[:rounds].times do |round|
   clients.each do |kind, client|
-    measured[:"locking_#{kind}"] << time.() { |i| client.acquire("b#{round}:#{i}", token, 10_000) && client.release("b#{round}:#{i}", token) }
+    took = time.() { |i| client.acquire("b#{round}:#{i}", token, 10_000) && client.release("b#{round}:#{i}", token) }
+    measured[:"locking_#{kind}"] << took
   end
   references.each do |kind, reference|
-    measured[:"ruby_#{kind}"] << time.() { |i| reference.acquire("r#{round}:#{i}", token, 10, [0]) && reference.release("r#{round}:#{i}", token, [0]) }
+    took = time.() { |i| reference.acquire("r#{round}:#{i}", token, 10, [0]) && reference.release("r#{round}:#{i}", token, [0]) }
+    measured[:"ruby_#{kind}"] << took
   end
 end
 median = measured.transform_values { |values| Bench.median(values) }

@@ -120,7 +120,7 @@ RSpec.describe "TLS (rediss://)" do
           port: #{tls_source.tls_port}
           ssl: true
           ssl_params:
-            ca_file: #{certs.path("ca.crt")}
+            ca_file: #{certs.path('ca.crt')}
         destination: #{tls_destination.tls_url}
         min_replicas_acked: 0
     YAML
