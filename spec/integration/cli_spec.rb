@@ -213,7 +213,8 @@ RSpec.describe "exe/locking" do
     Locking.configure { |c| c.source = url }
     expect([status, status2]).to eq([0, 0]), err + err2
     expect(out + err + out2 + err2 + Locking.configuration.inspect).not_to include("s3cret")
-    expect(out).to include(":***@")
+    expect(out).to include("redis://127.0.0.1:#{source_server.port}/0 ") # the server's name, without credentials
+    expect(Locking.configuration.inspect).to include(":***@")
   ensure
     Redis.new(url: url).config(:set, "requirepass", "") rescue nil
   end

@@ -136,6 +136,31 @@ RSpec.describe "TLS (rediss://)" do
     expect(client.locked?("held")).to be(true)
   end
 
+  it "backfills 3,000 locks from a plaintext source into a TLS destination (large pipelines over TLS)" do
+    source_server.bulk_load((1..3000).map { |i| ["SET", "locking:job-#{i}", "token-#{i}", "PX", "60000"] })
+    status, out, = locking_cli("backfill", "--batch", "500", source: source_server.url, destination: tls_destination.tls_url)
+    expect(status).to eq(0), out
+    copied = tls_destination.redis.mget(*(1..3000).map { |i| "locking:job-#{i}" })
+    expect(copied).to eq((1..3000).map { |i| "token-#{i}" })
+    expect(tls_destination.redis.pttl("locking:job-1")).to be_between(1, 60_000)
+  end
+
+  it "authenticates as an ACL user over TLS, and a wrong password is refused without being shown" do
+    tls_source.redis.call("ACL", "SETUSER", "locks-app", "on", ">app-s3cret", "~locking:*", "+@all")
+    configure({ url: tls_source.tls_url, username: "locks-app", password: "app-s3cret" }, nil, :source)
+    lock = Locking.new("job")
+    expect(lock.acquire(30)).to be(true)
+    expect(tls_source.redis.get("locking:job")).to eq(lock.token)
+    expect(lock.release).to be(true)
+    configure({ url: tls_source.tls_url, username: "locks-app", password: "not-it" }, nil, :source)
+    expect { Locking.new("job").acquire(5) }.to raise_error(Locking::CommandError) { |error|
+      expect(error.message).to include("AUTH failed", "WRONGPASS")
+      expect(error.message).not_to include("not-it")
+    }
+  ensure
+    tls_source.redis.call("ACL", "DELUSER", "locks-app")
+  end
+
   it "does mutual TLS with a client certificate" do
     url = mutual.tls_url(cert: certs.path("client.crt"), key: certs.path("client.key"))
     configure(url, nil, :source)

@@ -85,6 +85,21 @@ class SentinelSet
     wait_for("#{server.port} to replicate the master", timeout: 60) { in_sync?(master) }
   end
 
+  # SENTINEL FAILOVER: a switch-over with both alive (a maintenance, an
+  # upgrade). The sentinels promote the replica and demote the master; the
+  # demoted one is then pointed at the new master's lagging link. Returns
+  # [old master, new master].
+  def switch_over
+    old = current_master
+    sentinel(@sentinel_ports.first) { |redis| redis.call("SENTINEL", "FAILOVER", MASTER_NAME) }
+    wait_for_failover(old)
+    master = current_master
+    wait_for("#{old.port} to be demoted", timeout: 60) { old.redis.call("ROLE").first == "slave" }
+    old.redis.call("REPLICAOF", "127.0.0.1", link_to(master).port.to_s)
+    wait_for("#{old.port} to replicate the new master", timeout: 60) { in_sync?(master) }
+    [old, master]
+  end
+
   def cleanup
     @sentinels.each do |pid|
       Process.kill(:KILL, pid)

@@ -109,8 +109,11 @@ RSpec.describe "input validation" do
       end
     end
 
-    it "rejects TLS URLs clearly" do
-      expect { configure { |c| c.source = "rediss://127.0.0.1:6379" } }.to raise_error(ArgumentError, /TLS/)
+    it "rejects TLS settings it cannot use, clearly" do
+      expect { configure { |c| c.source = "rediss://127.0.0.1:6379?ca_file=/nonexistent/ca.pem" } }
+        .to raise_error(ArgumentError, %r{cannot read the TLS ca_file /nonexistent/ca.pem})
+      expect { configure { |c| c.source = "redis://127.0.0.1:6379?cert=/c.pem" } }.to raise_error(ArgumentError, /TLS is off/)
+      expect { configure { |c| c.source = "unix:///tmp/r.sock?ssl=true" } }.to raise_error(ArgumentError, /unix socket/)
     end
 
     it "never shows a password from a bad URL" do
@@ -137,8 +140,8 @@ RSpec.describe "input validation" do
       expect { client.send(:_acquire, "k", "t", 0) }.to raise_error(ArgumentError, /at least 1 millisecond/)
       expect { client.send(:_release, "", "t") }.to raise_error(ArgumentError, /empty/)
       expect { client.send(:_set_phase, 9) }.to raise_error(ArgumentError, /unknown phase/)
-      expect { Locking::Client._new("redis://x:1", nil, 0, "p", -1.0, 1, nil, "h", 1) }.to raise_error(ArgumentError, /timeout/)
-      expect { Locking::Client._new("redis://x:1", "redis://y:1", 0, "p", 1.0, 1, -2.0, "h", 1) }
+      expect { Locking::Client._new("redis://x:1", nil, 0, "p", -1.0, 1, nil, "h", 1, 0) }.to raise_error(ArgumentError, /timeout/)
+      expect { Locking::Client._new("redis://x:1", "redis://y:1", 0, "p", 1.0, 1, -2.0, "h", 1, 0) }
         .to raise_error(ArgumentError, /phase_cache_ttl/)
     end
   end

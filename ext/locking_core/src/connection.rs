@@ -581,9 +581,10 @@ impl Connection {
                     },
                     ReadError::Closed if !self.answered => Error::Connection {
                         server: self.server.clone(),
-                        detail: "the server closed the connection before its first reply (if it only \
-                                 accepts TLS, use rediss:// or ssl: true; or it refused this client)"
-                            .into(),
+                        detail:
+                            "connection lost: closed by the server before its first reply (if it \
+                                 only accepts TLS, use rediss:// or ssl: true)"
+                                .into(),
                     },
                     ReadError::Closed => Error::Connection {
                         server: self.server.clone(),
@@ -629,8 +630,8 @@ impl Connection {
             io::ErrorKind::ConnectionReset if !self.answered => Error::Connection {
                 server: self.server.clone(),
                 detail: format!(
-                    "the server reset the connection before its first reply ({error}); if it only \
-                     accepts TLS, use rediss:// or ssl: true"
+                    "connection lost: reset by the server before its first reply ({error}); if it \
+                     only accepts TLS, use rediss:// or ssl: true"
                 ),
             },
             _ => match tls::describe(error, &self.host) {
