@@ -63,6 +63,20 @@ class Locking
       _renew(key, token, ttl_ms)
     end
 
+    # Starts renewing a lock this token holds, about every ttl_ms / 3, from a
+    # native thread (no GVL needed), until the returned Renewal is stopped.
+    # @return [Renewal] #lost? (a renewal found the lock gone or taken), #stop
+    def auto_renew(key, token, ttl_ms)
+      _auto_renew(key, token, ttl_ms)
+    end
+
+    # The renewer of this process: :held (locks being renewed), :renewed,
+    # :failed, :lost, :batches, :lag_p50_ms, :lag_p99_ms, :lag_max_ms (how late
+    # renewals started, of the last 8,192), :cpu_ms (the renewer thread's), :last_error.
+    def renewer_stats
+      _renewer_stats
+    end
+
     # @return [Integer, nil] milliseconds left; -1 without expiry; nil when the token does not hold the key.
     def ttl_ms(key, token)
       _ttl(key, token)

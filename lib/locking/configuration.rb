@@ -202,6 +202,13 @@ class Locking
       self
     end
 
+    # What the lock renewer (auto_renew) of this process has done: :held,
+    # :renewed, :failed, :lost, :batches, :lag_p50_ms, :lag_p99_ms,
+    # :lag_max_ms, :cpu_ms, :last_error. See Locking::Client#renewer_stats.
+    def stats
+      client.renewer_stats
+    end
+
     # The process-wide client, built on first use.
     def client
       @client || @client_lock.synchronize { @client ||= Client.build(@configuration) }

@@ -32,28 +32,69 @@ class Locking
   end
 
   # Takes the lock for `seconds` (Integer or Float, millisecond precision).
+  #
+  # With `auto_renew: true` the lock is renewed from a native thread about
+  # every `seconds / 3` until #release, so it lives as long as its holder:
+  # `seconds` is then only how long it outlives a holder that died. #lost?
+  # says if a renewal found it gone or taken.
   # @return [Boolean] true when taken (or already held with this token in Redis).
   # @raise [AlreadyAcquireLockError] when this object already holds it.
-  def acquire(seconds)
+  def acquire(seconds, auto_renew: false)
     if have_lock?
       raise AlreadyAcquireLockError, "lock #{lock_key.inspect} is already held by this Locking; release it first"
     end
 
     ttl_ms = Locking.send(:ttl_ms, seconds)
     started = Locking.send(:monotonic)
-    acquired = Locking.client.acquire(lock_key, token, ttl_ms)
-    @held_until = started + (ttl_ms / 1000.0) if acquired
+    client = Locking.client
+    acquired = client.acquire(lock_key, token, ttl_ms)
+    if acquired
+      @held_until = started + (ttl_ms / 1000.0)
+      start_renewing(client, ttl_ms) if auto_renew
+    end
     acquired
+  end
+
+  # Renews this object's lock from the native renewer until #release (see
+  # #acquire's auto_renew:). For a lock taken elsewhere with this token (a
+  # job's enqueue-time lock): the first renewal comes a third of `seconds` from now.
+  def auto_renew(seconds)
+    ttl_ms = Locking.send(:ttl_ms, seconds)
+    @renewal&.stop
+    @held_until = Locking.send(:monotonic) + (ttl_ms / 1000.0)
+    start_renewing(Locking.client, ttl_ms)
+    self
   end
 
   # Deletes the lock wherever the phase keeps it, but only where it still
   # holds this token: a lock that expired and was taken by another job is
   # left alone. Works from any Locking built with the same key and token.
+  # Stops its renewal first (after a renewal in flight, so none follows).
   # @return [Boolean] true when something was deleted.
   def release
+    stop_renewing
     released = Locking.client.release(lock_key, token)
     @held_until = nil
     released
+  end
+
+  # Stops renewing without releasing (the lock then expires with its TTL).
+  def stop_renewing
+    renewal = @renewal
+    @renewal = nil
+    renewal&.stop
+    @renewing_client = nil
+    @lost_reported = false
+    nil
+  end
+
+  # @return [Boolean] whether a renewal found this auto-renewed lock gone
+  #   (expired, deleted) or held by another token. Reported once as a
+  #   "lost.locking" ActiveSupport notification, when loaded.
+  def lost?(report: true)
+    lost = @renewal&.lost? || false
+    report_lost if lost && report && !@lost_reported
+    lost
   end
 
   # Resets the TTL of a lock this token holds.
@@ -73,9 +114,13 @@ class Locking
   end
 
   # @return [Boolean] whether this object acquired the lock and its TTL has
-  #   not run out since (local state: no Redis call).
+  #   not run out since (local state: no Redis call). With auto_renew, while
+  #   it is renewed and not #lost?.
   def have_lock?
-    !@held_until.nil? && Locking.send(:monotonic) < @held_until
+    return false if @held_until.nil?
+    return !lost? if @renewal
+
+    Locking.send(:monotonic) < @held_until
   end
 
   # @return [Float, nil] seconds left on this token's lock in Redis;
@@ -89,7 +134,22 @@ class Locking
   end
 
   def inspect
-    "#<Locking #{lock_key.inspect} token=#{token.inspect} have_lock=#{have_lock?}>"
+    "#<Locking #{lock_key.inspect} token=#{token.inspect} have_lock=#{have_lock?}#{' auto_renew' if @renewal}>"
+  end
+
+  private
+
+  def start_renewing(client, ttl_ms)
+    @renewal = client.auto_renew(lock_key, token, ttl_ms)
+    @renewing_client = client # the renewer lives as long as its client: keep it while renewing
+    @lost_reported = false
+  end
+
+  def report_lost
+    @lost_reported = true
+    return unless defined?(ActiveSupport::Notifications)
+
+    ActiveSupport::Notifications.instrument("lost.locking", lock_key: lock_key, token: token)
   end
 
   class << self
@@ -99,9 +159,11 @@ class Locking
     #
     # @param ttl [Numeric] seconds the lock lives if the process dies
     # @param wait [Numeric] seconds to keep retrying (with jitter) while taken
+    # @param auto_renew [Boolean] renew the lock while the block runs (then
+    #   `ttl` only bounds how long it outlives a process that died)
     # @return the block's value
     # @raise [NotAcquiredError] when the lock stayed taken for all of `wait`
-    def with_lock(lock_key, ttl:, wait: 0, token: Client.generate_token)
+    def with_lock(lock_key, ttl:, wait: 0, token: Client.generate_token, auto_renew: false)
       unless wait.is_a?(Numeric) && wait.real? && wait.to_f.finite? && wait >= 0
         raise ArgumentError, "wait must be a non-negative number of seconds, got #{wait.inspect}"
       end
@@ -109,7 +171,7 @@ class Locking
       lock = new(lock_key, token: token)
       deadline = monotonic + wait
       attempt = 0
-      until lock.acquire(ttl)
+      until lock.acquire(ttl, auto_renew: auto_renew)
         remaining = deadline - monotonic
         if remaining <= 0
           raise NotAcquiredError, "lock #{lock_key.inspect} is held by someone else (waited #{wait}s)"
@@ -125,7 +187,8 @@ class Locking
 
     # Releases on every way out of the block, but only in the process that
     # acquired: a child forked inside the block that ends with `exit` unwinds
-    # this too, and must not free its parent's lock.
+    # this too, and must not free its parent's lock (nor does it renew it:
+    # the renewer is per process).
     def run_holding(lock)
       owner = Process.pid
       result = yield

@@ -4,7 +4,7 @@ require "active_support/log_subscriber"
 
 class Locking
   # Logs the *.locking notifications (acquire, conflict, release, renew,
-  # error, release_error, unlock) to ActiveJob's logger, or Locking.logger when set.
+  # error, release_error, lost, unlock) to ActiveJob's logger, or Locking.logger when set.
   class LogSubscriber < ActiveSupport::LogSubscriber
     def acquire(event)
       debug { "[locking] #{job(event)} acquired #{event.payload[:lock_key]} at #{event.payload[:at]}" }
@@ -35,6 +35,13 @@ class Locking
       warn do
         "[locking] #{job(event)} could not release #{event.payload[:lock_key]} (#{event.payload[:reason]}): " \
           "#{error.class}: #{error.message}; it stays locked until its TTL runs out"
+      end
+    end
+
+    def lost(event)
+      warn do
+        "[locking] #{job(event)} lost #{event.payload[:lock_key]} (#{event.payload[:at]}): a renewal found it " \
+          "expired or held by another token"
       end
     end
 

@@ -68,8 +68,17 @@ class Locking
       #   timing out). :warn (default): log a warning, emit release_error.locking and let the TTL
       #   free the lock: the job's work is done, and failing it would only run it again. :raise
       #   re-raises (the job fails). A Proc is called with the job and the error (then as :warn).
+      # @param auto_renew [Boolean, nil] renew the lock from a native thread while perform runs, so
+      #   that a long run keeps it and a dead worker's lock expires within `ttl`. For
+      #   :until_executed the enqueue-time `ttl` then only has to cover the wait in the queue (the
+      #   lock is renewed to `ttl` when perform starts). Default: true for :while_executing (its lock
+      #   exists only while perform runs: renewed, it lives exactly as long as the run, and `ttl` is
+      #   just how long a crashed worker blocks the next run), false for :until_executed (opt in:
+      #   its `ttl` was written for the queue wait plus the run). Not for :until_executing and
+      #   :until_expired, whose locks do not live through perform.
       def unique_lock(strategy, ttl:, on_conflict: :drop, on_perform_conflict: :drop, key: nil,
-                      on_redis_error: :raise, on_failure: :release, on_release_error: :warn, retry_wait: 5)
+                      on_redis_error: :raise, on_failure: :release, on_release_error: :warn, retry_wait: 5,
+                      auto_renew: nil)
         check_choice(strategy, STRATEGIES, "strategy")
         check_choice(on_conflict, ON_CONFLICT, "on_conflict") unless on_conflict.respond_to?(:call)
         check_choice(on_perform_conflict, ON_PERFORM_CONFLICT, "on_perform_conflict")
@@ -85,11 +94,21 @@ class Locking
           raise ArgumentError, "ttl: must be a positive duration, got #{ttl.inspect}"
         end
 
+        auto_renew = strategy == :while_executing if auto_renew.nil?
+        unless [true, false].include?(auto_renew)
+          raise ArgumentError, "auto_renew: must be true or false, got #{auto_renew.inspect}"
+        end
+
+        if auto_renew && %i[until_executing until_expired].include?(strategy)
+          raise ArgumentError, "auto_renew: is for :until_executed and :while_executing (a #{strategy.inspect} lock " \
+                               "does not live through perform)"
+        end
+
         self.locking_options = {
           strategy: strategy, strategy_class: STRATEGY_CLASSES.fetch(strategy).new, ttl: seconds,
           on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
           key: key, on_redis_error: on_redis_error, on_failure: on_failure, on_release_error: on_release_error,
-          retry_wait: retry_wait
+          retry_wait: retry_wait, auto_renew: auto_renew
         }.freeze
       end
 
@@ -275,7 +294,8 @@ class Locking
       options = locking_options
       @lock_key = self.class.lock_key_for(*arguments)
       @lock_token = Locking::Client.generate_token
-      acquired = locking_redis(:lock) { locking_lock.acquire(options[:ttl]) }
+      lock = locking_lock
+      acquired = locking_redis(:lock) { lock.acquire(options[:ttl], auto_renew: options[:auto_renew]) }
       unless acquired
         @lock_token = nil
         UniqueJob.instrument(:conflict, locking_payload(at: :perform))
@@ -290,9 +310,31 @@ class Locking
       begin
         yield
       ensure
+        locking_stop_renewing(lock)
         # The retry of a :while_executing job takes its lock again when it runs.
         locking_release(:performed)
         @lock_token = nil
+      end
+    end
+
+    # @api private: for the strategies. Runs the block with the job's
+    # enqueue-time lock renewed (auto_renew): first renewed to `ttl` now, as
+    # the queue wait used some of it, then from the native renewer.
+    def locking_renewing
+      options = locking_options
+      return yield unless options[:auto_renew] && @lock_token
+
+      lock = locking_lock
+      renewed = locking_redis(:renew) { lock.renew(options[:ttl]) }
+      if renewed
+        lock.auto_renew(options[:ttl])
+      elsif renewed == false
+        UniqueJob.instrument(:lost, locking_payload(at: :perform_started))
+      end
+      begin
+        yield
+      ensure
+        locking_stop_renewing(lock)
       end
     end
 
@@ -314,6 +356,14 @@ class Locking
     end
 
     private
+
+    # Stops a lock's renewal (it is released, or kept to its TTL, next), and
+    # reports a lock a renewal found gone or taken while perform ran.
+    def locking_stop_renewing(lock)
+      lost = lock.lost?(report: false) # reported here, with the job
+      lock.stop_renewing
+      UniqueJob.instrument(:lost, locking_payload(at: :perform)) if lost
+    end
 
     def locking_after_run(outcome)
       return if @lock_token.nil? || @lock_released

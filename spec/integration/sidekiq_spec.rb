@@ -81,6 +81,56 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     end
   end
 
+  it "never duplicates a unique job running 3 times its TTL (auto_renew renews its lock while it runs)" do
+    configure_both(:source)
+    pid, log = start_sidekiq("source")
+    begin
+      expect(enqueue("source", "p LongJob.perform_later(1, 3.0) != false")).to eq("true\n")
+      expect(wait_for(15) { witness.get("long:running:1") }).to be_truthy, File.read(log)
+      # Past the 1 s TTL, again and again: each enqueue finds the lock held.
+      results = Array.new(4) do
+        sleep 0.5
+        enqueue("source", "p LongJob.perform_later(1, 0.1) != false").strip
+      end
+      expect(results).to eq(%w[false false false false])
+      expect(wait_for(15) { witness.get("long:done:1") }).to be_truthy, File.read(log)
+      sleep 0.5
+      expect([witness.get("long:runs:1").to_i, witness.get("long:overlaps").to_i]).to eq([1, 0])
+      expect(wait_for(5) { lock_keys.empty? }).to be(true)
+    ensure
+      stop_sidekiq(pid)
+    end
+  end
+
+  it "frees the lock of a Sidekiq process SIGKILLed mid-job within its TTL; the job enqueued again then runs" do
+    configure_both(:source)
+    pid, log = start_sidekiq("source")
+    begin
+      expect(enqueue("source", "p LongJob.perform_later(2, 30) != false")).to eq("true\n")
+      expect(wait_for(15) { witness.get("long:running:2") }).to be_truthy, File.read(log)
+      sleep 1.5 # renewed past its 1 s TTL
+      expect(lock_keys).to eq(["locking:LongJob:2"])
+      Process.kill(:KILL, pid)
+      killed_at = monotonic
+      Process.wait(pid)
+      expect(wait_for(3) { lock_keys.empty? }).to be(true)
+      freed_after = monotonic - killed_at
+      puts "\n  SIGKILLed Sidekiq: its job's lock (TTL 1 s) was gone #{freed_after.round(2)} s after the kill"
+      expect(freed_after).to be <= 1.2
+    ensure
+      stop_sidekiq(pid)
+    end
+    # The killed run is lost (basic fetch): enqueued again, it is accepted and runs.
+    pid, log = start_sidekiq("source")
+    begin
+      expect(enqueue("source", "p LongJob.perform_later(2, 0.1) != false")).to eq("true\n")
+      expect(wait_for(15) { witness.get("long:done:2") }).to be_truthy, File.read(log)
+      expect(witness.get("long:runs:2").to_i).to eq(2)
+    ensure
+      stop_sidekiq(pid)
+    end
+  end
+
   it "runs each job once, with no retry, when the destination is down in phase 0 (release errors never fail a job)" do
     down = "redis://127.0.0.1:#{RedisServer.free_port}/0" # configured, as before a migration, but down
     jobs = source_server.redis.dup.tap { |r| r.select(1) }

@@ -73,3 +73,22 @@ class GatedJob < ActiveJob::Base
     witness&.close
   end
 end
+
+# Runs for `seconds` (three times its lock's TTL in the spec), its lock
+# renewed while it runs (auto_renew): enqueues meanwhile are dropped.
+class LongJob < ActiveJob::Base
+  include Locking::UniqueJob
+  unique_lock :until_executed, ttl: 1, auto_renew: true, key: ->(id, _seconds) { id }
+
+  def perform(id, seconds)
+    witness = Witness.redis
+    witness.incr("long:overlaps") if witness.incr("long:inside:#{id}") > 1
+    witness.incr("long:runs:#{id}")
+    witness.set("long:running:#{id}", Process.pid)
+    sleep seconds
+    witness.decr("long:inside:#{id}")
+    witness.incr("long:done:#{id}")
+  ensure
+    witness&.close
+  end
+end

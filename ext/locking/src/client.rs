@@ -7,15 +7,40 @@ use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::protocol::Target;
+use locking_core::renew::{self, Renewal};
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
 };
 use magnus::{function, method, prelude::*, IntoValue, RArray, RHash, RString, Ruby, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[magnus::wrap(class = "Locking::Client", free_immediately, size)]
 pub struct RbClient {
-    client: Client,
+    /// Shared with the renewer thread (which holds a weak reference).
+    client: Arc<Client>,
+}
+
+/// `Locking::Client::Renewal`: one auto-renewed lock (locking_core::renew).
+#[magnus::wrap(class = "Locking::Client::Renewal", free_immediately, size)]
+pub struct RbRenewal {
+    renewal: Renewal,
+}
+
+impl RbRenewal {
+    fn lost(&self) -> bool {
+        self.renewal.lost()
+    }
+
+    /// Stops renewing; waits (without the GVL) for a renewal in flight.
+    fn stop(ruby: &Ruby, rb_self: &Self) -> Result<(), magnus::Error> {
+        let interrupt = Interrupt::new();
+        match without_gvl(&interrupt, || rb_self.renewal.stop()) {
+            Outcome::Finished(()) => Ok(()),
+            Outcome::Interrupted(jump) => Err(jump),
+            Outcome::Panicked(message) => Err(panic_error(ruby, &message)),
+        }
+    }
 }
 
 /// Copies a Ruby String's bytes: the copy is what the GVL-free code reads,
@@ -75,7 +100,7 @@ impl RbClient {
             min_replicas_acked,
         };
         Ok(RbClient {
-            client: Client::new(config).map_err(RubyError)?,
+            client: Arc::new(Client::new(config).map_err(RubyError)?),
         })
     }
 
@@ -169,6 +194,41 @@ impl RbClient {
         rb_self.with_lease(ruby, |lease, interrupt| {
             lease.renew(&key, &token, ttl_ms, interrupt)
         })
+    }
+
+    /// Starts renewing a lock this token holds (`acquire(seconds, auto_renew: true)`).
+    fn auto_renew(
+        &self,
+        key: RString,
+        token: RString,
+        ttl_ms: u64,
+    ) -> Result<RbRenewal, magnus::Error> {
+        if ttl_ms == 0 || ttl_ms > locking_core::MAX_TTL_MS {
+            return Err(RubyError(locking_core::Error::InvalidArgument(format!(
+                "TTL of {ttl_ms} ms is out of range"
+            )))
+            .into());
+        }
+        Ok(RbRenewal {
+            renewal: renew::start(&self.client, &bytes(key), &bytes(token), ttl_ms),
+        })
+    }
+
+    /// The renewer's numbers in this process, as a Hash.
+    fn renewer_stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, magnus::Error> {
+        let stats = rb_self.client.renewals().stats();
+        let hash = ruby.hash_new();
+        hash.aset(ruby.to_symbol("held"), stats.held)?;
+        hash.aset(ruby.to_symbol("renewed"), stats.renewed)?;
+        hash.aset(ruby.to_symbol("failed"), stats.failed)?;
+        hash.aset(ruby.to_symbol("lost"), stats.lost)?;
+        hash.aset(ruby.to_symbol("batches"), stats.batches)?;
+        hash.aset(ruby.to_symbol("lag_p50_ms"), stats.lag_p50_ms)?;
+        hash.aset(ruby.to_symbol("lag_p99_ms"), stats.lag_p99_ms)?;
+        hash.aset(ruby.to_symbol("lag_max_ms"), stats.lag_max_ms)?;
+        hash.aset(ruby.to_symbol("cpu_ms"), stats.cpu_ms)?;
+        hash.aset(ruby.to_symbol("last_error"), stats.last_error)?;
+        Ok(hash)
     }
 
     /// Milliseconds left on our lock; -1 when it has no TTL; nil when not held.
@@ -621,6 +681,11 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
+    class.define_private_method("_auto_renew", method!(RbClient::auto_renew, 3))?;
+    class.define_private_method("_renewer_stats", method!(RbClient::renewer_stats, 0))?;
+    let renewal = class.define_class("Renewal", ruby.class_object())?;
+    renewal.define_method("lost?", method!(RbRenewal::lost, 0))?;
+    renewal.define_method("stop", method!(RbRenewal::stop, 0))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
     class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 4))?;
     class.define_singleton_method("_walk", function!(RbClient::walk_new, 2))?;

@@ -127,6 +127,16 @@ pub struct Client {
     dynamic: Option<Dynamic>,
     min_replicas_acked: u32,
     timeout: Duration,
+    /// Locks taken with auto_renew, and the thread renewing them.
+    renewals: crate::renew::Renewals,
+}
+
+/// Connections kept by the renewer thread between its batches (never the
+/// pools': see `renew`).
+#[derive(Default)]
+pub struct Slots {
+    source: Option<(usize, Connection)>,
+    destination: Option<(usize, Connection)>,
 }
 
 impl Client {
@@ -191,6 +201,7 @@ impl Client {
             dynamic,
             min_replicas_acked: config.min_replicas_acked,
             timeout: config.timeout,
+            renewals: Default::default(),
         };
         if client.dynamic.is_some() {
             if client.destination.is_none() || client.source.is_none() {
@@ -277,6 +288,63 @@ impl Client {
             source: self.source.as_ref().and_then(idle_connection),
             destination: self.destination.as_ref().and_then(idle_connection),
         }
+    }
+
+    /// The auto-renewed locks of this process.
+    pub fn renewals(&self) -> &crate::renew::Renewals {
+        &self.renewals
+    }
+
+    /// Renews `items` (key, token, TTL in ms) in one batch, on the renewer's
+    /// own connections: each renew runs as the protocol says for the phase
+    /// (read and heartbeated as by any operation), their commands pipelined
+    /// per server. One result per item.
+    pub fn renew_batch(
+        &self,
+        slots: &mut Slots,
+        items: &[(&[u8], &[u8], u64)],
+    ) -> Vec<Result<bool>> {
+        let mut lease = Lease {
+            client: self,
+            phase: self.phase(),
+            refresh: self.phase_is_stale(),
+            registered: None,
+            source: slots.source.take(),
+            destination: slots.destination.take(),
+        };
+        let interrupt = Interrupt::new();
+        let results = match lease.resolve_phase(&interrupt) {
+            Err(error) => items.iter().map(|_| Err(error.clone())).collect(),
+            Ok(phase) => {
+                let mut keys = Vec::with_capacity(items.len());
+                let mut ops = Vec::with_capacity(items.len());
+                for (key, token, ttl_ms) in items {
+                    keys.push(lease.full_key(key));
+                    ops.push(protocol::Renew::new(phase, token, *ttl_ms, self.servers()));
+                }
+                lease.run_batch(&keys, ops, &interrupt)
+            }
+        };
+        let healthy = |slot: Option<(usize, Connection)>| {
+            slot.filter(|(_, c)| c.healthy && c.pid == crate::process::id() && c.loads.settled())
+        };
+        for (target, slot) in [
+            (Target::Source, lease.source.take()),
+            (Target::Destination, lease.destination.take()),
+        ] {
+            if let (Some(server), Some((node, connection))) = (self.server(target), slot.as_ref()) {
+                if !connection.healthy {
+                    if let Some(node) = server.nodes().get(*node) {
+                        node.connection_failed();
+                    }
+                }
+            }
+            match target {
+                Target::Source => slots.source = healthy(slot),
+                Target::Destination => slots.destination = healthy(slot),
+            }
+        }
+        results
     }
 
     /// A handle for one operator command (bulk walks, backfill, control),
@@ -582,7 +650,7 @@ impl<'c> Lease<'c> {
         self.run_on(&full_key, op, interrupt)
     }
 
-    fn full_key(&self, key: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn full_key(&self, key: &[u8]) -> Result<Vec<u8>> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("lock key must not be empty".into()));
         }
@@ -590,6 +658,97 @@ impl<'c> Lease<'c> {
         full_key.extend_from_slice(&self.client.key_prefix);
         full_key.extend_from_slice(key);
         Ok(full_key)
+    }
+
+    /// Runs `ops` side by side, one per key: each round, every operation's
+    /// next commands go out in one pipeline per server (source, then
+    /// destination), and each gets its replies. A server that fails fails
+    /// the commands sent to it, and the operations decide (as one alone
+    /// would). At most `BATCH_PIPELINE` commands per pipeline.
+    pub(crate) fn run_batch<O: Operation>(
+        &mut self,
+        keys: &[Result<Vec<u8>>],
+        mut ops: Vec<O>,
+        interrupt: &Interrupt,
+    ) -> Vec<Result<O::Output>> {
+        const BATCH_PIPELINE: usize = 1000;
+        let mut outputs: Vec<Option<Result<O::Output>>> = (0..ops.len()).map(|_| None).collect();
+        let mut replies: Vec<Vec<Result<Reply>>> = (0..ops.len()).map(|_| Vec::new()).collect();
+        let mut active: Vec<usize> = Vec::with_capacity(ops.len());
+        for (index, key) in keys.iter().enumerate() {
+            match key {
+                Ok(_) => active.push(index),
+                Err(error) => outputs[index] = Some(Err(error.clone())),
+            }
+        }
+        while !active.is_empty() {
+            // (operation, its command's place in its batch, target, command)
+            let mut sends: Vec<(usize, usize, Target, Command)> = Vec::new();
+            let mut next = Vec::with_capacity(active.len());
+            for index in active {
+                match ops[index].step(std::mem::take(&mut replies[index])) {
+                    Step::Done(result) => outputs[index] = Some(result),
+                    Step::Send(batch) => {
+                        replies[index] = batch
+                            .iter()
+                            .map(|_| Err(Error::Internal("no reply".into())))
+                            .collect();
+                        for (place, (target, command)) in batch.into_iter().enumerate() {
+                            sends.push((index, place, target, command));
+                        }
+                        next.push(index);
+                    }
+                }
+            }
+            if let Some(error) = self.heartbeat_lapsed() {
+                for (index, place, _, _) in &sends {
+                    replies[*index][*place] = Err(error.clone());
+                }
+            } else {
+                for target in [Target::Source, Target::Destination] {
+                    let mine: Vec<&(usize, usize, Target, Command)> =
+                        sends.iter().filter(|send| send.2 == target).collect();
+                    for chunk in mine.chunks(BATCH_PIPELINE) {
+                        let key_of = |send: &(usize, usize, Target, Command)| -> &[u8] {
+                            keys[send.0].as_deref().unwrap_or_default()
+                        };
+                        let requests: Vec<Request<'_>> = chunk
+                            .iter()
+                            .map(|send| Request::Lock {
+                                key: key_of(send),
+                                command: &send.3,
+                            })
+                            .collect();
+                        let route = Route::Key(key_of(chunk[0]));
+                        let values = self.exchange(target, route, &requests, interrupt);
+                        drop(requests);
+                        for (position, send) in chunk.iter().enumerate() {
+                            let reply = match &values {
+                                Ok(values) => {
+                                    match (values.get(position), self.client.server(target)) {
+                                        (Some(value), Some(server)) => server
+                                            .node_for(key_of(send))
+                                            .decode(&send.3, value.clone()),
+                                        _ => Err(Error::Internal(
+                                            "a reply missing from a batch".into(),
+                                        )),
+                                    }
+                                }
+                                Err(error) => Err(error.clone()),
+                            };
+                            replies[send.0][send.1] = reply;
+                        }
+                    }
+                }
+            }
+            active = next;
+        }
+        outputs
+            .into_iter()
+            .map(|output| {
+                output.unwrap_or_else(|| Err(Error::Internal("an operation did not finish".into())))
+            })
+            .collect()
     }
 
     pub(crate) fn run_on<O: Operation>(

@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod process;
 pub mod protocol;
+pub mod renew;
 pub mod server;
 pub mod store;
 pub mod tls;

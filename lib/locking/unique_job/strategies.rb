@@ -36,7 +36,12 @@ class Locking
     end
 
     # Locked at enqueue, freed when perform ends (the monolith's behaviour).
+    # With auto_renew, renewed while perform runs.
     class UntilExecuted < Strategy
+      def around_perform(job, &)
+        job.locking_renewing(&)
+      end
+
       def after_run(job, outcome)
         return if outcome == :retrying # the retry keeps the lock, with no gap
         return if outcome == :failed && !Strategy.release_on_failure?(job)
