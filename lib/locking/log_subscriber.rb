@@ -39,9 +39,10 @@ class Locking
     end
 
     def lost(event)
+      at = event.payload[:at]
       warn do
-        "[locking] #{job(event)} lost #{event.payload[:lock_key]} (#{event.payload[:at]}): a renewal found it " \
-          "expired or held by another token"
+        "[locking] #{[job(event), 'lost'].reject(&:empty?).join(' ')} #{event.payload[:lock_key]}#{" (#{at})" if at}: " \
+          "a renewal found it expired or held by another token"
       end
     end
 

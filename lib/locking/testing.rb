@@ -20,6 +20,30 @@ class Locking
   module Testing
     MODES = %i[memory bypass refuse real].freeze
 
+    # An auto-renewed lock in a test mode: no thread. In memory it is held
+    # until released (its TTL is lifted now), and lost? asks the memory
+    # store whether this token still holds it.
+    class Renewal
+      def initialize(client, key, token)
+        @client = client
+        @key = key
+        @token = token
+      end
+
+      def lost? = @client.ttl_ms(@key, @token).nil?
+      def stop = nil
+    end
+
+    # An auto-renewed lock in bypass mode: never lost.
+    class KeptRenewal
+      def lost? = false
+      def stop = nil
+    end
+
+    # Locking.stats in a test mode: no renewer.
+    RENEWER_STATS = { held: 0, renewed: 0, failed: 0, lost: 0, batches: 0, lag_p50_ms: 0.0, lag_p99_ms: 0.0,
+                      lag_max_ms: 0.0, cpu_ms: 0.0, last_error: nil }.freeze
+
     # Locks in memory, behind the interface Locking and Locking::UniqueJob
     # use (Locking::Client's).
     class MemoryClient
@@ -45,6 +69,13 @@ class Locking
       def phase=(phase)
         @memory._set_phase(Configuration.phase_index(phase))
       end
+
+      def auto_renew(key, token, _ttl_ms)
+        @memory._renew(key, token, Client::MAX_TTL_MS)
+        Renewal.new(self, key, token)
+      end
+
+      def renewer_stats = RENEWER_STATS
     end
 
     # Every acquire succeeds; nothing is stored.
@@ -62,6 +93,8 @@ class Locking
       def delete_matching(_start) = 0
       def phase = :source
       def phase=(_phase); end
+      def auto_renew(_key, _token, _ttl_ms) = KeptRenewal.new
+      def renewer_stats = RENEWER_STATS
     end
 
     # Every acquire fails: someone else always holds the lock.
