@@ -75,6 +75,22 @@ RSpec.describe "auto_renew (the native renewer)" do
     expect(monotonic - killed_at).to be <= 1.1
   end
 
+  it "leaves an auto-renewed lock to expire within its TTL when its process exits normally, and exits at once" do
+    pid = fork do
+      Locking.reset_configuration!
+      Locking.configure { |c| c.source = source_server.url }
+      Locking.new("exiting").acquire(0.8, auto_renew: true)
+      sleep 1.0 # renewed past its TTL
+      exit(0) # at_exit handlers run; the renewer thread does not hold the exit up
+    end
+    exited = Timeout.timeout(5) { Process.wait2(pid).last }
+    exited_at = monotonic
+    expect(exited.exitstatus).to eq(0)
+    expect(source.exists("locking:exiting")).to eq(1)
+    expect(wait_for(3) { source.exists("locking:exiting").zero? }).to be(true)
+    expect(monotonic - exited_at).to be <= 0.9
+  end
+
   it "marks the lock lost when it was deleted and taken by another token, and never touches that key" do
     lock = Locking.new("taken")
     expect(lock.acquire(0.6, auto_renew: true)).to be(true)
