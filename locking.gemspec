@@ -31,7 +31,7 @@ Gem::Specification.new do |spec|
   spec.metadata["rubygems_mfa_required"] = "true"
 
   spec.files = Dir[
-    "lib/**/*.rb", "lib/**/*.rake", "exe/*",
+    "lib/**/*.rb", "lib/**/*.rake", "lib/**/*.erb", "exe/*",
     "README.md", "CHANGELOG.md", "LICENSE", "docs/*.md", "docs/examples/*"
   ]
   # The source gem builds for any Ruby from 3.1; the precompiled one only

@@ -22,8 +22,15 @@ OptionParser.new do |o|
   o.on("--keys N", Integer, "lock keys left from phase 0 on the source (default 300,000)") { |v| options[:keys] = v }
   o.on("--workers N", Integer, "worker processes (default 4)") { |v| options[:workers] = v }
   o.on("--jobs N", Integer, "distinct unique jobs they compete for (default 20)") { |v| options[:jobs] = v }
-  o.on("--seconds S", Float, "time spent in each phase (default 1.5)") { |v| options[:seconds] = v }
+  o.on("--seconds S", Float, "time spent in each phase (default 1.5; 15 with --web)") do |v|
+    options[:seconds] = v
+    options[:seconds_given] = true
+  end
+  o.on("--web [PORT]", Integer, "serve the dashboard (Locking::Web) during the demo (default port 9292)") do |v|
+    options[:web] = v || 9292
+  end
 end.parse!
+options[:seconds] = 15.0 if options[:web] && !options[:seconds_given]
 
 started_servers = []
 url_for = lambda do |given, name|
@@ -50,7 +57,7 @@ end
 def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
 step "servers"
-puts "source       #{source_url}#{' (started for the demo)' unless ARGV.include?('--source')}"
+puts "source       #{source_url}#{' (started for the demo)' unless options[:source]}"
 puts "destination  #{destination_url}"
 puts "witness      #{witness_url} (counts workers inside each job)"
 
@@ -73,6 +80,16 @@ configure = lambda do |c|
   c.key_prefix = prefix
 end
 Locking.configure(&configure)
+if options[:web]
+  require "webrick"
+  require "rack/handler/webrick"
+  require "locking/web"
+  web = WEBrick::HTTPServer.new(BindAddress: "127.0.0.1", Port: options[:web], AccessLog: [],
+                                Logger: WEBrick::Log.new(nil, WEBrick::BasicLog::WARN))
+  web.mount("/", Rack::Handler::WEBrick, Locking::Web.app)
+  Thread.new { web.start }
+  step "the dashboard: http://127.0.0.1:#{options[:web]}/ (it refreshes itself; #{options[:seconds]}s per phase)"
+end
 cli = ->(*args) { Locking::CLI.new([*args, "--source", source_url, "--destination", destination_url, "--prefix", prefix]).run }
 
 step "phase 0: the fleet's phase is set once, then #{options[:workers]} worker processes (phase :dynamic) run unique jobs"
@@ -184,4 +201,8 @@ ok = duplicates.zero? && lost.zero? && errors.zero? && job_keys_left.zero? && qu
      statuses.all?(&:success?) && source.keys("#{prefix}*").empty?
 puts
 puts ok ? "OK: migrated live, no job ran twice, no lock lost" : "FAILED"
+if options[:web] && $stdin.tty?
+  puts "the dashboard stays up at http://127.0.0.1:#{options[:web]}/ : press Enter to stop"
+  $stdin.gets
+end
 exit(ok ? 0 : 1)

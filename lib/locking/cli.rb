@@ -24,6 +24,7 @@ class Locking
         phase set PHASE     set the fleet's phase (dynamic phases): 0..3 or source|dual|drain|destination;
                             only to an adjacent phase, once every process has caught up (--init: the first one)
         phase advance       move the fleet to the next phase once every process has caught up
+        web                 serve the dashboard (Locking::Web) on --bind:--port until Ctrl-C
 
       Options:
     TEXT
@@ -57,6 +58,7 @@ class Locking
       when "gate" then gate
       when "phase" then phase
       when "cleanup-source" then cleanup_source
+      when "web" then web
       when nil, "help" then usage(EXIT_OK)
       else usage_error("unknown command #{command.inspect}")
       end
@@ -114,6 +116,9 @@ class Locking
         end
         o.on("--init", "phase set: set the phase when none is set (the first set, or after the destination " \
                        "lost its data)") { options[:init] = true }
+        o.on("--port N", Integer, "web: the port (default: 9292)") { |v| options[:port] = v }
+        o.on("--bind ADDRESS", "web: the address to listen on (default: 127.0.0.1)") { |v| options[:bind] = v }
+        o.on("--read-only", "web: hide and refuse every action") { options[:read_only] = true }
         o.on("-h", "--help", "this help") { options[:help] = true }
       end
     end
@@ -785,6 +790,34 @@ class Locking
       @out.puts "refused: phase #{describe_phase(current)} -> #{describe_phase(target)}:"
       reasons.each { |r| @out.puts "  - #{r}" }
       EXIT_REFUSED
+    end
+
+    # ------------------------------------------------------------ web
+
+    # Serves Locking::Web with this command's settings (WEBrick, from Ruby's
+    # gems); LOCKING_WEB_SECRET keeps sessions across restarts.
+    def web
+      require "webrick"
+      require "rack/handler/webrick"
+      require_relative "web"
+      settings = options
+      Locking.configure do |c|
+        c.source = settings[:source]
+        c.destination = settings[:destination]
+        c.key_prefix = settings[:prefix]
+        c.timeout = settings[:timeout]
+        c.phase = settings[:destination] ? :dual : :source
+      end
+      Web.read_only = true if options[:read_only]
+      port = options[:port] || 9292
+      host = options[:bind] || "127.0.0.1"
+      @out.puts "locking web: http://#{host}:#{port}/#{' (read-only)' if options[:read_only]} (Ctrl-C stops)"
+      logger = WEBrick::Log.new(nil, WEBrick::BasicLog::WARN)
+      Rack::Handler::WEBrick.run(Web.app, Host: host, Port: port, AccessLog: [], Logger: logger)
+      EXIT_OK
+    rescue LoadError => e
+      @err.puts "locking web needs rack and webrick (#{e.message})"
+      EXIT_ERROR
     end
 
     def monotonic

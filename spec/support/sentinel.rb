@@ -72,16 +72,21 @@ class SentinelSet
     end
   end
 
-  # Starts `server` again on its port, empty, and makes it a replica of the
-  # master through the master's lagging link, as an operator brings an old
-  # master back. (Left alone, the sentinels would convert it themselves after
-  # some seconds, unless a sentinel starved of CPU is in TILT mode: then they
+  # Starts `server` again on its port, empty, as a replica of the master
+  # through the master's lagging link, as an operator brings an old master
+  # back. (Left alone, the sentinels would convert it themselves after some
+  # seconds, unless a sentinel starved of CPU is in TILT mode: then they
   # wait. Doing it here keeps the spec from depending on that.)
+  #
+  # It starts as a replica (`--replicaof`), never a master for a moment: a
+  # sentinel that saw it as a master would re-point it at the master's own
+  # address some seconds later, restarting its sync in the middle of the
+  # next example.
   def bring_back(server)
-    server.instance_variable_set(:@pid, nil)
-    server.restart
     master = current_master
-    server.redis.call("REPLICAOF", "127.0.0.1", link_to(master).port.to_s)
+    server.instance_variable_set(:@pid, nil)
+    server.instance_variable_set(:@settings, ["--replicaof", "127.0.0.1", link_to(master).port.to_s])
+    server.restart
     wait_for("#{server.port} to replicate the master", timeout: 60) do
       server.redis.call("ROLE").first == "slave" && in_sync?(master)
     end
@@ -158,10 +163,19 @@ class SentinelSet
   def wait_for(what, timeout: 30)
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
     until (result = yield)
-      raise "timed out waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        raise "timed out waiting for #{what}; the sentinels said:\n#{sentinel_logs}"
+      end
 
       sleep 0.05
     end
     result
+  end
+
+  # The last lines of each sentinel's log (a failing wait shows them: TILT mode, votes, conversions).
+  def sentinel_logs
+    Dir[File.join(@dir, "sentinel-*.log")].map do |log|
+      "#{File.basename(log)}:\n#{File.readlines(log).last(25).join}"
+    end.join("\n")
   end
 end

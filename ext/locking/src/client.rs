@@ -373,6 +373,29 @@ impl RbClient {
         Ok(hash)
     }
 
+    /// One page of the dashboard's lock list on a server (0 source, 1
+    /// destination): [next cursor, [[key, token, pttl], ...]].
+    #[allow(clippy::type_complexity)]
+    fn lock_page(
+        ruby: &Ruby,
+        rb_self: &Self,
+        server: u8,
+        cursor: u64,
+        glob: RString,
+        count: usize,
+    ) -> Result<(u64, RArray), magnus::Error> {
+        let target = target_of(server)?;
+        let glob = bytes(glob);
+        let (next, locks) = rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.lock_page(target, cursor, &glob, count, interrupt)
+        })?;
+        let array = ruby.ary_new_capa(locks.len());
+        for (key, token, pttl) in locks {
+            array.push((ruby.str_from_slice(&key), ruby.str_from_slice(&token), pttl))?;
+        }
+        Ok((next, array))
+    }
+
     /// One page of `locking cleanup-source`: [next cursor, found, deleted].
     fn cleanup_source_page(
         ruby: &Ruby,
@@ -682,6 +705,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
     class.define_private_method("_auto_renew", method!(RbClient::auto_renew, 3))?;
+    class.define_private_method("_lock_page", method!(RbClient::lock_page, 4))?;
     class.define_private_method("_renewer_stats", method!(RbClient::renewer_stats, 0))?;
     let renewal = class.define_class("Renewal", ruby.class_object())?;
     renewal.define_method("lost?", method!(RbRenewal::lost, 0))?;

@@ -500,6 +500,47 @@ impl Operator<'_> {
     /// the source, deleted (or, with `dry_run`, counted). Returns the next
     /// cursor, the keys found and the keys deleted. Only once the fleet no
     /// longer reads the source (the CLI checks that).
+    /// One SCAN page of the locks on a server whose key (after the prefix)
+    /// matches `glob` (Redis glob syntax; the prefix itself is matched
+    /// literally): (next cursor, [(key without the prefix, token, PTTL)]).
+    /// A key that went between the SCAN and its GET is left out.
+    #[allow(clippy::type_complexity)]
+    pub fn lock_page(
+        &mut self,
+        target: Target,
+        cursor: u64,
+        glob: &[u8],
+        count: usize,
+        interrupt: &Interrupt,
+    ) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>, i64)>)> {
+        self.check_prefix()?;
+        let prefix = self.client().key_prefix().to_vec();
+        let mut pattern = match_pattern(&prefix);
+        pattern.pop(); // the trailing '*': the glob goes there
+        pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
+        let args = scan_args(cursor, &pattern, count as u64, true);
+        let value = self.command(target, Route::Node(0), &args, interrupt)?;
+        let name = self.client().server_name(target).unwrap_or("?").to_string();
+        let page = parse_scan(value, &name)?;
+        if page.keys.is_empty() {
+            return Ok((page.cursor, Vec::new()));
+        }
+        let tokens = self.each_key(target, 0, "GET", &page.keys, interrupt)?;
+        let pttls = self.each_key(target, 0, "PTTL", &page.keys, interrupt)?;
+        let locks = page
+            .keys
+            .into_iter()
+            .zip(tokens.into_iter().zip(pttls))
+            .filter_map(|(key, (token, pttl))| match (token, pttl) {
+                (Value::BulkString(token), Value::Int(pttl)) if pttl != -2 => {
+                    Some((key[prefix.len().min(key.len())..].to_vec(), token, pttl))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok((page.cursor, locks))
+    }
+
     pub fn cleanup_source_page(
         &mut self,
         cursor: u64,

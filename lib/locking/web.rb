@@ -1,0 +1,309 @@
+# frozen_string_literal: true
+
+require "erb"
+require "rack"
+require "securerandom"
+require "stringio"
+require_relative "../locking"
+require_relative "cli"
+
+class Locking
+  # The operator dashboard: a Rack app, no JavaScript framework, no asset
+  # pipeline. Mount it behind your app's own authentication, as Sidekiq::Web:
+  #
+  #   # config/routes.rb
+  #   authenticate :user, ->(user) { user.admin? } do
+  #     mount Locking::Web => "/locking"
+  #   end
+  #
+  # or run it alone: `locking web --port 9292`, or a config.ru with
+  # `run Locking::Web.app` (Locking::Web.app adds a session cookie).
+  #
+  # Pages: GET / (the phase, the fleet, lock counts and TTLs per server, the
+  # gate, the backfill), GET /locks?q=GLOB (SCAN-paged). Actions, each a POST
+  # with the session's CSRF token and a confirmation step: POST /locks/unlock
+  # (key=..., or pattern=...), POST /phase (advance, or set to=N) with the
+  # CLI's rules (the same code runs). A GET never changes anything;
+  # Locking::Web.read_only = true hides and refuses every action.
+  class Web
+    VIEWS = File.expand_path("web", __dir__)
+    CSRF_KEY = "locking.csrf"
+    # Locks shown per page of /locks (about: SCAN pages are read until this many matched)
+    PAGE = 200
+    # The most SCAN pages one page of /locks reads.
+    SCAN_PAGES = 50
+    # Keys whose TTLs the overview's chart samples, per server.
+    TTL_SAMPLE = 1000
+    # The most locks one "unlock every match" deletes.
+    MAX_BULK_UNLOCK = 10_000
+    TTL_BUCKETS = [["< 10 s", 10_000], ["< 1 min", 60_000], ["< 10 min", 600_000], ["< 1 h", 3_600_000],
+                   ["< 1 day", 86_400_000], ["longer", Float::INFINITY]].freeze
+
+    class << self
+      # Hide and refuse every action (unlock, phase changes).
+      attr_accessor :read_only
+
+      # Seconds between refreshes of the overview (0: none).
+      attr_accessor :refresh_seconds
+
+      def call(env)
+        new.call(env)
+      end
+
+      # The dashboard with its own session cookie, for running it alone
+      # (in Rails, the app's session is used).
+      def app(secret: ENV.fetch("LOCKING_WEB_SECRET") { SecureRandom.hex(32) })
+        Rack::Builder.new do
+          use Rack::Session::Cookie, key: "locking.session", secret: secret, same_site: :strict, httponly: true
+          run Locking::Web
+        end.to_app
+      end
+    end
+    self.read_only = false
+    self.refresh_seconds = 5
+
+    def call(env)
+      @request = Rack::Request.new(env)
+      @session = env["rack.session"] or return text(500, "Locking::Web needs a session (use Locking::Web.app, or mount it in Rails)")
+      route
+    rescue Locking::Error => e
+      page(503, "error", error: e)
+    end
+
+    private
+
+    attr_reader :request
+
+    def route
+      case [request.request_method, request.path_info.chomp("/").then { |p| p.empty? ? "/" : p }]
+      when %w[GET /] then page(200, "overview", overview)
+      when %w[GET /locks] then page(200, "locks", locks)
+      when %w[POST /locks/unlock] then action { unlock }
+      when %w[POST /phase] then action { change_phase }
+      else
+        return text(405, "method not allowed: changes are POSTs, pages are GETs") if %w[/locks/unlock /phase].include?(request.path_info)
+
+        text(404, "not found")
+      end
+    end
+
+    # ------------------------------------------------------------ pages
+
+    def overview
+      config = Locking.configuration
+      servers = [[:source, config.source]]
+      servers << [:destination, config.destination] if config.destination
+      {
+        servers: servers.map { |name, url| server_summary(name, url) },
+        phase: phase_summary(config),
+        fleet: config.destination ? tool.fleet : [],
+        gate: config.destination ? gate_summary : nil,
+        backfill: config.destination ? backfill_summary : nil,
+        refresh: self.class.refresh_seconds
+      }
+    end
+
+    def server_summary(name, url)
+      stats = tool(name == :source ? :source : :destination).key_stats(name)
+      { name: name, url: Locking.server_name(url), stats: stats, buckets: ttl_buckets(name) }
+    end
+
+    def ttl_buckets(name)
+      counts = Hash.new(0)
+      cursor = 0
+      seen = 0
+      loop do
+        cursor, locks = tool.send(:_lock_page, server_index(name), cursor, "*", PAGE)
+        locks.each do |(_, _, pttl)|
+          label = pttl.negative? ? "no TTL" : TTL_BUCKETS.find { |(_, limit)| pttl < limit }.first
+          counts[label] += 1
+        end
+        seen += locks.size
+        break if cursor.zero? || seen >= TTL_SAMPLE
+      end
+      (TTL_BUCKETS.map(&:first) + ["no TTL"]).map { |label| [label, counts[label]] }
+    end
+
+    def phase_summary(config)
+      stored = config.destination ? tool.control_phase : nil
+      { configured: config.phase, stored: stored, dynamic: config.dynamic? }
+    end
+
+    # The CLI's gate, run here: the same rules and the same words.
+    def gate_summary
+      out = StringIO.new
+      status = CLI.new(%w[gate --no-progress], out: out, err: out).run
+      { open: status.zero?, text: out.string }
+    end
+
+    def backfill_summary
+      holder = tool.control_get("backfill")
+      saved = begin
+        JSON.parse(tool.control_get(CLI::CURSOR) || "null")
+      rescue JSON::ParserError
+        nil
+      end
+      { running: holder, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
+    end
+
+    def locks
+      glob = request.params["q"].to_s
+      glob = "*" if glob.empty?
+      server = request.params["server"] == "destination" && Locking.configuration.destination ? :destination : :source
+      cursor = Integer(request.params["cursor"] || "0", 10)
+      found = []
+      # SCAN pages until a screenful matched, the scan ended, or enough pages were read.
+      SCAN_PAGES.times do
+        cursor, page = tool.send(:_lock_page, server_index(server), cursor, glob, PAGE)
+        found.concat(page)
+        break if cursor.zero? || found.size >= PAGE
+      end
+      other = other_server(server)
+      { glob: glob, server: server, cursor: cursor, other: other,
+        locks: found.map { |(key, token, pttl)| { key: key, token: token, pttl: pttl, also: also_on(other, key, token) } } }
+    rescue ArgumentError
+      text(400, "bad cursor")
+    end
+
+    def other_server(server)
+      return nil unless Locking.configuration.destination
+
+      server == :source ? :destination : :source
+    end
+
+    # Whether the other server holds the same lock (same token): "both".
+    def also_on(other, key, token)
+      return nil unless other
+
+      ttl = tool(other == :source ? :source : :destination).ttl_ms(key, token)
+      ttl.nil? ? nil : other
+    end
+
+    # ------------------------------------------------------------ actions
+
+    # Runs a change: refused when read-only or without the session's CSRF
+    # token; without confirm=yes, shows what it would do and asks.
+    def action
+      return text(403, "read-only: Locking::Web.read_only is set") if self.class.read_only
+
+      given = request.params["csrf"].to_s
+      unless !given.empty? && Rack::Utils.secure_compare(given, csrf_token)
+        return text(403, "refused: a missing or wrong CSRF token (reload the page and try again)")
+      end
+
+      yield
+    end
+
+    def unlock
+      key = request.params["key"].to_s
+      pattern = request.params["pattern"].to_s
+      return text(400, "give key= or pattern=") if key.empty? && pattern.empty?
+
+      unless request.params["confirm"] == "yes"
+        matches = key.empty? ? matching(pattern) : [key]
+        return page(200, "confirm", what: :unlock, key: key, pattern: pattern, matches: matches.first(50), count: matches.size)
+      end
+
+      deleted = (key.empty? ? matching(pattern) : [key]).sum { |one| Locking.client.force_delete(one) }
+      page(200, "done", message: "unlocked #{deleted} lock key(s) #{key.empty? ? "matching #{pattern}" : key}",
+                        back: "locks?q=#{Rack::Utils.escape(key.empty? ? pattern : key)}")
+    end
+
+    # The keys (without the prefix) matching `pattern` on every configured server, at most MAX_BULK_UNLOCK.
+    def matching(pattern)
+      keys = []
+      %i[source destination].each do |server|
+        next if server == :destination && !Locking.configuration.destination
+
+        cursor = 0
+        loop do
+          cursor, found = tool.send(:_lock_page, server_index(server), cursor, pattern, 1000)
+          keys.concat(found.map(&:first))
+          break if cursor.zero? || keys.size >= MAX_BULK_UNLOCK
+        end
+      end
+      keys.uniq.first(MAX_BULK_UNLOCK)
+    end
+
+    def change_phase
+      args = request.params["to"].to_s.empty? ? %w[advance] : ["set", request.params["to"].to_s]
+      unless request.params["confirm"] == "yes"
+        return page(200, "confirm", what: :phase, args: args, current: tool.control_phase)
+      end
+
+      out = StringIO.new
+      status = CLI.new(["phase", *args], out: out, err: out).run
+      page(status.zero? ? 200 : 409, "done", message: out.string, back: "./", refused: !status.zero?)
+    end
+
+    # ------------------------------------------------------------ helpers
+
+    # A client for the dashboard's reads: the configured servers and prefix,
+    # a fixed phase (it never heartbeats), as the CLI's.
+    def tool(phase = Locking.configuration.destination ? :dual : :source)
+      @tools ||= {}
+      @tools[phase] ||= begin
+        config = Locking.configuration.dup
+        config.phase = phase
+        config.pool_size = 2
+        Client.build(config)
+      end
+    end
+
+    def server_index(server) = server == :source ? 0 : 1
+
+    def csrf_token
+      @session[CSRF_KEY] ||= SecureRandom.urlsafe_base64(32)
+    end
+
+    # Text fit for HTML: keys and tokens are arbitrary bytes.
+    def h(value)
+      text = value.to_s
+      text = text.dup.force_encoding(Encoding::UTF_8)
+      text = text.scrub { |bad| bad.bytes.map { |byte| format("\\x%02X", byte) }.join } unless text.valid_encoding?
+      ERB::Util.html_escape(text)
+    end
+
+    def u(value) = Rack::Utils.escape(value.to_s)
+
+    def seconds(ms)
+      return "no TTL" if ms.negative?
+      return format("%.1f s", ms / 1000.0) if ms < 10_000
+      return "#{ms / 1000} s" if ms < 120_000
+      return "#{ms / 60_000} min" if ms < 7_200_000
+
+      "#{ms / 3_600_000} h #{(ms % 3_600_000) / 60_000} min"
+    end
+
+    def number(value) = value.to_i.to_s.reverse.scan(/\d{1,3}/).join(",").reverse
+
+    def base = request.script_name.to_s
+
+    def form(path, fields, label, css = "")
+      hidden = fields.merge("csrf" => csrf_token).map do |name, value|
+        %(<input type="hidden" name="#{h(name)}" value="#{h(value)}">)
+      end.join
+      %(<form method="post" action="#{h(base)}/#{path}" class="inline">#{hidden}<button class="#{css}">#{h(label)}</button></form>)
+    end
+
+    def page(status, view, locals = {})
+      return locals if locals.is_a?(Array) # a text response from inside a page's data
+
+      body = render("layout", locals.slice(:refresh)) { render(view, locals) }
+      [status, { "content-type" => "text/html; charset=utf-8", "cache-control" => "no-store",
+                 "x-frame-options" => "DENY", "content-security-policy" => "default-src 'self'; style-src 'unsafe-inline'" },
+       [body]]
+    end
+
+    def render(view, locals = {}, &)
+      template = ERB.new(File.read(File.join(VIEWS, "#{view}.erb")), trim_mode: "-")
+      context = binding
+      locals.each { |name, value| context.local_variable_set(name, value) }
+      template.result(context)
+    end
+
+    def text(status, message)
+      [status, { "content-type" => "text/plain; charset=utf-8" }, [message]]
+    end
+  end
+end
