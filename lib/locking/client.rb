@@ -70,6 +70,13 @@ class Locking
       _auto_renew(key, token, ttl_ms)
     end
 
+    # One SCAN page of the locks on :source or :destination whose key (after
+    # the prefix) matches `glob` (the dashboard's list).
+    # @return [Array(Integer, Array<Array(String, String, Integer)>)] next cursor (0: done), [key, token, pttl]
+    def lock_page(server, cursor, glob, count)
+      _lock_page(server_index(server), Integer(cursor), glob.to_s, Integer(count))
+    end
+
     # The renewer of this process: :held (locks being renewed), :renewed,
     # :failed, :lost, :batches, :lag_p50_ms, :lag_p99_ms, :lag_max_ms (how late
     # renewals started, of the last 8,192), :cpu_ms (the renewer thread's), :last_error.

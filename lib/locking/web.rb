@@ -113,7 +113,7 @@ class Locking
       cursor = 0
       seen = 0
       loop do
-        cursor, locks = tool.send(:_lock_page, server_index(name), cursor, "*", PAGE)
+        cursor, locks = tool.lock_page(name, cursor, "*", PAGE)
         locks.each do |(_, _, pttl)|
           label = pttl.negative? ? "no TTL" : TTL_BUCKETS.find { |(_, limit)| pttl < limit }.first
           counts[label] += 1
@@ -154,7 +154,7 @@ class Locking
       found = []
       # SCAN pages until a screenful matched, the scan ended, or enough pages were read.
       SCAN_PAGES.times do
-        cursor, page = tool.send(:_lock_page, server_index(server), cursor, glob, PAGE)
+        cursor, page = tool.lock_page(server, cursor, glob, PAGE)
         found.concat(page)
         break if cursor.zero? || found.size >= PAGE
       end
@@ -217,7 +217,7 @@ class Locking
 
         cursor = 0
         loop do
-          cursor, found = tool.send(:_lock_page, server_index(server), cursor, pattern, 1000)
+          cursor, found = tool.lock_page(server, cursor, pattern, 1000)
           keys.concat(found.map(&:first))
           break if cursor.zero? || keys.size >= MAX_BULK_UNLOCK
         end
@@ -249,8 +249,6 @@ class Locking
         Client.build(config)
       end
     end
-
-    def server_index(server) = server == :source ? 0 : 1
 
     def csrf_token
       @session[CSRF_KEY] ||= SecureRandom.urlsafe_base64(32)

@@ -720,15 +720,21 @@ impl<'c> Lease<'c> {
                             })
                             .collect();
                         let route = Route::Key(key_of(chunk[0]));
-                        let values = self.exchange(target, route, &requests, interrupt);
+                        // Each reply is taken, not copied, into its operation.
+                        let mut values = self
+                            .exchange(target, route, &requests, interrupt)
+                            .map(|values| values.into_iter().map(Some).collect::<Vec<_>>());
                         drop(requests);
                         for (position, send) in chunk.iter().enumerate() {
-                            let reply = match &values {
+                            let reply = match &mut values {
                                 Ok(values) => {
-                                    match (values.get(position), self.client.server(target)) {
-                                        (Some(value), Some(server)) => server
-                                            .node_for(key_of(send))
-                                            .decode(&send.3, value.clone()),
+                                    match (
+                                        values.get_mut(position).and_then(Option::take),
+                                        self.client.server(target),
+                                    ) {
+                                        (Some(value), Some(server)) => {
+                                            server.node_for(key_of(send)).decode(&send.3, value)
+                                        }
                                         _ => Err(Error::Internal(
                                             "a reply missing from a batch".into(),
                                         )),

@@ -48,7 +48,11 @@ impl RedisUrl {
             "redis"
         };
         if let Some(sentinel) = &self.sentinel {
-            let hosts: Vec<String> = sentinel.sentinels.iter().map(host_port).collect();
+            let hosts: Vec<String> = sentinel
+                .sentinels
+                .iter()
+                .map(crate::transport::describe)
+                .collect();
             return format!(
                 "{scheme}+sentinel://{}/{}/{}",
                 hosts.join(","),
@@ -58,16 +62,8 @@ impl RedisUrl {
         }
         match &self.address {
             Address::Unix(path) => format!("unix://{}?db={}", path.display(), self.db),
-            tcp => format!("{scheme}://{}/{}", host_port(tcp), self.db),
+            tcp => format!("{scheme}://{}/{}", crate::transport::describe(tcp), self.db),
         }
-    }
-}
-
-fn host_port(address: &Address) -> String {
-    match address {
-        Address::Tcp(host, port) if host.contains(':') => format!("[{host}]:{port}"),
-        Address::Tcp(host, port) => format!("{host}:{port}"),
-        Address::Unix(path) => path.display().to_string(),
     }
 }
 
