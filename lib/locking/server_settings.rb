@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "uri"
+
 class Locking
   # Turns every form a server can be given in into the one text form the core
   # reads: a URL (see ext/locking_core/src/url.rs, and "Production Redis" in
@@ -9,13 +11,14 @@ class Locking
   #   { host: "h", port: 6380, ssl: true, password: "pw",
   #     ssl_params: { ca_file: "/etc/ca.pem" } }          # redis-rb's vocabulary
   #   { name: "mymaster", sentinels: [{ host: "s1", port: 26379 }], role: :master }
+  #   { cluster: ["redis://10.0.0.1:7000", "10.0.0.2:7000"], password: "pw" }  # one seed node is enough
   #   Resque.redis / Sidekiq's Redis / any Redis object  # its connection options
   #
   # A Hash and a URL become the same thing: settings in config/locking.yml,
   # in Locking.configure and in LOCKING_SOURCE_URL are interchangeable.
   module ServerSettings
     KEYS = %i[url scheme host port path db username password ssl ssl_params name sentinels role
-              sentinel_username sentinel_password].freeze
+              sentinel_username sentinel_password cluster].freeze
     SSL_KEYS = %i[ca_file ca_path cert key verify_mode verify_hostname].freeze
     # redis-rb options that say nothing about where the server is (timeouts are Locking's own).
     IGNORED = %i[timeout connect_timeout read_timeout write_timeout driver id tcp_keepalive reconnect_attempts
@@ -80,7 +83,50 @@ class Locking
         raise ArgumentError, "#{name}: unknown setting #{unknown.map(&:inspect).join(', ')} (known: #{KEYS.join(', ')})"
       end
 
-      hash[:sentinels] ? sentinel_url(hash, name) : server_url(hash, name)
+      if hash[:cluster]
+        cluster_url(hash, name)
+      elsif hash[:sentinels]
+        sentinel_url(hash, name)
+      else
+        server_url(hash, name)
+      end
+    end
+
+    # `cluster:` the seed nodes, as URLs, "host:port" or { host:, port: };
+    # credentials and TLS come from the Hash, or from the first seed URL.
+    def cluster_url(hash, name)
+      clashing = %i[url host port path sentinels name].select { |key| hash[key] }
+      raise ArgumentError, "#{name}: give cluster or #{clashing.join('/')}, not both" unless clashing.empty?
+
+      seeds = Array(hash[:cluster])
+      raise ArgumentError, "#{name}: cluster needs at least one seed node (\"redis://host:7000\")" if seeds.empty?
+
+      hash = hash.dup
+      hosts = seeds.map { |seed| cluster_host(seed, hash, name) }
+      scheme = ssl?(hash) ? "rediss+cluster" : "redis+cluster"
+      with_query("#{scheme}://#{hosts.join(',')}", common_query(hash, name))
+    end
+
+    def cluster_host(seed, hash, name)
+      case seed
+      when String
+        uri = seed.include?("://") ? URI.parse(seed) : URI.parse("redis://#{seed}")
+        hash[:ssl] = true if uri.scheme == "rediss"
+        hash[:username] ||= URI.decode_www_form_component(uri.user) if uri.user && !uri.user.empty?
+        hash[:password] ||= URI.decode_www_form_component(uri.password) if uri.password
+        host = uri.hostname or raise ArgumentError, "#{name}: a cluster node without a host: #{seed.inspect}"
+        host = "[#{host}]" if host.include?(":")
+        "#{host}:#{uri.port || 6379}"
+      when Hash
+        seed = symbolize(seed)
+        host = seed.fetch(:host) { raise ArgumentError, "#{name}: a cluster node without a host: #{seed.inspect}" }.to_s
+        host = "[#{host}]" if host.include?(":")
+        "#{host}:#{Integer(seed.fetch(:port, 6379))}"
+      else
+        raise TypeError, "#{name}: a cluster node must be a URL String or a Hash, got #{seed.inspect}"
+      end
+    rescue URI::InvalidURIError => e
+      raise ArgumentError, "#{name}: a bad cluster node #{seed.inspect}: #{e.message}"
     end
 
     def server_url(hash, name)

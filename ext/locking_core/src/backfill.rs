@@ -109,6 +109,16 @@ impl Operator<'_> {
         if dry_run {
             return self.backfill_dry_run(cursor, count, interrupt);
         }
+        let clustered = [Target::Source, Target::Destination]
+            .into_iter()
+            .any(|target| {
+                self.client()
+                    .server(target)
+                    .is_some_and(|server| server.cluster().is_some())
+            });
+        if clustered {
+            return self.backfill_by_node(cursor, count, pages, interrupt);
+        }
         let prefix = self.client().key_prefix().to_vec();
         let mut scheduler = Scheduler {
             operator: self,
@@ -125,6 +135,65 @@ impl Operator<'_> {
         Ok(scheduler.report())
     }
 
+    /// Backfill where a cluster is involved: each SCAN page of the source
+    /// (master by master for a cluster) runs its keys' backfills side by
+    /// side (`Lease::run_batch`): each command goes to its key's node, in
+    /// one pipeline per node, and reads are single-key, so nothing crosses
+    /// slots. A source cluster's slot map is compared before and after the
+    /// batch: if it changed, keys may have moved past the walk, so the
+    /// position returned starts the walk over (`restarted`).
+    fn backfill_by_node(
+        &mut self,
+        cursor: u64,
+        count: usize,
+        pages: usize,
+        interrupt: &Interrupt,
+    ) -> Result<BackfillReport> {
+        let client = self.client();
+        let source = client
+            .server(Target::Source)
+            .ok_or_else(|| Error::InvalidArgument("backfill needs a source server".into()))?;
+        let began = match source.cluster() {
+            Some(_) => Some(source.survey(interrupt)?),
+            None => None,
+        };
+        let prefix = client.key_prefix().to_vec();
+        let mut report = BackfillReport::default();
+        let mut position = cursor;
+        for _ in 0..pages {
+            let page =
+                self.scan_matching(Target::Source, &prefix, position, count, false, interrupt)?;
+            report.restarted |= page.restarted;
+            position = page.cursor;
+            report.scanned += page.keys.len() as u64;
+            let ops = page
+                .keys
+                .iter()
+                .map(|_| protocol::Backfill::new())
+                .collect();
+            let keys: Vec<Result<Vec<u8>>> = page.keys.into_iter().map(Ok).collect();
+            let outcomes = self.lease().run_batch(&keys, ops, interrupt);
+            for (key, outcome) in keys.iter().zip(outcomes) {
+                tally(&mut report, key.as_deref().unwrap_or_default(), outcome);
+            }
+            if position == 0 {
+                break;
+            }
+        }
+        if let (Some(began), Some(cluster)) = (began, source.cluster()) {
+            let ended = source.survey(interrupt)?;
+            if began.unsettled.is_some()
+                || ended.unsettled.is_some()
+                || began.fingerprint != ended.fingerprint
+            {
+                report.restarted = true;
+                position = cluster.restart_position()?;
+            }
+        }
+        report.cursor = position;
+        Ok(report)
+    }
+
     fn backfill_dry_run(
         &mut self,
         cursor: u64,
@@ -132,18 +201,18 @@ impl Operator<'_> {
         interrupt: &Interrupt,
     ) -> Result<BackfillReport> {
         let prefix = self.client().key_prefix().to_vec();
-        let page =
-            self.scan_matching(Target::Source, 0, &prefix, cursor, count, true, interrupt)?;
+        let page = self.scan_matching(Target::Source, &prefix, cursor, count, true, interrupt)?;
         let mut report = BackfillReport {
             cursor: page.cursor,
             scanned: page.keys.len() as u64,
+            restarted: page.restarted,
             ..BackfillReport::default()
         };
         if page.keys.is_empty() {
             return Ok(report);
         }
-        let on_source = self.each_key(Target::Source, 0, "GET", &page.keys, interrupt)?;
-        let on_destination = self.each_key(Target::Destination, 0, "GET", &page.keys, interrupt)?;
+        let on_source = self.each_key(Target::Source, "GET", &page.keys, interrupt)?;
+        let on_destination = self.each_key(Target::Destination, "GET", &page.keys, interrupt)?;
         for (source, destination) in on_source.into_iter().zip(on_destination) {
             match (source, destination) {
                 (Value::BulkString(_), Value::Nil) => report.copied += 1,
@@ -286,7 +355,7 @@ impl Scheduler<'_, '_> {
                     command,
                 })
                 .collect();
-            let (node, connection) =
+            let (_, node, connection) =
                 self.operator
                     .lease()
                     .connection(target, Route::Node(0), interrupt)?;
@@ -403,23 +472,28 @@ impl Scheduler<'_, '_> {
             let outcome = job
                 .outcome
                 .unwrap_or_else(|| Err(Error::Internal("backfill did not finish".into())));
-            match outcome {
-                Ok(BackfillOutcome::Copied) => report.copied += 1,
-                Ok(BackfillOutcome::AlreadyThere) => report.already_there += 1,
-                Ok(BackfillOutcome::Conflict) => report.conflicts += 1,
-                Ok(BackfillOutcome::Undone) => report.undone += 1,
-                Ok(BackfillOutcome::Absent) => report.absent += 1,
-                Err(error) => {
-                    report.failed += 1;
-                    if report.errors.len() < ERRORS_REPORTED {
-                        report
-                            .errors
-                            .push(format!("{:?}: {error}", String::from_utf8_lossy(&job.key)));
-                    }
-                }
-            }
+            tally(&mut report, &job.key, outcome);
         }
         report
+    }
+}
+
+/// Counts one key's outcome in `report`.
+fn tally(report: &mut BackfillReport, key: &[u8], outcome: Result<BackfillOutcome>) {
+    match outcome {
+        Ok(BackfillOutcome::Copied) => report.copied += 1,
+        Ok(BackfillOutcome::AlreadyThere) => report.already_there += 1,
+        Ok(BackfillOutcome::Conflict) => report.conflicts += 1,
+        Ok(BackfillOutcome::Undone) => report.undone += 1,
+        Ok(BackfillOutcome::Absent) => report.absent += 1,
+        Err(error) => {
+            report.failed += 1;
+            if report.errors.len() < ERRORS_REPORTED {
+                report
+                    .errors
+                    .push(format!("{:?}: {error}", String::from_utf8_lossy(key)));
+            }
+        }
     }
 }
 
@@ -430,7 +504,7 @@ fn send_to(
     requests: &[Request<'_>],
     interrupt: &Interrupt,
 ) -> Result<()> {
-    let (node, connection) = operator
+    let (_, node, connection) = operator
         .lease()
         .connection(target, Route::Node(0), interrupt)?;
     pipeline::send(connection, &node.dialect, requests, interrupt)
@@ -443,7 +517,7 @@ fn receive_single(
     request: &Request<'_>,
     interrupt: &Interrupt,
 ) -> Result<Received> {
-    let (node, connection) = operator
+    let (_, node, connection) = operator
         .lease()
         .connection(target, Route::Node(0), interrupt)?;
     let deadline = Instant::now() + connection.read_timeout();

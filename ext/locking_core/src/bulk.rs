@@ -16,9 +16,13 @@ pub const MAX_PAGES_PER_BATCH: usize = 64;
 /// One page of a SCAN over string keys under the key prefix.
 #[derive(Debug, Clone, Default)]
 pub struct ScanPage {
-    /// 0 when the walk is complete.
+    /// Where the walk goes on (for a cluster: the node and its cursor, see
+    /// `cluster`); 0 when the walk is complete.
     pub cursor: u64,
     pub keys: Vec<Vec<u8>>,
+    /// The position given was made under another slot map (a cluster was
+    /// resharded or failed over): this page is the walk's first again.
+    pub restarted: bool,
 }
 
 /// Lock keys on one server and their remaining TTLs.
@@ -43,6 +47,10 @@ pub struct BackfillReport {
     pub absent: u64,
     /// Keys whose commands failed with a server error (the batch went on).
     pub failed: u64,
+    /// The source is a cluster whose slot map changed (resharding, a
+    /// failover): the walk started over from the first master, since keys
+    /// may have moved past it. Copies are idempotent; nothing is lost.
+    pub restarted: bool,
     /// The first few of those errors, with their keys.
     pub errors: Vec<String>,
 }
@@ -133,6 +141,8 @@ pub struct OneSidedWalk {
     scanned: u64,
     candidates: Vec<(Vec<u8>, Vec<u8>)>,
     unchecked: u64,
+    /// The walked server's slot map when the walk began (a cluster).
+    began: Option<u64>,
 }
 
 impl OneSidedWalk {
@@ -143,6 +153,7 @@ impl OneSidedWalk {
             scanned: 0,
             candidates: Vec::new(),
             unchecked: 0,
+            began: None,
         }
     }
 }
@@ -195,7 +206,11 @@ pub(crate) fn parse_scan(value: Value, server: &str) -> Result<ScanPage> {
                     .collect(),
                 other => return Err(bad(format!("SCAN returned {other:?}"))),
             };
-            Ok(ScanPage { cursor, keys })
+            Ok(ScanPage {
+                cursor,
+                keys,
+                restarted: false,
+            })
         }
         Value::ServerError(error) => Err(bad(format!("SCAN failed: {error}"))),
         other => Err(bad(format!("SCAN returned {other:?}"))),
@@ -216,38 +231,63 @@ pub(crate) fn match_pattern(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl Operator<'_> {
-    /// One SCAN page of string keys under the prefix.
+    /// One SCAN page of string keys under the prefix, from `position` (a
+    /// cursor; for a cluster, master by master).
     pub fn scan(
         &mut self,
         target: Target,
-        cursor: u64,
+        position: u64,
         count: usize,
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
         self.check_prefix()?;
         let prefix = self.client().key_prefix().to_vec();
-        self.scan_matching(target, 0, &prefix, cursor, count, true, interrupt)
+        self.scan_matching(target, &prefix, position, count, true, interrupt)
     }
 
     /// One SCAN page of string keys starting with `prefix`.
     /// `strings_only` adds SCAN's TYPE filter, which costs the server a
     /// lookup per key; backfill goes without (its reads ignore other types).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn scan_matching(
         &mut self,
         target: Target,
-        node: usize,
         prefix: &[u8],
-        cursor: u64,
+        position: u64,
         count: usize,
         strings_only: bool,
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
         let pattern = match_pattern(prefix);
-        let args = scan_args(cursor, &pattern, count as u64, strings_only);
-        let value = self.command(target, Route::Node(node), &args, interrupt)?;
-        let name = self.client().server_name(target).unwrap_or("?").to_string();
-        parse_scan(value, &name)
+        self.scan_pattern(target, &pattern, position, count, strings_only, interrupt)
+    }
+
+    /// One SCAN page of the keys matching `pattern`: on a cluster, of the
+    /// master the position names, moving on to the next master (in slot
+    /// order) when that one is done.
+    pub(crate) fn scan_pattern(
+        &mut self,
+        target: Target,
+        pattern: &[u8],
+        position: u64,
+        count: usize,
+        strings_only: bool,
+        interrupt: &Interrupt,
+    ) -> Result<ScanPage> {
+        let client = self.client();
+        let server = client.server(target).ok_or_else(|| {
+            Error::InvalidArgument(format!("no {} server is configured", target.name()))
+        })?;
+        let Some(step) = server.walk_at(position, interrupt)? else {
+            return Ok(ScanPage::default());
+        };
+        let args = scan_args(step.cursor, pattern, count as u64, strings_only);
+        let value = self.command(target, Route::Node(step.node), &args, interrupt)?;
+        let page = parse_scan(value, server.name())?;
+        Ok(ScanPage {
+            cursor: server.walk_after(&step, page.cursor)?,
+            keys: page.keys,
+            restarted: step.restarted,
+        })
     }
 
     /// Counts lock keys on a server and summarizes their TTLs (a full walk).
@@ -269,7 +309,7 @@ impl Operator<'_> {
         let target = walk.target;
         let mut position = walk.position;
         let done = self.walk_pages(target, &mut position, pages, interrupt, |operator, keys| {
-            let pttls = operator.each_key(target, 0, "PTTL", &keys, interrupt)?;
+            let pttls = operator.each_key(target, "PTTL", &keys, interrupt)?;
             for pttl in pttls {
                 match pttl {
                     Value::Int(-1) => {
@@ -349,6 +389,9 @@ impl Operator<'_> {
         interrupt: &Interrupt,
     ) -> Result<bool> {
         let side = walk.side;
+        if walk.began.is_none() {
+            walk.began = Some(self.settled(side, interrupt)?);
+        }
         let mut position = walk.position;
         let done = self.walk_pages(side, &mut position, pages, interrupt, |operator, keys| {
             walk.scanned += keys.len() as u64;
@@ -380,6 +423,19 @@ impl Operator<'_> {
         interrupt: &Interrupt,
     ) -> Result<SourceOnly> {
         let side = walk.side;
+        // A cluster whose slots moved during the walk may have moved keys
+        // from a master not yet walked to one already walked: the count
+        // would miss them. Nothing is decided on such a walk.
+        let ended = self.settled(side, interrupt)?;
+        if walk.began.is_some_and(|began| began != ended) {
+            return Err(Error::Command {
+                server: self.client().server_name(side).unwrap_or("?").to_string(),
+                detail: "the cluster's slot map changed during the walk (resharding or a failover), so keys \
+                         may have moved past it: nothing is decided on this count; run it again once the \
+                         cluster is settled"
+                    .into(),
+            });
+        }
         for _ in 0..3 {
             if walk.candidates.is_empty() {
                 break;
@@ -406,6 +462,26 @@ impl Operator<'_> {
         })
     }
 
+    /// The fingerprint of `target`'s slot map, once it is settled (always,
+    /// for one server); an error while a cluster is resharding or failing
+    /// over.
+    fn settled(&mut self, target: Target, interrupt: &Interrupt) -> Result<u64> {
+        let client = self.client();
+        let Some(server) = client.server(target) else {
+            return Ok(0);
+        };
+        let survey = server.survey(interrupt)?;
+        match survey.unsettled {
+            None => Ok(survey.fingerprint),
+            Some(why) => Err(Error::Command {
+                server: server.name().to_string(),
+                detail: format!(
+                    "{why}: a walk of the cluster now could miss keys; run it again once the cluster is settled"
+                ),
+            }),
+        }
+    }
+
     /// (key, value) of the keys whose value on `side` the other server lacks.
     fn only_among(
         &mut self,
@@ -417,8 +493,8 @@ impl Operator<'_> {
             Target::Source => Target::Destination,
             Target::Destination => Target::Source,
         };
-        let on_side = self.each_key(side, 0, "GET", &keys, interrupt)?;
-        let on_other = self.each_key(other, 0, "GET", &keys, interrupt)?;
+        let on_side = self.each_key(side, "GET", &keys, interrupt)?;
+        let on_other = self.each_key(other, "GET", &keys, interrupt)?;
         Ok(keys
             .into_iter()
             .zip(on_side)
@@ -441,15 +517,7 @@ impl Operator<'_> {
         full_key.extend_from_slice(key);
         let mut deleted = 0;
         for target in self.configured_targets() {
-            let node = self.client().server(target).map_or(0, |server| {
-                let node = server.node_for(&full_key);
-                server
-                    .nodes()
-                    .iter()
-                    .position(|n| std::ptr::eq(n, node))
-                    .unwrap_or(0)
-            });
-            let values = self.each_key(target, node, "DEL", &[full_key.clone()], interrupt)?;
+            let values = self.each_key(target, "DEL", &[full_key.clone()], interrupt)?;
             deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
         }
         Ok(deleted)
@@ -469,27 +537,17 @@ impl Operator<'_> {
         pattern_prefix.extend_from_slice(key_start);
         let mut deleted = 0;
         for target in self.configured_targets() {
-            for node in 0..self.node_count(target) {
-                let mut cursor = 0;
-                loop {
-                    let page = self.scan_matching(
-                        target,
-                        node,
-                        &pattern_prefix,
-                        cursor,
-                        1000,
-                        true,
-                        interrupt,
-                    )?;
-                    if !page.keys.is_empty() {
-                        let values = self.each_key(target, node, "DEL", &page.keys, interrupt)?;
-                        deleted +=
-                            values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
-                    }
-                    cursor = page.cursor;
-                    if cursor == 0 {
-                        break;
-                    }
+            let mut position = 0;
+            loop {
+                let page =
+                    self.scan_matching(target, &pattern_prefix, position, 1000, true, interrupt)?;
+                if !page.keys.is_empty() {
+                    let values = self.each_key(target, "DEL", &page.keys, interrupt)?;
+                    deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
+                }
+                position = page.cursor;
+                if position == 0 {
+                    break;
                 }
             }
         }
@@ -518,15 +576,12 @@ impl Operator<'_> {
         let mut pattern = match_pattern(&prefix);
         pattern.pop(); // the trailing '*': the glob goes there
         pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
-        let args = scan_args(cursor, &pattern, count as u64, true);
-        let value = self.command(target, Route::Node(0), &args, interrupt)?;
-        let name = self.client().server_name(target).unwrap_or("?").to_string();
-        let page = parse_scan(value, &name)?;
+        let page = self.scan_pattern(target, &pattern, cursor, count, true, interrupt)?;
         if page.keys.is_empty() {
             return Ok((page.cursor, Vec::new()));
         }
-        let tokens = self.each_key(target, 0, "GET", &page.keys, interrupt)?;
-        let pttls = self.each_key(target, 0, "PTTL", &page.keys, interrupt)?;
+        let tokens = self.each_key(target, "GET", &page.keys, interrupt)?;
+        let pttls = self.each_key(target, "PTTL", &page.keys, interrupt)?;
         let locks = page
             .keys
             .into_iter()
@@ -550,12 +605,11 @@ impl Operator<'_> {
     ) -> Result<(u64, u64, u64)> {
         self.check_prefix()?;
         let prefix = self.client().key_prefix().to_vec();
-        let page =
-            self.scan_matching(Target::Source, 0, &prefix, cursor, count, true, interrupt)?;
+        let page = self.scan_matching(Target::Source, &prefix, cursor, count, true, interrupt)?;
         let found = page.keys.len() as u64;
         let mut deleted = 0;
         if !dry_run && !page.keys.is_empty() {
-            let values = self.each_key(Target::Source, 0, "DEL", &page.keys, interrupt)?;
+            let values = self.each_key(Target::Source, "DEL", &page.keys, interrupt)?;
             deleted = values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
         }
         Ok((page.cursor, found, deleted))

@@ -6,14 +6,14 @@
 //! connections, never blocks), one blocking operation on the lease, and
 //! `finish` (gives healthy connections back, never blocks).
 
+use crate::cluster::{self, Redirect};
 use crate::codec::Value;
 use crate::connection::{Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
 use crate::phase::Phase;
 use crate::pipeline::{self, Request};
 use crate::protocol::{self, Command, Operation, Reply, Servers, Step, Target, TokenTtl};
-use crate::server::{EvictionCheck, Node, RedisStore, Server};
-use crate::store::Store;
+use crate::server::{EvictionCheck, Node, Server};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -129,14 +129,20 @@ pub struct Client {
     timeout: Duration,
     /// Locks taken with auto_renew, and the thread renewing them.
     renewals: crate::renew::Renewals,
+    /// Warnings about the configuration, given once (`take_warnings`).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
+
+/// The connections an operation holds to one server: one per node it
+/// used (a cluster's keys live on many), each with the node's place.
+pub(crate) type Held = Vec<(usize, Connection)>;
 
 /// Connections kept by the renewer thread between its batches (never the
 /// pools': see `renew`).
 #[derive(Default)]
 pub struct Slots {
-    source: Option<(usize, Connection)>,
-    destination: Option<(usize, Connection)>,
+    source: Held,
+    destination: Held,
 }
 
 impl Client {
@@ -166,7 +172,7 @@ impl Client {
             url.as_deref()
                 .map(|url| {
                     ServerConfig::parse(url, config.timeout)
-                        .map(|parsed| Server::standalone(parsed, config.pool_size, config.eviction))
+                        .and_then(|parsed| Server::new(parsed, config.pool_size, config.eviction))
                 })
                 .transpose()
         };
@@ -202,7 +208,9 @@ impl Client {
             min_replicas_acked: config.min_replicas_acked,
             timeout: config.timeout,
             renewals: Default::default(),
+            warnings: Default::default(),
         };
+        client.warn_of_pinned_prefix();
         if client.dynamic.is_some() {
             if client.destination.is_none() || client.source.is_none() {
                 return Err(Error::InvalidArgument(
@@ -214,6 +222,28 @@ impl Client {
             client.check_phase(config.phase)?;
         }
         Ok(client)
+    }
+
+    /// A key prefix with a hash tag gives every lock the same hash slot:
+    /// a cluster would keep them all on one master.
+    fn warn_of_pinned_prefix(&self) {
+        let Some(tag) = crate::cluster::hash_tag(&self.key_prefix) else {
+            return;
+        };
+        for server in [&self.source, &self.destination].into_iter().flatten() {
+            if server.cluster().is_some() {
+                self.warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!(
+                        "{}: the key_prefix {:?} has the hash tag {{{}}}, so every lock hashes to one slot and \
+                         lives on one master of the cluster; drop the braces to spread them",
+                        server.name(),
+                        String::from_utf8_lossy(&self.key_prefix),
+                        String::from_utf8_lossy(tag)
+                    ));
+            }
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -252,7 +282,8 @@ impl Client {
     /// Whether a best-effort cleanup of `key` on `target` is skipped for now.
     fn skips_cleanup(&self, target: Target, key: &[u8]) -> bool {
         self.server(target)
-            .is_some_and(|server| server.node_for(key).skips_cleanup())
+            .and_then(|server| server.peek(key))
+            .is_some_and(Node::skips_cleanup)
     }
 
     fn servers(&self) -> Servers {
@@ -285,8 +316,16 @@ impl Client {
             phase: self.phase(),
             refresh: self.phase_is_stale(),
             registered: None,
-            source: self.source.as_ref().and_then(idle_connection),
-            destination: self.destination.as_ref().and_then(idle_connection),
+            source: self
+                .source
+                .as_ref()
+                .map(idle_connection)
+                .unwrap_or_default(),
+            destination: self
+                .destination
+                .as_ref()
+                .map(idle_connection)
+                .unwrap_or_default(),
         }
     }
 
@@ -309,8 +348,8 @@ impl Client {
             phase: self.phase(),
             refresh: self.phase_is_stale(),
             registered: None,
-            source: slots.source.take(),
-            destination: slots.destination.take(),
+            source: std::mem::take(&mut slots.source),
+            destination: std::mem::take(&mut slots.destination),
         };
         let interrupt = Interrupt::new();
         let results = match lease.resolve_phase(&interrupt) {
@@ -325,23 +364,23 @@ impl Client {
                 lease.run_batch(&keys, ops, &interrupt)
             }
         };
-        let healthy = |slot: Option<(usize, Connection)>| {
-            slot.filter(|(_, c)| c.healthy && c.pid == crate::process::id() && c.loads.settled())
-        };
-        for (target, slot) in [
-            (Target::Source, lease.source.take()),
-            (Target::Destination, lease.destination.take()),
+        for (target, held) in [
+            (Target::Source, std::mem::take(&mut lease.source)),
+            (Target::Destination, std::mem::take(&mut lease.destination)),
         ] {
-            if let (Some(server), Some((node, connection))) = (self.server(target), slot.as_ref()) {
+            let mut kept = Held::new();
+            for (node, connection) in held {
                 if !connection.healthy {
-                    if let Some(node) = server.nodes().get(*node) {
-                        node.connection_failed();
+                    if let Some(server) = self.server(target) {
+                        server.connection_failed(node);
                     }
+                } else if connection.pid == crate::process::id() && connection.loads.settled() {
+                    kept.push((node, connection));
                 }
             }
             match target {
-                Target::Source => slots.source = healthy(slot),
-                Target::Destination => slots.destination = healthy(slot),
+                Target::Source => slots.source = kept,
+                Target::Destination => slots.destination = kept,
             }
         }
         results
@@ -394,15 +433,16 @@ impl Client {
 
     /// Gives the lease's healthy connections back to their pools.
     pub fn finish(&self, mut lease: Lease<'_>) {
-        for (server, slot) in [
-            (&self.source, lease.source.take()),
-            (&self.destination, lease.destination.take()),
+        for (server, held) in [
+            (&self.source, std::mem::take(&mut lease.source)),
+            (&self.destination, std::mem::take(&mut lease.destination)),
         ] {
-            if let (Some(server), Some((node, connection))) = (server, slot) {
-                if let Some(node) = server.nodes().get(node) {
-                    if !connection.healthy {
-                        node.connection_failed();
-                    }
+            let Some(server) = server else { continue };
+            for (index, connection) in held {
+                if !connection.healthy {
+                    server.connection_failed(index);
+                }
+                if let Some(node) = server.node(index) {
                     node.pool.give_back(connection);
                 }
             }
@@ -414,23 +454,30 @@ impl Client {
         [&self.source, &self.destination]
             .into_iter()
             .flatten()
-            .flat_map(Server::nodes)
+            .flat_map(Server::known_nodes)
             .filter_map(Node::take_warning)
+            .chain(
+                self.warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drain(..),
+            )
             .collect()
     }
 
     pub fn idle_connections(&self, target: Target) -> usize {
-        self.server(target)
-            .map_or(0, |s| s.nodes().iter().map(|n| n.pool.idle_count()).sum())
+        self.server(target).map_or(0, |s| {
+            s.known_nodes().iter().map(|n| n.pool.idle_count()).sum()
+        })
     }
 }
 
-/// An idle connection to a server of one node (taken with the lease, so
-/// that pools are only touched where the caller holds its interpreter lock).
-fn idle_connection(server: &Server) -> Option<(usize, Connection)> {
-    match server.nodes() {
-        [node] => node.pool.take().map(|connection| (0, connection)),
-        _ => None,
+/// An idle connection to a server of one node, taken with the lease (a
+/// cluster's are taken per node as keys are routed).
+fn idle_connection(server: &Server) -> Held {
+    match server {
+        Server::Standalone(node) => node.pool.take().map(|c| (0, c)).into_iter().collect(),
+        Server::Cluster(_) => Held::new(),
     }
 }
 
@@ -452,9 +499,9 @@ pub struct Lease<'c> {
     refresh: bool,
     /// The phase this operation counts itself in (dynamic phases), until dropped.
     registered: Option<Phase>,
-    /// The connection to each server, with the node it goes to.
-    source: Option<(usize, Connection)>,
-    destination: Option<(usize, Connection)>,
+    /// The connections to each server, with the node each goes to.
+    source: Held,
+    destination: Held,
 }
 
 impl Drop for Lease<'_> {
@@ -553,8 +600,8 @@ impl<'c> Lease<'c> {
         let wanted_text = wanted.to_string();
         for target in [Target::Source, Target::Destination] {
             let used = match target {
-                Target::Source => self.source.is_some(),
-                Target::Destination => self.destination.is_some(),
+                Target::Source => !self.source.is_empty(),
+                Target::Destination => !self.destination.is_empty(),
             };
             if !used {
                 continue;
@@ -611,8 +658,12 @@ impl<'c> Lease<'c> {
         let mut op = protocol::Release::new(self.phase, token, servers);
         let result = self.run_on(&full_key, &mut op, interrupt);
         if let Some(target) = op.cleanup_failed() {
-            if let Some(server) = self.client.server(target) {
-                server.node_for(&full_key).back_off_cleanup();
+            if let Some(node) = self
+                .client
+                .server(target)
+                .and_then(|server| server.peek(&full_key))
+            {
+                node.back_off_cleanup();
             }
         }
         result
@@ -661,10 +712,11 @@ impl<'c> Lease<'c> {
     }
 
     /// Runs `ops` side by side, one per key: each round, every operation's
-    /// next commands go out in one pipeline per server (source, then
-    /// destination), and each gets its replies. A server that fails fails
+    /// next commands go out in one pipeline per node (source first, then
+    /// destination), and each gets its replies. A node that fails fails
     /// the commands sent to it, and the operations decide (as one alone
-    /// would). At most `BATCH_PIPELINE` commands per pipeline.
+    /// would); a command a cluster redirects is followed on its own. At
+    /// most `BATCH_PIPELINE` commands per pipeline.
     pub(crate) fn run_batch<O: Operation>(
         &mut self,
         keys: &[Result<Vec<u8>>],
@@ -672,6 +724,8 @@ impl<'c> Lease<'c> {
         interrupt: &Interrupt,
     ) -> Vec<Result<O::Output>> {
         const BATCH_PIPELINE: usize = 1000;
+        // (operation, its command's place in its batch, target, command)
+        type Sent = (usize, usize, Target, Command);
         let mut outputs: Vec<Option<Result<O::Output>>> = (0..ops.len()).map(|_| None).collect();
         let mut replies: Vec<Vec<Result<Reply>>> = (0..ops.len()).map(|_| Vec::new()).collect();
         let mut active: Vec<usize> = Vec::with_capacity(ops.len());
@@ -681,9 +735,9 @@ impl<'c> Lease<'c> {
                 Err(error) => outputs[index] = Some(Err(error.clone())),
             }
         }
+        let key_of = |index: usize| -> &[u8] { keys[index].as_deref().unwrap_or_default() };
         while !active.is_empty() {
-            // (operation, its command's place in its batch, target, command)
-            let mut sends: Vec<(usize, usize, Target, Command)> = Vec::new();
+            let mut sends: Vec<Sent> = Vec::new();
             let mut next = Vec::with_capacity(active.len());
             for index in active {
                 match ops[index].step(std::mem::take(&mut replies[index])) {
@@ -704,45 +758,58 @@ impl<'c> Lease<'c> {
                 for (index, place, _, _) in &sends {
                     replies[*index][*place] = Err(error.clone());
                 }
-            } else {
-                for target in [Target::Source, Target::Destination] {
-                    let mine: Vec<&(usize, usize, Target, Command)> =
-                        sends.iter().filter(|send| send.2 == target).collect();
-                    for chunk in mine.chunks(BATCH_PIPELINE) {
-                        let key_of = |send: &(usize, usize, Target, Command)| -> &[u8] {
-                            keys[send.0].as_deref().unwrap_or_default()
-                        };
+                active = next;
+                continue;
+            }
+            for target in [Target::Source, Target::Destination] {
+                // Each command's node; a key no node serves fails here.
+                let mut by_node: Vec<(usize, Vec<&Sent>)> = Vec::new();
+                for send in sends.iter().filter(|send| send.2 == target) {
+                    let located = self
+                        .client
+                        .server(target)
+                        .ok_or_else(|| self.missing(target))
+                        .and_then(|server| server.locate(key_of(send.0), interrupt));
+                    match located {
+                        Ok(node) => match by_node.iter_mut().find(|(at, _)| *at == node) {
+                            Some((_, group)) => group.push(send),
+                            None => by_node.push((node, vec![send])),
+                        },
+                        Err(error) => replies[send.0][send.1] = Err(error),
+                    }
+                }
+                for (node, group) in by_node {
+                    for chunk in group.chunks(BATCH_PIPELINE) {
                         let requests: Vec<Request<'_>> = chunk
                             .iter()
                             .map(|send| Request::Lock {
-                                key: key_of(send),
+                                key: key_of(send.0),
                                 command: &send.3,
                             })
                             .collect();
-                        let route = Route::Key(key_of(chunk[0]));
-                        // Each reply is taken, not copied, into its operation.
-                        let mut values = self
-                            .exchange(target, route, &requests, interrupt)
-                            .map(|values| values.into_iter().map(Some).collect::<Vec<_>>());
+                        let values =
+                            self.exchange_raw(target, Route::Node(node), &requests, interrupt);
                         drop(requests);
-                        for (position, send) in chunk.iter().enumerate() {
-                            let reply = match &mut values {
-                                Ok(values) => {
-                                    match (
-                                        values.get_mut(position).and_then(Option::take),
-                                        self.client.server(target),
-                                    ) {
-                                        (Some(value), Some(server)) => {
-                                            server.node_for(key_of(send)).decode(&send.3, value)
-                                        }
-                                        _ => Err(Error::Internal(
-                                            "a reply missing from a batch".into(),
-                                        )),
-                                    }
+                        match values {
+                            Ok(values) => {
+                                // Each reply is taken, not copied, into its operation.
+                                for (send, value) in chunk.iter().zip(values) {
+                                    let key = key_of(send.0);
+                                    let request = Request::Lock {
+                                        key,
+                                        command: &send.3,
+                                    };
+                                    let reply = self
+                                        .follow(target, key, request, value, interrupt)
+                                        .and_then(|value| self.decode(target, &send.3, value));
+                                    replies[send.0][send.1] = reply;
                                 }
-                                Err(error) => Err(error.clone()),
-                            };
-                            replies[send.0][send.1] = reply;
+                            }
+                            Err(error) => {
+                                for send in chunk {
+                                    replies[send.0][send.1] = Err(error.clone());
+                                }
+                            }
                         }
                     }
                 }
@@ -814,12 +881,14 @@ impl<'c> Lease<'c> {
             .collect()
     }
 
-    /// Runs one command. A pooled connection that breaks before its first
-    /// reply in this operation was most likely dropped by the server while
-    /// idle (a restart, an idle timeout): the command is sent once more on a
-    /// new connection. Every protocol command is idempotent for its token
-    /// (an acquire that did run answers "already mine" the second time), so
-    /// the retry is safe even if the first attempt did reach the server.
+    /// Runs one protocol command on the node that serves `key`, following
+    /// a cluster's redirects. A pooled connection that breaks before its
+    /// first reply in this operation was most likely dropped by the server
+    /// while idle (a restart, an idle timeout): the command is sent once
+    /// more on a new connection (see `exchange_raw`). Every protocol command
+    /// is idempotent for its token (an acquire that did run answers
+    /// "already mine" the second time), so the retry is safe even if the
+    /// first attempt did reach the server.
     fn run_command(
         &mut self,
         target: Target,
@@ -827,26 +896,17 @@ impl<'c> Lease<'c> {
         command: &Command,
         interrupt: &Interrupt,
     ) -> Result<Reply> {
-        let (node, connection) = self.connection(target, Route::Key(key), interrupt)?;
-        let stale = connection.from_pool;
-        let result = RedisStore {
-            node,
-            connection,
-            interrupt,
-        }
-        .execute(key, command);
-        match result {
-            Err(Error::Connection { .. }) if stale => {
-                let (node, connection) = self.connection(target, Route::Key(key), interrupt)?;
-                RedisStore {
-                    node,
-                    connection,
-                    interrupt,
-                }
-                .execute(key, command)
-            }
-            other => other,
-        }
+        let request = Request::Lock { key, command };
+        let value = self.request(target, Route::Key(key), request, interrupt)?;
+        self.decode(target, command, value)
+    }
+
+    /// A protocol command's reply, or the server's refusal as an error.
+    fn decode(&self, target: Target, command: &Command, value: Value) -> Result<Reply> {
+        crate::codec::lock::decode(command, value).map_err(|detail| Error::Command {
+            server: self.client.server_name(target).unwrap_or("?").to_string(),
+            detail,
+        })
     }
 
     fn execute_at_once(
@@ -856,14 +916,15 @@ impl<'c> Lease<'c> {
         interrupt: &Interrupt,
     ) -> Vec<Result<Reply>> {
         let mut stale = Vec::with_capacity(batch.len());
-        let mut sent: Vec<Result<Instant>> = Vec::with_capacity(batch.len());
+        // The node each command went to, and when its reply is due.
+        let mut sent: Vec<Result<(usize, Instant)>> = Vec::with_capacity(batch.len());
         for (target, command) in batch {
             match self.connection(*target, Route::Key(key), interrupt) {
-                Ok((node, connection)) => {
+                Ok((index, node, connection)) => {
                     stale.push(connection.from_pool);
                     sent.push(
                         node.send(connection, key, command, interrupt)
-                            .map(|_| Instant::now() + connection.read_timeout()),
+                            .map(|_| (index, Instant::now() + connection.read_timeout())),
                     );
                 }
                 Err(error) => {
@@ -873,33 +934,124 @@ impl<'c> Lease<'c> {
             }
         }
         // One deadline for all replies: the first one sent bounds the wait.
-        let deadline = sent.iter().flatten().min().copied();
+        let deadline = sent.iter().flatten().map(|(_, at)| *at).min();
         batch
             .iter()
             .zip(sent)
             .enumerate()
             .map(|(index, ((target, command), sent))| {
-                let result = sent.and_then(|_| {
+                let result = sent.and_then(|(node_index, _)| {
                     let deadline = deadline.unwrap_or_else(Instant::now);
-                    let (node, connection) =
-                        self.connection(*target, Route::Key(key), interrupt)?;
-                    node.finish(connection, key, command, deadline, interrupt)
+                    let (_, node, connection) =
+                        self.connection(*target, Route::Node(node_index), interrupt)?;
+                    node.finish_value(connection, key, command, deadline, interrupt)
                 });
                 match result {
+                    Ok(value) => {
+                        let request = Request::Lock { key, command };
+                        self.follow(*target, key, request, value, interrupt)
+                            .and_then(|value| self.decode(*target, command, value))
+                    }
                     // See `run_command`: once more on a new connection.
                     Err(Error::Connection { .. }) if stale[index] => {
                         self.run_command(*target, key, command, interrupt)
                     }
-                    other => other,
+                    Err(error) => Err(error),
                 }
             })
             .collect()
     }
 
+    /// Runs one request on the node `route` names, following a cluster's
+    /// redirects (see `follow`).
+    fn request(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        request: Request<'_>,
+        interrupt: &Interrupt,
+    ) -> Result<Value> {
+        let value = self
+            .exchange_raw(target, route, std::slice::from_ref(&request), interrupt)?
+            .pop()
+            .unwrap_or(Value::Nil);
+        match (route, request.key()) {
+            (_, Some(key)) | (Route::Key(key), None) => {
+                self.follow(target, key, request, value, interrupt)
+            }
+            (Route::Node(_), None) => Ok(value),
+        }
+    }
+
+    /// `value`, the reply to `request` on `key`; when it is a cluster's
+    /// redirect, the request is sent where it says, until a reply that is
+    /// not one (at most `MAX_REDIRECTS`). MOVED updates the slot map; ASK
+    /// sends `ASKING` first, once; TRYAGAIN and CLUSTERDOWN wait a little
+    /// (doubling, within the timeout) and ask the slot's master again. None
+    /// of these replies means the command ran, so sending it again is safe.
+    fn follow(
+        &mut self,
+        target: Target,
+        key: &[u8],
+        request: Request<'_>,
+        mut value: Value,
+        interrupt: &Interrupt,
+    ) -> Result<Value> {
+        let Some(cluster) = self.client.server(target).and_then(Server::cluster) else {
+            return Ok(value);
+        };
+        let give_up = Instant::now() + self.client.timeout;
+        let mut pause = Duration::from_millis(5);
+        for _ in 0..cluster::MAX_REDIRECTS {
+            let Some(redirect) = cluster::redirect(&value) else {
+                return Ok(value);
+            };
+            value = match redirect {
+                Redirect::Moved(slot, address) => {
+                    let node = cluster.moved(slot, &address)?;
+                    self.exchange_raw(target, Route::Node(node), &[request], interrupt)?
+                        .pop()
+                        .unwrap_or(Value::Nil)
+                }
+                Redirect::Ask(_, address) => {
+                    let node = cluster.node_at(&address)?;
+                    let asking = [Request::Plain(&["ASKING".into()]), request];
+                    self.exchange_raw(target, Route::Node(node), &asking, interrupt)?
+                        .pop()
+                        .unwrap_or(Value::Nil)
+                }
+                Redirect::Retry(_) if Instant::now() + pause >= give_up => return Ok(value),
+                Redirect::Retry(_) => {
+                    let until = Instant::now() + pause;
+                    while Instant::now() < until {
+                        if interrupt.is_cancelled() {
+                            return Err(Error::Interrupted {
+                                server: cluster.name().to_string(),
+                            });
+                        }
+                        std::thread::sleep(Duration::from_millis(1).min(pause));
+                    }
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                    // A failover may have moved the slot meanwhile.
+                    cluster.refresh(false, interrupt)?;
+                    self.exchange_raw(target, Route::Key(key), &[request], interrupt)?
+                        .pop()
+                        .unwrap_or(Value::Nil)
+                }
+            };
+        }
+        Err(Error::Command {
+            server: cluster.name().to_string(),
+            detail: format!(
+                "still redirected after {} tries (the cluster's slots keep moving)",
+                cluster::MAX_REDIRECTS
+            ),
+        })
+    }
+
     /// Runs `requests` on the node of `target` that `route` names, as one
-    /// pipeline through the executor. Like every operation, it is sent once
-    /// more on a new connection when a pooled one turns out dead (a restart,
-    /// an idle drop).
+    /// pipeline through the executor; each request a cluster redirects is
+    /// followed on its own (see `follow`).
     pub(crate) fn exchange(
         &mut self,
         target: Target,
@@ -907,77 +1059,118 @@ impl<'c> Lease<'c> {
         requests: &[Request<'_>],
         interrupt: &Interrupt,
     ) -> Result<Vec<Value>> {
-        let (node, connection) = self.connection(target, route, interrupt)?;
+        let values = self.exchange_raw(target, route, requests, interrupt)?;
+        let redirects = self
+            .client
+            .server(target)
+            .and_then(Server::cluster)
+            .is_some();
+        if !redirects {
+            return Ok(values);
+        }
+        let mut followed = Vec::with_capacity(values.len());
+        for (request, value) in requests.iter().zip(values) {
+            let key = match (request.key(), route) {
+                (Some(key), _) | (None, Route::Key(key)) => key,
+                (None, Route::Node(_)) => {
+                    followed.push(value);
+                    continue;
+                }
+            };
+            followed.push(self.follow(target, key, *request, value, interrupt)?);
+        }
+        Ok(followed)
+    }
+
+    /// `exchange` without following redirects. Like every operation, it is
+    /// sent once more on a new connection when a pooled one turns out dead
+    /// (a restart, an idle drop).
+    fn exchange_raw(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        requests: &[Request<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Value>> {
+        let (index, node, connection) = self.connection(target, route, interrupt)?;
         let stale = connection.from_pool;
         match pipeline::run(connection, &node.dialect, requests, interrupt) {
             Err(Error::Connection { .. }) if stale => {
-                let (node, connection) = self.connection(target, route, interrupt)?;
+                let (_, node, connection) =
+                    self.connection(target, Route::Node(index), interrupt)?;
                 pipeline::run(connection, &node.dialect, requests, interrupt)
             }
             other => other,
         }
     }
 
-    /// The lease's connection to the node `route` names, opened (or
-    /// reopened after a failure, or for another node) on first use and
-    /// watched by this operation's interrupt.
+    fn missing(&self, target: Target) -> Error {
+        Error::InvalidArgument(format!(
+            "phase {} needs the {} server, which is not configured",
+            self.phase,
+            match target {
+                Target::Source => "source",
+                Target::Destination => "destination",
+            }
+        ))
+    }
+
+    /// The lease's connection to the node `route` names (with its place),
+    /// opened (or reopened after a failure) on first use and watched by
+    /// this operation's interrupt.
     pub(crate) fn connection(
         &mut self,
         target: Target,
         route: Route<'_>,
         interrupt: &Interrupt,
-    ) -> Result<(&Node, &mut Connection)> {
+    ) -> Result<(usize, &Node, &mut Connection)> {
         let client = self.client;
-        let server = client.server(target).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "phase {} needs the {} server, which is not configured",
-                self.phase,
-                match target {
-                    Target::Source => "source",
-                    Target::Destination => "destination",
-                }
-            ))
-        })?;
-        let (index, node) = match route {
-            Route::Key(key) => {
-                let node = server.node_for(key);
-                let index = server
-                    .nodes()
-                    .iter()
-                    .position(|n| std::ptr::eq(n, node))
-                    .unwrap_or(0);
-                (index, node)
-            }
-            Route::Node(index) => (
-                index,
-                server.nodes().get(index).ok_or_else(|| {
-                    Error::Internal(format!("{} has no node {index}", server.name()))
-                })?,
-            ),
+        let server = client.server(target).ok_or_else(|| self.missing(target))?;
+        let index = match route {
+            Route::Key(key) => server.locate(key, interrupt)?,
+            Route::Node(index) => index,
         };
-        let slot = match target {
+        let node = server
+            .node(index)
+            .ok_or_else(|| Error::Internal(format!("{} has no node {index}", server.name())))?;
+        let held = match target {
             Target::Source => &mut self.source,
             Target::Destination => &mut self.destination,
         };
-        let usable = slot
-            .as_ref()
-            .is_some_and(|(at, c)| *at == index && c.healthy && c.pid == crate::process::id());
-        if !usable {
-            if slot
-                .as_ref()
-                .is_some_and(|(at, c)| *at == index && !c.healthy)
-            {
-                node.connection_failed();
+        let place = match held.iter().position(|(at, _)| *at == index) {
+            Some(place) if held[place].1.healthy && held[place].1.pid == crate::process::id() => {
+                place
             }
-            // Not given back: this operation's interrupt still watches it.
-            *slot = None;
-            *slot = Some((index, node.connect(interrupt)?));
-        }
-        let (_, connection) = slot
-            .as_mut()
-            .ok_or_else(|| Error::Internal("connection slot empty after connect".into()))?;
+            found => {
+                if let Some(place) = found {
+                    // Not given back: this operation's interrupt still watches it.
+                    let (_, broken) = held.remove(place);
+                    if !broken.healthy {
+                        server.connection_failed(index);
+                    }
+                }
+                // After a broken one, a new connection: the pooled ones are
+                // likely as dead (a restart).
+                let pooled = found.is_none().then(|| node.pool.take()).flatten();
+                let connection = match pooled {
+                    Some(connection) => connection,
+                    None => match node.connect(interrupt) {
+                        Ok(connection) => connection,
+                        Err(error) => {
+                            if matches!(error, Error::Connection { .. } | Error::Timeout { .. }) {
+                                server.connection_failed(index);
+                            }
+                            return Err(error);
+                        }
+                    },
+                };
+                held.push((index, connection));
+                held.len() - 1
+            }
+        };
+        let connection = &mut held[place].1;
         connection.watch(interrupt)?;
-        Ok((node, connection))
+        Ok((index, node, connection))
     }
 }
 

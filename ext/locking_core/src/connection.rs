@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub verifies_peer: bool,
     /// The sentinels to ask for the master, if the setting names them.
     pub sentinel: Option<Sentinel>,
+    /// The seed nodes, for a Redis Cluster setting.
+    pub cluster: Option<Vec<Address>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -40,7 +42,8 @@ impl ServerConfig {
         let parsed = crate::url::parse(url).map_err(|why| {
             Error::InvalidArgument(format!(
                 "invalid Redis URL {:?}: {why} (expected redis://[[user]:password@]host[:port][/db], \
-                 rediss://..., redis+sentinel://host:port[,host:port]/master[/db] or unix:///path)",
+                 rediss://..., redis+sentinel://host:port[,host:port]/master[/db], \
+                 redis+cluster://host:port[,host:port] or unix:///path)",
                 redact(url)
             ))
         })?;
@@ -59,6 +62,7 @@ impl ServerConfig {
             tls,
             verifies_peer: parsed.tls.as_ref().is_none_or(|tls| tls.verify_peer),
             sentinel: parsed.sentinel,
+            cluster: parsed.cluster,
             connect_timeout: timeout,
             read_timeout: timeout,
             write_timeout: timeout,

@@ -3,11 +3,12 @@
 //! operator tools (`operator`, `bulk`, `backfill`, `control`), and the wire
 //! layer underneath: `codec` (every command and reply, the script table),
 //! `pipeline` (the one executor), `connection` over a `transport`, `pool`,
-//! and `server` (which node serves a key).
+//! and `server` (which node serves a key; `cluster` for a Redis Cluster).
 
 pub mod backfill;
 pub mod bulk;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod control;

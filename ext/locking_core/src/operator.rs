@@ -59,13 +59,6 @@ impl<'c> Operator<'c> {
             .collect()
     }
 
-    /// How many nodes hold `target`'s keys.
-    pub(crate) fn node_count(&self, target: Target) -> usize {
-        self.client()
-            .server(target)
-            .map_or(0, |server| server.nodes().len())
-    }
-
     /// One command on a node; an error reply becomes an `Error::Command`.
     pub(crate) fn command(
         &mut self,
@@ -93,12 +86,12 @@ impl<'c> Operator<'c> {
         }
     }
 
-    /// The same single-key command (GET, PTTL, DEL ...) for many keys, as one
-    /// pipeline on `target`'s node `node`.
+    /// The same single-key command (GET, PTTL, DEL ...) for many keys: one
+    /// pipeline per node that serves them (one for a single server), the
+    /// replies in the keys' order.
     pub(crate) fn each_key(
         &mut self,
         target: Target,
-        node: usize,
         name: &str,
         keys: &[Vec<u8>],
         interrupt: &Interrupt,
@@ -108,8 +101,34 @@ impl<'c> Operator<'c> {
             .map(|key| [name.into(), key.as_slice().into()])
             .collect();
         let requests: Vec<Request<'_>> = args.iter().map(|args| Request::Plain(args)).collect();
-        self.lease
-            .exchange(target, Route::Node(node), &requests, interrupt)
+        let client = self.client();
+        let server = client.server(target).ok_or_else(|| {
+            Error::InvalidArgument(format!("no {} server is configured", target.name()))
+        })?;
+        if server.cluster().is_none() {
+            return self
+                .lease
+                .exchange(target, Route::Node(0), &requests, interrupt);
+        }
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            let node = server.locate(key, interrupt)?;
+            match groups.iter_mut().find(|(at, _)| *at == node) {
+                Some((_, group)) => group.push(index),
+                None => groups.push((node, vec![index])),
+            }
+        }
+        let mut values = vec![Value::Nil; keys.len()];
+        for (node, group) in groups {
+            let mine: Vec<Request<'_>> = group.iter().map(|&index| requests[index]).collect();
+            let replies = self
+                .lease
+                .exchange(target, Route::Node(node), &mine, interrupt)?;
+            for (index, value) in group.into_iter().zip(replies) {
+                values[index] = value;
+            }
+        }
+        Ok(values)
     }
 
     /// Mirrors one source lock onto the destination (see `protocol::Backfill`).

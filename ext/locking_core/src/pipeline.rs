@@ -133,6 +133,20 @@ impl Request<'_> {
         }
     }
 
+    /// The key the request is about, for a cluster's routing: a lock
+    /// command's, a script's first, a plain command's first argument.
+    pub fn key(&self) -> Option<&[u8]> {
+        match *self {
+            Request::Plain(args) => match args.get(1) {
+                Some(Arg::Bytes(key)) if args.len() >= 2 => Some(key),
+                _ => None,
+            },
+            Request::Script { keys, .. } => keys.first().copied(),
+            Request::Lock { key, .. } => Some(key),
+            Request::Reads(keys) => keys.first().copied(),
+        }
+    }
+
     /// What the request is, for a message.
     pub fn describe(&self) -> String {
         match *self {

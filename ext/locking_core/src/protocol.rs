@@ -16,6 +16,15 @@ pub enum Target {
     Destination,
 }
 
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Source => "source",
+            Target::Destination => "destination",
+        }
+    }
+}
+
 /// A single-key command; the key is the operation's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Command {

@@ -1,9 +1,10 @@
 //! A configured server, and how each protocol command is run on it.
 //!
 //! `Server` is the routing seam: it is what gives the node, and so the
-//! connection, for a key. A standalone server is one node for every key;
-//! Cluster servers will be another kind of `Server` with the same two
-//! questions to answer (`node_for`, `nodes`).
+//! connection, for a key. A standalone server is one node for every key.
+//!
+//! A Cluster setting has a node per master (`cluster`): each key's node is
+//! the master of its hash slot, and walks go master by master.
 //!
 //! A Sentinel setting is one node too, whose address is not configured but
 //! asked of the sentinels (`SENTINEL get-master-addr-by-name`) and checked
@@ -12,6 +13,7 @@
 //! connections; the next connection asks the sentinels again. The scripts
 //! the new master lacks come back through the executor's NOSCRIPT path.
 
+use crate::cluster::{self, Cluster, Survey, WalkStep};
 use crate::codec::{lock, Value};
 use crate::connection::{Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
@@ -28,35 +30,102 @@ use std::time::Instant;
 pub enum Server {
     /// One Redis server: the node of every key.
     Standalone(Node),
+    /// A Redis Cluster: each key's node is its hash slot's master.
+    Cluster(Cluster),
 }
 
 impl Server {
-    pub fn standalone(config: ServerConfig, pool_size: usize, eviction: EvictionCheck) -> Server {
-        Server::Standalone(Node::new(config, pool_size, eviction))
+    pub fn new(config: ServerConfig, pool_size: usize, eviction: EvictionCheck) -> Result<Server> {
+        Ok(if config.cluster.is_some() {
+            Server::Cluster(Cluster::new(config, pool_size, eviction)?)
+        } else {
+            Server::Standalone(Node::new(config, pool_size, eviction))
+        })
     }
 
-    /// The node that serves `key`.
-    pub fn node_for(&self, _key: &[u8]) -> &Node {
+    /// The place (in `node`) of the node that serves `key`; for a cluster,
+    /// the slot map may be read first.
+    pub fn locate(&self, key: &[u8], interrupt: &Interrupt) -> Result<usize> {
         match self {
-            Server::Standalone(node) => node,
+            Server::Standalone(_) => Ok(0),
+            Server::Cluster(cluster) => cluster.locate(cluster::key_slot(key), interrupt),
         }
     }
 
-    /// Every node that holds keys (the operator tools walk each).
-    pub fn nodes(&self) -> &[Node] {
+    /// The node that serves `key` as far as is known now, without asking.
+    pub fn peek(&self, key: &[u8]) -> Option<&Node> {
         match self {
-            Server::Standalone(node) => std::slice::from_ref(node),
+            Server::Standalone(node) => Some(node),
+            Server::Cluster(cluster) => cluster
+                .known_master(cluster::key_slot(key))
+                .and_then(|index| cluster.node(index)),
         }
     }
 
-    /// The node that holds the control keys (one hash tag: one node).
-    pub fn control_node(&self) -> &Node {
-        self.node_for(b"{locking-control}")
+    /// The node at place `index`.
+    pub fn node(&self, index: usize) -> Option<&Node> {
+        match self {
+            Server::Standalone(node) => (index == 0).then_some(node),
+            Server::Cluster(cluster) => cluster.node(index),
+        }
+    }
+
+    /// Every node known (for warnings and counts).
+    pub fn known_nodes(&self) -> Vec<&Node> {
+        match self {
+            Server::Standalone(node) => vec![node],
+            Server::Cluster(cluster) => cluster.known().collect(),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match self {
+            Server::Standalone(_) => None,
+            Server::Cluster(cluster) => Some(cluster),
+        }
+    }
+
+    /// A connection to the node at `index` broke (or met READONLY).
+    pub fn connection_failed(&self, index: usize) {
+        match self {
+            Server::Standalone(node) => node.connection_failed(),
+            Server::Cluster(cluster) => cluster.connection_failed(index),
+        }
+    }
+
+    /// Where the walk at `position` stands: which node, its SCAN cursor.
+    /// `None`: nothing to walk.
+    pub fn walk_at(&self, position: u64, interrupt: &Interrupt) -> Result<Option<WalkStep>> {
+        match self {
+            Server::Standalone(_) => Ok(Some(WalkStep::single(position))),
+            Server::Cluster(cluster) => cluster.walk_at(position, interrupt),
+        }
+    }
+
+    /// The walk's position after `step`'s node answered the cursor `next`.
+    pub fn walk_after(&self, step: &WalkStep, next: u64) -> Result<u64> {
+        match self {
+            Server::Standalone(_) => Ok(next),
+            Server::Cluster(cluster) => cluster.walk_after(step, next),
+        }
+    }
+
+    /// Whether the server's map of keys to nodes is settled (always, for one
+    /// server).
+    pub fn survey(&self, interrupt: &Interrupt) -> Result<Survey> {
+        match self {
+            Server::Standalone(_) => Ok(Survey {
+                fingerprint: 0,
+                unsettled: None,
+            }),
+            Server::Cluster(cluster) => cluster.survey(interrupt),
+        }
     }
 
     pub fn name(&self) -> &str {
         match self {
             Server::Standalone(node) => node.name(),
+            Server::Cluster(cluster) => cluster.name(),
         }
     }
 }
@@ -347,7 +416,26 @@ impl Node {
     }
 
     /// Second half: reads the reply by `deadline`; a reply that asks for a
-    /// resend (NOSCRIPT, an old server) is resent by the executor.
+    /// resend (NOSCRIPT, an old server) is resent by the executor. The
+    /// reply is left undecoded (it may be a cluster's redirect).
+    pub fn finish_value(
+        &self,
+        connection: &mut Connection,
+        key: &[u8],
+        command: &Command,
+        deadline: Instant,
+        interrupt: &Interrupt,
+    ) -> Result<Value> {
+        let request = Request::Lock { key, command };
+        let received =
+            pipeline::receive_single(connection, &self.dialect, &request, deadline, interrupt)?;
+        match received {
+            Received::Reply(value) => Ok(value),
+            Received::Resend => self.run(connection, request, interrupt),
+        }
+    }
+
+    /// `finish_value`, decoded.
     pub fn finish(
         &self,
         connection: &mut Connection,

@@ -12,6 +12,9 @@
 //!   (`rediss+sentinel://` for TLS): the sentinels, and the master's name.
 //!   `user` and `password` are the master's; the query options
 //!   `sentinel_username` and `sentinel_password` are the sentinels';
+//! - `redis+cluster://[[user][:password]@]host:port[,host:port...]` (also
+//!   `rediss+cluster://`): a Redis Cluster, by one or more of its nodes
+//!   (seeds); the rest of the cluster is learnt from them. Only database 0;
 //! - `unix:///path/to/socket[?db=N][&user=U][&pass=P]` (also `redis+unix://`).
 
 use crate::tls::TlsSettings;
@@ -28,6 +31,8 @@ pub struct RedisUrl {
     pub password: Option<String>,
     pub tls: Option<TlsSettings>,
     pub sentinel: Option<Sentinel>,
+    /// A Redis Cluster: the seed nodes (`address` is the first).
+    pub cluster: Option<Vec<Address>>,
 }
 
 /// A master found through sentinels.
@@ -60,6 +65,10 @@ impl RedisUrl {
                 self.db
             );
         }
+        if let Some(seeds) = &self.cluster {
+            let hosts: Vec<String> = seeds.iter().map(crate::transport::describe).collect();
+            return format!("{scheme}+cluster://{}", hosts.join(","));
+        }
         match &self.address {
             Address::Unix(path) => format!("unix://{}?db={}", path.display(), self.db),
             tcp => format!("{scheme}://{}/{}", crate::transport::describe(tcp), self.db),
@@ -70,13 +79,16 @@ impl RedisUrl {
 /// Reads `url`; the error says what is wrong, in words.
 pub fn parse(url: &str) -> Result<RedisUrl, String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-        "no scheme (expected redis://, rediss://, redis+sentinel:// or unix://)".to_string()
+        "no scheme (expected redis://, rediss://, redis+sentinel://, redis+cluster:// or unix://)"
+            .to_string()
     })?;
     match scheme {
         "redis" | "valkey" => tcp(rest, false),
         "rediss" | "valkeys" => tcp(rest, true),
         "redis+sentinel" | "valkey+sentinel" => sentinel(rest, false),
         "rediss+sentinel" | "valkeys+sentinel" => sentinel(rest, true),
+        "redis+cluster" | "valkey+cluster" => cluster(rest, false),
+        "rediss+cluster" | "valkeys+cluster" => cluster(rest, true),
         "unix" | "redis+unix" | "valkey+unix" => unix(rest),
         other => Err(format!("unsupported scheme {other:?}")),
     }
@@ -119,6 +131,7 @@ fn tcp(rest: &str, tls: bool) -> Result<RedisUrl, String> {
         password,
         tls: tls.then(TlsSettings::default),
         sentinel: None,
+        cluster: None,
     };
     options(&mut url, query)?;
     Ok(url)
@@ -162,8 +175,50 @@ fn sentinel(rest: &str, tls: bool) -> Result<RedisUrl, String> {
             username: None,
             password: None,
         }),
+        cluster: None,
     };
     options(&mut url, query)?;
+    Ok(url)
+}
+
+fn cluster(rest: &str, tls: bool) -> Result<RedisUrl, String> {
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = match main.find('/') {
+        Some(slash) => (&main[..slash], &main[slash + 1..]),
+        None => (main, ""),
+    };
+    let (username, password, hosts) = credentials(authority)?;
+    let mut seeds = Vec::new();
+    for host_port in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (host, port) = host_and_port(host_port, 6379)?;
+        if host.is_empty() {
+            return Err("a cluster node without a host".into());
+        }
+        seeds.push(Address::Tcp(host, port));
+    }
+    if seeds.is_empty() {
+        return Err("no cluster node (redis+cluster://host:7000[,host:7001])".into());
+    }
+    let db = match path.trim_matches('/') {
+        "" => 0,
+        text => database(text)?,
+    };
+    let mut url = RedisUrl {
+        address: seeds[0].clone(),
+        db,
+        username,
+        password,
+        tls: tls.then(TlsSettings::default),
+        sentinel: None,
+        cluster: Some(seeds),
+    };
+    options(&mut url, query)?;
+    if url.db != 0 {
+        return Err(format!(
+            "a Redis Cluster has only database 0, not {}",
+            url.db
+        ));
+    }
     Ok(url)
 }
 
@@ -179,6 +234,7 @@ fn unix(rest: &str) -> Result<RedisUrl, String> {
         password: None,
         tls: None,
         sentinel: None,
+        cluster: None,
     };
     options(&mut url, query)?;
     if url.tls.is_some() {
@@ -356,6 +412,7 @@ mod tests {
             password: pass.map(Into::into),
             tls: None,
             sentinel: None,
+            cluster: None,
         }
     }
 
@@ -389,6 +446,42 @@ mod tests {
         assert_eq!(unix.address, Address::Unix("/tmp/r.sock".into()));
         assert_eq!((unix.db, unix.password.as_deref()), (4, Some("x")));
         assert_eq!(unix.name(), "unix:///tmp/r.sock?db=4");
+    }
+
+    #[test]
+    fn reads_cluster_forms() {
+        let url = parse("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001,[::1]").unwrap();
+        assert_eq!(
+            url.cluster,
+            Some(vec![
+                Address::Tcp("10.0.0.1".into(), 7000),
+                Address::Tcp("10.0.0.2".into(), 7001),
+                Address::Tcp("::1".into(), 6379),
+            ])
+        );
+        assert_eq!(url.address, Address::Tcp("10.0.0.1".into(), 7000));
+        assert_eq!(url.password.as_deref(), Some("pw"));
+        assert_eq!(
+            url.name(),
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:6379"
+        );
+        assert!(parse("rediss+cluster://h:7000?verify_hostname=false")
+            .unwrap()
+            .tls
+            .is_some());
+        assert!(parse("redis+cluster://h:7000/0").is_ok());
+        for (url, why) in [
+            ("redis+cluster://", "no cluster node"),
+            ("redis+cluster://h:7000/3", "only database 0"),
+            ("redis+cluster://h:7000?db=2", "only database 0"),
+            (
+                "redis+cluster://h:7000?sentinel_password=x",
+                "redis+sentinel",
+            ),
+        ] {
+            let error = parse(url).unwrap_err();
+            assert!(error.contains(why), "{url}: {error}");
+        }
     }
 
     #[test]

@@ -1,0 +1,189 @@
+# frozen_string_literal: true
+
+require "open3"
+require_relative "redis_server"
+
+# A real Redis Cluster: N masters (and optional replicas per master), each a
+# `redis-server --cluster-enabled yes` on free loopback ports, joined by
+# `redis-cli --cluster create`. Start it once per spec file.
+#
+# `full_coverage: false` sets `cluster-require-full-coverage no`: with a
+# master lost and no replica, the other masters keep serving their slots
+# (Redis's default stops the whole cluster).
+class RedisCluster
+  NODE_TIMEOUT_MS = 1000
+  CLI = ENV.fetch("REDIS_CLI", "redis-cli")
+
+  attr_reader :nodes
+
+  def initialize(masters: 3, replicas: 0, name: "cluster", full_coverage: true)
+    @nodes = Array.new(masters * (1 + replicas)) do |index|
+      RedisServer.start("#{name}-#{index}", settings: settings_for(full_coverage))
+    end
+    addresses = @nodes.map { |node| "127.0.0.1:#{node.port}" }
+    cli!("--cluster", "create", *addresses, "--cluster-replicas", replicas.to_s, "--cluster-yes")
+    wait_until_settled
+    wait_for("replicas to sync") { replicas_in_sync? } if replicas.positive?
+  end
+
+  # The form a user writes (one seed is enough; two given).
+  def settings(**more)
+    { cluster: @nodes.first(2).map { |node| "redis://127.0.0.1:#{node.port}" } }.merge(more)
+  end
+
+  def url
+    "redis+cluster://#{@nodes.first(2).map { |node| "127.0.0.1:#{node.port}" }.join(',')}"
+  end
+
+  def live_nodes
+    @nodes.select(&:pid)
+  end
+
+  # The nodes that are masters now, in slot order.
+  def masters
+    slots = any_node.call("CLUSTER", "SLOTS").sort_by(&:first)
+    slots.map { |(_, _, (_, port))| node_at(port) }.uniq
+  end
+
+  def node_at(port)
+    @nodes.find { |node| node.port == Integer(port) }
+  end
+
+  def node_id(node)
+    node.redis.call("CLUSTER", "MYID")
+  end
+
+  def slot_of(key)
+    any_node.call("CLUSTER", "KEYSLOT", key)
+  end
+
+  # The master serving `key`'s slot now.
+  def node_for(key)
+    slot = slot_of(key)
+    range = any_node.call("CLUSTER", "SLOTS").find { |(first, last)| slot.between?(first, last) }
+    raise "no node serves slot #{slot}" unless range
+
+    node_at(range[2][1])
+  end
+
+  # The value of `key` on the node that holds it, and its PTTL.
+  def get(key) = node_for(key).redis.get(key)
+  def pttl(key) = node_for(key).redis.pttl(key)
+
+  # Keys under `pattern` on each master: { node => [keys] }.
+  def keys_by_master(pattern = "*")
+    masters.to_h { |node| [node, node.redis.keys(pattern)] }
+  end
+
+  def flushall
+    masters.each { |node| node.redis.flushall }
+  end
+
+  # Sets each key on its own master (a source cluster's locks).
+  def load(pairs, ttl_ms: 600_000)
+    pairs.group_by { |key, _| node_for(key) }.each do |node, mine|
+      node.bulk_load(mine.map { |key, value| ["SET", key, value, "PX", ttl_ms.to_s] })
+    end
+  end
+
+  # `redis-cli --cluster reshard`, started in the background: [pid, log].
+  def reshard_in_background(from:, to:, slots:)
+    log = File.join(@nodes.first.dir, "reshard-#{Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond)}.log")
+    pid = Process.spawn(CLI, "--cluster", "reshard", "127.0.0.1:#{masters.first.port}",
+                        "--cluster-from", node_id(from), "--cluster-to", node_id(to),
+                        "--cluster-slots", slots.to_s, "--cluster-yes", "--cluster-pipeline", "100",
+                        out: log, err: %i[child out])
+    [pid, log]
+  end
+
+  def reshard(from:, to:, slots:)
+    pid, log = reshard_in_background(from: from, to: to, slots: slots)
+    _, status = Process.wait2(pid)
+    raise "reshard failed:\n#{File.read(log)[-2000..]}" unless status.success?
+
+    wait_until_settled
+  end
+
+  # Waits until every live node says the cluster is ok and all agree
+  # (`redis-cli --cluster check`), with no slot open.
+  def wait_until_settled(timeout: 60)
+    wait_for("the cluster to settle", timeout: timeout) do
+      live_nodes.all? { |node| node.redis.call("CLUSTER", "INFO").include?("cluster_state:ok") } &&
+        check_passes?
+    end
+  end
+
+  # SIGKILLs `node`; it stays dead.
+  def kill(node)
+    node.stop
+  end
+
+  # Waits until a replica has taken over `dead`'s slots (cluster-node-timeout
+  # plus an election) and the cluster is ok again.
+  def wait_for_failover(dead, timeout: 60)
+    wait_for("a replica to take over from #{dead.port}", timeout: timeout) do
+      live_nodes.all? do |node|
+        info = node.redis.call("CLUSTER", "INFO")
+        info.include?("cluster_state:ok") && !masters.include?(dead)
+      rescue Redis::BaseError
+        false
+      end
+    end
+  end
+
+  def cleanup
+    @nodes.each(&:cleanup)
+  end
+
+  def wait_for(what, timeout: 60)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    until begin
+      yield
+    rescue Redis::BaseError
+      false
+    end
+      raise "timed out waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.05
+    end
+  end
+
+  private
+
+  def settings_for(full_coverage)
+    ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+     "--cluster-node-timeout", NODE_TIMEOUT_MS.to_s,
+     "--cluster-port", RedisServer.free_port.to_s,
+     "--cluster-require-full-coverage", full_coverage ? "yes" : "no",
+     "--maxmemory-policy", "noeviction"]
+  end
+
+  def any_node
+    live_nodes.each do |node|
+      return node.redis if node.redis.call("CLUSTER", "INFO").include?("cluster_state:ok")
+    rescue Redis::BaseError
+      next
+    end
+    live_nodes.first.redis
+  end
+
+  def check_passes?
+    node = live_nodes.first
+    output, status = Open3.capture2e(CLI, "--cluster", "check", "127.0.0.1:#{node.port}")
+    status.success? && !output.include?("[WARNING]") && output.include?("All 16384 slots covered")
+  end
+
+  def replicas_in_sync?
+    live_nodes.all? do |node|
+      role = node.redis.call("ROLE")
+      role.first == "master" || role[3] == "connected"
+    end
+  end
+
+  def cli!(*args)
+    output, status = Open3.capture2e(CLI, *args)
+    raise "redis-cli #{args.first(2).join(' ')} failed:\n#{output}" unless status.success?
+
+    output
+  end
+end
