@@ -5,6 +5,7 @@ require "locking"
 require "timeout"
 require_relative "support/redis_server"
 require_relative "support/phases"
+require_relative "support/phase_examples"
 require_relative "support/cli"
 
 # Servers shared by the whole run: source, destination, and a third one for

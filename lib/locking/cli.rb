@@ -330,7 +330,8 @@ class Locking
         @out.puts "resuming from a saved position (cursor #{cursor}, #{number(totals[:scanned])} keys scanned " \
                   "before); --restart starts over"
       end
-      progress = Progress.new(@out, options[:progress].nil? ? @out.tty? : options[:progress], from: cursor)
+      bar = options[:progress].nil? ? @out.tty? : options[:progress]
+      progress = Progress.new(@out, bar, from: cursor, fraction: ->(at) { tool.walk_fraction(:source, at) })
       started = monotonic
       scanned_before = totals[:scanned]
       first_errors = []
@@ -342,8 +343,12 @@ class Locking
 
           report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run])
           first_errors.concat(report[:errors]) if first_errors.size < 5
-          report.each { |k, v| totals[k] += v unless %i[cursor errors].include?(k) }
+          report.each { |k, v| totals[k] += v unless %i[cursor errors restarted].include?(k) }
           cursor = report[:cursor]
+          if report[:restarted].positive?
+            @out.puts "the source cluster's slot map changed (resharding or a failover): keys may have moved past " \
+                      "the walk, so it starts over from the first master (copies are idempotent)"
+          end
           unless options[:dry_run] || cursor.zero?
             tool.control_set(CURSOR, JSON.generate("cursor" => cursor, "source" => source_id, "totals" => totals))
           end
@@ -461,18 +466,21 @@ class Locking
 
     # Progress on a terminal: a bar with keys, keys/s and ETA; elsewhere a
     # plain line every few seconds. SCAN gives no total: the fraction done is
-    # read off the cursor, whose bits reversed walk the hash table in order.
+    # read off the cursor (`fraction`, the core's Client#walk_fraction), whose
+    # bits reversed walk the hash table in order, master by master on a cluster.
     class Progress
       # `from`: the cursor this run starts at (a resume starts part way).
-      def initialize(out, bar, from: 0)
+      def initialize(out, bar, fraction:, from: 0)
         @out = out
         @bar = bar
         @last = -Float::INFINITY
-        @start_fraction = from.zero? ? 0.0 : reverse_bits(from) / (2.0**64)
+        @fraction = fraction
+        @start_fraction = from.zero? ? 0.0 : fraction.(from)
       end
 
       def update(keys, cursor, elapsed)
-        fraction = cursor.zero? ? 1.0 : reverse_bits(cursor) / (2.0**64)
+        fraction = @fraction.(cursor)
+        @start_fraction = 0.0 if fraction < @start_fraction # a walk started over
         rate = keys / [elapsed, 1e-9].max
         # The ETA follows this run's own pace: a resumed run starts part way.
         done = fraction - @start_fraction
@@ -498,10 +506,6 @@ class Locking
       end
 
       private
-
-      def reverse_bits(value)
-        value.to_s(2).rjust(64, "0").reverse.to_i(2)
-      end
 
       def with_commas(value)
         value.to_i.to_s.reverse.scan(/\d{1,3}/).join(",").reverse

@@ -77,6 +77,19 @@ class Locking
       _lock_page(server_index(server), Integer(cursor), glob.to_s, Integer(count))
     end
 
+    # How far along a walk of :source or :destination a cursor is (0.0 to
+    # 1.0, which a cursor of 0 is): for a cluster, master by master.
+    def walk_fraction(server, cursor)
+      _walk_fraction(server_index(server), Integer(cursor))
+    end
+
+    # For a Redis Cluster server (:source or :destination), what this process
+    # has seen: :masters, :nodes_known, :refreshes (slot map reads), :moved,
+    # :asked, :retried (TRYAGAIN/CLUSTERDOWN); nil for another kind of server.
+    def cluster_stats(server)
+      _cluster_stats(server_index(server))
+    end
+
     # The renewer of this process: :held (locks being renewed), :renewed,
     # :failed, :lost, :batches, :lag_p50_ms, :lag_p99_ms, :lag_max_ms (how late
     # renewals started, of the last 8,192), :cpu_ms (the renewer thread's), :last_error.

@@ -372,7 +372,12 @@ RSpec.describe "exe/locking" do
     out = StringIO.new
     half = 1 # SCAN's cursor walks in reversed-bit order: this one is half way
     three_quarters = 3
-    progress = Locking::CLI::Progress.new(out, false, from: half)
+    tool = Locking::Client.build(Locking::Configuration.new({}).tap do |c|
+      c.source = source_server.url
+      c.destination = destination_server.url
+      c.phase = :dual
+    end)
+    progress = Locking::CLI::Progress.new(out, false, from: half, fraction: ->(at) { tool.walk_fraction(:source, at) })
     progress.update(1_000, three_quarters, 10.0) # a quarter of the walk in 10 s: a quarter left
     expect(out.string).to include("75%", "ETA 0:10")
   end

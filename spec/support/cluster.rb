@@ -53,17 +53,36 @@ class RedisCluster
     node.redis.call("CLUSTER", "MYID")
   end
 
+  # CRC16/XMODEM of the key or its hash tag, mod 16384: written here from
+  # the cluster spec, apart from the core's, and checked against
+  # CLUSTER KEYSLOT by the spec.
+  def self.slot(key)
+    key = key.b
+    if (open = key.index("{")) && (close = key.index("}", open + 1)) && close > open + 1
+      key = key[(open + 1)...close]
+    end
+    crc = 0
+    key.each_byte do |byte|
+      crc ^= byte << 8
+      8.times { crc = crc.nobits?(0x8000) ? (crc << 1) & 0xffff : ((crc << 1) ^ 0x1021) & 0xffff }
+    end
+    crc % 16_384
+  end
+
   def slot_of(key)
     any_node.call("CLUSTER", "KEYSLOT", key)
   end
 
-  # The master serving `key`'s slot now.
-  def node_for(key)
-    slot = slot_of(key)
-    range = any_node.call("CLUSTER", "SLOTS").find { |(first, last)| slot.between?(first, last) }
-    raise "no node serves slot #{slot}" unless range
+  # { slot range => node } now.
+  def slot_map
+    any_node.call("CLUSTER", "SLOTS").to_h { |(first, last, (_, port))| [(first..last), node_at(port)] }
+  end
 
-    node_at(range[2][1])
+  # The master serving `key`'s slot now (`map`: a slot_map read before).
+  def node_for(key, map = slot_map)
+    slot = self.class.slot(key)
+    map.each { |range, node| return node if range.cover?(slot) }
+    raise "no node serves slot #{slot}"
   end
 
   # The value of `key` on the node that holds it, and its PTTL.
@@ -81,7 +100,8 @@ class RedisCluster
 
   # Sets each key on its own master (a source cluster's locks).
   def load(pairs, ttl_ms: 600_000)
-    pairs.group_by { |key, _| node_for(key) }.each do |node, mine|
+    map = slot_map
+    pairs.group_by { |key, _| node_for(key, map) }.each do |node, mine|
       node.bulk_load(mine.map { |key, value| ["SET", key, value, "PX", ttl_ms.to_s] })
     end
   end
@@ -128,6 +148,16 @@ class RedisCluster
       rescue Redis::BaseError
         false
       end
+    end
+  end
+
+  # Restarts a killed node on its port with its nodes.conf (no data): it
+  # rejoins as a replica of the master that took its slots over.
+  def bring_back(node)
+    node.restart
+    wait_for("#{node.port} to rejoin as a replica in sync") do
+      role = node.redis.call("ROLE")
+      role.first == "slave" && role[3] == "connected" && check_passes?
     end
   end
 
@@ -185,5 +215,39 @@ class RedisCluster
     raise "redis-cli #{args.first(2).join(' ')} failed:\n#{output}" unless status.success?
 
     output
+  end
+end
+
+# A cluster standing in where specs expect a RedisServer (`url`, `redis`):
+# `redis` sends each keyed command to the master of its key, and the
+# keyspace-wide ones (keys, flushall, dbsize) to every master.
+class ClusterAsServer
+  attr_reader :cluster
+
+  def initialize(cluster)
+    @cluster = cluster
+  end
+
+  def url(_db = 0) = @cluster.url
+  def redis = @redis ||= Keyed.new(@cluster)
+  def thaw = nil
+
+  # The subset of redis-rb the specs use, routed as a cluster client would.
+  class Keyed
+    def initialize(cluster)
+      @cluster = cluster
+    end
+
+    def keys(pattern = "*") = @cluster.masters.flat_map { |node| node.redis.keys(pattern) }
+    def dbsize = @cluster.masters.sum { |node| node.redis.dbsize }
+    def flushall = @cluster.flushall
+
+    def del(*keys) = keys.flatten.sum { |key| @cluster.node_for(key).redis.del(key) }
+
+    def method_missing(name, key, *args, **options, &)
+      @cluster.node_for(key).redis.public_send(name, key, *args, **options, &)
+    end
+
+    def respond_to_missing?(name, include_private = false) = Redis.method_defined?(name) || super
   end
 end

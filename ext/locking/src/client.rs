@@ -367,6 +367,7 @@ impl RbClient {
                 ("undone", report.undone),
                 ("absent", report.absent),
                 ("failed", report.failed),
+                ("restarted", u64::from(report.restarted)),
             ],
         )?;
         hash.aset(ruby.to_symbol("errors"), errors)?;
@@ -474,6 +475,40 @@ impl RbClient {
     }
 
     /// The run_id of the source (0) or the destination (1).
+    /// What the client has seen of a cluster server (nil for another kind).
+    fn cluster_stats(
+        ruby: &Ruby,
+        rb_self: &Self,
+        server: u8,
+    ) -> Result<Option<RHash>, magnus::Error> {
+        let target = target_of(server)?;
+        let Some(cluster) = rb_self.client.server(target).and_then(|s| s.cluster()) else {
+            return Ok(None);
+        };
+        let stats = cluster.stats();
+        counts(
+            ruby,
+            &[
+                ("masters", stats.masters),
+                ("nodes_known", stats.nodes_known),
+                ("refreshes", stats.refreshes),
+                ("moved", stats.moved),
+                ("asked", stats.asked),
+                ("retried", stats.retried),
+            ],
+        )
+        .map(Some)
+    }
+
+    /// How far along a walk's position is, 0.0 to 1.0 (1.0 at the end, 0).
+    fn walk_fraction(&self, server: u8, position: u64) -> Result<f64, magnus::Error> {
+        let target = target_of(server)?;
+        Ok(self
+            .client
+            .server(target)
+            .map_or(1.0, |server| server.walk_fraction(position)))
+    }
+
     fn server_run_id(ruby: &Ruby, rb_self: &Self, server: u8) -> Result<String, magnus::Error> {
         let target = if server == 0 {
             Target::Source
@@ -719,6 +754,8 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_method("dynamic?", method!(RbClient::is_dynamic, 0))?;
     class.define_private_method("_force_delete", method!(RbClient::force_delete, 1))?;
     class.define_private_method("_delete_matching", method!(RbClient::delete_matching, 1))?;
+    class.define_private_method("_walk_fraction", method!(RbClient::walk_fraction, 2))?;
+    class.define_private_method("_cluster_stats", method!(RbClient::cluster_stats, 1))?;
     class.define_private_method("_control_get", method!(RbClient::control_get, 1))?;
     class.define_private_method("_control_set", method!(RbClient::control_set, 3))?;
     class.define_private_method("_control_phase", method!(RbClient::control_phase, 0))?;

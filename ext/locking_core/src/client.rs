@@ -301,7 +301,7 @@ impl Client {
         self.server(target).map(Server::name)
     }
 
-    pub(crate) fn server(&self, target: Target) -> Option<&Server> {
+    pub fn server(&self, target: Target) -> Option<&Server> {
         match target {
             Target::Source => self.source.as_ref(),
             Target::Destination => self.destination.as_ref(),
@@ -1014,6 +1014,7 @@ impl<'c> Lease<'c> {
                         .unwrap_or(Value::Nil)
                 }
                 Redirect::Ask(_, address) => {
+                    cluster.asked.fetch_add(1, Ordering::Relaxed);
                     let node = cluster.node_at(&address)?;
                     let asking = [Request::Plain(&["ASKING".into()]), request];
                     self.exchange_raw(target, Route::Node(node), &asking, interrupt)?
@@ -1022,6 +1023,7 @@ impl<'c> Lease<'c> {
                 }
                 Redirect::Retry(_) if Instant::now() + pause >= give_up => return Ok(value),
                 Redirect::Retry(_) => {
+                    cluster.retried.fetch_add(1, Ordering::Relaxed);
                     let until = Instant::now() + pause;
                     while Instant::now() < until {
                         if interrupt.is_cancelled() {

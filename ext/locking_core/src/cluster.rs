@@ -273,6 +273,21 @@ pub struct Cluster {
     refreshed: Mutex<Option<Instant>>,
     /// How many times the map was read (for stats and tests).
     pub refreshes: AtomicU64,
+    /// Redirects followed: MOVED, ASK, and TRYAGAIN/CLUSTERDOWN retries.
+    pub moved: AtomicU64,
+    pub asked: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+/// What a cluster client has seen (`Locking::Client#cluster_stats`).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStats {
+    pub masters: u64,
+    pub nodes_known: u64,
+    pub refreshes: u64,
+    pub moved: u64,
+    pub asked: u64,
+    pub retried: u64,
 }
 
 impl Cluster {
@@ -290,6 +305,9 @@ impl Cluster {
             stale: AtomicBool::new(true),
             refreshed: Mutex::new(None),
             refreshes: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
         };
         for seed in &seeds {
             cluster.node_at(seed)?;
@@ -370,6 +388,7 @@ impl Cluster {
     /// A MOVED reply: the slot is served by `address` from now on, and the
     /// rest of the map is read again before the next use.
     pub fn moved(&self, slot: u16, address: &Address) -> Result<usize> {
+        self.moved.fetch_add(1, Ordering::Relaxed);
         let index = self.node_at(address)?;
         if let Some(entry) = self.slots.get(usize::from(slot)) {
             entry.store(index as u16, Ordering::Release);
@@ -554,6 +573,34 @@ impl Cluster {
         } else {
             Ok(0)
         }
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            masters: self.masters.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+            nodes_known: self
+                .addresses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u64,
+            refreshes: self.refreshes.load(Ordering::Relaxed),
+            moved: self.moved.load(Ordering::Relaxed),
+            asked: self.asked.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+        }
+    }
+
+    /// See `Server::walk_fraction`.
+    pub fn walk_fraction(&self, position: u64) -> f64 {
+        let (_, place, cursor) = decode_walk(position);
+        let masters = self
+            .masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            .max(1);
+        let within = cursor.reverse_bits() as f64 / 2f64.powi(64);
+        ((place as f64 + within) / masters as f64).min(1.0)
     }
 
     /// A position that starts a walk over under the current map (not 0,

@@ -110,6 +110,18 @@ impl Server {
         }
     }
 
+    /// How far along the walk at `position` is, from 0.0 to 1.0 (the end,
+    /// position 0). SCAN gives no total: the fraction is read off the
+    /// cursor, whose bits reversed walk the hash table in order (and for a
+    /// cluster, off the master's place among the masters too).
+    pub fn walk_fraction(&self, position: u64) -> f64 {
+        match self {
+            _ if position == 0 => 1.0,
+            Server::Standalone(_) => position.reverse_bits() as f64 / 2f64.powi(64),
+            Server::Cluster(cluster) => cluster.walk_fraction(position),
+        }
+    }
+
     /// Whether the server's map of keys to nodes is settled (always, for one
     /// server).
     pub fn survey(&self, interrupt: &Interrupt) -> Result<Survey> {
