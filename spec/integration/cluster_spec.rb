@@ -12,6 +12,7 @@ RSpec.describe "Redis Cluster" do
   before { @cluster.flushall }
 
   attr_reader :cluster
+
   def prefixed(key) = "locking:#{key}"
 
   def configure(phase:, source: source_server.url, destination: @cluster.settings, **settings)
