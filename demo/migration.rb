@@ -7,10 +7,13 @@
 # Each worker takes a job's lock, marks itself inside the job on an occupancy
 # witness (INCR; a value above 1 is a duplicate execution), works, leaves
 # (DECR) and releases. The operator part runs the real `locking` commands.
+# With --cluster the destination is a Redis Cluster of 3 masters started for
+# the demo (redis-cli --cluster create).
 require "optparse"
 require "locking"
 require "locking/cli"
 require_relative "../spec/support/redis_server"
+require_relative "../spec/support/cluster"
 
 $stdout.sync = true
 
@@ -26,6 +29,7 @@ OptionParser.new do |o|
     options[:seconds] = v
     options[:seconds_given] = true
   end
+  o.on("--cluster", "the destination is a 3-master Redis Cluster started for the demo") { options[:cluster] = true }
   o.on("--web [PORT]", Integer, "serve the dashboard (Locking::Web) during the demo (default port 9292)") do |v|
     options[:web] = v || 9292
   end
@@ -41,7 +45,14 @@ url_for = lambda do |given, name|
   server.url
 end
 source_url = url_for.call(options[:source], "source")
-destination_url = url_for.call(options[:destination], "destination")
+abort "bin/demo: give --cluster or --destination, not both" if options[:cluster] && options[:destination]
+if options[:cluster]
+  cluster = RedisCluster.new(masters: 3, name: "demo-cluster")
+  started_servers << cluster
+  destination_url = cluster.url
+else
+  destination_url = url_for.call(options[:destination], "destination")
+end
 witness_server = RedisServer.start("demo-witness")
 started_servers << witness_server
 witness_url = witness_server.url
@@ -58,13 +69,14 @@ def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
 step "servers"
 puts "source       #{source_url}#{' (started for the demo)' unless options[:source]}"
-puts "destination  #{destination_url}"
+puts "destination  #{destination_url}#{" (a cluster of #{cluster.masters.size} masters, started for the demo)" if cluster}"
 puts "witness      #{witness_url} (counts workers inside each job)"
 
 step "loading the source: #{options[:keys]} lock keys from phase 0, and queue data"
 t = monotonic
 source = Redis.new(url: source_url)
-destination = Redis.new(url: destination_url)
+# The destination as redis-rb sees it (for a cluster: each key on its master).
+destination = cluster ? ClusterAsServer.new(cluster).redis : Redis.new(url: destination_url)
 [source, destination].each(&:flushdb)
 RedisServer.bulk_load(source_url, Enumerator.new do |y|
   options[:keys].times { |i| y << ["SET", "#{prefix}Phase0Job:#{i}", "phase0-token-#{i}", "PX", rand(120_000..179_999).to_s] }
@@ -196,6 +208,10 @@ puts format("job lock keys left       %d", job_keys_left)
 puts format("left on the source       %d phase-0 locks after phase 3; %d after `locking cleanup-source`",
             left_on_source, source.keys("#{prefix}*").size)
 puts format("queue data untouched     %s", queue_intact ? "yes" : "NO")
+if cluster
+  per_master = cluster.keys_by_master("#{prefix}Phase0Job:*").values.map(&:size)
+  puts format("on the cluster's masters %s phase-0 locks", per_master.join(" + "))
+end
 timings.each { |phase, seconds| puts format("time in phase %d          %.1fs", phase, seconds) }
 ok = duplicates.zero? && lost.zero? && errors.zero? && job_keys_left.zero? && queue_intact &&
      statuses.all?(&:success?) && source.keys("#{prefix}*").empty?

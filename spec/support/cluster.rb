@@ -241,6 +241,7 @@ class ClusterAsServer
     def keys(pattern = "*") = @cluster.masters.flat_map { |node| node.redis.keys(pattern) }
     def dbsize = @cluster.masters.sum { |node| node.redis.dbsize }
     def flushall = @cluster.flushall
+    def flushdb = @cluster.flushall
 
     def del(*keys) = keys.flatten.sum { |key| @cluster.node_for(key).redis.del(key) }
 
