@@ -29,6 +29,9 @@ class RedisCluster
     end
     wait_until_settled
     wait_for("replicas to sync") { replicas_in_sync? } if replicas.positive?
+  rescue StandardError
+    cleanup # nodes already started do not outlive a failed start
+    raise
   end
 
   # The form a user writes (one seed is enough; two given).
@@ -167,7 +170,7 @@ class RedisCluster
   end
 
   def cleanup
-    @nodes.each(&:cleanup)
+    (@nodes || []).each(&:cleanup)
   end
 
   def wait_for(what, timeout: 60)

@@ -135,11 +135,11 @@ impl Operator<'_> {
         Ok(scheduler.report())
     }
 
-    /// Backfill where a cluster is involved: each SCAN page of the source
-    /// (master by master for a cluster) runs its keys' backfills side by
-    /// side (`Lease::run_batch`): each command goes to its key's node, in
-    /// one pipeline per node, and reads are single-key, so nothing crosses
-    /// slots. A source cluster's slot map is compared before and after the
+    /// Backfill where a cluster is involved: the batch's SCAN pages of the
+    /// source (master by master for a cluster), then their keys' backfills
+    /// side by side (`Lease::run_batch`): each command goes to its key's
+    /// node, in a pipeline per node sent to all before any reply is read,
+    /// and reads are single-key, so nothing crosses slots. A source cluster's slot map is compared before and after the
     /// batch: if it changed, keys may have moved past the walk, so the
     /// position returned starts the walk over (`restarted`).
     fn backfill_by_node(
@@ -160,25 +160,23 @@ impl Operator<'_> {
         let prefix = client.key_prefix().to_vec();
         let mut report = BackfillReport::default();
         let mut position = cursor;
+        let mut keys: Vec<Result<Vec<u8>>> = Vec::new();
         for _ in 0..pages {
             let page =
                 self.scan_matching(Target::Source, &prefix, position, count, false, interrupt)?;
             report.restarted |= page.restarted;
             position = page.cursor;
-            report.scanned += page.keys.len() as u64;
-            let ops = page
-                .keys
-                .iter()
-                .map(|_| protocol::Backfill::new())
-                .collect();
-            let keys: Vec<Result<Vec<u8>>> = page.keys.into_iter().map(Ok).collect();
-            let outcomes = self.lease().run_batch(&keys, ops, interrupt);
-            for (key, outcome) in keys.iter().zip(outcomes) {
-                tally(&mut report, key.as_deref().unwrap_or_default(), outcome);
-            }
+            keys.extend(page.keys.into_iter().map(Ok));
             if position == 0 {
                 break;
             }
+        }
+        // The batch's keys side by side: each round is a pipeline per node.
+        report.scanned = keys.len() as u64;
+        let ops = keys.iter().map(|_| protocol::Backfill::new()).collect();
+        let outcomes = self.lease().run_batch(&keys, ops, interrupt);
+        for (key, outcome) in keys.iter().zip(outcomes) {
+            tally(&mut report, key.as_deref().unwrap_or_default(), outcome);
         }
         if let (Some(began), Some(cluster)) = (began, source.cluster()) {
             let ended = source.survey(interrupt)?;

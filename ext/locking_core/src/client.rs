@@ -11,7 +11,7 @@ use crate::codec::Value;
 use crate::connection::{Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
 use crate::phase::Phase;
-use crate::pipeline::{self, Request};
+use crate::pipeline::{self, Received, Request};
 use crate::protocol::{self, Command, Operation, Reply, Servers, Step, Target, TokenTtl};
 use crate::server::{EvictionCheck, Node, Server};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -761,54 +761,92 @@ impl<'c> Lease<'c> {
                 active = next;
                 continue;
             }
-            for target in [Target::Source, Target::Destination] {
-                // Each command's node; a key no node serves fails here.
-                let mut by_node: Vec<(usize, Vec<&Sent>)> = Vec::new();
-                for send in sends.iter().filter(|send| send.2 == target) {
-                    let located = self
-                        .client
-                        .server(target)
-                        .ok_or_else(|| self.missing(target))
-                        .and_then(|server| server.locate(key_of(send.0), interrupt));
-                    match located {
-                        Ok(node) => match by_node.iter_mut().find(|(at, _)| *at == node) {
-                            Some((_, group)) => group.push(send),
-                            None => by_node.push((node, vec![send])),
-                        },
-                        Err(error) => replies[send.0][send.1] = Err(error),
-                    }
+            // Every command's server and node; a key no node serves fails here.
+            let mut groups: Vec<((Target, usize), Vec<&Sent>)> = Vec::new();
+            for send in &sends {
+                let target = send.2;
+                let located = self
+                    .client
+                    .server(target)
+                    .ok_or_else(|| self.missing(target))
+                    .and_then(|server| server.locate(key_of(send.0), interrupt));
+                match located {
+                    Ok(node) => match groups.iter_mut().find(|(at, _)| *at == (target, node)) {
+                        Some((_, group)) => group.push(send),
+                        None => groups.push(((target, node), vec![send])),
+                    },
+                    Err(error) => replies[send.0][send.1] = Err(error),
                 }
-                for (node, group) in by_node {
-                    for chunk in group.chunks(BATCH_PIPELINE) {
-                        let requests: Vec<Request<'_>> = chunk
-                            .iter()
-                            .map(|send| Request::Lock {
-                                key: key_of(send.0),
-                                command: &send.3,
-                            })
-                            .collect();
-                        let values =
-                            self.exchange_raw(target, Route::Node(node), &requests, interrupt);
-                        drop(requests);
-                        match values {
-                            Ok(values) => {
-                                // Each reply is taken, not copied, into its operation.
-                                for (send, value) in chunk.iter().zip(values) {
-                                    let key = key_of(send.0);
-                                    let request = Request::Lock {
-                                        key,
-                                        command: &send.3,
-                                    };
-                                    let reply = self
+            }
+            // In waves of one pipeline per node: every node is sent its
+            // pipeline before any reply is read, so the nodes (and both
+            // servers) work at once; one pipeline in flight per connection.
+            let mut done = vec![0usize; groups.len()];
+            loop {
+                let mut wave = Vec::new();
+                for (index, ((target, node), group)) in groups.iter().enumerate() {
+                    let range = done[index]..(done[index] + BATCH_PIPELINE).min(group.len());
+                    if range.is_empty() {
+                        continue;
+                    }
+                    done[index] = range.end;
+                    let requests = lock_requests(&group[range.clone()], keys);
+                    let sent = self
+                        .connection(*target, Route::Node(*node), interrupt)
+                        .and_then(|(_, node, connection)| {
+                            let stale = connection.from_pool;
+                            pipeline::send(connection, &node.dialect, &requests, interrupt)
+                                .map(|_| (Instant::now() + connection.read_timeout(), stale))
+                        });
+                    wave.push((index, range, sent));
+                }
+                if wave.is_empty() {
+                    break;
+                }
+                for (index, range, sent) in wave {
+                    let ((target, node), group) = &groups[index];
+                    let (target, node) = (*target, *node);
+                    let chunk = &group[range];
+                    let requests = lock_requests(chunk, keys);
+                    let mut stale = false;
+                    let received = sent.and_then(|(deadline, was_stale)| {
+                        stale = was_stale;
+                        let (_, node, connection) =
+                            self.connection(target, Route::Node(node), interrupt)?;
+                        pipeline::receive(connection, &node.dialect, &requests, deadline, interrupt)
+                    });
+                    let received = match received {
+                        // A pooled connection found dead: once more on a new one.
+                        Err(Error::Connection { .. }) if stale => self
+                            .exchange_raw(target, Route::Node(node), &requests, interrupt)
+                            .map(|values| values.into_iter().map(Received::Reply).collect()),
+                        other => other,
+                    };
+                    drop(requests);
+                    match received {
+                        Ok(received) => {
+                            // Each reply is taken, not copied, into its operation.
+                            for (send, received) in chunk.iter().zip(received) {
+                                let key = key_of(send.0);
+                                let request = Request::Lock {
+                                    key,
+                                    command: &send.3,
+                                };
+                                let reply = match received {
+                                    Received::Reply(value) => self
                                         .follow(target, key, request, value, interrupt)
-                                        .and_then(|value| self.decode(target, &send.3, value));
-                                    replies[send.0][send.1] = reply;
-                                }
+                                        .and_then(|value| self.decode(target, &send.3, value)),
+                                    // NOSCRIPT, an old server: on its own, through the executor.
+                                    Received::Resend => {
+                                        self.run_command(target, key, &send.3, interrupt)
+                                    }
+                                };
+                                replies[send.0][send.1] = reply;
                             }
-                            Err(error) => {
-                                for send in chunk {
-                                    replies[send.0][send.1] = Err(error.clone());
-                                }
+                        }
+                        Err(error) => {
+                            for send in chunk {
+                                replies[send.0][send.1] = Err(error.clone());
                             }
                         }
                     }
@@ -1174,6 +1212,20 @@ impl<'c> Lease<'c> {
         connection.watch(interrupt)?;
         Ok((index, node, connection))
     }
+}
+
+/// The lock requests of a batch's commands.
+fn lock_requests<'a>(
+    chunk: &[&'a (usize, usize, Target, Command)],
+    keys: &'a [Result<Vec<u8>>],
+) -> Vec<Request<'a>> {
+    chunk
+        .iter()
+        .map(|send| Request::Lock {
+            key: keys[send.0].as_deref().unwrap_or_default(),
+            command: &send.3,
+        })
+        .collect()
 }
 
 fn check_ttl(ttl_ms: u64) -> Result<()> {
