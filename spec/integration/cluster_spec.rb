@@ -79,6 +79,40 @@ RSpec.describe "Redis Cluster" do
       expect(cluster.keys_by_master("{locks}:*").values.reject(&:empty?).size).to eq(1)
     end
 
+    it "renews auto_renew locks on every master, in one pipeline per master" do
+      configure(phase: :dual)
+      locks = Array.new(300) { |i| Locking.new("renewed:#{i}") }
+      locks.each { |lock| expect(lock.acquire(0.5, auto_renew: true)).to be(true) }
+      # Three TTLs later, every lock is still held on both servers: renewed, not re-taken.
+      deadline = monotonic + 10
+      sleep 0.05 until Locking.stats[:renewed] >= 900 || monotonic > deadline
+      expect(Locking.stats[:renewed]).to be >= 900
+      expect(Locking.stats[:lost]).to eq(0)
+      locks.each do |lock|
+        key = prefixed(lock.lock_key)
+        expect(cluster.get(key)).to eq(lock.token)
+        expect(source_server.redis.get(key)).to eq(lock.token)
+        expect(cluster.pttl(key)).to be_between(1, 500)
+      end
+      expect(locks.map(&:release)).to all(be(true))
+      expect(cluster.keys_by_master("locking:*").values.flatten).to eq([])
+    end
+
+    it "pages the dashboard's lock list through every master" do
+      configure(phase: :destination)
+      Array.new(250) { |i| Locking.new("listed:#{i}").acquire(30) }
+      cursor = 0
+      listed = []
+      pages = 0
+      loop do
+        cursor, page = Locking.client.lock_page(:destination, cursor, "listed:*", 40)
+        listed.concat(page.map(&:first))
+        pages += 1
+        break if cursor.zero? || pages > 100
+      end
+      expect(listed.sort).to eq(Array.new(250) { |i| "listed:#{i}" }.sort)
+    end
+
     context "in each phase, with a standalone source" do
       include_examples "the phase truth table"
     end
@@ -152,6 +186,24 @@ RSpec.describe "Redis Cluster" do
       status, out, = locking_cli("gate", source: cluster.url)
       expect(status).to eq(0), out
       expect(out).to include("source-only locks: 0")
+    end
+
+    it "refuses the gate while a slot of the source is being migrated, and says why" do
+      cluster.load([[prefixed("left"), "t"]])
+      expect(locking_cli("backfill", source: cluster.url).first).to eq(0)
+      from, to = cluster.masters.first(2)
+      slot = cluster.slot_map.find { |_, node| node == from }.first.first
+      to.redis.call("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(from))
+      from.redis.call("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(to))
+      begin
+        status, out, err = locking_cli("gate", source: cluster.url)
+        expect(status).not_to eq(0)
+        expect(out + err).to include("slots are being moved", "run it again once the cluster is settled")
+      ensure
+        [from, to].each { |node| node.redis.call("CLUSTER", "SETSLOT", slot, "STABLE") }
+      end
+      status, out, = locking_cli("gate", source: cluster.url)
+      expect(status).to eq(0), out
     end
 
     it "starts a backfill walk over when the source's slots moved since its saved position" do

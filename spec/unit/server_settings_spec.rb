@@ -31,6 +31,24 @@ RSpec.describe Locking::ServerSettings do
     expect(url(host: "h", ssl: true, ssl_params: { verify_mode: OpenSSL::SSL::VERIFY_PEER })).to end_with("verify_mode=peer")
   end
 
+  it "builds Redis Cluster URLs from seed nodes, credentials and TLS from the Hash or the first seed" do
+    built = url(cluster: ["redis://10.0.0.1:7000", "10.0.0.2:7001", { host: "::1", port: 7002 }], password: "p w")
+    expect(built).to eq("redis+cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002?password=p%20w")
+    expect(Locking.server_name(built)).to eq("redis+cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002")
+    expect(Locking.redact(built)).not_to include("p%20w")
+    expect(url("cluster" => ["rediss://app:secret@h:7000"], "ssl_params" => { "ca_file" => "/ca.pem" }))
+      .to eq("rediss+cluster://h:7000?username=app&password=secret&ca_file=%2Fca.pem")
+    expect(name(cluster: ["h:7000"])).to eq("redis+cluster://h:7000")
+  end
+
+  it "says what is wrong with a cluster setting" do
+    expect { url(cluster: []) }.to raise_error(ArgumentError, /at least one seed/)
+    expect { url(cluster: ["h:1"], host: "h") }.to raise_error(ArgumentError, /give cluster or host, not both/)
+    expect { url(cluster: [42]) }.to raise_error(TypeError, /a cluster node must be/)
+    config = Locking::Configuration.new({}).tap { |c| c.source = { cluster: ["h:1"], db: 2 } }
+    expect { Locking::Client.build(config) }.to raise_error(ArgumentError, /a Redis Cluster has only database 0, not 2/)
+  end
+
   it "builds Sentinel URLs, with the sentinels' own credentials" do
     built = url(name: "mymaster", sentinels: [{ host: "s1", port: 26_379 }, "redis://s2:26380", "s3:26381"],
                 role: :master, password: "m", sentinel_password: "s", db: 1)
