@@ -84,8 +84,10 @@ class Locking
         o.on("--environment NAME", "the section of --config (default: RAILS_ENV, RACK_ENV, else production)") do |v|
           options[:environment] = v
         end
-        o.on("--source URL", "source Redis: redis://, rediss://...?ca_file=..., redis+sentinel://s1:26379,s2/master " \
-                             "(default: LOCKING_SOURCE_URL, REDIS_URL)") { |v| explicit(:source, v) }
+        o.on("--source URL", "source Redis: redis://, rediss://...?ca_file=..., redis+sentinel://s1:26379,s2/master, " \
+                             "redis+cluster://n1:7000,n2:7000 (default: LOCKING_SOURCE_URL, REDIS_URL)") do |v|
+          explicit(:source, v)
+        end
         o.on("--destination URL", "destination Redis, the same forms (default: LOCKING_DESTINATION_URL)") do |v|
           explicit(:destination, v)
         end

@@ -14,11 +14,19 @@ class RedisCluster
   NODE_TIMEOUT_MS = 1000
   CLI = ENV.fetch("REDIS_CLI", "redis-cli")
 
+  # Redis 7 takes the cluster bus port as a setting; 6.2 always uses port + 10000
+  # (a node whose bus port is taken fails to start, and RedisServer tries another port).
+  def self.bus_port_setting?
+    return @bus_port_setting unless @bus_port_setting.nil?
+
+    @bus_port_setting = `#{RedisServer::BINARY} --version`[/v=(\d+)/, 1].to_i >= 7
+  end
+
   attr_reader :nodes
 
   def initialize(masters: 3, replicas: 0, name: "cluster", full_coverage: true)
     @nodes = Array.new(masters * (1 + replicas)) do |index|
-      RedisServer.start("#{name}-#{index}", settings: settings_for(full_coverage))
+      RedisServer.start("#{name}-#{index}", settings: settings_for(full_coverage), max_port: max_port)
     end
     if masters == 1 && replicas.zero?
       # redis-cli --cluster create wants 3 masters; one node takes every slot itself.
@@ -188,10 +196,13 @@ class RedisCluster
 
   private
 
+  # A 6.2 node also binds port + 10000.
+  def max_port = self.class.bus_port_setting? ? nil : 55_535
+
   def settings_for(full_coverage)
     ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
      "--cluster-node-timeout", NODE_TIMEOUT_MS.to_s,
-     "--cluster-port", RedisServer.free_port.to_s,
+     *(self.class.bus_port_setting? ? ["--cluster-port", RedisServer.free_port.to_s] : []),
      "--cluster-require-full-coverage", full_coverage ? "yes" : "no",
      "--maxmemory-policy", "noeviction"]
   end

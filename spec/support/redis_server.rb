@@ -16,13 +16,15 @@ class RedisServer
 
   # `settings`: more redis-server arguments, e.g. ["--appendonly", "yes"]
   # for a server whose data survives #restart.
-  def self.start(name = "redis", settings: [])
-    new(name, settings: settings).tap(&:start)
+  # `max_port`: a highest port to use (a Redis 6.2 cluster node also binds port + 10000).
+  def self.start(name = "redis", settings: [], max_port: nil)
+    new(name, settings: settings, max_port: max_port).tap(&:start)
   end
 
-  def initialize(name, settings: [])
+  def initialize(name, settings: [], max_port: nil)
     @name = name
     @settings = settings
+    @max_port = max_port
     @dir = Dir.mktmpdir("locking-#{name}-")
   end
 
@@ -33,6 +35,7 @@ class RedisServer
   def start
     5.times do
       @port = free_port
+      @port = free_port while @max_port && @port > @max_port
       spawn_server
       return self if wait_until_ready
 
