@@ -226,6 +226,31 @@ RSpec.describe "Redis Cluster" do
     end
   end
 
+  context "with a password on every node (requirepass)" do
+    before(:all) { @guarded = RedisCluster.new(masters: 3, name: "auth", password: "s3cret-pw") }
+    after(:all) { @guarded&.cleanup }
+
+    it "authenticates to every master with the setting's password, and says so when it is missing" do
+      seed = ["redis://127.0.0.1:#{@guarded.nodes.first.port}"]
+      configure(phase: :destination, destination: { cluster: seed, password: "s3cret-pw" })
+      locks = Array.new(60) { |i| Locking.new("auth:#{i}", token: "t#{i}") }
+      expect(locks.map { |lock| lock.acquire(30) }).to all(be(true))
+      expect(@guarded.keys_by_master("locking:*").values.map(&:size)).to all(be > 5)
+      expect(locks.map(&:release)).to all(be(true))
+
+      configure(phase: :destination, destination: { cluster: seed })
+      expect { Locking.new("auth:x").acquire(5) }
+        .to raise_error(Locking::Error, /NOAUTH/)
+      expect(Locking.redact(Locking.configuration.destination)).not_to include("s3cret")
+    end
+  end
+
+  it "refuses a standalone server given as a cluster, and says so" do
+    configure(phase: :destination, destination: "redis+cluster://127.0.0.1:#{destination_server.port}")
+    expect { Locking.new("job").acquire(5) }
+      .to raise_error(Locking::ConnectionError, /not a cluster node; a standalone server takes a redis:\/\/ URL/)
+  end
+
   it "follows MOVED and ASK while 1,500 slots move: 4 threads, 0 wrong answers, 0 errors" do
     configure(phase: :destination)
     # Keys in every slot, so that slots take a while to migrate (ASK while they do).

@@ -24,9 +24,12 @@ class RedisCluster
 
   attr_reader :nodes
 
-  def initialize(masters: 3, replicas: 0, name: "cluster", full_coverage: true)
+  # `password`: every node requires it (requirepass, and masterauth for replicas).
+  def initialize(masters: 3, replicas: 0, name: "cluster", full_coverage: true, password: nil)
+    @password = password
     @nodes = Array.new(masters * (1 + replicas)) do |index|
-      RedisServer.start("#{name}-#{index}", settings: settings_for(full_coverage), max_port: max_port)
+      RedisServer.start("#{name}-#{index}", settings: settings_for(full_coverage), max_port: max_port,
+                                            password: password)
     end
     if masters == 1 && replicas.zero?
       # redis-cli --cluster create wants 3 masters; one node takes every slot itself.
@@ -125,7 +128,7 @@ class RedisCluster
   # `redis-cli --cluster reshard`, started in the background: [pid, log].
   def reshard_in_background(from:, to:, slots:)
     log = File.join(@nodes.first.dir, "reshard-#{Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond)}.log")
-    pid = Process.spawn(CLI, "--cluster", "reshard", "127.0.0.1:#{masters.first.port}",
+    pid = Process.spawn(CLI, *auth, "--cluster", "reshard", "127.0.0.1:#{masters.first.port}",
                         "--cluster-from", node_id(from), "--cluster-to", node_id(to),
                         "--cluster-slots", slots.to_s, "--cluster-yes", "--cluster-pipeline", "100",
                         out: log, err: %i[child out])
@@ -216,9 +219,11 @@ class RedisCluster
     live_nodes.first.redis
   end
 
+  def auth = @password ? ["-a", @password, "--no-auth-warning"] : []
+
   def check_passes?
     node = live_nodes.first
-    output, status = Open3.capture2e(CLI, "--cluster", "check", "127.0.0.1:#{node.port}")
+    output, status = Open3.capture2e(CLI, *auth, "--cluster", "check", "127.0.0.1:#{node.port}")
     status.success? && !output.include?("[WARNING]") && output.include?("All 16384 slots covered")
   end
 
@@ -230,7 +235,7 @@ class RedisCluster
   end
 
   def cli!(*args)
-    output, status = Open3.capture2e(CLI, *args)
+    output, status = Open3.capture2e(CLI, *auth, *args)
     raise "redis-cli #{args.first(2).join(' ')} failed:\n#{output}" unless status.success?
 
     output

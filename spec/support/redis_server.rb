@@ -17,19 +17,21 @@ class RedisServer
   # `settings`: more redis-server arguments, e.g. ["--appendonly", "yes"]
   # for a server whose data survives #restart.
   # `max_port`: a highest port to use (a Redis 6.2 cluster node also binds port + 10000).
-  def self.start(name = "redis", settings: [], max_port: nil)
-    new(name, settings: settings, max_port: max_port).tap(&:start)
+  # `password`: the server requires it (requirepass), and `url` and `redis` give it.
+  def self.start(name = "redis", settings: [], max_port: nil, password: nil)
+    new(name, settings: settings, max_port: max_port, password: password).tap(&:start)
   end
 
-  def initialize(name, settings: [], max_port: nil)
+  def initialize(name, settings: [], max_port: nil, password: nil)
     @name = name
     @settings = settings
     @max_port = max_port
+    @password = password
     @dir = Dir.mktmpdir("locking-#{name}-")
   end
 
   def url(db = 0)
-    "redis://127.0.0.1:#{port}/#{db}"
+    "redis://#{":#{@password}@" if @password}127.0.0.1:#{port}/#{db}"
   end
 
   def start
@@ -136,6 +138,7 @@ class RedisServer
 
   def spawn_server
     defaults = ["--save", "", "--appendonly", "no"]
+    defaults += ["--requirepass", @password, "--masterauth", @password] if @password
     @pid = Process.spawn(BINARY, "--port", port.to_s, "--bind", "127.0.0.1", *defaults, *@settings,
                          "--dir", dir, "--daemonize", "no", out: File.join(dir, "log"), err: %i[child out])
   end

@@ -96,9 +96,23 @@ class SentinelSet
   # upgrade). The sentinels promote the replica and demote the master; the
   # demoted one is then pointed at the new master's lagging link. Returns
   # [old master, new master].
+  #
+  # A sentinel refuses (NOGOODSLAVE) while its last INFO of the replica is
+  # from before the replica synced: a replica just brought back reads as
+  # "link down" until the next INFO, up to 10 s later (6.2 counts from
+  # 1970). It is asked again until it accepts.
   def switch_over
     old = current_master
-    sentinel(@sentinel_ports.first) { |redis| redis.call("SENTINEL", "FAILOVER", MASTER_NAME) }
+    refusals = []
+    wait_for("a sentinel to accept SENTINEL FAILOVER (#{refusals.last(1).join})", timeout: 60) do
+      sentinel(@sentinel_ports.first) do |redis|
+        redis.call("SENTINEL", "FAILOVER", MASTER_NAME) == "OK"
+      rescue Redis::CommandError => e
+        refusals << e.message
+        sleep 0.2
+        false
+      end
+    end
     wait_for_failover(old)
     master = current_master
     wait_for("#{old.port} to be demoted", timeout: 60) { old.redis.call("ROLE").first == "slave" }

@@ -156,9 +156,17 @@ pub fn parse_nodes(text: &str, asked: &Address) -> std::result::Result<View, Str
         if !flags.contains(&"master") || flags.contains(&"noaddr") || flags.contains(&"handshake") {
             continue;
         }
-        let endpoint = fields[1].split('@').next().unwrap_or("");
-        let endpoint = endpoint.split(',').next().unwrap_or("");
+        // `ip:port@cport[,hostname]`: an announced hostname is what the
+        // node's TLS certificate names, so it is preferred.
+        let (endpoint, hostname) = match fields[1].split_once(',') {
+            Some((endpoint, hostname)) => (endpoint, Some(hostname).filter(|h| !h.is_empty())),
+            None => (fields[1], None),
+        };
+        let endpoint = endpoint.split('@').next().unwrap_or("");
         let address = match parse_host_port(endpoint) {
+            Some(Address::Tcp(_, port)) if hostname.is_some() => {
+                Address::Tcp(hostname.unwrap_or_default().to_string(), port)
+            }
             Some(Address::Tcp(host, port)) if host.is_empty() => match asked {
                 Address::Tcp(asked_host, _) => Address::Tcp(asked_host.clone(), port),
                 other => other.clone(),
@@ -271,6 +279,10 @@ pub struct Cluster {
     stale: AtomicBool,
     /// When the map was last read (None: never); held while reading it.
     refreshed: Mutex<Option<Instant>>,
+    /// When a connection to each node last failed (ms since `epoch`, 0:
+    /// never): the map is asked of those last.
+    failed_at: Box<[AtomicU64]>,
+    epoch: Instant,
     /// How many times the map was read (for stats and tests).
     pub refreshes: AtomicU64,
     /// Redirects followed: MOVED, ASK, and TRYAGAIN/CLUSTERDOWN retries.
@@ -304,6 +316,8 @@ impl Cluster {
             fingerprint: AtomicU64::new(0),
             stale: AtomicBool::new(true),
             refreshed: Mutex::new(None),
+            failed_at: (0..MAX_NODES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             refreshes: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             asked: AtomicU64::new(0),
@@ -402,6 +416,12 @@ impl Cluster {
         if let Some(node) = self.node(index) {
             node.pool.clear();
         }
+        if let Some(at) = self.failed_at.get(index) {
+            at.store(
+                self.epoch.elapsed().as_millis() as u64 + 1,
+                Ordering::Release,
+            );
+        }
         self.stale.store(true, Ordering::Release);
     }
 
@@ -432,6 +452,16 @@ impl Cluster {
             .len();
         let others: Vec<usize> = (0..known).filter(|index| !order.contains(index)).collect();
         order.extend(others);
+        // A node that just failed (a dead master) is asked last: its connect
+        // may take the whole timeout, and other threads wait for this read.
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        order.sort_by_key(|&index| {
+            let failed = self
+                .failed_at
+                .get(index)
+                .map_or(0, |at| at.load(Ordering::Acquire));
+            failed != 0 && now.saturating_sub(failed) < 10_000
+        });
         let mut failures = Vec::new();
         for index in order {
             match self.ask_nodes(index, interrupt) {
@@ -493,10 +523,14 @@ impl Cluster {
             }
             Value::ServerError(error) => Err(Error::Command {
                 server: node.name().to_string(),
-                detail: format!(
-                    "CLUSTER NODES: {} (is this a cluster node? a standalone server takes a redis:// URL)",
-                    error.0
-                ),
+                detail: if error.0.contains("cluster support disabled") {
+                    format!(
+                        "CLUSTER NODES: {}: this server is not a cluster node; a standalone server takes a redis:// URL",
+                        error.0
+                    )
+                } else {
+                    format!("CLUSTER NODES: {}", error.0)
+                },
             }),
             other => Err(Error::Command {
                 server: node.name().to_string(),
@@ -524,6 +558,18 @@ impl Cluster {
         self.fingerprint.store(view.fingerprint, Ordering::Release);
         self.stale.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// The first master in slot order (a cluster's stand-in where one node
+    /// is asked, as for the source's identity).
+    pub fn first_master(&self, interrupt: &Interrupt) -> Result<usize> {
+        self.masters(interrupt)?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Command {
+                server: self.name().to_string(),
+                detail: "no master serves any slot (the cluster is not set up yet?)".into(),
+            })
     }
 
     /// The masters, in slot order (the map read first if never read).
@@ -699,6 +745,15 @@ mod tests {
 
     #[test]
     fn reads_cluster_nodes() {
+        let named = parse_nodes(
+            "e7d1 10.0.0.5:7000@17000,locks-1.internal myself,master - 0 0 1 connected 0-16383\n",
+            &Address::Tcp("h".into(), 1),
+        )
+        .unwrap();
+        assert_eq!(
+            named.ranges,
+            vec![(0, 16383, Address::Tcp("locks-1.internal".into(), 7000))]
+        );
         let text = "\
 07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
 67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
@@ -711,7 +766,7 @@ e7d1 :30001@40001 myself,master - 0 0 1 connected 0-5460 [5461-<-67ed]
             vec![
                 (0, 5460, Address::Tcp("10.1.1.1".into(), 30001)),
                 (5461, 10922, Address::Tcp("127.0.0.1".into(), 30002)),
-                (10923, 16383, Address::Tcp("127.0.0.1".into(), 30003)),
+                (10923, 16383, Address::Tcp("host-c".into(), 30003)),
             ]
         );
         assert_eq!(view.moving, vec!["[5461-<-67ed]".to_string()]);

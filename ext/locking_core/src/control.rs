@@ -379,9 +379,15 @@ impl Operator<'_> {
     /// address, it tells one source from another for a saved backfill position.
     pub fn server_run_id(&mut self, target: Target, interrupt: &Interrupt) -> Result<String> {
         let name = self.client().server_name(target).unwrap_or("?").to_string();
+        // A cluster's identity is its first master's (a restart of it
+        // starts a saved backfill over, which is safe).
+        let node = match self.client().server(target).and_then(|s| s.cluster()) {
+            Some(cluster) => cluster.first_master(interrupt)?,
+            None => 0,
+        };
         let text = match self.command(
             target,
-            Route::Node(0),
+            Route::Node(node),
             &["INFO".into(), "server".into()],
             interrupt,
         )? {
