@@ -248,7 +248,7 @@ RSpec.describe "Redis Cluster" do
   it "refuses a standalone server given as a cluster, and says so" do
     configure(phase: :destination, destination: "redis+cluster://127.0.0.1:#{destination_server.port}")
     expect { Locking.new("job").acquire(5) }
-      .to raise_error(Locking::ConnectionError, /not a cluster node; a standalone server takes a redis:\/\/ URL/)
+      .to raise_error(Locking::ConnectionError, %r{not a cluster node; a standalone server takes a redis:// URL})
   end
 
   it "follows MOVED and ASK while 1,500 slots move: 4 threads, 0 wrong answers, 0 errors" do
