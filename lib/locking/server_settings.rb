@@ -188,8 +188,9 @@ class Locking
     def common_query(hash, name)
       query = []
       query << ["db", Integer(hash[:db])] if hash[:db]
-      query << ["username", hash[:username]] if hash[:username]
-      query << ["password", hash[:password]] if hash[:password]
+      # An empty one (an unset ENV in config/locking.yml's ERB) is none, not AUTH "".
+      query << ["username", hash[:username]] unless hash[:username].to_s.empty?
+      query << ["password", hash[:password]] unless hash[:password].to_s.empty?
       query << %w[ssl true] if hash[:url] && hash[:ssl] == true
       query.concat(ssl_query(hash[:ssl_params], name)) if hash[:ssl_params]
       query

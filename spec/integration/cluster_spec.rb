@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "../support/cluster"
+require_relative "../support/tls"
 
 # A real Redis Cluster (3 masters, redis-cli --cluster create) as the
 # destination and as the source. Started once for the file; the specs that
@@ -111,6 +112,30 @@ RSpec.describe "Redis Cluster" do
         break if cursor.zero? || pages > 100
       end
       expect(listed.sort).to eq(Array.new(250) { |i| "listed:#{i}" }.sort)
+    end
+
+    it "reads a cluster from config/locking.yml's form (cluster: seeds; an unset password is none) and the environment" do
+      configure(phase: :destination)
+      Locking.new("yaml:1").acquire(60)
+      Dir.mktmpdir do |dir|
+        path = File.join(dir, "locking.yml")
+        File.write(path, <<~YAML)
+          production:
+            source: #{source_server.url}
+            destination:
+              cluster:
+                - 127.0.0.1:#{cluster.nodes.first.port}
+              password: <%= ENV["LOCKING_TEST_UNSET_PASSWORD"] %>
+            phase: destination
+        YAML
+        out = StringIO.new
+        status = Locking::CLI.new(["status", "--config", path], out: out, err: out).run
+        expect(status).to eq(0), out.string
+        expect(out.string).to match(%r{destination\s+redis\+cluster://127\.0\.0\.1:#{cluster.nodes.first.port}\s+1 lock keys})
+      end
+      env = { "LOCKING_SOURCE_URL" => source_server.url, "LOCKING_DESTINATION_URL" => cluster.url,
+              "LOCKING_PHASE" => "destination" }
+      expect(Locking::Configuration.new(env).destination).to eq(cluster.url)
     end
 
     context "in each phase, with a standalone source" do
@@ -245,6 +270,33 @@ RSpec.describe "Redis Cluster" do
     end
   end
 
+  context "over TLS (rediss+cluster://, certificates made at test time)" do
+    before(:all) do
+      if RedisCluster.bus_port_setting? # Redis 7 (PyPI's 6.2 here has no TLS)
+        @certs = TestCertificates.new
+        @secure = RedisCluster.new(masters: 3, name: "tls", tls: @certs)
+      end
+    end
+    after(:all) do
+      @secure&.cleanup
+      @certs&.cleanup
+    end
+
+    before { skip "this redis-server has no TLS" unless @secure }
+
+    it "checks every node's certificate and sends every lock to its master over TLS" do
+      configure(phase: :destination, destination: @secure.settings)
+      locks = Array.new(60) { |i| Locking.new("tls:#{i}", token: "t#{i}") }
+      expect(locks.map { |lock| lock.acquire(30) }).to all(be(true))
+      expect(@secure.keys_by_master("locking:*").values.map(&:size)).to all(be > 5)
+      expect(Locking.client.cluster_stats(:destination)[:masters]).to eq(3)
+      expect(locks.map(&:release)).to all(be(true))
+
+      configure(phase: :destination, destination: @secure.settings(ssl_params: { ca_file: @certs.path("rogue-ca.crt") }))
+      expect { Locking.new("tls:x").acquire(5) }.to raise_error(Locking::ConnectionError, /certificate|CA/)
+    end
+  end
+
   it "refuses a standalone server given as a cluster, and says so" do
     configure(phase: :destination, destination: "redis+cluster://127.0.0.1:#{destination_server.port}")
     expect { Locking.new("job").acquire(5) }
@@ -339,6 +391,21 @@ RSpec.describe "Redis Cluster" do
       puts "\n  A master SIGKILLed (no replica): #{answers[:as_expected]} of 600 operations as expected " \
            "(errors exactly on its slots), #{answers[:wrong]} wrong"
       expect(answers[:wrong]).to eq(0)
+
+      # With Redis's default (full coverage), the survivors answer CLUSTERDOWN for every slot: each
+      # operation retries within its timeout, then raises; none answers wrong.
+      survivors = @lossy.live_nodes
+      survivors.each { |node| node.redis.call("CONFIG", "SET", "cluster-require-full-coverage", "yes") }
+      @lossy.wait_for("the cluster to go down") do
+        survivors.all? { |node| node.redis.call("CLUSTER", "INFO").include?("cluster_state:fail") }
+      end
+      healthy = held.each_index.reject { |i| victims_keys.include?(i) }.first(5)
+      started = monotonic
+      healthy.each do |i|
+        expect { held[i].locked? }.to raise_error(Locking::CommandError, /CLUSTERDOWN/)
+      end
+      expect(monotonic - started).to be_between(5 * 0.5, 5 * 3.0) # each retried for about its timeout (1 s)
+      expect(Locking.client.cluster_stats(:destination)[:retried]).to be > 5
     end
   end
 end

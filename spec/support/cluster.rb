@@ -25,13 +25,24 @@ class RedisCluster
   attr_reader :nodes
 
   # `password`: every node requires it (requirepass, and masterauth for replicas).
-  def initialize(masters: 3, replicas: 0, name: "cluster", full_coverage: true, password: nil)
+  # `tls`: a TestCertificates; every node then serves clients and its bus over
+  # TLS (a plaintext port stays open for the helper's own looks) and announces
+  # its TLS port, so clients are sent there. Masters only.
+  def initialize(masters: 3, replicas: 0, name: "cluster", full_coverage: true, password: nil, tls: nil)
     @password = password
+    @tls = tls
+    @tls_ports = {}
     @nodes = Array.new(masters * (1 + replicas)) do |index|
-      RedisServer.start("#{name}-#{index}", settings: settings_for(full_coverage), max_port: max_port,
-                                            password: password)
+      tls_port = RedisServer.free_port if tls
+      settings = settings_for(full_coverage) + (tls ? tls_settings(tls, tls_port) : [])
+      RedisServer.start("#{name}-#{index}", settings: settings, max_port: max_port, password: password)
+                 .tap { |node| @tls_ports[node] = tls_port if tls }
     end
-    if masters == 1 && replicas.zero?
+    if tls
+      raise ArgumentError, "a TLS cluster here has no replicas" if replicas.positive?
+
+      join_by_hand
+    elsif masters == 1 && replicas.zero?
       # redis-cli --cluster create wants 3 masters; one node takes every slot itself.
       @nodes.first.redis.call("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
     else
@@ -47,12 +58,18 @@ class RedisCluster
 
   # The form a user writes (one seed is enough; two given).
   def settings(**more)
-    { cluster: @nodes.first(2).map { |node| "redis://127.0.0.1:#{node.port}" } }.merge(more)
+    seeds = @nodes.first(2).map { |node| "#{@tls ? 'rediss' : 'redis'}://127.0.0.1:#{client_port(node)}" }
+    tls = @tls ? { ssl_params: { ca_file: @tls.path("ca.crt") } } : {}
+    { cluster: seeds, **tls }.merge(more)
   end
 
   def url
-    "redis+cluster://#{@nodes.first(2).map { |node| "127.0.0.1:#{node.port}" }.join(',')}"
+    hosts = @nodes.first(2).map { |node| "127.0.0.1:#{client_port(node)}" }.join(",")
+    @tls ? "rediss+cluster://#{hosts}?ca_file=#{@tls.path('ca.crt')}" : "redis+cluster://#{hosts}"
   end
+
+  # The port clients are sent to (the TLS one in a TLS cluster).
+  def client_port(node) = @tls_ports.fetch(node, node.port)
 
   def live_nodes
     @nodes.select(&:pid)
@@ -64,8 +81,10 @@ class RedisCluster
     slots.map { |(_, _, (_, port))| node_at(port) }.uniq
   end
 
+  # The node at `port`: its plaintext port or its TLS port (Redis names the
+  # one that matches the asking connection).
   def node_at(port)
-    @nodes.find { |node| node.port == Integer(port) }
+    @nodes.find { |node| [node.port, client_port(node)].include?(Integer(port)) }
   end
 
   def node_id(node)
@@ -147,8 +166,9 @@ class RedisCluster
   # (`redis-cli --cluster check`), with no slot open.
   def wait_until_settled(timeout: 60)
     wait_for("the cluster to settle", timeout: timeout) do
-      live_nodes.all? { |node| node.redis.call("CLUSTER", "INFO").include?("cluster_state:ok") } &&
-        check_passes?
+      infos = live_nodes.map { |node| node.redis.call("CLUSTER", "INFO") }
+      infos.all? { |info| info.include?("cluster_state:ok") } &&
+        (@tls ? infos.all? { |info| info.include?("cluster_known_nodes:#{live_nodes.size}\r") } : check_passes?)
     end
   end
 
@@ -198,6 +218,28 @@ class RedisCluster
   end
 
   private
+
+  def tls_settings(certs, tls_port)
+    ["--tls-port", tls_port.to_s, "--tls-cluster", "yes", "--tls-replication", "yes",
+     "--tls-cert-file", certs.path("node.crt"), "--tls-key-file", certs.path("node.key"),
+     "--tls-ca-cert-file", certs.path("ca.crt"), "--tls-auth-clients", "no",
+     "--cluster-announce-port", tls_port.to_s]
+  end
+
+  # redis-cli --cluster create would MEET each node at its announced (TLS)
+  # port + 10000: here each node takes its share of the slots, and the first
+  # meets the others at their bus ports.
+  def join_by_hand
+    share = 16_384 / @nodes.size
+    @nodes.each_with_index do |node, index|
+      last = index == @nodes.size - 1 ? 16_383 : ((index + 1) * share) - 1
+      node.redis.call("CLUSTER", "ADDSLOTSRANGE", index * share, last)
+    end
+    @nodes.drop(1).each do |node|
+      bus = node.redis.call("CONFIG", "GET", "cluster-port").last
+      @nodes.first.redis.call("CLUSTER", "MEET", "127.0.0.1", client_port(node), bus)
+    end
+  end
 
   # A 6.2 node also binds port + 10000.
   def max_port = self.class.bus_port_setting? ? nil : 55_535

@@ -15,6 +15,8 @@ class TestCertificates
     leaf("server", "ca", san: "IP:127.0.0.1,DNS:localhost", usage: "serverAuth")
     leaf("elsewhere", "ca", san: "DNS:elsewhere.example", usage: "serverAuth")
     leaf("client", "ca", san: "DNS:locking-client", usage: "clientAuth")
+    # A cluster node's: it serves clients and dials the other nodes' bus.
+    leaf("node", "ca", san: "IP:127.0.0.1,DNS:localhost", usage: "serverAuth,clientAuth")
     leaf("rogue-client", "rogue-ca", san: "DNS:locking-client", usage: "clientAuth")
   end
 
