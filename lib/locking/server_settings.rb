@@ -108,25 +108,27 @@ class Locking
     end
 
     def cluster_host(seed, hash, name)
-      case seed
-      when String
-        uri = seed.include?("://") ? URI.parse(seed) : URI.parse("redis://#{seed}")
-        hash[:ssl] = true if uri.scheme == "rediss"
-        hash[:username] ||= URI.decode_www_form_component(uri.user) if uri.user && !uri.user.empty?
-        hash[:password] ||= URI.decode_www_form_component(uri.password) if uri.password
-        host = uri.hostname or raise ArgumentError, "#{name}: a cluster node without a host: #{seed.inspect}"
-        host = "[#{host}]" if host.include?(":")
-        "#{host}:#{uri.port || 6379}"
-      when Hash
-        seed = symbolize(seed)
-        host = seed.fetch(:host) { raise ArgumentError, "#{name}: a cluster node without a host: #{seed.inspect}" }.to_s
-        host = "[#{host}]" if host.include?(":")
-        "#{host}:#{Integer(seed.fetch(:port, 6379))}"
-      else
-        raise TypeError, "#{name}: a cluster node must be a URL String or a Hash, got #{seed.inspect}"
-      end
+      return host_port(seed, 6379, "cluster node", name) unless seed.is_a?(String)
+
+      uri = seed.include?("://") ? URI.parse(seed) : URI.parse("redis://#{seed}")
+      hash[:ssl] = true if uri.scheme == "rediss"
+      hash[:username] ||= URI.decode_www_form_component(uri.user) if uri.user && !uri.user.empty?
+      hash[:password] ||= URI.decode_www_form_component(uri.password) if uri.password
+      host_port({ host: uri.hostname, port: uri.port }, 6379, "cluster node", name)
     rescue URI::InvalidURIError => e
       raise ArgumentError, "#{name}: a bad cluster node #{seed.inspect}: #{e.message}"
+    end
+
+    # "host:port" of a { host:, port: } Hash (a sentinel's, a cluster node's).
+    def host_port(entry, default_port, what, name)
+      raise TypeError, "#{name}: a #{what} must be a URL String or a Hash, got #{entry.inspect}" unless entry.is_a?(Hash)
+
+      entry = symbolize(entry)
+      host = entry[:host].to_s
+      raise ArgumentError, "#{name}: a #{what} without a host: #{entry.inspect}" if host.empty?
+
+      host = "[#{host}]" if host.include?(":")
+      "#{host}:#{Integer(entry[:port] || default_port)}"
     end
 
     def server_url(hash, name)
@@ -167,17 +169,9 @@ class Locking
     end
 
     def sentinel_host(sentinel, name)
-      case sentinel
-      when String
-        sentinel.sub(%r{\A[a-z+]+://}, "").sub(%r{/.*\z}, "").sub(/\A.*@/, "")
-      when Hash
-        sentinel = symbolize(sentinel)
-        host = sentinel.fetch(:host) { raise ArgumentError, "#{name}: a sentinel without a host: #{sentinel.inspect}" }.to_s
-        host = "[#{host}]" if host.include?(":")
-        "#{host}:#{Integer(sentinel.fetch(:port, 26_379))}"
-      else
-        raise TypeError, "#{name}: a sentinel must be a Hash or a URL, got #{sentinel.inspect}"
-      end
+      return host_port(sentinel, 26_379, "sentinel", name) unless sentinel.is_a?(String)
+
+      sentinel.sub(%r{\A[a-z+]+://}, "").sub(%r{/.*\z}, "").sub(/\A.*@/, "")
     end
 
     def ssl?(hash)

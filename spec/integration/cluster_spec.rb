@@ -16,6 +16,15 @@ RSpec.describe "Redis Cluster" do
 
   def prefixed(key) = "locking:#{key}"
 
+  # A client as the operator tools use it (phase 1, both servers).
+  def operator_client(source:, destination:)
+    Locking::Client.build(Locking::Configuration.new({}).tap do |c|
+      c.source = source
+      c.destination = destination
+      c.phase = :dual
+    end)
+  end
+
   def configure(phase:, source: source_server.url, destination: @cluster.settings, **settings)
     Locking.reset_configuration!
     Locking.configure do |c|
@@ -187,11 +196,7 @@ RSpec.describe "Redis Cluster" do
       expect(out).to match(/source\s+#{Regexp.escape(cluster.url)}\s+6,000 lock keys/)
 
       # One batch, then the rest from the saved position (a position names a master and its cursor).
-      tool = Locking::Client.build(Locking::Configuration.new({}).tap do |c|
-        c.source = cluster.url
-        c.destination = destination_server.url
-        c.phase = :dual
-      end)
+      tool = operator_client(source: cluster.url, destination: destination_server.url)
       first = tool.backfill_batch(0, count: 500, pages: 2)
       expect(first[:cursor]).not_to eq(0)
       expect(first[:copied]).to be_between(1, 5_000) # COUNT is a hint
@@ -233,11 +238,7 @@ RSpec.describe "Redis Cluster" do
 
     it "starts a backfill walk over when the source's slots moved since its saved position" do
       cluster.load(Array.new(3_000) { |i| [prefixed("moved:#{i}"), "t#{i}"] })
-      tool = Locking::Client.build(Locking::Configuration.new({}).tap do |c|
-        c.source = cluster.url
-        c.destination = destination_server.url
-        c.phase = :dual
-      end)
+      tool = operator_client(source: cluster.url, destination: destination_server.url)
       first = tool.backfill_batch(0, count: 200, pages: 1)
       masters = cluster.masters
       cluster.reshard(from: masters[0], to: masters[1], slots: 100)

@@ -82,13 +82,32 @@ class SentinelSet
   # sentinel that saw it as a master would re-point it at the master's own
   # address some seconds later, restarting its sync in the middle of the
   # next example.
+  #
+  # First every sentinel must name the new master and see it answer: a
+  # sentinel that learnt of the switch late, on a busy machine, can still
+  # find the new master "down" a second later, and would then fail over to
+  # this server while it is empty and not yet in sync.
   def bring_back(server)
     master = current_master
+    wait_for_agreement(master)
     server.instance_variable_set(:@pid, nil)
     server.instance_variable_set(:@settings, ["--replicaof", "127.0.0.1", link_to(master).port.to_s])
     server.restart
     wait_for("#{server.port} to replicate the master", timeout: 60) do
       server.redis.call("ROLE").first == "slave" && in_sync?(master)
+    end
+  end
+
+  # Every sentinel names `master` as the master and sees it up (no s_down
+  # or o_down flag, a PONG within the last 500 ms).
+  def wait_for_agreement(master)
+    wait_for("every sentinel to see #{master.port} up as the master", timeout: 60) do
+      @sentinel_ports.all? do |port|
+        sentinel(port) do |redis|
+          info = redis.call("SENTINEL", "master", MASTER_NAME).each_slice(2).to_h
+          info["port"].to_i == master.port && info["flags"] == "master" && info["last-ok-ping-reply"].to_i < 500
+        end
+      end
     end
   end
 

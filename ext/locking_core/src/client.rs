@@ -982,7 +982,7 @@ impl<'c> Lease<'c> {
                     let deadline = deadline.unwrap_or_else(Instant::now);
                     let (_, node, connection) =
                         self.connection(*target, Route::Node(node_index), interrupt)?;
-                    node.finish_value(connection, key, command, deadline, interrupt)
+                    node.finish(connection, key, command, deadline, interrupt)
                 });
                 match result {
                     Ok(value) => {

@@ -403,18 +403,6 @@ impl Node {
         pipeline::run_one(connection, &self.dialect, request, interrupt)
     }
 
-    /// Runs one protocol command to completion on `connection`.
-    pub fn execute(
-        &self,
-        connection: &mut Connection,
-        key: &[u8],
-        command: &Command,
-        interrupt: &Interrupt,
-    ) -> Result<Reply> {
-        let value = self.run(connection, Request::Lock { key, command }, interrupt)?;
-        self.decode(command, value)
-    }
-
     /// First half of a command whose reply is read later (to ask two servers at once).
     pub fn send(
         &self,
@@ -430,7 +418,7 @@ impl Node {
     /// Second half: reads the reply by `deadline`; a reply that asks for a
     /// resend (NOSCRIPT, an old server) is resent by the executor. The
     /// reply is left undecoded (it may be a cluster's redirect).
-    pub fn finish_value(
+    pub fn finish(
         &self,
         connection: &mut Connection,
         key: &[u8],
@@ -447,45 +435,12 @@ impl Node {
         }
     }
 
-    /// `finish_value`, decoded.
-    pub fn finish(
-        &self,
-        connection: &mut Connection,
-        key: &[u8],
-        command: &Command,
-        deadline: Instant,
-        interrupt: &Interrupt,
-    ) -> Result<Reply> {
-        let request = Request::Lock { key, command };
-        let received =
-            pipeline::receive_single(connection, &self.dialect, &request, deadline, interrupt)?;
-        let value = match received {
-            Received::Reply(value) => value,
-            Received::Resend => self.run(connection, request, interrupt)?,
-        };
-        self.decode(command, value)
-    }
-
     /// A protocol command's reply, or the server's refusal as an error.
     pub fn decode(&self, command: &Command, value: Value) -> Result<Reply> {
         lock::decode(command, value).map_err(|detail| Error::Command {
             server: self.name().to_string(),
             detail,
         })
-    }
-}
-
-/// One server and the connection an operation holds to it, as a `Store`.
-pub struct RedisStore<'a> {
-    pub node: &'a Node,
-    pub connection: &'a mut Connection,
-    pub interrupt: &'a Interrupt,
-}
-
-impl crate::store::Store for RedisStore<'_> {
-    fn execute(&mut self, key: &[u8], command: &Command) -> Result<Reply> {
-        self.node
-            .execute(self.connection, key, command, self.interrupt)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Where protocol commands run. The protocol's operations only ever produce
-//! commands and consume replies; a `Store` is anything that answers them:
-//! a real Redis server (`server::RedisStore`) or the in-memory model
-//! (`model::ModelStore`).
+//! commands and consume replies; a `Store` is anything that answers them
+//! one at a time: the in-memory model (`model::ModelStore`) of the explorer
+//! and the unit tests. On Redis the driver is `client::Lease`, which routes
+//! each command to its key's node and sends a batch's commands at once.
 
 use crate::error::{Error, Result};
 use crate::protocol::{Command, Operation, Reply, Step, Target};

@@ -143,14 +143,7 @@ fn sentinel(rest: &str, tls: bool) -> Result<RedisUrl, String> {
         "a Sentinel URL needs the master's name: redis+sentinel://host:26379,host:26379/mymaster",
     )?;
     let (username, password, hosts) = credentials(authority)?;
-    let mut sentinels = Vec::new();
-    for host_port in hosts.split(',').filter(|h| !h.is_empty()) {
-        let (host, port) = host_and_port(host_port, 26379)?;
-        if host.is_empty() {
-            return Err("a sentinel without a host".into());
-        }
-        sentinels.push(Address::Tcp(host, port));
-    }
+    let sentinels = host_list(hosts, 26379, "sentinel")?;
     if sentinels.is_empty() {
         return Err("no sentinel host".into());
     }
@@ -188,14 +181,7 @@ fn cluster(rest: &str, tls: bool) -> Result<RedisUrl, String> {
         None => (main, ""),
     };
     let (username, password, hosts) = credentials(authority)?;
-    let mut seeds = Vec::new();
-    for host_port in hosts.split(',').filter(|h| !h.is_empty()) {
-        let (host, port) = host_and_port(host_port, 6379)?;
-        if host.is_empty() {
-            return Err("a cluster node without a host".into());
-        }
-        seeds.push(Address::Tcp(host, port));
-    }
+    let seeds = host_list(hosts, 6379, "cluster node")?;
     if seeds.is_empty() {
         return Err("no cluster node (redis+cluster://host:7000[,host:7001])".into());
     }
@@ -220,6 +206,19 @@ fn cluster(rest: &str, tls: bool) -> Result<RedisUrl, String> {
         ));
     }
     Ok(url)
+}
+
+/// `host:port,host:port...` (a sentinel's, or a cluster's seeds).
+fn host_list(hosts: &str, default_port: u16, what: &str) -> Result<Vec<Address>, String> {
+    let mut addresses = Vec::new();
+    for host_port in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (host, port) = host_and_port(host_port, default_port)?;
+        if host.is_empty() {
+            return Err(format!("a {what} without a host"));
+        }
+        addresses.push(Address::Tcp(host, port));
+    }
+    Ok(addresses)
 }
 
 fn unix(rest: &str) -> Result<RedisUrl, String> {
