@@ -8,16 +8,7 @@ require "active_job"
 RSpec.describe "auto_renew (the native renewer)" do
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
-  def configure(phase = :source, **more)
-    Locking.reset_configuration!
-    Locking.configure do |c|
-      c.source = source_server.url
-      c.destination = destination_server.url
-      c.phase = phase
-      c.timeout = 2.0
-      more.each { |name, value| c.public_send(:"#{name}=", value) }
-    end
-  end
+  def configure(phase = :source, **more) = configure_both(phase, **more)
 
   def wait_for(seconds = 5)
     deadline = monotonic + seconds

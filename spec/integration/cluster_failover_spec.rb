@@ -14,14 +14,7 @@ RSpec.describe "Redis Cluster failover" do
   before { @cluster.flushall }
 
   def configure(**settings)
-    Locking.reset_configuration!
-    Locking.configure do |c|
-      c.source = source_server.url
-      c.destination = @cluster.url
-      c.phase = :destination
-      c.timeout = 1.0
-      settings.each { |name, value| c.public_send(:"#{name}=", value) }
-    end
+    configure_both(:destination, destination: @cluster.url, timeout: 1.0, **settings)
   end
 
   # A master with a replica (a killed master comes back as its successor's).

@@ -25,15 +25,8 @@ RSpec.describe "Redis Cluster" do
     end)
   end
 
-  def configure(phase:, source: source_server.url, destination: @cluster.settings, **settings)
-    Locking.reset_configuration!
-    Locking.configure do |c|
-      c.source = source
-      c.destination = destination
-      c.phase = phase
-      c.timeout = 2.0
-      settings.each { |name, value| c.public_send(:"#{name}=", value) }
-    end
+  def configure(phase:, destination: @cluster.settings, **settings)
+    configure_both(phase, destination: destination, **settings)
   end
 
   context "as the destination" do

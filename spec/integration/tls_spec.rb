@@ -29,13 +29,7 @@ RSpec.describe "TLS (rediss://)" do
   after { Locking.reset_configuration! }
 
   def configure(source, destination, phase)
-    Locking.reset_configuration!
-    Locking.configure do |c|
-      c.source = source
-      c.destination = destination
-      c.phase = phase
-      c.timeout = 2.0
-    end
+    configure_both(phase, source: source, destination: destination)
   end
 
   def connection_error(source)

@@ -4,13 +4,16 @@
 module PhaseHelpers
   KEY = "locking:job"
 
-  def configure_both(phase)
+  # Both servers (any form: a URL, a cluster's Hash ...), the phase, a 2 s
+  # timeout, and any other setting.
+  def configure_both(phase, source: source_server.url, destination: destination_server.url, **settings)
     Locking.reset_configuration!
     Locking.configure do |c|
-      c.source = source_server.url
-      c.destination = destination_server.url
+      c.source = source
+      c.destination = destination
       c.phase = phase
       c.timeout = 2.0
+      settings.each { |name, value| c.public_send(:"#{name}=", value) }
     end
   end
 

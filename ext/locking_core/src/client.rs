@@ -1009,10 +1009,10 @@ impl<'c> Lease<'c> {
         request: Request<'_>,
         interrupt: &Interrupt,
     ) -> Result<Value> {
-        let value = self
-            .exchange_raw(target, route, std::slice::from_ref(&request), interrupt)?
-            .pop()
-            .unwrap_or(Value::Nil);
+        // The hot path: one request, no Vec for its reply.
+        let value = self.on_node(target, route, interrupt, |connection, dialect| {
+            pipeline::run_one(connection, dialect, request, interrupt)
+        })?;
         match (route, request.key()) {
             (_, Some(key)) | (Route::Key(key), None) => {
                 self.follow(target, key, request, value, interrupt)
@@ -1132,13 +1132,27 @@ impl<'c> Lease<'c> {
         requests: &[Request<'_>],
         interrupt: &Interrupt,
     ) -> Result<Vec<Value>> {
+        self.on_node(target, route, interrupt, |connection, dialect| {
+            pipeline::run(connection, dialect, requests, interrupt)
+        })
+    }
+
+    /// Runs `exchange` on the connection to the node `route` names, and once
+    /// more on a new connection when a pooled one turns out dead.
+    fn on_node<T>(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        interrupt: &Interrupt,
+        exchange: impl Fn(&mut Connection, &pipeline::Dialect) -> Result<T>,
+    ) -> Result<T> {
         let (index, node, connection) = self.connection(target, route, interrupt)?;
         let stale = connection.from_pool;
-        match pipeline::run(connection, &node.dialect, requests, interrupt) {
+        match exchange(connection, &node.dialect) {
             Err(Error::Connection { .. }) if stale => {
                 let (_, node, connection) =
                     self.connection(target, Route::Node(index), interrupt)?;
-                pipeline::run(connection, &node.dialect, requests, interrupt)
+                exchange(connection, &node.dialect)
             }
             other => other,
         }
@@ -1148,10 +1162,7 @@ impl<'c> Lease<'c> {
         Error::InvalidArgument(format!(
             "phase {} needs the {} server, which is not configured",
             self.phase,
-            match target {
-                Target::Source => "source",
-                Target::Destination => "destination",
-            }
+            target.name()
         ))
     }
 
