@@ -599,10 +599,14 @@ impl<'c> Lease<'c> {
         let timeout_ms = (self.client.timeout.as_millis() / 2).max(1).to_string();
         let wanted_text = wanted.to_string();
         for target in [Target::Source, Target::Destination] {
-            let used = match target {
-                Target::Source => !self.source.is_empty(),
-                Target::Destination => !self.destination.is_empty(),
+            // The servers this operation talked to, not those of which the
+            // lease merely took an idle connection (a server its phase does
+            // not write may have none of the replicas asked for).
+            let held = match target {
+                Target::Source => &self.source,
+                Target::Destination => &self.destination,
             };
+            let used = held.iter().any(|(_, connection)| connection.used());
             if !used {
                 continue;
             }

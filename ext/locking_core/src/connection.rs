@@ -465,6 +465,12 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether this operation has used the connection (an idle one taken
+    /// with the lease, and not used, is not).
+    pub fn used(&self) -> bool {
+        self.watched
+    }
+
     /// Called when the connection goes back to its pool: a later operation has
     /// its own interrupt.
     pub fn unwatch(&mut self) {
