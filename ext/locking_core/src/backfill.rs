@@ -58,7 +58,7 @@ enum Flight {
 /// One server's side of the stream.
 struct Side {
     /// Flights sent and not yet read, each with its sending order.
-    owed: VecDeque<(u64, Flight)>,
+    owed: VecDeque<(u64, Flight, pipeline::Ticket)>,
     /// Commands to send in the next pipeline.
     next: Vec<(JobId, Command)>,
 }
@@ -228,13 +228,15 @@ impl Scheduler<'_, '_> {
         self.ask_for_page(interrupt)?;
         while let Some(target) = self.oldest() {
             let side = self.side(target);
-            let Some((_, flight)) = side.owed.pop_front() else {
+            let Some((_, flight, ticket)) = side.owed.pop_front() else {
                 break;
             };
             match flight {
-                Flight::Scan => self.page_arrived(interrupt)?,
-                Flight::Reads(ids) => self.reads_arrived(ids, interrupt)?,
-                Flight::Commands(commands) => self.commands_arrived(target, commands, interrupt)?,
+                Flight::Scan => self.page_arrived(ticket, interrupt)?,
+                Flight::Reads(ids) => self.reads_arrived(ids, ticket, interrupt)?,
+                Flight::Commands(commands) => {
+                    self.commands_arrived(target, commands, ticket, interrupt)?
+                }
             }
             self.send_next(Target::Source, interrupt)?;
             self.send_next(Target::Destination, interrupt)?;
@@ -253,7 +255,7 @@ impl Scheduler<'_, '_> {
     /// roughly in that order, so reading it blocks the least.
     fn oldest(&self) -> Option<Target> {
         match (self.source.owed.front(), self.destination.owed.front()) {
-            (Some((a, _)), Some((b, _))) if b < a => Some(Target::Destination),
+            (Some((a, ..)), Some((b, ..))) if b < a => Some(Target::Destination),
             (Some(_), _) => Some(Target::Source),
             (None, Some(_)) => Some(Target::Destination),
             (None, None) => None,
@@ -264,22 +266,25 @@ impl Scheduler<'_, '_> {
         let pattern = crate::bulk::match_pattern(&self.prefix);
         let count = self.count as u64;
         let args = scan_args(self.cursor, &pattern, count, false);
-        send_to(
+        let ticket = send_to(
             self.operator,
             Target::Source,
             &[Request::Plain(&args)],
             interrupt,
         )?;
-        self.source.owed.push_back((self.sent, Flight::Scan));
+        self.source
+            .owed
+            .push_back((self.sent, Flight::Scan, ticket));
         self.sent += 1;
         self.pages_left -= 1;
         Ok(())
     }
 
-    fn page_arrived(&mut self, interrupt: &Interrupt) -> Result<()> {
+    fn page_arrived(&mut self, ticket: pipeline::Ticket, interrupt: &Interrupt) -> Result<()> {
         let value = match receive_single(
             self.operator,
             Target::Source,
+            ticket,
             &Request::Plain(&["SCAN".into()]),
             interrupt,
         )? {
@@ -304,7 +309,12 @@ impl Scheduler<'_, '_> {
         Ok(())
     }
 
-    fn reads_arrived(&mut self, ids: Vec<JobId>, interrupt: &Interrupt) -> Result<()> {
+    fn reads_arrived(
+        &mut self,
+        ids: Vec<JobId>,
+        ticket: pipeline::Ticket,
+        interrupt: &Interrupt,
+    ) -> Result<()> {
         let keys: Vec<&[u8]> = ids
             .iter()
             .map(|id| self.jobs[id.0].key.as_slice())
@@ -312,6 +322,7 @@ impl Scheduler<'_, '_> {
         let received = receive_single(
             self.operator,
             Target::Source,
+            ticket,
             &Request::Reads(&keys),
             interrupt,
         )?;
@@ -343,6 +354,7 @@ impl Scheduler<'_, '_> {
         &mut self,
         target: Target,
         commands: Vec<(JobId, Command)>,
+        ticket: pipeline::Ticket,
         interrupt: &Interrupt,
     ) -> Result<()> {
         let received = {
@@ -358,8 +370,14 @@ impl Scheduler<'_, '_> {
                     .lease()
                     .connection(target, Route::Node(0), interrupt)?;
             let deadline = Instant::now() + connection.read_timeout();
-            let received =
-                pipeline::receive(connection, &node.dialect, &requests, deadline, interrupt)?;
+            let received = pipeline::receive(
+                connection,
+                &node.dialect,
+                ticket,
+                &requests,
+                deadline,
+                interrupt,
+            )?;
             received
                 .into_iter()
                 .zip(&commands)
@@ -432,7 +450,7 @@ impl Scheduler<'_, '_> {
             vec![Flight::Commands(next)]
         };
         for flight in flights {
-            {
+            let ticket = {
                 let keys: Vec<&[u8]> = match &flight {
                     Flight::Reads(ids) => ids
                         .iter()
@@ -451,10 +469,10 @@ impl Scheduler<'_, '_> {
                         .collect(),
                     Flight::Scan => Vec::new(),
                 };
-                send_to(self.operator, target, &requests, interrupt)?;
-            }
+                send_to(self.operator, target, &requests, interrupt)?
+            };
             let sent = self.sent;
-            self.side(target).owed.push_back((sent, flight));
+            self.side(target).owed.push_back((sent, flight, ticket));
             self.sent += 1;
         }
         Ok(())
@@ -501,17 +519,18 @@ fn send_to(
     target: Target,
     requests: &[Request<'_>],
     interrupt: &Interrupt,
-) -> Result<()> {
+) -> Result<pipeline::Ticket> {
     let (_, node, connection) = operator
         .lease()
         .connection(target, Route::Node(0), interrupt)?;
     pipeline::send(connection, &node.dialect, requests, interrupt)
 }
 
-/// Reads the reply to the oldest pipeline of one request that `target` owes.
+/// Reads the reply to the pipeline of one request that `ticket` names.
 fn receive_single(
     operator: &mut Operator<'_>,
     target: Target,
+    ticket: pipeline::Ticket,
     request: &Request<'_>,
     interrupt: &Interrupt,
 ) -> Result<Received> {
@@ -519,7 +538,14 @@ fn receive_single(
         .lease()
         .connection(target, Route::Node(0), interrupt)?;
     let deadline = Instant::now() + connection.read_timeout();
-    pipeline::receive_single(connection, &node.dialect, request, deadline, interrupt)
+    pipeline::receive_single(
+        connection,
+        &node.dialect,
+        ticket,
+        request,
+        deadline,
+        interrupt,
+    )
 }
 
 fn server_name(operator: &Operator<'_>, target: Target) -> String {

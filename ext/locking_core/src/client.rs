@@ -799,8 +799,11 @@ impl<'c> Lease<'c> {
                         .connection(*target, Route::Node(*node), interrupt)
                         .and_then(|(_, node, connection)| {
                             let stale = connection.from_pool;
-                            pipeline::send(connection, &node.dialect, &requests, interrupt)
-                                .map(|_| (Instant::now() + connection.read_timeout(), stale))
+                            pipeline::send(connection, &node.dialect, &requests, interrupt).map(
+                                |ticket| {
+                                    (ticket, Instant::now() + connection.read_timeout(), stale)
+                                },
+                            )
                         });
                     wave.push((index, range, sent));
                 }
@@ -813,11 +816,18 @@ impl<'c> Lease<'c> {
                     let chunk = &group[range];
                     let requests = lock_requests(chunk, keys);
                     let mut stale = false;
-                    let received = sent.and_then(|(deadline, was_stale)| {
+                    let received = sent.and_then(|(ticket, deadline, was_stale)| {
                         stale = was_stale;
                         let (_, node, connection) =
                             self.connection(target, Route::Node(node), interrupt)?;
-                        pipeline::receive(connection, &node.dialect, &requests, deadline, interrupt)
+                        pipeline::receive(
+                            connection,
+                            &node.dialect,
+                            ticket,
+                            &requests,
+                            deadline,
+                            interrupt,
+                        )
                     });
                     let received = match received {
                         // A pooled connection found dead: once more on a new one.
@@ -958,15 +968,18 @@ impl<'c> Lease<'c> {
         interrupt: &Interrupt,
     ) -> Vec<Result<Reply>> {
         let mut stale = Vec::with_capacity(batch.len());
-        // The node each command went to, and when its reply is due.
-        let mut sent: Vec<Result<(usize, Instant)>> = Vec::with_capacity(batch.len());
+        // The node each command went to, its ticket, and when its reply is due.
+        let mut sent: Vec<Result<(usize, pipeline::Ticket, Instant)>> =
+            Vec::with_capacity(batch.len());
         for (target, command) in batch {
             match self.connection(*target, Route::Key(key), interrupt) {
                 Ok((index, node, connection)) => {
                     stale.push(connection.from_pool);
                     sent.push(
                         node.send(connection, key, command, interrupt)
-                            .map(|_| (index, Instant::now() + connection.read_timeout())),
+                            .map(|ticket| {
+                                (index, ticket, Instant::now() + connection.read_timeout())
+                            }),
                     );
                 }
                 Err(error) => {
@@ -976,17 +989,17 @@ impl<'c> Lease<'c> {
             }
         }
         // One deadline for all replies: the first one sent bounds the wait.
-        let deadline = sent.iter().flatten().map(|(_, at)| *at).min();
+        let deadline = sent.iter().flatten().map(|(_, _, at)| *at).min();
         batch
             .iter()
             .zip(sent)
             .enumerate()
             .map(|(index, ((target, command), sent))| {
-                let result = sent.and_then(|(node_index, _)| {
+                let result = sent.and_then(|(node_index, ticket, _)| {
                     let deadline = deadline.unwrap_or_else(Instant::now);
                     let (_, node, connection) =
                         self.connection(*target, Route::Node(node_index), interrupt)?;
-                    node.finish(connection, key, command, deadline, interrupt)
+                    node.finish(connection, ticket, key, command, deadline, interrupt)
                 });
                 match result {
                     Ok(value) => {

@@ -21,6 +21,8 @@ pub mod pipeline;
 pub mod pool;
 pub mod process;
 pub mod protocol;
+#[cfg(test)]
+mod redirect_tests;
 pub mod renew;
 pub mod server;
 pub mod store;

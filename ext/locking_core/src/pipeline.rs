@@ -15,6 +15,15 @@
 //!
 //! `run` resends by itself (at most twice a request); `send`/`receive` hand
 //! `Received::Resend` back to a caller that schedules its own pipelines.
+//!
+//! The one rule of the wire: replies come back in the order the requests
+//! were written. Every pipeline written to a connection is given a
+//! `Ticket`, its place among the replies the connection owes, and only that
+//! ticket reads its replies. Reading a later ticket first reads the earlier
+//! pipelines' replies ahead and keeps them for their own tickets, so a
+//! caller that writes to a connection which still owes replies (a cluster's
+//! redirect landing on a node whose pipeline of the same wave is unread)
+//! gets its own replies, never another request's.
 
 use crate::codec::{self, lock, scripts::Script, Arg, Value};
 use crate::connection::{Connection, Interrupt};
@@ -78,13 +87,42 @@ impl Dialect {
 }
 
 /// The executor's state on a connection: script loads due at its next send,
-/// for each pipeline sent how many load replies come before its own, and
-/// the send buffer, kept between pipelines.
-#[derive(Default)]
+/// the pipelines sent whose replies are still owed (in the order they were
+/// written), and the send buffer, kept between pipelines.
 pub struct Loads {
     due: Vec<&'static Script>,
-    owed: VecDeque<usize>,
+    owed: VecDeque<Owed>,
     output: Vec<u8>,
+    /// This connection, among every connection of the process: a ticket is
+    /// read only on the connection that gave it.
+    connection: u64,
+    /// The next pipeline's place on this connection.
+    next: u64,
+}
+
+/// A pipeline written to a connection whose replies are not yet read.
+struct Owed {
+    place: u64,
+    /// Script loads written in front of it: their replies come first.
+    loads: usize,
+    /// Every reply it will get (loads, acknowledgements and replies).
+    frames: usize,
+    /// Its replies, when a later ticket had to read past them.
+    read_ahead: Option<VecDeque<Value>>,
+}
+
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Default for Loads {
+    fn default() -> Self {
+        Loads {
+            due: Vec::new(),
+            owed: VecDeque::new(),
+            output: Vec::new(),
+            connection: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+            next: 0,
+        }
+    }
 }
 
 impl Loads {
@@ -92,6 +130,15 @@ impl Loads {
     pub fn settled(&self) -> bool {
         self.owed.is_empty()
     }
+}
+
+/// A pipeline's place among the replies its connection owes: `send` hands
+/// it out, and `receive` takes it (once: it is neither `Copy` nor `Clone`).
+#[must_use = "a pipeline's replies are read with its ticket"]
+#[derive(Debug)]
+pub struct Ticket {
+    connection: u64,
+    place: u64,
 }
 
 impl Request<'_> {
@@ -166,13 +213,13 @@ impl Request<'_> {
 const MAX_IDLE_OUTPUT: usize = 1024 * 1024;
 
 /// Sends `requests` in one write, after any script loads due on this
-/// connection.
+/// connection; the ticket reads their replies.
 pub fn send(
     connection: &mut Connection,
     dialect: &Dialect,
     requests: &[Request<'_>],
     interrupt: &Interrupt,
-) -> Result<()> {
+) -> Result<Ticket> {
     let mut packed = std::mem::take(&mut connection.loads.output);
     packed.clear();
     let mut due = std::mem::take(&mut connection.loads.due);
@@ -192,53 +239,178 @@ pub fn send(
         connection.loads.output = packed;
     }
     sent?;
-    connection.loads.owed.push_back(due.len());
-    Ok(())
+    let loads = &mut connection.loads;
+    let place = loads.next;
+    loads.next += 1;
+    let frames = due.len() + requests.iter().map(|r| r.queued() + 1).sum::<usize>();
+    loads.owed.push_back(Owed {
+        place,
+        loads: due.len(),
+        frames,
+        read_ahead: None,
+    });
+    Ok(Ticket {
+        connection: loads.connection,
+        place,
+    })
 }
 
-/// Reads the replies to the oldest pipeline sent on this connection (which
-/// must be `requests`) by `deadline`, loads first.
+/// Reads the replies to the pipeline of `ticket` (which must be `requests`)
+/// by `deadline`, loads first.
 pub fn receive(
     connection: &mut Connection,
     dialect: &Dialect,
+    ticket: Ticket,
     requests: &[Request<'_>],
     deadline: Instant,
     interrupt: &Interrupt,
 ) -> Result<Vec<Received>> {
-    receive_loads(connection, deadline, interrupt)?;
-    let mut received = Vec::with_capacity(requests.len());
+    let mut replies = Replies::claim(connection, ticket, deadline, interrupt)?;
+    let mut values = Vec::with_capacity(requests.len());
     for request in requests {
-        let value = receive_one(connection, request.queued(), deadline, interrupt)?;
-        received.push(classify(connection, dialect, request, value));
+        values.push(receive_one(&mut replies, request.queued())?);
     }
-    Ok(received)
+    Ok(requests
+        .iter()
+        .zip(values)
+        .map(|(request, value)| classify(connection, dialect, request, value))
+        .collect())
 }
 
 /// `receive` for a pipeline of one request, without allocating.
 pub fn receive_single(
     connection: &mut Connection,
     dialect: &Dialect,
+    ticket: Ticket,
     request: &Request<'_>,
     deadline: Instant,
     interrupt: &Interrupt,
 ) -> Result<Received> {
-    receive_loads(connection, deadline, interrupt)?;
-    let value = receive_one(connection, request.queued(), deadline, interrupt)?;
+    let mut replies = Replies::claim(connection, ticket, deadline, interrupt)?;
+    let value = receive_one(&mut replies, request.queued())?;
     Ok(classify(connection, dialect, request, value))
 }
 
-/// Reads the replies to the script loads sent at the front of the oldest
-/// pipeline. A failed load shows as a second NOSCRIPT, which ends its request.
-fn receive_loads(
-    connection: &mut Connection,
-    deadline: Instant,
-    interrupt: &Interrupt,
-) -> Result<()> {
-    let loads = connection.loads.owed.pop_front().unwrap_or(0);
-    for _ in 0..loads {
-        connection.receive_by(deadline, interrupt)?;
+/// Where one pipeline's replies are read from: the wire, or what a later
+/// ticket read ahead for it. Its script loads' replies are already passed.
+enum Replies<'a> {
+    Wire {
+        connection: &'a mut Connection,
+        deadline: Instant,
+        interrupt: &'a Interrupt,
+    },
+    ReadAhead(VecDeque<Value>),
+}
+
+impl<'a> Replies<'a> {
+    /// The replies of `ticket`'s pipeline: every pipeline written before it
+    /// is read ahead first (and kept for its own ticket), then its loads.
+    fn claim(
+        connection: &'a mut Connection,
+        ticket: Ticket,
+        deadline: Instant,
+        interrupt: &'a Interrupt,
+    ) -> Result<Replies<'a>> {
+        #[cfg(test)]
+        if testing::WITHOUT_TICKETS.with(std::cell::Cell::get) {
+            // The executor before tickets: the oldest pipeline owed, whatever it is.
+            let loads = connection
+                .loads
+                .owed
+                .pop_front()
+                .map_or(0, |owed| owed.loads);
+            for _ in 0..loads {
+                connection.receive_by(deadline, interrupt)?;
+            }
+            return Ok(Replies::Wire {
+                connection,
+                deadline,
+                interrupt,
+            });
+        }
+        if ticket.connection != connection.loads.connection {
+            // Its connection broke and was let go since: its replies are lost.
+            return Err(Error::Connection {
+                server: connection.server().to_string(),
+                detail: "connection lost before the replies of a pipeline were read".into(),
+            });
+        }
+        let Some(at) = connection
+            .loads
+            .owed
+            .iter()
+            .position(|owed| owed.place == ticket.place)
+        else {
+            return Err(Error::Internal(
+                "a pipeline's replies were read twice".into(),
+            ));
+        };
+
+        for index in 0..at {
+            if connection.loads.owed[index].read_ahead.is_some() {
+                continue;
+            }
+            let frames = connection.loads.owed[index].frames;
+            let mut values = VecDeque::with_capacity(frames);
+            for _ in 0..frames {
+                values.push_back(connection.receive_by(deadline, interrupt)?);
+            }
+            connection.loads.owed[index].read_ahead = Some(values);
+        }
+        let Some(owed) = connection.loads.owed.remove(at) else {
+            return Err(Error::Internal("a pipeline's place went missing".into()));
+        };
+        match owed.read_ahead {
+            Some(mut values) => {
+                values.drain(..owed.loads.min(values.len()));
+                Ok(Replies::ReadAhead(values))
+            }
+            None => {
+                for _ in 0..owed.loads {
+                    connection.receive_by(deadline, interrupt)?;
+                }
+                Ok(Replies::Wire {
+                    connection,
+                    deadline,
+                    interrupt,
+                })
+            }
+        }
     }
-    Ok(())
+
+    /// An acknowledgement (MULTI's OK, a QUEUED): `None` for a status line.
+    fn acknowledgement(&mut self) -> Result<Option<Value>> {
+        match self {
+            Replies::Wire {
+                connection,
+                deadline,
+                interrupt,
+            } => connection.receive_acknowledgement_by(*deadline, interrupt),
+            Replies::ReadAhead(values) => Ok(match values.pop_front() {
+                Some(Value::Okay | Value::SimpleString(_)) => None,
+                Some(value) => Some(value),
+                None => Some(missing_reply()),
+            }),
+        }
+    }
+
+    fn reply(&mut self) -> Result<Value> {
+        match self {
+            Replies::Wire {
+                connection,
+                deadline,
+                interrupt,
+            } => connection.receive_by(*deadline, interrupt),
+            Replies::ReadAhead(values) => Ok(values.pop_front().unwrap_or_else(missing_reply)),
+        }
+    }
+}
+
+/// Never met: a pipeline's frames are counted when it is written.
+fn missing_reply() -> Value {
+    Value::ServerError(codec::ErrorReply(
+        "ERR reply missing from a read-ahead".into(),
+    ))
 }
 
 /// Runs `requests` to completion on one connection: one pipeline, then the
@@ -257,9 +429,9 @@ pub fn run(
     let mut pending: Vec<usize> = (0..requests.len()).collect();
     for _ in 0..3 {
         let round: Vec<Request<'_>> = pending.iter().map(|&index| requests[index]).collect();
-        send(connection, dialect, &round, interrupt)?;
+        let ticket = send(connection, dialect, &round, interrupt)?;
         let deadline = Instant::now() + connection.read_timeout();
-        let received = receive(connection, dialect, &round, deadline, interrupt)?;
+        let received = receive(connection, dialect, ticket, &round, deadline, interrupt)?;
         let mut again = Vec::new();
         for (index, received) in pending.into_iter().zip(received) {
             match received {
@@ -293,7 +465,7 @@ pub fn run_one(
     interrupt: &Interrupt,
 ) -> Result<Value> {
     for _ in 0..3 {
-        send(
+        let ticket = send(
             connection,
             dialect,
             std::slice::from_ref(&request),
@@ -301,7 +473,7 @@ pub fn run_one(
         )?;
         let deadline = Instant::now() + connection.read_timeout();
         if let Received::Reply(value) =
-            receive_single(connection, dialect, &request, deadline, interrupt)?
+            receive_single(connection, dialect, ticket, &request, deadline, interrupt)?
         {
             return Ok(value);
         }
@@ -314,21 +486,16 @@ pub fn run_one(
 
 /// Reads one request's reply: its acknowledgements first (the first error
 /// among them stands for EXEC's reply, which then only says EXECABORT).
-fn receive_one(
-    connection: &mut Connection,
-    queued: usize,
-    deadline: Instant,
-    interrupt: &Interrupt,
-) -> Result<Value> {
+fn receive_one(replies: &mut Replies<'_>, queued: usize) -> Result<Value> {
     let mut refused = None;
     for _ in 0..queued {
-        if let Some(value) = connection.receive_acknowledgement_by(deadline, interrupt)? {
+        if let Some(value) = replies.acknowledgement()? {
             if refused.is_none() && value.as_error().is_some() {
                 refused = Some(value);
             }
         }
     }
-    let value = connection.receive_by(deadline, interrupt)?;
+    let value = replies.reply()?;
     Ok(match refused {
         Some(error) if value.as_error().is_some() || value == Value::Nil => error,
         _ => value,
@@ -359,4 +526,14 @@ fn classify(
         }
     }
     Received::Reply(value)
+}
+
+/// The negative control of the redirect tests: with `WITHOUT_TICKETS` set
+/// on a thread, a ticket reads the oldest pipeline its connection owes,
+/// whichever it is (the executor before tickets).
+#[cfg(test)]
+pub(crate) mod testing {
+    thread_local! {
+        pub(crate) static WITHOUT_TICKETS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 }

@@ -410,7 +410,7 @@ impl Node {
         key: &[u8],
         command: &Command,
         interrupt: &Interrupt,
-    ) -> Result<()> {
+    ) -> Result<pipeline::Ticket> {
         let request = [Request::Lock { key, command }];
         pipeline::send(connection, &self.dialect, &request, interrupt)
     }
@@ -421,14 +421,21 @@ impl Node {
     pub fn finish(
         &self,
         connection: &mut Connection,
+        ticket: pipeline::Ticket,
         key: &[u8],
         command: &Command,
         deadline: Instant,
         interrupt: &Interrupt,
     ) -> Result<Value> {
         let request = Request::Lock { key, command };
-        let received =
-            pipeline::receive_single(connection, &self.dialect, &request, deadline, interrupt)?;
+        let received = pipeline::receive_single(
+            connection,
+            &self.dialect,
+            ticket,
+            &request,
+            deadline,
+            interrupt,
+        )?;
         match received {
             Received::Reply(value) => Ok(value),
             Received::Resend => self.run(connection, request, interrupt),
