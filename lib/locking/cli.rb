@@ -280,6 +280,44 @@ class Locking
 
     # ------------------------------------------------------------ backfill
 
+    # Walks of a cluster source that start over because its slots are not settled. While the same reason stays
+    # (a slot left migrating by an interrupted reshard), each restart waits longer, and after MAX restarts the
+    # backfill stops and says what to run.
+    class Restarts
+      MAX = 12
+      FIRST_PAUSE = 0.05
+      LONGEST_PAUSE = 1.0
+
+      def initialize(sleeper: ->(seconds) { sleep(seconds) })
+        @sleeper = sleeper
+        @reason = nil
+        @count = 0
+      end
+
+      # Notes one batch's report; returns the message to stop with, or nil.
+      def note(report)
+        unless report[:restarted].positive?
+          @reason = nil
+          @count = 0
+          return nil
+        end
+        @count = report[:restart_reason] == @reason ? @count + 1 : 1
+        @reason = report[:restart_reason]
+        return stuck_message if @count >= MAX
+
+        @sleeper.call([FIRST_PAUSE * (2**(@count - 1)), LONGEST_PAUSE].min)
+        nil
+      end
+
+      private
+
+      def stuck_message
+        "the source cluster stayed unsettled through #{MAX} restarts of the walk (#{@reason}). If a reshard was " \
+          "interrupted, a slot is left migrating: run `redis-cli --cluster fix HOST:PORT` on one of its nodes, " \
+          "then resume the backfill"
+      end
+    end
+
     CURSOR = "backfill-cursor"
 
     # Seconds the backfill's lease lasts unless renewed (each batch renews it).
@@ -337,6 +375,7 @@ class Locking
       started = monotonic
       scanned_before = totals[:scanned]
       first_errors = []
+      restarts = Restarts.new
       begin
         loop do
           unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
@@ -345,12 +384,14 @@ class Locking
 
           report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run])
           first_errors.concat(report[:errors]) if first_errors.size < 5
-          report.each { |k, v| totals[k] += v unless %i[cursor errors restarted].include?(k) }
+          report.each { |k, v| totals[k] += v unless %i[cursor errors restarted restart_reason].include?(k) }
           cursor = report[:cursor]
+          stuck = restarts.note(report)
           if report[:restarted].positive?
-            @out.puts "the source cluster's slot map changed (resharding or a failover): keys may have moved past " \
+            @out.puts "the source cluster is not settled (#{report[:restart_reason]}): keys may have moved past " \
                       "the walk, so it starts over from the first master (copies are idempotent)"
           end
+          raise Locking::Error, stuck if stuck
           unless options[:dry_run] || cursor.zero?
             tool.control_set(CURSOR, JSON.generate("cursor" => cursor, "source" => source_id, "totals" => totals))
           end
@@ -682,6 +723,7 @@ class Locking
                "#{describe_phase(options[:phase])} (static: this configuration's phase; no dynamic phase is set)"
              end
       @out.puts format("%-12s %s", "phase", line)
+      show_control_master
       @out.puts format("%-12s %d process(es) reporting", "fleet", fleet.size)
       fleet.group_by { |m| [m[:phase], m[:highest]] }.sort_by { |(low, high), _| [low, high].map { |p| Configuration.phase_index(p) } }
            .each do |(low, high), members|
@@ -694,6 +736,16 @@ class Locking
                   "#{members.first(5).map { |m| describe_member(m) }.join(', ')}#{members.size > 5 ? ', ...' : ''}"
       end
       EXIT_OK
+    end
+
+    # On a cluster destination, one master holds every control key (the phase, the fleet's heartbeats): while it is
+    # down, processes go on in their cached phase until their own heartbeat lapses, then refuse.
+    def show_control_master
+      stats = client.cluster_stats(:destination) or return
+
+      @out.puts format("%-12s %s", "control",
+                       "the control keys ({locking-control}) are on master #{stats[:control_master] || 'unknown'}: " \
+                       "while it is down, the phase cannot move, and processes stop once their heartbeat lapses")
     end
 
     def describe_member(member)

@@ -371,6 +371,10 @@ impl RbClient {
             ],
         )?;
         hash.aset(ruby.to_symbol("errors"), errors)?;
+        hash.aset(
+            ruby.to_symbol("restart_reason"),
+            report.restart_reason.as_deref(),
+        )?;
         Ok(hash)
     }
 
@@ -497,7 +501,11 @@ impl RbClient {
                 ("retried", stats.retried),
             ],
         )
-        .map(Some)
+        .and_then(|hash| {
+            let control = cluster.master_of(locking_core::control::CONTROL_TAG);
+            hash.aset(ruby.to_symbol("control_master"), control)?;
+            Ok(Some(hash))
+        })
     }
 
     /// How far along a walk's position is, 0.0 to 1.0 (1.0 at the end, 0).

@@ -164,7 +164,11 @@ impl Operator<'_> {
         for _ in 0..pages {
             let page =
                 self.scan_matching(Target::Source, &prefix, position, count, false, interrupt)?;
-            report.restarted |= page.restarted;
+            if page.restarted {
+                report.restarted = true;
+                report.restart_reason =
+                    Some("the walk's position was made under another slot map".into());
+            }
             position = page.cursor;
             keys.extend(page.keys.into_iter().map(Ok));
             if position == 0 {
@@ -180,11 +184,11 @@ impl Operator<'_> {
         }
         if let (Some(began), Some(cluster)) = (began, source.cluster()) {
             let ended = source.survey(interrupt)?;
-            if began.unsettled.is_some()
-                || ended.unsettled.is_some()
-                || began.fingerprint != ended.fingerprint
-            {
+            let changed = (began.fingerprint != ended.fingerprint)
+                .then(|| "the slot map changed during the batch".to_string());
+            if let Some(reason) = began.unsettled.or(ended.unsettled).or(changed) {
                 report.restarted = true;
+                report.restart_reason = Some(reason);
                 position = cluster.restart_position()?;
             }
         }

@@ -51,6 +51,8 @@ pub struct BackfillReport {
     /// failover): the walk started over from the first master, since keys
     /// may have moved past it. Copies are idempotent; nothing is lost.
     pub restarted: bool,
+    /// Why it started over: the slots being moved, or the map that changed.
+    pub restart_reason: Option<String>,
     /// The first few of those errors, with their keys.
     pub errors: Vec<String>,
 }

@@ -59,6 +59,9 @@ struct Dynamic {
     /// Milliseconds since `epoch` of the last read, plus one; 0 = never.
     read_at: AtomicU64,
     read_by_pid: AtomicU32,
+    /// Milliseconds since `epoch` of the last failed read of the control key
+    /// (its master down or failing over), plus one; 0 = none.
+    unreachable_at: AtomicU64,
     /// Operations in flight, per phase they act in. A heartbeat reports every
     /// phase still in use, not just the latest read: an operation that began
     /// on an older cached phase may still be writing in it.
@@ -66,6 +69,22 @@ struct Dynamic {
 }
 
 impl Dynamic {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether this process read the phase itself, and its heartbeat of
+    /// that read still lives with a phase cache's worth of margin: the
+    /// span in which acting in the cached phase is covered by the heartbeat
+    /// (the same lapse as `Lease::heartbeat_lapsed`).
+    fn cached_phase_covered(&self) -> bool {
+        let read_at = self.read_at.load(Ordering::SeqCst);
+        let lapse = self.heartbeat_ttl_ms.saturating_sub(self.cache_ms);
+        read_at != 0
+            && self.read_by_pid.load(Ordering::SeqCst) == crate::process::id()
+            && self.now_ms().saturating_sub(read_at) < lapse
+    }
+
     /// The lowest and highest phase this process may still act in: the
     /// cached phase and those of its operations in flight.
     fn phases_in_use(&self, cached: Phase) -> (u8, u8) {
@@ -187,6 +206,7 @@ impl Client {
                 epoch: Instant::now(),
                 read_at: AtomicU64::new(0),
                 read_by_pid: AtomicU32::new(0),
+                unreachable_at: AtomicU64::new(0),
                 in_flight: Default::default(),
             }
         });
@@ -532,24 +552,41 @@ impl<'c> Lease<'c> {
         if self.registered.is_some() {
             return Ok(self.phase);
         }
-        if self.refresh {
+        // After a failed read of the control key, the cached phase is used
+        // for a moment without asking again: a master that blackholes would
+        // otherwise cost every operation a timeout.
+        let retry_after = dynamic.unreachable_at.load(Ordering::SeqCst) + CONTROL_RETRY_MS;
+        let backing_off = dynamic.now_ms() < retry_after && dynamic.cached_phase_covered();
+        if self.refresh && !backing_off {
             let process = format!("{}:{}", dynamic.host, crate::process::id());
             let in_use = dynamic.phases_in_use(client.phase());
-            let phase = crate::control::phase_heartbeat(
+            let read = crate::control::phase_heartbeat(
                 self,
                 &process,
                 dynamic.heartbeat_ttl_ms,
                 in_use,
                 interrupt,
-            )?;
-            client.phase.store(phase.index(), Ordering::SeqCst);
-            dynamic
-                .read_by_pid
-                .store(crate::process::id(), Ordering::Release);
-            dynamic.read_at.store(
-                dynamic.epoch.elapsed().as_millis() as u64 + 1,
-                Ordering::SeqCst,
             );
+            match read {
+                Ok(phase) => {
+                    client.phase.store(phase.index(), Ordering::SeqCst);
+                    dynamic
+                        .read_by_pid
+                        .store(crate::process::id(), Ordering::Release);
+                    dynamic.read_at.store(dynamic.now_ms(), Ordering::SeqCst);
+                    dynamic.unreachable_at.store(0, Ordering::SeqCst);
+                }
+                // The master of the control key is down or failing over:
+                // this process's last heartbeat still tells the fleet which
+                // phase it acts in, so it goes on in the cached phase until
+                // that heartbeat lapses (DESIGN: the control master down).
+                Err(error) if control_unreachable(&error) && dynamic.cached_phase_covered() => {
+                    dynamic
+                        .unreachable_at
+                        .store(dynamic.now_ms(), Ordering::SeqCst);
+                }
+                Err(error) => return Err(error),
+            }
             self.refresh = false;
         }
         // Count ourselves in the phase we act in, then make sure the cache
@@ -1239,6 +1276,29 @@ impl<'c> Lease<'c> {
         let connection = &mut held[place].1;
         connection.watch(interrupt)?;
         Ok((index, node, connection))
+    }
+}
+
+/// How long the cached phase is used without asking again after a failed
+/// read of the control key.
+const CONTROL_RETRY_MS: u64 = 100;
+
+/// A failure to read the control key that says its master cannot be
+/// reached now (down, failing over), not that the key is missing or wrong:
+/// only these let a process go on in its cached phase.
+fn control_unreachable(error: &Error) -> bool {
+    match error {
+        Error::Connection { .. } | Error::Timeout { .. } => true,
+        Error::Command { detail, .. } => [
+            "CLUSTERDOWN",
+            "TRYAGAIN",
+            "LOADING",
+            "MASTERDOWN",
+            "READONLY",
+        ]
+        .iter()
+        .any(|code| detail.contains(code)),
+        _ => false,
     }
 }
 

@@ -399,6 +399,12 @@ impl Cluster {
         }
     }
 
+    /// The name of the master that serves `key`, as far as is known now.
+    pub fn master_of(&self, key: &[u8]) -> Option<&str> {
+        let index = self.known_master(key_slot(key))?;
+        self.node(index).map(Node::name)
+    }
+
     /// A MOVED reply: the slot is served by `address` from now on, and the
     /// rest of the map is read again before the next use.
     pub fn moved(&self, slot: u16, address: &Address) -> Result<usize> {

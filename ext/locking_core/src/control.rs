@@ -15,7 +15,8 @@ use crate::pipeline::Request;
 use crate::protocol::{self, Target};
 
 /// Every control key carries this hash tag: one node holds them all.
-const CONTROL_TAG: &[u8] = b"{locking-control}";
+/// The hash tag every control key shares: on a cluster, one master holds them all.
+pub const CONTROL_TAG: &[u8] = b"{locking-control}";
 
 pub fn control_prefix(key_prefix: &[u8]) -> Vec<u8> {
     let mut prefix = CONTROL_TAG.to_vec();

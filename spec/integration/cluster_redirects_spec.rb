@@ -1,0 +1,146 @@
+# frozen_string_literal: true
+
+require_relative "../support/cluster"
+
+# Replies through redirects, on a real cluster whose slots move under the
+# product: renewal batches (one pipeline per master, sent to all before any
+# reply is read) must hand each lock its own reply while MOVED and ASK land
+# in the middle of them, and backfills into and out of a cluster must not
+# fail while `redis-cli --cluster reshard` runs. A slot left migrating stops
+# a backfill from a cluster source by itself.
+RSpec.describe "Redis Cluster redirects" do
+  before(:all) { @cluster = RedisCluster.new(masters: 3, name: "redirects") }
+  after(:all) { @cluster&.cleanup }
+
+  before { @cluster.flushall }
+
+  attr_reader :cluster
+
+  def prefixed(key) = "locking:#{key}"
+
+  # Writes `value` into `key` as another process would (a token that is not
+  # the holder's), following the cluster's redirects by hand.
+  def steal(key, value)
+    target = cluster.node_for(key)
+    20.times do
+      return target.redis.set(key, value, px: 60_000)
+    rescue Redis::CommandError => e
+      case e.message
+      when /\AMOVED \d+ [^:]+:(\d+)/ then target = cluster.node_at(Regexp.last_match(1))
+      when /\AASK \d+ [^:]+:(\d+)/
+        asked = cluster.node_at(Regexp.last_match(1))
+        return asked.redis.pipelined do |pipeline|
+          pipeline.call("ASKING")
+          pipeline.set(key, value, px: 60_000)
+        end.last
+      when /\ATRYAGAIN/ then sleep 0.01
+      else raise
+      end
+    end
+    raise "could not write #{key} through the redirects"
+  end
+
+  # Slots moved back and forth between masters, a reshard at a time, until
+  # `rounds` are done: [thread, rounds done].
+  def reshard_steps(rounds:, slots:)
+    done = []
+    thread = Thread.new do
+      masters = cluster.masters
+      rounds.times do |round|
+        from, to = masters.rotate(round).first(2)
+        cluster.reshard(from: from, to: to, slots: slots)
+        done << round
+      end
+    end
+    [thread, done]
+  end
+
+  it "hands every renewal its own reply while slots move: renewed means held by its token, lost means not" do
+    configure_both(:destination, destination: cluster.url, timeout: 1.0)
+    cluster.load(Array.new(20_000) { |i| ["filler:#{i}", "x"] })
+    locks = Array.new(400) { |i| Locking.new("renewed:#{i}", token: "t#{i}") }
+    expect(locks.map { |lock| lock.acquire(1.5, auto_renew: true) }).to all(be(true))
+    stolen = locks.each_slice(3).map(&:first)
+
+    thread, done = reshard_steps(rounds: 4, slots: 600)
+    # The thief takes a lock now and then, while the slots move.
+    stolen.each_slice(20) do |some|
+      some.each { |lock| steal(prefixed(lock.lock_key), "thief") }
+      sleep 0.05 while thread.alive? && done.size < 4 && rand < 0.5
+    end
+    thread.join
+
+    # Wait for the state: the renewer has seen every theft.
+    deadline = monotonic + 15
+    sleep 0.05 until stolen.all?(&:lost?) || monotonic > deadline
+    kept = locks - stolen
+    map = cluster.slot_map
+    stolen.each do |lock|
+      expect([lock.lost?, lock.have_lock?, cluster.node_for(prefixed(lock.lock_key), map).redis.get(prefixed(lock.lock_key))])
+        .to eq([true, false, "thief"]), lock.lock_key
+    end
+    kept.each do |lock|
+      expect([lock.lost?, lock.have_lock?, cluster.node_for(prefixed(lock.lock_key), map).redis.get(prefixed(lock.lock_key))])
+        .to eq([false, true, lock.token]), lock.lock_key
+    end
+    stats = Locking.client.cluster_stats(:destination)
+    expect(stats[:moved] + stats[:asked]).to be > 0
+    expect(Locking.stats[:last_error].to_s).not_to include("unexpected reply")
+    expect(kept.map(&:release)).to all(be(true))
+  end
+
+  context "with a standalone server on the other side" do
+    def other = TestServers.get(:destination)
+
+    before { other.redis.flushdb }
+
+    it "backfills a standalone source into the cluster while 1,000 slots move: 0 failed" do
+      source = TestServers.get(:source)
+      source.redis.flushdb
+      source.redis.pipelined do |pipeline|
+        20_000.times { |i| pipeline.set(prefixed("in:#{i}"), "t#{i}", px: 600_000) }
+      end
+      cluster.load(Array.new(20_000) { |i| ["filler:#{i}", "x"] })
+      thread, = reshard_steps(rounds: 2, slots: 500)
+      status, out, err = locking_cli("backfill", "--batch", "500", source: source.url, destination: cluster.url)
+      thread.join
+      expect(status).to eq(0), out + err
+      expect(out).to include("20,000 copied").and include(" 0 failed")
+      expect(cluster.keys_by_master("locking:in:*").values.sum(&:size)).to eq(20_000)
+      expect(cluster.get(prefixed("in:123"))).to eq("t123")
+    end
+
+    it "backfills out of the cluster while 1,000 slots move: 0 failed, every lock copied" do
+      pairs = Array.new(20_000) { |i| [prefixed("out:#{i}"), "t#{i}"] }
+      cluster.load(pairs)
+      thread, = reshard_steps(rounds: 2, slots: 500)
+      status, out, err = locking_cli("backfill", "--batch", "500", source: cluster.url, destination: other.url)
+      thread.join
+      expect(status).to eq(0), out + err
+      expect(out).to include(" 0 failed")
+      expect(other.redis.keys("locking:out:*").size).to eq(20_000)
+      pairs.sample(100).each { |key, token| expect(other.redis.get(key)).to eq(token) }
+    end
+
+    it "stops a backfill from a cluster source whose slot stays migrating, names it, and gives up its lease" do
+      cluster.load(Array.new(20) { |i| [prefixed("stuck:#{i}"), "t#{i}"] })
+      from, to = cluster.masters.first(2)
+      slot = cluster.slot_map.find { |_, node| node == from }.first.first
+      to.redis.call("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(from))
+      from.redis.call("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(to))
+      begin
+        status, out, err = locking_cli("backfill", source: cluster.url, destination: other.url)
+        expect(status).to eq(3)
+        expect(out + err).to include("stayed unsettled through 12 restarts", "[#{slot}->-", "redis-cli --cluster fix")
+        expect(out.scan("starts over").size).to eq(12)
+        # The lease is given up: a new backfill may start at once.
+        expect(other.redis.exists?("{locking-control}locking:backfill")).to be(false)
+      ensure
+        [from, to].each { |node| node.redis.call("CLUSTER", "SETSLOT", slot, "STABLE") }
+      end
+      status, out, err = locking_cli("backfill", source: cluster.url, destination: other.url)
+      expect(status).to eq(0), out + err
+      expect(other.redis.keys("locking:stuck:*").size).to eq(20)
+    end
+  end
+end
