@@ -392,6 +392,7 @@ class Locking
                       "the walk, so it starts over from the first master (copies are idempotent)"
           end
           raise Locking::Error, stuck if stuck
+
           unless options[:dry_run] || cursor.zero?
             tool.control_set(CURSOR, JSON.generate("cursor" => cursor, "source" => source_id, "totals" => totals))
           end

@@ -85,6 +85,51 @@ RSpec.describe "Redis Cluster failover" do
     @cluster.bring_back(master) if master && master.pid.nil?
   end
 
+  # With dynamic phases every process reads the phase and writes its heartbeat on the master of the control keys.
+  # While that master fails over, a process goes on in its cached phase (its last heartbeat still tells the fleet
+  # where it acts), so the other masters' slots never notice.
+  it "goes on in the cached phase while the master of the control keys fails over: 0 failures elsewhere" do
+    source = TestServers.get(:source).url
+    configure_both(:destination, source: source, destination: @cluster.url, timeout: 1.0)
+    expect(locking_cli("phase", "set", "3", "--init", source: source, destination: @cluster.url)[0]).to eq(0)
+    configure_both(:dynamic, source: source, destination: @cluster.url, timeout: 1.0, phase_cache_ttl: 0.2)
+    expect(Locking.new("warm").locked?).to be(false)
+    control = @cluster.node_at(Locking.client.cluster_stats(:destination)[:control_master].split(":").last)
+    status, out, = locking_cli("status", source: source, destination: @cluster.url)
+    expect(status).to eq(0)
+    expect(out).to include("control keys ({locking-control}) are on master 127.0.0.1:#{control.port}")
+    map = @cluster.slot_map
+    elsewhere = Array.new(400) { |i| "elsewhere:#{i}" }.reject { |key| @cluster.node_for("locking:#{key}", map) == control }
+    killed_at = monotonic
+    @cluster.kill(control)
+    done = failed = 0
+    errors = []
+    promoted_at = nil
+    failover = Thread.new do
+      @cluster.wait_for_failover(control)
+      promoted_at = monotonic
+    end
+    until promoted_at && monotonic - promoted_at > 1
+      elsewhere.sample(20).each do |key|
+        lock = Locking.new(key)
+        [lock.acquire(5), lock.release].each { |result| raise "#{key}: #{result}" unless result }
+        done += 1
+      rescue Locking::Error => e
+        failed += 1
+        errors << e.message if errors.size < 3
+      end
+    end
+    failover.join
+    puts "\n  The master of the control keys SIGKILLed, its replica promoted after " \
+         "#{format('%.1f', promoted_at - killed_at)} s: #{done} acquire+release on the other masters' " \
+         "slots meanwhile, #{failed} failed"
+    expect(failed).to eq(0), errors.inspect
+    # The phase is read from the promoted replica again.
+    expect(Locking.new("after").acquire(5)).to be(true)
+  ensure
+    @cluster.bring_back(control) if control && control.pid.nil?
+  end
+
   it "resumes on the promoted replica (without WAIT: some writes may not have reached it)" do
     fail_over(min_replicas_acked: 0)
   end

@@ -58,35 +58,35 @@ RSpec.describe "Redis Cluster redirects" do
   it "hands every renewal its own reply while slots move: renewed means held by its token, lost means not" do
     configure_both(:destination, destination: cluster.url, timeout: 1.0)
     cluster.load(Array.new(20_000) { |i| ["filler:#{i}", "x"] })
-    locks = Array.new(400) { |i| Locking.new("renewed:#{i}", token: "t#{i}") }
-    expect(locks.map { |lock| lock.acquire(1.5, auto_renew: true) }).to all(be(true))
-    stolen = locks.each_slice(3).map(&:first)
-
-    thread, done = reshard_steps(rounds: 4, slots: 600)
-    # The thief takes a lock now and then, while the slots move.
-    stolen.each_slice(20) do |some|
-      some.each { |lock| steal(prefixed(lock.lock_key), "thief") }
-      sleep 0.05 while thread.alive? && done.size < 4 && rand < 0.5
+    locks = Array.new(1_200) { |i| Locking.new("renewed:#{i}", token: "t#{i}") }
+    expect(locks.map { |lock| lock.acquire(1.0, auto_renew: true) }).to all(be(true))
+    # Before each reshard, the thief takes some locks: the renewal batches that meet the moving slots then
+    # carry refusals (0) among the renewals (1), so a reply handed to the wrong lock shows.
+    stolen = []
+    masters = cluster.masters
+    5.times do |round|
+      (locks - stolen).sample(60).each do |lock|
+        steal(prefixed(lock.lock_key), "thief")
+        stolen << lock
+      end
+      from, to = masters.rotate(round).first(2)
+      cluster.reshard(from: from, to: to, slots: 800)
     end
-    thread.join
 
     # Wait for the state: the renewer has seen every theft.
     deadline = monotonic + 15
     sleep 0.05 until stolen.all?(&:lost?) || monotonic > deadline
-    kept = locks - stolen
     map = cluster.slot_map
-    stolen.each do |lock|
-      expect([lock.lost?, lock.have_lock?, cluster.node_for(prefixed(lock.lock_key), map).redis.get(prefixed(lock.lock_key))])
-        .to eq([true, false, "thief"]), lock.lock_key
+    believed = lambda do |lock|
+      key = prefixed(lock.lock_key)
+      [lock.lost?, lock.have_lock?, cluster.node_for(key, map).redis.get(key)]
     end
-    kept.each do |lock|
-      expect([lock.lost?, lock.have_lock?, cluster.node_for(prefixed(lock.lock_key), map).redis.get(prefixed(lock.lock_key))])
-        .to eq([false, true, lock.token]), lock.lock_key
-    end
+    stolen.each { |lock| expect(believed.(lock)).to eq([true, false, "thief"]), lock.lock_key }
+    (locks - stolen).each { |lock| expect(believed.(lock)).to eq([false, true, lock.token]), lock.lock_key }
     stats = Locking.client.cluster_stats(:destination)
     expect(stats[:moved] + stats[:asked]).to be > 0
     expect(Locking.stats[:last_error].to_s).not_to include("unexpected reply")
-    expect(kept.map(&:release)).to all(be(true))
+    expect((locks - stolen).map(&:release)).to all(be(true))
   end
 
   context "with a standalone server on the other side" do
@@ -141,6 +141,44 @@ RSpec.describe "Redis Cluster redirects" do
       status, out, err = locking_cli("backfill", source: cluster.url, destination: other.url)
       expect(status).to eq(0), out + err
       expect(other.redis.keys("locking:stuck:*").size).to eq(20)
+    end
+  end
+
+  # Without a replica the control keys are gone with their master: a process goes on in its cached phase while its
+  # last heartbeat lives (max(10 s, 3 x phase_cache_ttl), less one phase cache), then refuses. (With
+  # cluster-require-full-coverage yes, Redis itself answers CLUSTERDOWN on every slot once a master is lost.)
+  context "when the master of the control keys dies without a replica" do
+    before(:all) { @lonely = RedisCluster.new(masters: 3, name: "control-down", full_coverage: false) }
+    after(:all) { @lonely&.cleanup }
+
+    it "goes on in the cached phase on the other masters' slots until its heartbeat lapses, then refuses" do
+      source = TestServers.get(:source).url
+      configure_both(:destination, source: source, destination: @lonely.url, timeout: 1.0)
+      expect(locking_cli("phase", "set", "3", "--init", source: source, destination: @lonely.url)[0]).to eq(0)
+      configure_both(:dynamic, source: source, destination: @lonely.url, timeout: 1.0, phase_cache_ttl: 0.2)
+      expect(Locking.new("warm").locked?).to be(false)
+      control = @lonely.node_at(Locking.client.cluster_stats(:destination)[:control_master].split(":").last)
+      map = @lonely.slot_map
+      elsewhere = Array.new(200) { |i| "elsewhere:#{i}" }.reject { |key| @lonely.node_for("locking:#{key}", map) == control }
+      killed_at = monotonic
+      @lonely.kill(control)
+      done = 0
+      refused = nil
+      until refused || monotonic - killed_at > 20
+        lock = Locking.new(elsewhere.sample)
+        begin
+          expect([lock.acquire(5), lock.release]).to eq([true, true])
+          done += 1
+        rescue Locking::PhaseError => e
+          refused = e
+        end
+      end
+      worked = monotonic - killed_at
+      puts "\n  The master of the control keys SIGKILLed, no replica: #{done} acquire+release on the other " \
+           "masters' slots for #{format('%.1f', worked)} s, then refused"
+      expect(refused&.message).to include("heartbeat")
+      expect(worked).to be_between(9.0, 10.5)
+      expect(done).to be > 100
     end
   end
 end

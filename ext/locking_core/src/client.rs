@@ -585,6 +585,13 @@ impl<'c> Lease<'c> {
                         .unreachable_at
                         .store(dynamic.now_ms(), Ordering::SeqCst);
                 }
+                Err(error) if control_unreachable(&error) && dynamic.read_at.load(Ordering::SeqCst) != 0 => {
+                    return Err(Error::Phase(format!(
+                        "{error}; this process went on in its cached phase while its last heartbeat lived \
+                         ({} ms less one phase cache), and now refuses until the phase can be read again",
+                        dynamic.heartbeat_ttl_ms
+                    )))
+                }
                 Err(error) => return Err(error),
             }
             self.refresh = false;

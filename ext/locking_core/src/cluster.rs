@@ -399,10 +399,11 @@ impl Cluster {
         }
     }
 
-    /// The name of the master that serves `key`, as far as is known now.
-    pub fn master_of(&self, key: &[u8]) -> Option<&str> {
-        let index = self.known_master(key_slot(key))?;
-        self.node(index).map(Node::name)
+    /// The address (`host:port`) of the master that serves `key`, as far
+    /// as is known now.
+    pub fn master_of(&self, key: &[u8]) -> Option<String> {
+        self.known_master(key_slot(key))
+            .map(|index| self.describe(index))
     }
 
     /// A MOVED reply: the slot is served by `address` from now on, and the
