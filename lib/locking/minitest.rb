@@ -5,8 +5,21 @@ require "locking/testing"
 class Locking
   module Testing
     # Minitest assertions (`require "locking/minitest"`, then
-    # `include Locking::Testing::Assertions` in a test case).
+    # `include Locking::Testing::Assertions` in a test case). Each test of
+    # that case starts and ends with no lock in memory, as the RSpec
+    # `:locking` tag does.
     module Assertions
+      def before_setup
+        Locking::Testing.reset!
+        super
+      end
+
+      def after_teardown
+        super
+      ensure
+        Locking::Testing.reset!
+      end
+
       def assert_unique_lock(job_class, strategy, ttl: nil)
         options = job_class.respond_to?(:locking_options) && job_class.locking_options
         assert options, "expected #{job_class} to declare a unique_lock"

@@ -31,6 +31,6 @@ RSpec.describe "test support for apps (Locking::Testing)" do
   it "runs an app's Minitest suite with the assertions" do
     out, status = Open3.capture2e(env, RbConfig.ruby, File.join(suite, "minitest_suite.rb"))
     expect(status).to be_success, out
-    expect(out).to match(/2 runs, \d+ assertions, 0 failures, 0 errors/)
+    expect(out).to match(/4 runs, \d+ assertions, 0 failures, 0 errors/)
   end
 end
