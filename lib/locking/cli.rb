@@ -59,7 +59,8 @@ class Locking
       when "phase" then phase
       when "cleanup-source" then cleanup_source
       when "web" then web
-      when nil, "help" then usage(EXIT_OK)
+      when "help" then usage(EXIT_OK)
+      when nil then usage_error("no command given (status, backfill, gate, phase, cleanup-source or web)")
       else usage_error("unknown command #{command.inspect}")
       end
     rescue OptionParser::ParseError => e
@@ -158,7 +159,7 @@ class Locking
       text = ERB.new(File.read(path)).result
       data = YAML.safe_load(text, aliases: true) || {}
       environment = options[:environment] || ENV["RAILS_ENV"] || ENV["RACK_ENV"] || "production"
-      data = data[environment] if data.key?(environment)
+      data = section_of(path, data, environment)
       unless data.is_a?(Hash)
         raise ArgumentError, "#{path}: expected settings (source, destination, key_prefix ...) or an #{environment}: section"
       end
@@ -178,6 +179,16 @@ class Locking
       options[:phase] = config.phase
     rescue Errno::ENOENT, Psych::SyntaxError => e
       raise ArgumentError, "--config: #{e.message}"
+    end
+
+    # The environment's section of a config file, or the file itself when it is flat (its keys are settings).
+    def section_of(path, data, environment)
+      return data[environment] if data.is_a?(Hash) && data.key?(environment)
+      return data unless data.is_a?(Hash) && !data.empty?
+      return data if data.keys.any? { |name| Configuration.method_defined?(:"#{name}=") }
+
+      raise ArgumentError, "#{path}: no #{environment}: section (it has #{data.keys.join(', ')}); " \
+                           "choose one with --environment NAME"
     end
 
     def usage(status)
@@ -471,10 +482,21 @@ class Locking
       @out.flush
     end
 
+    # Who runs the command, for the audit log: LOCKING_OPERATOR, else the login name, else the uid's name
+    # ($USER is unset under cron, systemd and in many containers).
+    def operator_name
+      require "etc"
+      ENV["LOCKING_OPERATOR"].to_s.strip.then { |name| return name unless name.empty? }
+      ENV["USER"].to_s.strip.then { |name| return name unless name.empty? }
+      Etc.getlogin || Etc.getpwuid(Process.uid)&.name || "uid #{Process.uid}"
+    rescue ArgumentError
+      "uid #{Process.uid}"
+    end
+
     # Records an operator's action in the audit log on the destination.
     def audit(entry)
       # The prefix as Ruby shows it: a binary prefix is no JSON text.
-      client.audit(entry.merge(at: Time.now.utc.iso8601, by: "#{ENV.fetch('USER', 'unknown')}@#{Socket.gethostname}",
+      client.audit(entry.merge(at: Time.now.utc.iso8601, by: "#{operator_name}@#{Socket.gethostname}",
                                prefix: options[:prefix].inspect))
     rescue Locking::Error, JSON::GeneratorError => e
       @err.puts "locking: could not write the audit log: #{e.message}"

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "tmpdir"
+require "etc"
 
 require "rbconfig"
 require "json"
@@ -167,12 +168,32 @@ RSpec.describe "exe/locking" do
 
   it "prints usage and exits 2 on bad input" do
     expect(locking_cli("frobnicate")[0..2]).to match([2, "", /unknown command "frobnicate"/])
+    expect(Locking::CLI.new([], out: StringIO.new, err: StringIO.new.tap { |io| @none = io }).run).to eq(2)
+    expect(@none.string).to include("no command given", "locking --help")
     expect(locking_cli("phase", "set", "7")[0..2])
       .to match([2, "", /unknown phase "7" \(expected 0..3 or source\|dual\|drain\|destination\)/])
     expect(locking_cli("phase", "set", "bogus")[2]).not_to include("dynamic")
     status = Locking::CLI.new(["--help"], out: StringIO.new.tap { |io| @help = io }).run
     expect(status).to eq(0)
     expect(@help.string).to include("phase advance", "--rate N", "--dry-run")
+  end
+
+  it "records the real operator in the audit log: LOCKING_OPERATOR, else the login, never unknown" do
+    expect(locking_cli("phase", "set", "0", "--init")[0]).to eq(0)
+    saved = ENV.to_h.slice("USER", "LOCKING_OPERATOR")
+    begin
+      ENV.delete("USER")
+      ENV["LOCKING_OPERATOR"] = "alice (runbook 12)"
+      expect(locking_cli("phase", "set", "1")[0]).to eq(0)
+      ENV.delete("LOCKING_OPERATOR")
+      expect(locking_cli("phase", "set", "0")[0]).to eq(0)
+    ensure
+      ENV.update(saved)
+    end
+    _, out, = locking_cli("status")
+    expect(out).to match(/alice \(runbook 12\)@\S+: phase source -> dual/)
+    expect(out).not_to include("unknown@")
+    expect(out).to match(/ #{Regexp.escape(Etc.getpwuid(Process.uid).name)}@\S+: phase dual -> source/)
   end
 
   it "keeps the gate CLOSED when the prefix matches no lock and no process reports (a wrong prefix)" do
@@ -337,6 +358,11 @@ RSpec.describe "exe/locking" do
       status = Locking::CLI.new(["status", "--config", path, "--prefix", "other:"], out: out, err: out).run
       expect(status).to eq(0)
       expect(out.string).to match(/source\s+\S+\s+0 lock keys/)
+
+      out = StringIO.new
+      status = Locking::CLI.new(["status", "--config", path, "--environment", "prod"], out: out, err: out).run
+      expect(status).to eq(3)
+      expect(out.string).to include("no prod: section (it has production)", "--environment NAME")
 
       File.write(path, "production:\n  colour: blue\n")
       out = StringIO.new
