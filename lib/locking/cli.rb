@@ -205,6 +205,8 @@ class Locking
     # A client for the tool itself: a fixed phase (it never heartbeats, so it
     # never counts as a member of the fleet), and generous timeouts.
     def client(phase: :dual)
+      # After the migration the settings name no source: the tool then works on the destination alone.
+      phase = :destination unless options[:source]
       @clients ||= {}
       @clients[phase] ||= begin
         config = Configuration.new({})
@@ -235,8 +237,12 @@ class Locking
     # ------------------------------------------------------------ status
 
     def status
-      servers = [[:source, options[:source]]]
+      servers = []
+      servers << [:source, options[:source]] if options[:source]
       servers << [:destination, options[:destination]] if options[:destination]
+      raise ArgumentError, "no server: pass --source URL and/or --destination URL (or set LOCKING_SOURCE_URL)" if servers.empty?
+
+      @out.puts format("%-12s %s", "source", "none configured (the migration is finished)") unless options[:source]
       servers.each do |name, url|
         stats = client(phase: name == :source ? :source : :destination).key_stats(name)
         ttl = if stats[:keys] == stats[:without_ttl]
@@ -587,6 +593,11 @@ class Locking
 
     def gate
       need_destination!
+      unless options[:source]
+        @out.puts "gate: no source is configured (the migration is finished): there is no source-only lock to " \
+                  "count, and nothing to roll back to"
+        return EXIT_OK
+      end
       return reverse_gate if options[:reverse]
 
       count, scanned, examples = client(phase: :dual).source_only(examples: 5)

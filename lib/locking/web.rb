@@ -91,13 +91,14 @@ class Locking
 
     def overview
       config = Locking.configuration
-      servers = [[:source, config.source]]
+      servers = []
+      servers << [:source, config.source] if config.source
       servers << [:destination, config.destination] if config.destination
       {
         servers: servers.map { |name, url| server_summary(name, url) },
         phase: phase_summary(config),
         fleet: config.destination ? tool.fleet : [],
-        gate: config.destination ? gate_summary : nil,
+        gate: config.destination && config.source ? gate_summary : nil,
         backfill: config.destination ? backfill_summary : nil,
         refresh: self.class.refresh_seconds
       }
@@ -149,7 +150,8 @@ class Locking
     def locks
       glob = request.params["q"].to_s
       glob = "*" if glob.empty?
-      server = request.params["server"] == "destination" && Locking.configuration.destination ? :destination : :source
+      config = Locking.configuration
+      server = (request.params["server"] == "destination" && config.destination) || !config.source ? :destination : :source
       cursor = Integer(request.params["cursor"] || "0", 10)
       found = []
       # SCAN pages until a screenful matched, the scan ended, or enough pages were read.
@@ -166,7 +168,7 @@ class Locking
     end
 
     def other_server(server)
-      return nil unless Locking.configuration.destination
+      return nil unless Locking.configuration.destination && Locking.configuration.source
 
       server == :source ? :destination : :source
     end
@@ -213,7 +215,7 @@ class Locking
     def matching(pattern)
       keys = []
       %i[source destination].each do |server|
-        next if server == :destination && !Locking.configuration.destination
+        next unless Locking.configuration.public_send(server)
 
         cursor = 0
         loop do
@@ -240,7 +242,7 @@ class Locking
 
     # A client for the dashboard's reads: the configured servers and prefix,
     # a fixed phase (it never heartbeats), as the CLI's.
-    def tool(phase = Locking.configuration.destination ? :dual : :source)
+    def tool(phase = default_phase)
       @tools ||= {}
       @tools[phase] ||= begin
         config = Locking.configuration.dup
@@ -248,6 +250,14 @@ class Locking
         config.pool_size = 2
         Client.build(config)
       end
+    end
+
+    # Both servers: phase 1 reads both; after the migration (no source) the destination alone.
+    def default_phase
+      config = Locking.configuration
+      return :dual if config.source && config.destination
+
+      config.source ? :source : :destination
     end
 
     def csrf_token

@@ -178,6 +178,28 @@ RSpec.describe "exe/locking" do
     expect(@help.string).to include("phase advance", "--rate N", "--dry-run")
   end
 
+  it "works with the final settings after the migration (no source): status, phase, gate" do
+    expect(locking_cli("phase", "set", "3", "--init")[0]).to eq(0)
+    destination.set("locking:final", "t", px: 60_000)
+    final = Locking::Configuration.new({}).tap do |c|
+      c.source = nil # the README's final settings
+      c.destination = destination_server.url
+      c.phase = :destination
+    end
+    run = lambda do |*args|
+      out = StringIO.new
+      err = StringIO.new
+      status = Locking::CLI.new([*args, "--no-progress"], out: out, err: err, config: final).run
+      [status, out.string, err.string]
+    end
+    status, out, err = run.("status")
+    expect([status, err]).to eq([0, ""])
+    expect(out).to include("none configured (the migration is finished)", "3 (destination)")
+    expect(out).to match(/destination\s+\S+\s+1 lock keys/)
+    expect(run.("phase")[0..1]).to match([0, /3 \(destination\)/])
+    expect(run.("gate")[0..1]).to match([0, /no source is configured/])
+  end
+
   it "records the real operator in the audit log: LOCKING_OPERATOR, else the login, never unknown" do
     expect(locking_cli("phase", "set", "0", "--init")[0]).to eq(0)
     saved = ENV.to_h.slice("USER", "LOCKING_OPERATOR")

@@ -44,6 +44,24 @@ RSpec.describe "Locking::Web (the dashboard)" do
     expect(last_response.headers["content-security-policy"]).to include("default-src 'self'")
   end
 
+  it "works with the final settings after the migration (phase 3, no source): overview and lock list" do
+    Locking.reset_configuration!
+    Locking.configure do |c|
+      c.source = nil # the README's final settings
+      c.destination = destination_server.url
+      c.phase = :destination
+    end
+    Locking.new("Final:1").acquire(60)
+    expect(destination.get("locking:Final:1")).not_to be_nil
+    get "/"
+    expect(last_response.status).to eq(200), last_response.body[0, 500]
+    expect(last_response.body).to include(destination_server.url)
+    expect(last_response.body).not_to include("Gate into phase 2")
+    get "/locks"
+    expect(last_response.status).to eq(200)
+    expect(last_response.body).to include("Final:1")
+  end
+
   it "shows the fleet's phase and heartbeats with dynamic phases, and the phase controls" do
     expect(locking_cli("phase", "set", "0", "--init")[0]).to eq(0)
     fake_heartbeat("web-host:4242", "0 0 5000")
