@@ -46,6 +46,29 @@ class Locking
       # Seconds between refreshes of the overview (0: none).
       attr_accessor :refresh_seconds
 
+      # Seconds the overview's lock counts (a walk of each server's keyspace, and the gate's walk) are
+      # reused before they are computed again: one walk per interval for every viewer of this process.
+      attr_accessor :counts_seconds
+
+      # The counts, computed once per interval by the first viewer who needs them, the others waiting for
+      # that walk rather than starting their own.
+      def counts(identity)
+        @counts_lock.synchronize do
+          if @counts.nil? || @counts[:identity] != identity ||
+             monotonic - @counts[:at] >= counts_seconds
+            @counts = { identity: identity, at: monotonic, data: yield }
+          end
+          @counts.merge(age: monotonic - @counts[:at])
+        end
+      end
+
+      # Forgets the cached counts (after an unlock or a phase move, and in tests).
+      def forget_counts
+        @counts_lock.synchronize { @counts = nil }
+      end
+
+      def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
       def call(env)
         new.call(env)
       end
@@ -61,6 +84,8 @@ class Locking
     end
     self.read_only = false
     self.refresh_seconds = 5
+    self.counts_seconds = 30
+    @counts_lock = Mutex.new
 
     def call(env)
       @request = Rack::Request.new(env)
@@ -94,14 +119,37 @@ class Locking
       servers = []
       servers << [:source, config.source] if config.source
       servers << [:destination, config.destination] if config.destination
-      {
-        servers: servers.map { |name, url| server_summary(name, url) },
-        phase: phase_summary(config),
+      counts = self.class.counts([servers, config.key_prefix]) do
+        { servers: servers.map { |name, url| server_summary(name, url) },
+          gate: config.destination && config.source ? gate_summary : nil }
+      end
+      phase = phase_summary(config)
+      counts[:data].merge(
+        phase: phase, moves: moves_offered(phase), counts_age: counts[:age],
         fleet: config.destination ? tool.fleet : [],
-        gate: config.destination && config.source ? gate_summary : nil,
         backfill: config.destination ? backfill_summary : nil,
         refresh: self.class.refresh_seconds
-      }
+      )
+    end
+
+    # The phase moves the rules could allow from the stored phase: the next one (advance) and the adjacent
+    # ones; the CLI's checks still decide.
+    def moves_offered(phase)
+      return { advance: false, set: [] } unless phase[:stored]
+
+      current = Locking::Configuration.phase_index(phase[:stored])
+      { advance: current < 3, set: [current - 1, current + 1].select { |target| target.between?(0, 3) } }
+    end
+
+    # The server whose locks the fleet's phase reads: the source in phases 0 and 1, the destination after.
+    def server_of_phase
+      config = Locking.configuration
+      return :source unless config.destination
+      return :destination unless config.source
+
+      phase = (config.destination && tool.control_phase) || config.phase
+      phase = :source if phase == :dynamic
+      Locking::Configuration.phase_index(phase) >= 2 ? :destination : :source
     end
 
     def server_summary(name, url)
@@ -151,7 +199,11 @@ class Locking
       glob = request.params["q"].to_s
       glob = "*" if glob.empty?
       config = Locking.configuration
-      server = (request.params["server"] == "destination" && config.destination) || !config.source ? :destination : :source
+      server = case request.params["server"]
+               when "destination" then config.destination ? :destination : :source
+               when "source" then config.source ? :source : :destination
+               else server_of_phase
+               end
       cursor = Integer(request.params["cursor"] || "0", 10)
       found = []
       # SCAN pages until a screenful matched, the scan ended, or enough pages were read.
@@ -207,6 +259,7 @@ class Locking
       end
 
       deleted = (key.empty? ? matching(pattern) : [key]).sum { |one| Locking.client.force_delete(one) }
+      self.class.forget_counts
       page(200, "done", message: "unlocked #{deleted} lock key(s) #{key.empty? ? "matching #{pattern}" : key}",
                         back: "locks?q=#{Rack::Utils.escape(key.empty? ? pattern : key)}")
     end
@@ -235,6 +288,7 @@ class Locking
 
       out = StringIO.new
       status = CLI.new(["phase", *args], out: out, err: out).run
+      self.class.forget_counts
       page(status.zero? ? 200 : 409, "done", message: out.string, back: "./", refused: !status.zero?)
     end
 

@@ -41,6 +41,7 @@ RSpec.describe "Locking::Web in a browser" do
   let(:browser) { @browser }
   let(:url) { "http://127.0.0.1:#{@port}" }
 
+  before { Locking::Web.forget_counts }
   after { Locking.reset_configuration! }
 
   # Waits for a state of the page. An element found on the page being left

@@ -15,6 +15,7 @@ RSpec.describe "Locking::Web (the dashboard)" do
 
   before do
     Locking::Web.read_only = false
+    Locking::Web.forget_counts
     configure_both(:dual)
   end
 
@@ -67,6 +68,52 @@ RSpec.describe "Locking::Web (the dashboard)" do
     fake_heartbeat("web-host:4242", "0 0 5000")
     get "/"
     expect(last_response.body).to include("phase 0 (source)", "web-host:4242", "Advance to the next phase")
+  end
+
+  # Calls of one command on a server so far (INFO commandstats).
+  def calls(server, command)
+    server.redis.info("commandstats").fetch(command, {}).fetch("calls", 0).to_i
+  end
+
+  it "counts the keyspace at most once per interval for every viewer, and says how old the counts are" do
+    source_server.bulk_load((1..3_000).map { |i| ["SET", "locking:Count:#{i}", "t", "PX", "60000"] })
+    before = calls(source_server, "scan")
+    get "/"
+    first = calls(source_server, "scan") - before
+    expect(first).to be > 0
+    expect(last_response.body).to include("3,000", "counted", "shared by every viewer")
+    3.times { get "/" } # the page refreshes itself; other viewers
+    expect(calls(source_server, "scan") - before).to eq(first)
+    Locking::Web.counts_seconds = 0
+    get "/"
+    expect(calls(source_server, "scan") - before).to be > first
+  ensure
+    Locking::Web.counts_seconds = 30
+  end
+
+  it "looks an exact key up at once, without walking the keyspace" do
+    source_server.bulk_load((1..3_000).map { |i| ["SET", "locking:Many:#{i}", "t#{i}", "PX", "60000"] })
+    before = calls(source_server, "scan")
+    get "/locks", q: "Many:2999", server: "source"
+    expect(last_response.body).to include("<code>Many:2999</code>", "<code>t2999</code>")
+    expect(calls(source_server, "scan") - before).to eq(0)
+  end
+
+  it "lists the locks of the server the phase reads, and offers only the moves the rules could allow" do
+    configure_both(:drain)
+    Locking.new("Drained:1").acquire(30)
+    get "/locks"
+    expect(last_response.body).to include("Locks on the destination", "Drained:1")
+
+    expect(locking_cli("phase", "set", "3", "--init")[0]).to eq(0)
+    get "/"
+    expect(last_response.body).not_to include("Advance to the next phase")
+    expect(last_response.body).to include("Set phase 2…")
+    expect(last_response.body).not_to include("Set phase 0…", "Set phase 1…")
+    expect(locking_cli("phase", "set", "2")[0]).to eq(0)
+    get "/"
+    expect(last_response.body).to include("Advance to the next phase", "Set phase 1…", "Set phase 3…")
+    expect(last_response.body).not_to include("Set phase 0…")
   end
 
   it "lists locks matching a glob, SCAN-paged, with key, servers, token and TTL" do

@@ -563,7 +563,8 @@ impl Operator<'_> {
     /// One SCAN page of the locks on a server whose key (after the prefix)
     /// matches `glob` (Redis glob syntax; the prefix itself is matched
     /// literally): (next cursor, [(key without the prefix, token, PTTL)]).
-    /// A key that went between the SCAN and its GET is left out.
+    /// A key that went between the SCAN and its GET is left out. A `glob`
+    /// without `*`, `?`, `[` or `\\` names one key: it is looked up directly.
     #[allow(clippy::type_complexity)]
     pub fn lock_page(
         &mut self,
@@ -575,10 +576,20 @@ impl Operator<'_> {
     ) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>, i64)>)> {
         self.check_prefix()?;
         let prefix = self.client().key_prefix().to_vec();
-        let mut pattern = match_pattern(&prefix);
-        pattern.pop(); // the trailing '*': the glob goes there
-        pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
-        let page = self.scan_pattern(target, &pattern, cursor, count, true, interrupt)?;
+        let exact = !glob.is_empty() && !glob.iter().any(|b| b"*?[\\".contains(b));
+        let page = if exact {
+            // One key, not a pattern: one lookup, not a walk of the keyspace.
+            ScanPage {
+                cursor: 0,
+                keys: vec![[prefix.as_slice(), glob].concat()],
+                restarted: false,
+            }
+        } else {
+            let mut pattern = match_pattern(&prefix);
+            pattern.pop(); // the trailing '*': the glob goes there
+            pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
+            self.scan_pattern(target, &pattern, cursor, count, true, interrupt)?
+        };
         if page.keys.is_empty() {
             return Ok((page.cursor, Vec::new()));
         }
