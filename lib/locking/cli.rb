@@ -103,7 +103,7 @@ class Locking
                                    "1..#{MAX_BATCH} (default: 200; a batch walks up to 16 pages)") do |v|
           options[:batch] = v
         end
-        o.on("--rate N", Integer, "backfill: at most N keys per second, N > 0 (each: 2 reads on the source)") do |v|
+        o.on("--rate N", Integer, "backfill: at most N keys walked per second, copied or not, N > 0 (each: 2 reads on the source)") do |v|
           options[:rate] = v
         end
         o.on("--reverse", "gate: the reverse gate, before rolling back from phase 1 to 0") { options[:reverse] = true }
