@@ -31,13 +31,22 @@ class Locking
       end
 
       def lost? = @client.ttl_ms(@key, @token).nil?
-      def stop = nil
+      def held? = !lost?
+
+      def remaining
+        ms = @client.ttl_ms(@key, @token)
+        ms.nil? ? 0.0 : ms / 1000.0
+      end
+
+      def stop = remaining
     end
 
     # An auto-renewed lock in bypass mode: never lost.
     class KeptRenewal
       def lost? = false
-      def stop = nil
+      def held? = true
+      def remaining = Float::INFINITY
+      def stop = remaining
     end
 
     # Locking.stats in a test mode: no renewer.
@@ -70,7 +79,7 @@ class Locking
         @memory._set_phase(Configuration.phase_index(phase))
       end
 
-      def auto_renew(key, token, _ttl_ms)
+      def auto_renew(key, token, _ttl_ms, _valid_for, _renew_for = nil)
         @memory._renew(key, token, Client::MAX_TTL_MS)
         Renewal.new(self, key, token)
       end
@@ -93,7 +102,7 @@ class Locking
       def delete_matching(_start) = 0
       def phase = :source
       def phase=(_phase); end
-      def auto_renew(_key, _token, _ttl_ms) = KeptRenewal.new
+      def auto_renew(_key, _token, _ttl_ms, _valid_for, _renew_for = nil) = KeptRenewal.new
       def renewer_stats = RENEWER_STATS
     end
 

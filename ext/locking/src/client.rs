@@ -7,6 +7,7 @@ use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::protocol::Target;
+use locking_core::belief;
 use locking_core::renew::{self, Renewal};
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
@@ -32,11 +33,21 @@ impl RbRenewal {
         self.renewal.lost()
     }
 
+    fn held(&self) -> bool {
+        self.renewal.held()
+    }
+
+    /// Seconds the lock is still believed held (0.0 once lost).
+    fn remaining(&self) -> f64 {
+        self.renewal.remaining().as_secs_f64()
+    }
+
     /// Stops renewing; waits (without the GVL) for a renewal in flight.
-    fn stop(ruby: &Ruby, rb_self: &Self) -> Result<(), magnus::Error> {
+    /// Returns the seconds the lock is still believed held after it.
+    fn stop(ruby: &Ruby, rb_self: &Self) -> Result<f64, magnus::Error> {
         let interrupt = Interrupt::new();
         match without_gvl(&interrupt, || rb_self.renewal.stop()) {
-            Outcome::Finished(()) => Ok(()),
+            Outcome::Finished(()) => Ok(rb_self.remaining()),
             Outcome::Interrupted(jump) => Err(jump),
             Outcome::Panicked(message) => Err(panic_error(ruby, &message)),
         }
@@ -140,16 +151,22 @@ impl RbClient {
         } else {
             give_back(&self.client, session);
         }
-        for warning in self.client.take_warnings() {
-            let _: Result<Value, _> = ruby
-                .class_object()
-                .const_get::<_, magnus::RClass>("Locking")
-                .and_then(|locking| locking.funcall("server_warning", (warning,)));
-        }
+        self.give_warnings(ruby);
         match outcome {
             Outcome::Finished(result) => result.map_err(|e| RubyError(e).into()),
             Outcome::Interrupted(jump) => Err(jump),
             Outcome::Panicked(message) => Err(panic_error(ruby, &message)),
+        }
+    }
+
+    /// Hands the client's and the renewer's warnings to `Locking.server_warning`.
+    fn give_warnings(&self, ruby: &Ruby) {
+        let renewer = self.client.renewals().take_warnings();
+        for warning in self.client.take_warnings().into_iter().chain(renewer) {
+            let _: Result<Value, _> = ruby
+                .class_object()
+                .const_get::<_, magnus::RClass>("Locking")
+                .and_then(|locking| locking.funcall("server_warning", (warning,)));
         }
     }
 
@@ -196,12 +213,17 @@ impl RbClient {
         })
     }
 
-    /// Starts renewing a lock this token holds (`acquire(seconds, auto_renew: true)`).
+    /// Starts renewing a lock this token holds (`acquire(seconds, auto_renew: true)`):
+    /// believed held for `valid_for` more seconds (from the confirming
+    /// command's send), renewed for at most `renew_for` seconds (nil: until stopped).
     fn auto_renew(
-        &self,
+        ruby: &Ruby,
+        rb_self: &Self,
         key: RString,
         token: RString,
         ttl_ms: u64,
+        valid_for: f64,
+        renew_for: Option<f64>,
     ) -> Result<RbRenewal, magnus::Error> {
         if ttl_ms == 0 || ttl_ms > locking_core::MAX_TTL_MS {
             return Err(RubyError(locking_core::Error::InvalidArgument(format!(
@@ -209,9 +231,20 @@ impl RbClient {
             )))
             .into());
         }
-        Ok(RbRenewal {
-            renewal: renew::start(&self.client, &bytes(key), &bytes(token), ttl_ms),
-        })
+        let seconds = |value: f64| Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX);
+        let valid_until_us = belief::now_us().saturating_add(seconds(valid_for).as_micros() as u64);
+        let renewal = renew::start(
+            &rb_self.client,
+            renew::Held {
+                key: &bytes(key),
+                token: &bytes(token),
+                ttl_ms,
+                valid_until_us,
+                renew_for: renew_for.map(seconds),
+            },
+        );
+        rb_self.give_warnings(ruby);
+        Ok(RbRenewal { renewal })
     }
 
     /// The renewer's numbers in this process, as a Hash.
@@ -661,6 +694,17 @@ impl RbClient {
         )
     }
 
+    /// Seconds a lock confirmed for `ttl_ms` is believed held after the
+    /// send that confirmed it (`belief::valid_for_ms`).
+    fn valid_for(ttl_ms: u64) -> f64 {
+        belief::valid_for_ms(ttl_ms) as f64 / 1000.0
+    }
+
+    /// Now on the clock the deadlines use (`belief::now_us`), in seconds.
+    fn clock() -> f64 {
+        belief::now_us() as f64 / 1e6
+    }
+
     fn generate_token() -> String {
         uuid::Uuid::new_v4().to_string()
     }
@@ -740,6 +784,8 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_singleton_method("reverse_gate_reasons", function!(reverse_gate_reasons, 1))?;
     class.define_singleton_method("backfill_refusal", function!(backfill_refusal, 1))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
+    class.define_singleton_method("valid_for", function!(RbClient::valid_for, 1))?;
+    class.define_singleton_method("clock", function!(RbClient::clock, 0))?;
     class.define_singleton_method("redact", function!(redact_url, 1))?;
     class.define_singleton_method("server_name", function!(server_name, 1))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
@@ -747,11 +793,13 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
-    class.define_private_method("_auto_renew", method!(RbClient::auto_renew, 3))?;
+    class.define_private_method("_auto_renew", method!(RbClient::auto_renew, 5))?;
     class.define_private_method("_lock_page", method!(RbClient::lock_page, 4))?;
     class.define_private_method("_renewer_stats", method!(RbClient::renewer_stats, 0))?;
     let renewal = class.define_class("Renewal", ruby.class_object())?;
     renewal.define_method("lost?", method!(RbRenewal::lost, 0))?;
+    renewal.define_method("held?", method!(RbRenewal::held, 0))?;
+    renewal.define_method("remaining", method!(RbRenewal::remaining, 0))?;
     renewal.define_method("stop", method!(RbRenewal::stop, 0))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
     class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 4))?;

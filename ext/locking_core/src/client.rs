@@ -199,9 +199,12 @@ impl Client {
             let cache_ms = dynamic.cache.as_millis().max(1) as u64;
             Dynamic {
                 cache_ms,
-                // Longer than the cache, so a process acting on a cached
-                // phase is always visible to `phase advance`.
-                heartbeat_ttl_ms: (cache_ms * 3).max(10_000),
+                // Longer than the cache and the timeout, so a process acting
+                // on a cached phase is always visible to `phase advance`.
+                heartbeat_ttl_ms: crate::belief::heartbeat_ttl_ms(
+                    cache_ms,
+                    config.timeout.as_millis() as u64,
+                ),
                 host: dynamic.host,
                 epoch: Instant::now(),
                 read_at: AtomicU64::new(0),
@@ -349,6 +352,11 @@ impl Client {
         }
     }
 
+    /// How long a connect, read or write may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The auto-renewed locks of this process.
     pub fn renewals(&self) -> &crate::renew::Renewals {
         &self.renewals
@@ -379,7 +387,9 @@ impl Client {
                 let mut ops = Vec::with_capacity(items.len());
                 for (key, token, ttl_ms) in items {
                     keys.push(lease.full_key(key));
-                    ops.push(protocol::Renew::new(phase, token, *ttl_ms, self.servers()));
+                    // Only the servers the phase decides on (see `renew`).
+                    let servers = self.servers().used_by(phase);
+                    ops.push(protocol::Renew::new(phase, token, *ttl_ms, servers));
                 }
                 lease.run_batch(&keys, ops, &interrupt)
             }
@@ -944,8 +954,12 @@ impl<'c> Lease<'c> {
         self.registered?;
         let read_at = dynamic.read_at.load(Ordering::SeqCst);
         let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
-        // Keep a phase cache's worth of margin: the operator needs time to act.
-        let lapse = dynamic.heartbeat_ttl_ms.saturating_sub(dynamic.cache_ms);
+        // Whatever is sent before the lapse lands within the heartbeat.
+        let lapse = crate::belief::heartbeat_lapse_ms(
+            dynamic.heartbeat_ttl_ms,
+            dynamic.cache_ms,
+            self.client.timeout.as_millis() as u64,
+        );
         (read_at != 0 && now.saturating_sub(read_at) >= lapse).then(|| {
             Error::Phase(format!(
                 "this process's heartbeat is {} ms old, past {lapse} ms (was it stopped?): the fleet may have \
