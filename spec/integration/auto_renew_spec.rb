@@ -48,7 +48,8 @@ RSpec.describe "auto_renew (the native renewer)" do
       reader.close
       Locking.reset_configuration!
       Locking.configure { |c| c.source = source_server.url }
-      Locking.new("killed").acquire(1.0, auto_renew: true)
+      lock = Locking.new("killed") # referenced while it sleeps: a collected one is renewed no more
+      lock.acquire(1.0, auto_renew: true)
       writer.puts("held")
       sleep 60
       exit!(0)
@@ -70,7 +71,8 @@ RSpec.describe "auto_renew (the native renewer)" do
     pid = fork do
       Locking.reset_configuration!
       Locking.configure { |c| c.source = source_server.url }
-      Locking.new("exiting").acquire(0.8, auto_renew: true)
+      lock = Locking.new("exiting")
+      lock.acquire(0.8, auto_renew: true)
       sleep 1.0 # renewed past its TTL
       exit(0) # at_exit handlers run; the renewer thread does not hold the exit up
     end

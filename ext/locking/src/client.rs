@@ -5,9 +5,9 @@
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
+use locking_core::belief;
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::protocol::Target;
-use locking_core::belief;
 use locking_core::renew::{self, Renewal};
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
@@ -231,7 +231,8 @@ impl RbClient {
             )))
             .into());
         }
-        let seconds = |value: f64| Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX);
+        let seconds =
+            |value: f64| Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX);
         let valid_until_us = belief::now_us().saturating_add(seconds(valid_for).as_micros() as u64);
         let renewal = renew::start(
             &rb_self.client,

@@ -391,7 +391,19 @@ impl Client {
                     let servers = self.servers().used_by(phase);
                     ops.push(protocol::Renew::new(phase, token, *ttl_ms, servers));
                 }
-                lease.run_batch(&keys, ops, &interrupt)
+                let results = lease.run_batch(&keys, ops, &interrupt);
+                // A renewal that min_replicas_acked does not confirm is not one.
+                let renewed = results.iter().any(|result| matches!(result, Ok(true)));
+                match renewed.then(|| lease.wait_for_replicas_on_nodes(&interrupt)) {
+                    Some(Err(error)) => results
+                        .into_iter()
+                        .map(|result| match result {
+                            Ok(true) => Err(error.clone()),
+                            other => other,
+                        })
+                        .collect(),
+                    _ => results,
+                }
             }
         };
         for (target, held) in [
@@ -643,59 +655,89 @@ impl<'c> Lease<'c> {
     /// replicas of each server this operation wrote have the write. Fewer in
     /// time is `Error::NotReplicated`; the lock stays written on the master.
     fn wait_for_replicas(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<()> {
-        let wanted = self.client.min_replicas_acked;
-        if wanted == 0 {
+        if self.client.min_replicas_acked == 0 {
             return Ok(());
         }
         let full_key = self.full_key(key)?;
-        // Half the timeout, so that WAIT's own answer (fewer replicas)
-        // arrives well before the read gives up on it.
-        let timeout_ms = (self.client.timeout.as_millis() / 2).max(1).to_string();
-        let wanted_text = wanted.to_string();
         for target in [Target::Source, Target::Destination] {
             // The servers this operation talked to, not those of which the
             // lease merely took an idle connection (a server its phase does
             // not write may have none of the replicas asked for).
-            let held = match target {
-                Target::Source => &self.source,
-                Target::Destination => &self.destination,
-            };
-            let used = held.iter().any(|(_, connection)| connection.used());
-            if !used {
-                continue;
-            }
-            let wait = [Request::Plain(&[
-                "WAIT".into(),
-                wanted_text.as_str().into(),
-                timeout_ms.as_str().into(),
-            ])];
-            let replies = self.exchange(target, Route::Key(&full_key), &wait, interrupt)?;
-            let server = self
-                .client
-                .server(target)
-                .map_or("", Server::name)
-                .to_string();
-            match replies.first() {
-                Some(Value::Int(acked)) if *acked >= i64::from(wanted) => {}
-                Some(Value::Int(acked)) => {
-                    return Err(Error::NotReplicated {
-                        server,
-                        detail: format!(
-                            "the lock was written, but only {acked} of the {wanted} replicas asked for \
-                             (min_replicas_acked) acknowledged it within {timeout_ms} ms; it may not survive \
-                             a failover"
-                        ),
-                    })
-                }
-                other => {
-                    return Err(Error::Command {
-                        server,
-                        detail: format!("unexpected reply to WAIT: {other:?}"),
-                    })
-                }
+            if self
+                .held(target)
+                .iter()
+                .any(|(_, connection)| connection.used())
+            {
+                self.replicated(target, Route::Key(&full_key), interrupt)?;
             }
         }
         Ok(())
+    }
+
+    /// `min_replicas_acked` for a batch (the renewer's): a WAIT on every
+    /// node a connection of this lease wrote to.
+    pub(crate) fn wait_for_replicas_on_nodes(&mut self, interrupt: &Interrupt) -> Result<()> {
+        if self.client.min_replicas_acked == 0 {
+            return Ok(());
+        }
+        for target in [Target::Source, Target::Destination] {
+            let nodes: Vec<usize> = self
+                .held(target)
+                .iter()
+                .filter(|(_, connection)| connection.used())
+                .map(|(node, _)| *node)
+                .collect();
+            for node in nodes {
+                self.replicated(target, Route::Node(node), interrupt)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn held(&self, target: Target) -> &Held {
+        match target {
+            Target::Source => &self.source,
+            Target::Destination => &self.destination,
+        }
+    }
+
+    fn replicated(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        interrupt: &Interrupt,
+    ) -> Result<()> {
+        let wanted = self.client.min_replicas_acked;
+        // Half the timeout, so that WAIT's own answer (fewer replicas)
+        // arrives well before the read gives up on it.
+        let timeout_ms = (self.client.timeout.as_millis() / 2).max(1).to_string();
+        let wanted_text = wanted.to_string();
+        let wait = [Request::Plain(&[
+            "WAIT".into(),
+            wanted_text.as_str().into(),
+            timeout_ms.as_str().into(),
+        ])];
+        let replies = self.exchange(target, route, &wait, interrupt)?;
+        let server = self
+            .client
+            .server(target)
+            .map_or("", Server::name)
+            .to_string();
+        match replies.first() {
+            Some(Value::Int(acked)) if *acked >= i64::from(wanted) => Ok(()),
+            Some(Value::Int(acked)) => Err(Error::NotReplicated {
+                server,
+                detail: format!(
+                    "the lock was written, but only {acked} of the {wanted} replicas asked for \
+                     (min_replicas_acked) acknowledged it within {timeout_ms} ms; it may not survive \
+                     a failover"
+                ),
+            }),
+            other => Err(Error::Command {
+                server,
+                detail: format!("unexpected reply to WAIT: {other:?}"),
+            }),
+        }
     }
 
     pub fn release(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<bool> {

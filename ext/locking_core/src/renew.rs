@@ -152,7 +152,10 @@ impl Belief {
         if self.lost.load(Ordering::Acquire) {
             return false;
         }
-        if belief::holds(self.valid_until_us.load(Ordering::Acquire), belief::now_us()) {
+        if belief::holds(
+            self.valid_until_us.load(Ordering::Acquire),
+            belief::now_us(),
+        ) {
             return true;
         }
         self.lost.store(true, Ordering::Release);
