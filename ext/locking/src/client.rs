@@ -375,6 +375,8 @@ impl RbClient {
         }
     }
 
+    /// `lease_for`: seconds the backfill's lease is still believed held
+    /// (nil: no lease, a dry run); no write is sent past it.
     fn backfill_batch(
         ruby: &Ruby,
         rb_self: &Self,
@@ -382,8 +384,15 @@ impl RbClient {
         count: usize,
         pages: usize,
         dry_run: bool,
+        lease_for: Option<f64>,
     ) -> Result<RHash, magnus::Error> {
+        let fence = lease_for.map(|seconds| {
+            belief::now_us().saturating_add((seconds.max(0.0) * 1e6).min(u64::MAX as f64) as u64)
+        });
         let report = rb_self.with_operator(ruby, |operator, interrupt| {
+            if let Some(until) = fence {
+                operator.fence(until);
+            }
             operator.backfill_batch(cursor, count, pages, dry_run, interrupt)
         })?;
         let errors = ruby.ary_new();
@@ -803,7 +812,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     renewal.define_method("remaining", method!(RbRenewal::remaining, 0))?;
     renewal.define_method("stop", method!(RbRenewal::stop, 0))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
-    class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 4))?;
+    class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 5))?;
     class.define_singleton_method("_walk", function!(RbClient::walk_new, 2))?;
     class.define_private_method("_walk_step", method!(RbClient::walk_step, 2))?;
     class.define_private_method("_walk_finish", method!(RbClient::walk_finish, 2))?;
