@@ -38,6 +38,23 @@ pub fn holds(valid_until_us: u64, now_us: u64) -> bool {
     now_us < valid_until_us
 }
 
+/// The deadline after a renewal of `ttl_ms` sent at `sent_us` came back
+/// confirmed at `now_us`, or None when it does not count and the lock is
+/// lost: it was sent after the belief ran out (the lock may have been free
+/// for a while, and another holder may have come and gone), or it came back
+/// too late (the holder already said "lost", which is for good).
+pub fn after_renewal(valid_until_us: u64, sent_us: u64, now_us: u64, ttl_ms: u64) -> Option<u64> {
+    (holds(valid_until_us, sent_us) && holds(valid_until_us, now_us))
+        .then(|| valid_until(sent_us, ttl_ms).max(valid_until_us))
+}
+
+/// Whether a write sent at `now_us` under a lease (or lock) believed until
+/// `valid_until_us` still lands before it, if the network holds it for a
+/// whole `timeout_us` (a backfill's copies under its lease).
+pub fn may_send(valid_until_us: u64, now_us: u64, timeout_us: u64) -> bool {
+    holds(valid_until_us, now_us.saturating_add(timeout_us))
+}
+
 /// The watchdog's period for a lock of `ttl_ms` on servers answering
 /// within `timeout_ms`: a renewal sent then, slow by two timeouts (the phase
 /// read and the renewal itself), still returns before the belief runs out.

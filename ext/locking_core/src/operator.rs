@@ -44,7 +44,7 @@ impl<'c> Operator<'c> {
         };
         let timeout_us = self.client().timeout().as_micros() as u64;
         let now = crate::belief::now_us();
-        if crate::belief::holds(until, now.saturating_add(timeout_us)) {
+        if crate::belief::may_send(until, now, timeout_us) {
             return Ok(());
         }
         Err(Error::Phase(format!(

@@ -508,21 +508,21 @@ fn record(
         let mut gone = false;
         if let Some(entry) = state.entries.get_mut(&due.id) {
             entry.in_flight = false;
-            // Only a renewal sent while the belief held, and back before it
-            // ran out, extends it: otherwise the lock may have been free
-            // for a while, and another holder may have come and gone.
-            let sent_in_time = sent_us < entry.belief.valid_until_us.load(Ordering::Acquire);
-            match result {
-                Ok(true) if sent_in_time && entry.belief.holds() => {
+            let extended = belief::after_renewal(
+                entry.belief.valid_until_us.load(Ordering::Acquire),
+                sent_us,
+                belief::now_us(),
+                entry.ttl_ms,
+            );
+            match (result, extended) {
+                // `holds` last: it latches `lost` once the deadline passed.
+                (Ok(true), Some(until)) if entry.belief.holds() => {
                     registry.counters.renewed.fetch_add(1, Ordering::Relaxed);
-                    entry.belief.valid_until_us.store(
-                        belief::valid_until(sent_us, entry.ttl_ms),
-                        Ordering::Release,
-                    );
+                    entry.belief.valid_until_us.store(until, Ordering::Release);
                     entry.due = started + entry.interval;
                 }
-                Ok(_) => gone = true,
-                Err(failure) => {
+                (Ok(_), _) => gone = true,
+                (Err(failure), _) => {
                     registry.counters.failed.fetch_add(1, Ordering::Relaxed);
                     error = Some(failure.to_string());
                     if entry.belief.holds() {
