@@ -218,6 +218,8 @@ RSpec.describe "auto_renew (the native renewer)" do
     expect(job.(:until_executed, auto_renew: true).locking_options[:auto_renew]).to be(true)
     expect { job.(:until_executing, auto_renew: true) }.to raise_error(ArgumentError, /does not live through perform/)
     expect { job.(:until_expired, auto_renew: true) }.to raise_error(ArgumentError, /does not live through perform/)
-    expect { job.(:until_executed, auto_renew: "yes") }.to raise_error(ArgumentError, /true or false/)
+    expect { job.(:until_executed, auto_renew: "yes") }.to raise_error(ArgumentError, /true, false or a positive/)
+    expect(job.(:until_executed, auto_renew: 7200).locking_options[:auto_renew]).to eq(7200.0)
+    expect { job.(:until_executed, auto_renew: -1) }.to raise_error(ArgumentError, /got -1/)
   end
 end

@@ -59,12 +59,15 @@ pub fn may_send(valid_until_us: u64, now_us: u64, timeout_us: u64) -> bool {
 /// within `timeout_ms`: a renewal sent then, slow by two timeouts (the phase
 /// read and the renewal itself), still returns before the belief runs out.
 /// Never more than a third of the validity (two renewals may fail in a row
-/// and the lock still holds), never less than a tenth of it (see
-/// `renew_warning` for the settings where that cannot work).
+/// and the lock still holds), never less than a tenth of it. Where no
+/// interval can work (`renew_warning`), a third: renewing more often would
+/// only load the servers.
 pub fn renew_interval_ms(ttl_ms: u64, timeout_ms: u64) -> u64 {
     let valid = valid_for_ms(ttl_ms);
-    let slow = valid.saturating_sub(timeout_ms.saturating_mul(2));
-    slow.min(valid / 3).max(valid / 10).max(1)
+    match valid.saturating_sub(timeout_ms.saturating_mul(2)) {
+        0 => (valid / 3).max(1),
+        slow => slow.min(valid / 3).max(valid / 10).max(1),
+    }
 }
 
 /// After a failed renewal, the next try comes this soon (200 ms at most),
@@ -154,13 +157,16 @@ mod tests {
         assert_eq!(renew_interval_ms(30_000, 1000), 9_899);
         // 3 s, timeout 1 s: validity 2,968 ms less two timeouts.
         assert_eq!(renew_interval_ms(3_000, 1000), 968);
-        // 0.3 s, timeout 1 s: cannot work; a tenth of the validity, and a warning.
-        assert_eq!(renew_interval_ms(300, 1000), 29);
+        // 2.5 s, timeout 1 s: room for two slow replies, 473 ms after a send.
+        assert_eq!(renew_interval_ms(2_500, 1000), 473);
+        // 0.3 s, timeout 1 s: cannot work; a third of the validity, and a warning.
+        assert_eq!(renew_interval_ms(300, 1000), 98);
         assert!(renew_warning(300, 1000).is_some());
         assert!(renew_warning(3_000, 1000).is_none());
         assert!(renew_warning(2_000, 1000).is_some());
         assert_eq!(retry_after_ms(30_000), 200);
         assert_eq!(retry_after_ms(300), 32);
+        assert_eq!(retry_after_ms(1), 1);
     }
 
     #[test]
