@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "../support/holding_proxy"
+require_relative "../support/cluster"
 
 # The belief soak (issue 27): worker processes with dynamic phases hold
 # auto-renewed locks for up to twice their TTL while the operator walks the
@@ -10,7 +11,10 @@ require_relative "../support/holding_proxy"
 # forks (a worker forks, its child reads have_lock? on, the parent stops
 # renewing without releasing). Each process records every interval from
 # acquire's true to the last moment its have_lock? said true; intervals of
-# one key, from every process, must never overlap.
+# one key, from every process, must never overlap. It runs twice: with a
+# standalone destination, and with a Redis Cluster of 3 masters as the
+# destination (partitions then cut the source only: a cluster's nodes
+# announce their own addresses).
 #
 # BELIEF_SOAK_DWELL=30 for a longer soak (seconds in each phase).
 module BeliefSoak
@@ -26,7 +30,15 @@ end
 RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers and forks", :soak do
   let(:witness) { witness_server.redis }
 
-  def cli(*args) = locking_cli(*args, prefix: "belief:")
+  after { @cluster&.cleanup }
+
+  def destination_url = @cluster ? @cluster.url : destination_server.url
+  def cli(*args) = locking_cli(*args, prefix: "belief:", destination: destination_url)
+
+  def control_phase
+    key = "{locking-control}:belief:phase"
+    @cluster ? @cluster.get(key) : destination_server.redis.get(key)
+  end
 
   def step(*args, within: 30)
     deadline = monotonic + within
@@ -67,12 +79,13 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
 
   def start_workers(proxies)
     witness_url = witness_server.url
+    cluster_url = @cluster&.url
     proxies.map do |source_proxy, destination_proxy|
       fork do
         Locking.reset_configuration!
         Locking.configure do |c|
           c.source = source_proxy.url
-          c.destination = destination_proxy.url
+          c.destination = destination_proxy ? destination_proxy.url : cluster_url
           c.key_prefix = "belief:"
           c.phase = :dynamic
           c.phase_cache_ttl = 0.05
@@ -130,26 +143,24 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
     end
   end
 
-  # One fault, chosen by number, lasting longer than the TTL.
-  def fault(number, workers, proxies)
-    case number % 5
-    when 0 # a partition: one worker's requests to both servers blackholed
-      pair = proxies.sample
+  # One fault, lasting longer than the TTL.
+  def fault(kind, workers, proxies)
+    case kind
+    when :partition # one worker's requests blackholed (to both servers, or to the source only)
+      pair = proxies.sample.compact
       pair.each(&:hold!)
       sleep 2 * BeliefSoak::TTL
       pair.each(&:let_go!)
-    when 1
+    when :sigstop
       victim = workers.sample
       Process.kill(:STOP, victim)
       sleep 2 * BeliefSoak::TTL
       Process.kill(:CONT, victim)
-    when 2 # the unused source hung (phase 3 reads only the destination)
-      if destination_server.redis.get("{locking-control}:belief:phase") == "3"
-        source_server.freeze
-        sleep 2 * BeliefSoak::TTL
-        source_server.thaw
-      end
-    when 3 then source_server.redis.call("CLIENT", "PAUSE", (2000 * BeliefSoak::TTL).round.to_s)
+    when :hung_source # in phase 3, which reads only the destination
+      source_server.freeze
+      sleep 2 * BeliefSoak::TTL
+      source_server.thaw
+    when :client_pause then source_server.redis.call("CLIENT", "PAUSE", (2000 * BeliefSoak::TTL).round.to_s)
     end
   end
 
@@ -159,22 +170,28 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
     expect(overlaps([["k", "a", 0.0, 2.0], ["k", "a", 1.0, 3.0], ["k", "b", 2.5, 4.0]])).to eq(1)
   end
 
-  it "never has a holder believe a lock another holds" do
+  { "a standalone destination" => false, "a Redis Cluster destination" => true }.each do |title, clustered|
+    it "never has a holder believe a lock another holds (#{title})" do
+      @cluster = RedisCluster.new(masters: 3, name: "belief-soak") if clustered
+      run_soak
+    end
+  end
+
+  def run_soak
     proxies = Array.new(BeliefSoak::WORKERS) do
-      [HoldingProxy.new(source_server.port), HoldingProxy.new(destination_server.port)]
+      [HoldingProxy.new(source_server.port), (HoldingProxy.new(destination_server.port) unless @cluster)]
     end
     step("phase", "set", "0", "--init")
     workers = start_workers(proxies)
-    faults = 0
-    moves = [%w[phase advance], %w[phase advance], %w[phase advance], %w[phase set 2], %w[phase set 1],
-             %w[phase set 0]]
+    # Each move, and the fault in the phase before it (forks happen all along).
+    moves = [[%w[phase advance], :partition], [%w[phase advance], :sigstop], [%w[phase advance], :client_pause],
+             [%w[phase set 2], :hung_source], [%w[phase set 1], :partition], [%w[phase set 0], :sigstop]]
     begin
-      moves.each do |move|
+      moves.each do |move, kind|
         sleep BeliefSoak::DWELL / 2
-        fault(faults, workers, proxies)
-        faults += 1
+        fault(kind, workers, proxies)
         sleep BeliefSoak::DWELL / 2
-        if move == %w[phase advance] && destination_server.redis.get("{locking-control}:belief:phase") == "1"
+        if move == %w[phase advance] && control_phase == "1"
           step(*move, "--wait", "5") { step("backfill") }
         else
           step(*move, "--wait", "5")
@@ -182,11 +199,11 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
       end
     ensure
       source_server.thaw
-      proxies.flatten.each(&:let_go!)
+      proxies.flatten.compact.each(&:let_go!)
       witness.set("belief-stop", "1")
       workers.each { |pid| Process.kill(:CONT, pid) rescue nil }
       statuses = workers.map { |pid| Process.wait2(pid).last }
-      proxies.flatten.each(&:close)
+      proxies.flatten.compact.each(&:close)
     end
     sleep 2 * BeliefSoak::TTL # forked readers finish within their lock's TTL
     lines = witness.lrange("intervals", 0, -1)
@@ -195,8 +212,9 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
       [key, token, from.to_f, to.to_f]
     end
     forked = lines.count { |line| line.end_with?(" child") }
-    puts format("\n  belief soak: %d holds (%d by forked children), %d moves, %d faults, %d operation errors, " \
-                "0 overlaps required", intervals.size, forked, moves.size, faults, witness.get("errors").to_i)
+    puts format("\n  belief soak (#{@cluster ? 'cluster' : 'standalone'} destination): %d holds " \
+                "(%d by forked children), %d moves, %d faults, %d operation errors, " \
+                "0 overlaps required", intervals.size, forked, moves.size, moves.size, witness.get("errors").to_i)
     expect(statuses).to all(be_success)
     expect(intervals.size).to be > 100
     expect(overlaps(intervals)).to eq(0)
