@@ -8,7 +8,6 @@ use crate::walk::{RbWalk, Walk};
 use locking_core::belief;
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::protocol::Target;
-use locking_core::renew::{self, Renewal};
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
 };
@@ -19,44 +18,12 @@ use std::time::Duration;
 #[magnus::wrap(class = "Locking::Client", free_immediately, size)]
 pub struct RbClient {
     /// Shared with the renewer thread (which holds a weak reference).
-    client: Arc<Client>,
-}
-
-/// `Locking::Client::Renewal`: one auto-renewed lock (locking_core::renew).
-#[magnus::wrap(class = "Locking::Client::Renewal", free_immediately, size)]
-pub struct RbRenewal {
-    renewal: Renewal,
-}
-
-impl RbRenewal {
-    fn lost(&self) -> bool {
-        self.renewal.lost()
-    }
-
-    fn held(&self) -> bool {
-        self.renewal.held()
-    }
-
-    /// Seconds the lock is still believed held (0.0 once lost).
-    fn remaining(&self) -> f64 {
-        self.renewal.remaining().as_secs_f64()
-    }
-
-    /// Stops renewing; waits (without the GVL) for a renewal in flight.
-    /// Returns the seconds the lock is still believed held after it.
-    fn stop(ruby: &Ruby, rb_self: &Self) -> Result<f64, magnus::Error> {
-        let interrupt = Interrupt::new();
-        match without_gvl(&interrupt, || rb_self.renewal.stop()) {
-            Outcome::Finished(()) => Ok(rb_self.remaining()),
-            Outcome::Interrupted(jump) => Err(jump),
-            Outcome::Panicked(message) => Err(panic_error(ruby, &message)),
-        }
-    }
+    pub(crate) client: Arc<Client>,
 }
 
 /// Copies a Ruby String's bytes: the copy is what the GVL-free code reads,
 /// so another Ruby thread may change the String meanwhile.
-fn bytes(string: RString) -> Vec<u8> {
+pub(crate) fn bytes(string: RString) -> Vec<u8> {
     // SAFETY: the slice is copied before any other Ruby call can run.
     unsafe { string.as_slice() }.to_vec()
 }
@@ -160,7 +127,7 @@ impl RbClient {
     }
 
     /// Hands the client's and the renewer's warnings to `Locking.server_warning`.
-    fn give_warnings(&self, ruby: &Ruby) {
+    pub(crate) fn give_warnings(&self, ruby: &Ruby) {
         let renewer = self.client.renewals().take_warnings();
         for warning in self.client.take_warnings().into_iter().chain(renewer) {
             let _: Result<Value, _> = ruby
@@ -211,41 +178,6 @@ impl RbClient {
         rb_self.with_lease(ruby, |lease, interrupt| {
             lease.renew(&key, &token, ttl_ms, interrupt)
         })
-    }
-
-    /// Starts renewing a lock this token holds (`acquire(seconds, auto_renew: true)`):
-    /// believed held for `valid_for` more seconds (from the confirming
-    /// command's send), renewed for at most `renew_for` seconds (nil: until stopped).
-    fn auto_renew(
-        ruby: &Ruby,
-        rb_self: &Self,
-        key: RString,
-        token: RString,
-        ttl_ms: u64,
-        valid_for: f64,
-        renew_for: Option<f64>,
-    ) -> Result<RbRenewal, magnus::Error> {
-        if ttl_ms == 0 || ttl_ms > locking_core::MAX_TTL_MS {
-            return Err(RubyError(locking_core::Error::InvalidArgument(format!(
-                "TTL of {ttl_ms} ms is out of range"
-            )))
-            .into());
-        }
-        let seconds =
-            |value: f64| Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX);
-        let valid_until_us = belief::now_us().saturating_add(seconds(valid_for).as_micros() as u64);
-        let renewal = renew::start(
-            &rb_self.client,
-            renew::Held {
-                key: &bytes(key),
-                token: &bytes(token),
-                ttl_ms,
-                valid_until_us,
-                renew_for: renew_for.map(seconds),
-            },
-        );
-        rb_self.give_warnings(ruby);
-        Ok(RbRenewal { renewal })
     }
 
     /// The renewer's numbers in this process, as a Hash.
@@ -704,17 +636,6 @@ impl RbClient {
         )
     }
 
-    /// Seconds a lock confirmed for `ttl_ms` is believed held after the
-    /// send that confirmed it (`belief::valid_for_ms`).
-    fn valid_for(ttl_ms: u64) -> f64 {
-        belief::valid_for_ms(ttl_ms) as f64 / 1000.0
-    }
-
-    /// Now on the clock the deadlines use (`belief::now_us`), in seconds.
-    fn clock() -> f64 {
-        belief::now_us() as f64 / 1e6
-    }
-
     fn generate_token() -> String {
         uuid::Uuid::new_v4().to_string()
     }
@@ -794,8 +715,6 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_singleton_method("reverse_gate_reasons", function!(reverse_gate_reasons, 1))?;
     class.define_singleton_method("backfill_refusal", function!(backfill_refusal, 1))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
-    class.define_singleton_method("valid_for", function!(RbClient::valid_for, 1))?;
-    class.define_singleton_method("clock", function!(RbClient::clock, 0))?;
     class.define_singleton_method("redact", function!(redact_url, 1))?;
     class.define_singleton_method("server_name", function!(server_name, 1))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
@@ -803,14 +722,8 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
-    class.define_private_method("_auto_renew", method!(RbClient::auto_renew, 5))?;
     class.define_private_method("_lock_page", method!(RbClient::lock_page, 4))?;
     class.define_private_method("_renewer_stats", method!(RbClient::renewer_stats, 0))?;
-    let renewal = class.define_class("Renewal", ruby.class_object())?;
-    renewal.define_method("lost?", method!(RbRenewal::lost, 0))?;
-    renewal.define_method("held?", method!(RbRenewal::held, 0))?;
-    renewal.define_method("remaining", method!(RbRenewal::remaining, 0))?;
-    renewal.define_method("stop", method!(RbRenewal::stop, 0))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
     class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 5))?;
     class.define_singleton_method("_walk", function!(RbClient::walk_new, 2))?;
