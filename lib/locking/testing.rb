@@ -61,11 +61,16 @@ class Locking
       end
     end
 
-    # An auto-renewed lock in bypass mode: never lost.
+    # An auto-renewed lock in bypass mode: never lost; once stopped, held
+    # for its TTL more (on the test clock, as have_lock? counts it).
     class KeptRenewal
+      def initialize(ttl_ms)
+        @ttl = ttl_ms / 1000.0
+      end
+
       def lost? = false
       def held? = true
-      def remaining = Float::INFINITY
+      def remaining = @ttl
       def stop = remaining
     end
 
@@ -138,7 +143,7 @@ class Locking
       def delete_matching(_start) = 0
       def phase = :source
       def phase=(_phase); end
-      def auto_renew(_key, _token, _ttl_ms, _valid_for, _renew_for = nil) = KeptRenewal.new
+      def auto_renew(_key, _token, ttl_ms, _valid_for, _renew_for = nil) = KeptRenewal.new(ttl_ms)
       def renewer_stats = RENEWER_STATS
     end
 
