@@ -133,7 +133,7 @@ class Locking
   #   a renewal in flight does not. In a forked child, nothing renews it.
   def have_lock?
     return false if @held_until.nil?
-    return @renewal.held? if @renewal
+    return !lost? if @renewal # lost? is the renewal's deadline passed, or the lock found gone
 
     Locking.send(:monotonic) < @held_until
   end
