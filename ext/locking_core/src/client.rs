@@ -54,6 +54,9 @@ pub struct DynamicPhase {
 struct Dynamic {
     cache_ms: u64,
     heartbeat_ttl_ms: u64,
+    /// The heartbeat's age past which this process sends nothing more
+    /// (`belief::heartbeat_lapse_ms`).
+    lapse_ms: u64,
     host: String,
     epoch: Instant,
     /// Milliseconds since `epoch` of the last read, plus one; 0 = never.
@@ -79,10 +82,9 @@ impl Dynamic {
     /// (the same lapse as `Lease::heartbeat_lapsed`).
     fn cached_phase_covered(&self) -> bool {
         let read_at = self.read_at.load(Ordering::SeqCst);
-        let lapse = self.heartbeat_ttl_ms.saturating_sub(self.cache_ms);
         read_at != 0
             && self.read_by_pid.load(Ordering::SeqCst) == crate::process::id()
-            && self.now_ms().saturating_sub(read_at) < lapse
+            && self.now_ms().saturating_sub(read_at) < self.lapse_ms
     }
 
     /// The lowest and highest phase this process may still act in: the
@@ -197,14 +199,14 @@ impl Client {
         };
         let dynamic = config.dynamic.map(|dynamic| {
             let cache_ms = dynamic.cache.as_millis().max(1) as u64;
+            let timeout_ms = config.timeout.as_millis() as u64;
+            // Longer than the cache and the timeout, so a process acting on
+            // a cached phase is always visible to `phase advance`.
+            let heartbeat_ttl_ms = crate::belief::heartbeat_ttl_ms(cache_ms, timeout_ms);
             Dynamic {
                 cache_ms,
-                // Longer than the cache and the timeout, so a process acting
-                // on a cached phase is always visible to `phase advance`.
-                heartbeat_ttl_ms: crate::belief::heartbeat_ttl_ms(
-                    cache_ms,
-                    config.timeout.as_millis() as u64,
-                ),
+                heartbeat_ttl_ms,
+                lapse_ms: crate::belief::heartbeat_lapse_ms(heartbeat_ttl_ms, cache_ms, timeout_ms),
                 host: dynamic.host,
                 epoch: Instant::now(),
                 read_at: AtomicU64::new(0),
@@ -610,7 +612,8 @@ impl<'c> Lease<'c> {
                 Err(error) if control_unreachable(&error) && dynamic.read_at.load(Ordering::SeqCst) != 0 => {
                     return Err(Error::Phase(format!(
                         "{error}; this process went on in its cached phase while its last heartbeat lived \
-                         ({} ms less one phase cache), and now refuses until the phase can be read again",
+                         (sending nothing past {} ms of its {} ms), and now refuses until the phase can be read again",
+                        dynamic.lapse_ms,
                         dynamic.heartbeat_ttl_ms
                     )))
                 }
@@ -997,11 +1000,7 @@ impl<'c> Lease<'c> {
         let read_at = dynamic.read_at.load(Ordering::SeqCst);
         let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
         // Whatever is sent before the lapse lands within the heartbeat.
-        let lapse = crate::belief::heartbeat_lapse_ms(
-            dynamic.heartbeat_ttl_ms,
-            dynamic.cache_ms,
-            self.client.timeout.as_millis() as u64,
-        );
+        let lapse = dynamic.lapse_ms;
         (read_at != 0 && now.saturating_sub(read_at) >= lapse).then(|| {
             Error::Phase(format!(
                 "this process's heartbeat is {} ms old, past {lapse} ms (was it stopped?): the fleet may have \
