@@ -17,7 +17,8 @@ unless system(cargo, "--version", out: File::NULL, err: File::NULL)
   MSG
 end
 
-from_git = File.directory?(File.join(root, ".git"))
+# A git worktree has a .git file, not a directory.
+from_git = File.exist?(File.join(root, ".git"))
 target_dir = ENV["CARGO_TARGET_DIR"] || File.join(root, "target")
 built = File.join(target_dir, "release", "liblocking.#{RbConfig::CONFIG['SOEXT'] || 'so'}")
 dlext = RbConfig::CONFIG["DLEXT"]

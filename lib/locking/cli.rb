@@ -346,7 +346,7 @@ class Locking
 
       holder = "#{Socket.gethostname}:#{Process.pid}"
       unless options[:dry_run]
-        taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL)
+        taken = keep_backfill_lease(holder)
         if taken != holder
           @err.puts "locking: refused: another backfill is running (#{taken}); one at a time"
           return EXIT_REFUSED
@@ -363,12 +363,37 @@ class Locking
     # control key (after the lease is taken, so a move into phase 2 either
     # sees the lease or is seen here), static ones from the configuration.
     def backfill_allowed?
-      phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
-      refusal = phase && Locking::Client.backfill_refusal(Configuration::PHASES.index(phase))
+      refusal = phase_refusal
       return true unless refusal
 
-      @err.puts "locking: refused: the fleet is in phase #{describe_phase(phase)}: #{refusal}"
+      @err.puts "locking: refused: #{refusal}"
       false
+    end
+
+    # Why backfill may not run in the fleet's phase now, or nil.
+    def phase_refusal
+      phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
+      refusal = phase && Locking::Client.backfill_refusal(Configuration::PHASES.index(phase))
+      refusal && "the fleet is in phase #{describe_phase(phase)}: #{refusal}"
+    end
+
+    # Takes or keeps the backfill's lease; on success it is believed held
+    # until the send time plus its TTL, less the drift allowed (#lease_left).
+    def keep_backfill_lease(holder)
+      sent = monotonic
+      taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL)
+      @lease_until = sent + Locking::Client.valid_for(BACKFILL_LEASE_TTL * 1000) if taken == holder
+      taken
+    end
+
+    # Seconds the lease is still believed held. Once it ran out it is lost
+    # for good: the lease script would hand an expired lease back, but the
+    # fleet may have moved into phase 2 meanwhile.
+    def lease_left
+      left = (@lease_until || 0) - monotonic
+      return left if left.positive?
+
+      raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
     end
 
     def run_backfill(holder)
@@ -395,11 +420,17 @@ class Locking
       restarts = Restarts.new
       begin
         loop do
-          unless options[:dry_run] || client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL) == holder
-            raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
+          unless options[:dry_run]
+            lease_left
+            raise Locking::Error, "the backfill lost its lease; run it again" unless keep_backfill_lease(holder) == holder
+
+            # The phase again, each batch: a lease held throughout kept the fleet out of phase 2.
+            refusal = phase_refusal
+            raise Locking::Error, "the fleet moved on: #{refusal}" if refusal
           end
 
-          report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run])
+          report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run],
+                                               lease_for: (lease_left unless options[:dry_run]))
           first_errors.concat(report[:errors]) if first_errors.size < 5
           report.each { |k, v| totals[k] += v unless %i[cursor errors restarted restart_reason].include?(k) }
           cursor = report[:cursor]

@@ -63,11 +63,14 @@ class Locking
       _renew(key, token, ttl_ms)
     end
 
-    # Starts renewing a lock this token holds, about every ttl_ms / 3, from a
-    # native thread (no GVL needed), until the returned Renewal is stopped.
-    # @return [Renewal] #lost? (a renewal found the lock gone or taken), #stop
-    def auto_renew(key, token, ttl_ms)
-      _auto_renew(key, token, ttl_ms)
+    # Starts renewing a lock this token holds, from a native thread (no GVL
+    # needed), until the returned Renewal is stopped or `renew_for` seconds
+    # (nil: no limit) have passed. The lock is believed held for `valid_for`
+    # seconds from now (what its last confirmed acquire or renewal left).
+    # @return [Renewal] #held?, #lost?, #remaining (seconds believed held),
+    #   #stop (returns #remaining after a renewal in flight ended)
+    def auto_renew(key, token, ttl_ms, valid_for, renew_for = nil)
+      _auto_renew(key, token, ttl_ms, Float(valid_for), renew_for&.to_f)
     end
 
     # One SCAN page of the locks on :source or :destination whose key (after
@@ -121,9 +124,12 @@ class Locking
     # @return [Hash] :cursor (0 when done), :scanned, :copied, :already_there,
     #   :conflicts, :undone, :absent, :failed, and :errors (the first few
     #   failures, in words)
-    def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false)
+    # @param lease_for [Numeric, nil] seconds the backfill's lease is still
+    #   believed held: no write is sent that could land after it (raises
+    #   Locking::PhaseError, having written what it had sent)
+    def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false, lease_for: nil)
       # The core checks pages against MAX_BACKFILL_PAGES (defined there).
-      _backfill_batch(Integer(cursor), Integer(count), Integer(pages), dry_run ? true : false)
+      _backfill_batch(Integer(cursor), Integer(count), Integer(pages), dry_run ? true : false, lease_for&.to_f)
     end
 
     # SCAN pages per backfill batch by default (measured: 16 beat 4; 64 no better).

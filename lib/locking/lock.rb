@@ -33,10 +33,15 @@ class Locking
 
   # Takes the lock for `seconds` (Integer or Float, millisecond precision).
   #
-  # With `auto_renew: true` the lock is renewed from a native thread about
-  # every `seconds / 3` until #release, so it lives as long as its holder:
-  # `seconds` is then only how long it outlives a holder that died. #lost?
-  # says if a renewal found it gone or taken.
+  # With `auto_renew: true` the lock is renewed from a native thread (about
+  # every `seconds / 3`, sooner when `timeout` is a large part of it) until
+  # #release, so it lives as long as its holder: `seconds` is then only how
+  # long it outlives a holder that died. `auto_renew: 3600` (or `2.hours`)
+  # renews for at most that long, then lets the TTL run out.
+  #
+  # #have_lock? is true until the send time of the last confirmed acquire or
+  # renewal, plus `seconds`, less the clock drift allowed (1% + 2 ms): never
+  # longer than Redis keeps the lock. #lost? is true from then on.
   # @return [Boolean] true when taken (or already held with this token in Redis).
   # @raise [AlreadyAcquireLockError] when this object already holds it.
   def acquire(seconds, auto_renew: false)
@@ -45,24 +50,29 @@ class Locking
     end
 
     ttl_ms = Locking.send(:ttl_ms, seconds)
+    renew_for = Locking.send(:renew_for, auto_renew)
     started = Locking.send(:monotonic)
     client = Locking.client
     acquired = client.acquire(lock_key, token, ttl_ms)
     if acquired
-      @held_until = started + (ttl_ms / 1000.0)
-      start_renewing(client, ttl_ms) if auto_renew
+      @held_until = started + Client.valid_for(ttl_ms)
+      start_renewing(client, ttl_ms, renew_for) if auto_renew
     end
     acquired
   end
 
   # Renews this object's lock from the native renewer until #release (see
-  # #acquire's auto_renew:). For a lock taken elsewhere with this token (a
-  # job's enqueue-time lock): the first renewal comes a third of `seconds` from now.
-  def auto_renew(seconds)
+  # #acquire's auto_renew:), for a lock taken elsewhere with this token (a
+  # job's enqueue-time lock). Unless this object just acquired or renewed
+  # it, it is renewed once now, and renewed on only if that renewal held.
+  # @param renew_for [Numeric, nil] renew for at most this many seconds
+  def auto_renew(seconds, renew_for: nil)
     ttl_ms = Locking.send(:ttl_ms, seconds)
-    @renewal&.stop
-    @held_until = Locking.send(:monotonic) + (ttl_ms / 1000.0)
-    start_renewing(Locking.client, ttl_ms)
+    renew_for = Locking.send(:renew_for, renew_for || true)
+    stop_renewing
+    return self unless have_lock? || renew(seconds)
+
+    start_renewing(Locking.client, ttl_ms, renew_for)
     self
   end
 
@@ -82,15 +92,18 @@ class Locking
   def stop_renewing
     renewal = @renewal
     @renewal = nil
-    renewal&.stop
+    # Believed held as long as the last renewal confirmed, not a moment more.
+    @held_until = Locking.send(:monotonic) + renewal.stop if renewal
     @renewing_client = nil
     @lost_reported = false
     nil
   end
 
-  # @return [Boolean] whether a renewal found this auto-renewed lock gone
-  #   (expired, deleted) or held by another token. Reported once as a
-  #   "lost.locking" ActiveSupport notification, when loaded.
+  # @return [Boolean] whether this auto-renewed lock is lost: a renewal
+  #   found it gone (expired, deleted) or held by another token, or no
+  #   renewal was confirmed in time (the deadline #have_lock? keeps passed),
+  #   whether or not one is still in flight. Once true, true until #release.
+  #   Reported once as a "lost.locking" ActiveSupport notification, when loaded.
   def lost?(report: true)
     lost = @renewal&.lost? || false
     report_lost if lost && report && !@lost_reported
@@ -103,7 +116,7 @@ class Locking
     ttl_ms = Locking.send(:ttl_ms, seconds)
     started = Locking.send(:monotonic)
     renewed = Locking.client.renew(lock_key, token, ttl_ms)
-    @held_until = renewed ? started + (ttl_ms / 1000.0) : nil
+    @held_until = renewed ? started + Client.valid_for(ttl_ms) : nil
     renewed
   end
 
@@ -113,12 +126,14 @@ class Locking
     Locking.client.locked?(lock_key)
   end
 
-  # @return [Boolean] whether this object acquired the lock and its TTL has
-  #   not run out since (local state: no Redis call). With auto_renew, while
-  #   it is renewed and not #lost?.
+  # @return [Boolean] whether this object holds the lock (local state: no
+  #   Redis call): true until the send time of its last confirmed acquire or
+  #   renewal, plus the TTL, less the drift allowed, so never while Redis may
+  #   have let the lock go. With auto_renew, the renewer moves that deadline;
+  #   a renewal in flight does not. In a forked child, nothing renews it.
   def have_lock?
     return false if @held_until.nil?
-    return !lost? if @renewal
+    return !lost? if @renewal # lost? is the renewal's deadline passed, or the lock found gone
 
     Locking.send(:monotonic) < @held_until
   end
@@ -139,8 +154,9 @@ class Locking
 
   private
 
-  def start_renewing(client, ttl_ms)
-    @renewal = client.auto_renew(lock_key, token, ttl_ms)
+  def start_renewing(client, ttl_ms, renew_for)
+    valid_for = @held_until - Locking.send(:monotonic)
+    @renewal = client.auto_renew(lock_key, token, ttl_ms, valid_for, renew_for)
     @renewing_client = client # the renewer lives as long as its client: keep it while renewing
     @lost_reported = false
   end
@@ -159,8 +175,9 @@ class Locking
     #
     # @param ttl [Numeric] seconds the lock lives if the process dies
     # @param wait [Numeric] seconds to keep retrying (with jitter) while taken
-    # @param auto_renew [Boolean] renew the lock while the block runs (then
-    #   `ttl` only bounds how long it outlives a process that died)
+    # @param auto_renew [Boolean, Numeric] renew the lock while the block runs
+    #   (then `ttl` only bounds how long it outlives a process that died); a
+    #   number of seconds renews it for at most that long
     # @return the block's value
     # @raise [NotAcquiredError] when the lock stayed taken for all of `wait`
     def with_lock(lock_key, ttl:, wait: 0, token: Client.generate_token, auto_renew: false)
@@ -235,8 +252,21 @@ class Locking
       ms
     end
 
+    # auto_renew: true (until released), false/nil (not renewed), or a
+    # number of seconds to renew for at most. Returns nil or the seconds.
+    def renew_for(auto_renew)
+      return nil if auto_renew == true || !auto_renew
+      if auto_renew.is_a?(Numeric) && auto_renew.real? && auto_renew.to_f.finite? && auto_renew.positive?
+        return auto_renew.to_f
+      end
+
+      raise ArgumentError, "auto_renew must be true, false or a positive number of seconds, got #{auto_renew.inspect}"
+    end
+
+    # The core's clock for deadlines (CLOCK_BOOTTIME on Linux: it keeps
+    # counting while the machine sleeps), in seconds.
     def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      Client.clock
     end
   end
 end

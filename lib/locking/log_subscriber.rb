@@ -42,7 +42,7 @@ class Locking
       at = event.payload[:at]
       warn do
         "[locking] #{[job(event), 'lost'].reject(&:empty?).join(' ')} #{event.payload[:lock_key]}#{" (#{at})" if at}: " \
-          "a renewal found it expired or held by another token"
+          "a renewal found it expired or held by another token, or none was confirmed before its deadline"
       end
     end
 

@@ -20,24 +20,58 @@ class Locking
   module Testing
     MODES = %i[memory bypass refuse real].freeze
 
-    # An auto-renewed lock in a test mode: no thread. In memory it is held
-    # until released (its TTL is lifted now), and lost? asks the memory
-    # store whether this token still holds it.
+    # An auto-renewed lock in memory: no thread. It keeps the TTL asked for
+    # and is renewed on the test clock (Testing.travel) while its holder
+    # runs, about every third of its TTL, for at most `renew_for` seconds;
+    # after #stop (release, stop_renewing, a failed perform) it expires by
+    # its TTL, as in Redis. lost? asks the memory store whether this token
+    # still holds it.
     class Renewal
-      def initialize(client, key, token)
+      def initialize(client, key, token, ttl_ms, renew_until_ms)
         @client = client
         @key = key
         @token = token
+        @ttl_ms = ttl_ms
+        @renew_until_ms = renew_until_ms
+        @lost = false
       end
 
-      def lost? = @client.ttl_ms(@key, @token).nil?
-      def stop = nil
+      def lost? = @lost ||= @client.ttl_ms(@key, @token).nil?
+      def held? = !lost?
+
+      def remaining
+        ms = lost? ? nil : @client.ttl_ms(@key, @token)
+        ms.nil? ? 0.0 : ms / 1000.0
+      end
+
+      def stop
+        @client.stop_renewing(self)
+        remaining
+      end
+
+      # The renewer's period on the test clock.
+      def interval_ms = [@ttl_ms / 3, 1].max
+
+      # Renews on the test clock at `now_ms`; false once it is no longer renewed.
+      def renew_at(now_ms)
+        return false if lost? || (@renew_until_ms && now_ms >= @renew_until_ms)
+
+        @lost = !@client.renew(@key, @token, @ttl_ms)
+        !@lost
+      end
     end
 
-    # An auto-renewed lock in bypass mode: never lost.
+    # An auto-renewed lock in bypass mode: never lost; once stopped, held
+    # for its TTL more (on the test clock, as have_lock? counts it).
     class KeptRenewal
+      def initialize(ttl_ms)
+        @ttl = ttl_ms / 1000.0
+      end
+
       def lost? = false
-      def stop = nil
+      def held? = true
+      def remaining = @ttl
+      def stop = remaining
     end
 
     # Locking.stats in a test mode: no renewer.
@@ -70,10 +104,26 @@ class Locking
         @memory._set_phase(Configuration.phase_index(phase))
       end
 
-      def auto_renew(key, token, _ttl_ms)
-        @memory._renew(key, token, Client::MAX_TTL_MS)
-        Renewal.new(self, key, token)
+      def auto_renew(key, token, ttl_ms, _valid_for, renew_for = nil)
+        renew_until = renew_for && (@memory._now_ms + (renew_for * 1000).round)
+        Renewal.new(self, key, token, ttl_ms, renew_until).tap { |renewal| renewals << renewal }
       end
+
+      def stop_renewing(renewal) = renewals.delete(renewal)
+
+      # Moves the clock `ms` forward, renewing the auto-renewed locks on the
+      # way, each about every third of its TTL.
+      def advance(ms)
+        until ms.zero?
+          step = [ms, *renewals.map(&:interval_ms)].min
+          @memory._travel(step)
+          ms -= step
+          now = @memory._now_ms
+          renewals.select! { |renewal| renewal.renew_at(now) }
+        end
+      end
+
+      def renewals = (@renewals ||= [])
 
       def renewer_stats = RENEWER_STATS
     end
@@ -93,7 +143,7 @@ class Locking
       def delete_matching(_start) = 0
       def phase = :source
       def phase=(_phase); end
-      def auto_renew(_key, _token, _ttl_ms) = KeptRenewal.new
+      def auto_renew(_key, _token, ttl_ms, _valid_for, _renew_for = nil) = KeptRenewal.new(ttl_ms)
       def renewer_stats = RENEWER_STATS
     end
 
@@ -166,13 +216,14 @@ class Locking
           raise ArgumentError, "travel takes a non-negative number of seconds, got #{seconds.inspect}"
         end
 
-        memory_client.memory._travel((seconds * 1000).round)
+        memory_client.advance((seconds * 1000).round)
         @offset += seconds.to_f
         nil
       end
 
       # Clears the :memory locks and the record of acquisitions.
       def reset!
+        memory_client.renewals.clear
         memory_client.memory._reset
         @acquired.clear
         nil

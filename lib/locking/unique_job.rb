@@ -68,14 +68,15 @@ class Locking
       #   timing out). :warn (default): log a warning, emit release_error.locking and let the TTL
       #   free the lock: the job's work is done, and failing it would only run it again. :raise
       #   re-raises (the job fails). A Proc is called with the job and the error (then as :warn).
-      # @param auto_renew [Boolean, nil] renew the lock from a native thread while perform runs, so
+      # @param auto_renew [Boolean, Numeric, nil] renew the lock from a native thread while perform runs, so
       #   that a long run keeps it and a dead worker's lock expires within `ttl`. For
       #   :until_executed the enqueue-time `ttl` then only has to cover the wait in the queue (the
       #   lock is renewed to `ttl` when perform starts). Default: true for :while_executing (its lock
       #   exists only while perform runs: renewed, it lives exactly as long as the run, and `ttl` is
       #   just how long a crashed worker blocks the next run), false for :until_executed (opt in:
       #   its `ttl` was written for the queue wait plus the run). Not for :until_executing and
-      #   :until_expired, whose locks do not live through perform.
+      #   :until_expired, whose locks do not live through perform. A number of seconds (2.hours)
+      #   renews for at most that long, then lets the TTL run out.
       def unique_lock(strategy, ttl:, on_conflict: :drop, on_perform_conflict: :drop, key: nil,
                       on_redis_error: :raise, on_failure: :release, on_release_error: :warn, retry_wait: 5,
                       auto_renew: nil)
@@ -95,9 +96,12 @@ class Locking
         end
 
         auto_renew = strategy == :while_executing if auto_renew.nil?
-        unless [true, false].include?(auto_renew)
-          raise ArgumentError, "auto_renew: must be true or false, got #{auto_renew.inspect}"
+        unless [true, false].include?(auto_renew) ||
+               (auto_renew.is_a?(Numeric) && auto_renew.to_f.finite? && auto_renew.to_f.positive?)
+          raise ArgumentError, "auto_renew: must be true, false or a positive number of seconds, " \
+                               "got #{auto_renew.inspect}"
         end
+        auto_renew = auto_renew.to_f unless [true, false].include?(auto_renew)
 
         if auto_renew && %i[until_executing until_expired].include?(strategy)
           raise ArgumentError, "auto_renew: is for :until_executed and :while_executing (a #{strategy.inspect} lock " \
@@ -327,7 +331,7 @@ class Locking
       lock = locking_lock
       renewed = locking_redis(:renew) { lock.renew(options[:ttl]) }
       if renewed
-        lock.auto_renew(options[:ttl])
+        lock.auto_renew(options[:ttl], renew_for: (options[:auto_renew] unless options[:auto_renew] == true))
       elsif renewed == false
         UniqueJob.instrument(:lost, locking_payload(at: :perform_started))
       end

@@ -48,7 +48,8 @@ RSpec.describe "auto_renew (the native renewer)" do
       reader.close
       Locking.reset_configuration!
       Locking.configure { |c| c.source = source_server.url }
-      Locking.new("killed").acquire(1.0, auto_renew: true)
+      lock = Locking.new("killed") # referenced while it sleeps: a collected one is renewed no more
+      lock.acquire(1.0, auto_renew: true)
       writer.puts("held")
       sleep 60
       exit!(0)
@@ -70,7 +71,8 @@ RSpec.describe "auto_renew (the native renewer)" do
     pid = fork do
       Locking.reset_configuration!
       Locking.configure { |c| c.source = source_server.url }
-      Locking.new("exiting").acquire(0.8, auto_renew: true)
+      lock = Locking.new("exiting")
+      lock.acquire(0.8, auto_renew: true)
       sleep 1.0 # renewed past its TTL
       exit(0) # at_exit handlers run; the renewer thread does not hold the exit up
     end
@@ -216,6 +218,8 @@ RSpec.describe "auto_renew (the native renewer)" do
     expect(job.(:until_executed, auto_renew: true).locking_options[:auto_renew]).to be(true)
     expect { job.(:until_executing, auto_renew: true) }.to raise_error(ArgumentError, /does not live through perform/)
     expect { job.(:until_expired, auto_renew: true) }.to raise_error(ArgumentError, /does not live through perform/)
-    expect { job.(:until_executed, auto_renew: "yes") }.to raise_error(ArgumentError, /true or false/)
+    expect { job.(:until_executed, auto_renew: "yes") }.to raise_error(ArgumentError, /true, false or a positive/)
+    expect(job.(:until_executed, auto_renew: 7200).locking_options[:auto_renew]).to eq(7200.0)
+    expect { job.(:until_executed, auto_renew: -1) }.to raise_error(ArgumentError, /got -1/)
   end
 end

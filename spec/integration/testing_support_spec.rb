@@ -24,7 +24,7 @@ RSpec.describe "test support for apps (Locking::Testing)" do
       out, status = Open3.capture2e(env, RbConfig.ruby, rspec, "--order", "defined", File.join(suite, "rspec_suite.rb"),
                                     chdir: dir)
       expect(status).to be_success, out
-      expect(out).to include("7 examples, 0 failures")
+      expect(out).to include("8 examples, 0 failures")
     end
   end
 

@@ -25,6 +25,9 @@ RSpec.describe "the native boundary under GC" do
     begin
       3.times { expect(exercise).to eq(expected) }
       Locking.with_lock("gc:block", ttl: 5) { |lock| expect(lock.have_lock?).to be(true) }
+      renewed = Locking.new("gc:renewed")
+      expect(renewed.acquire(5, auto_renew: 60)).to be(true)
+      expect([renewed.have_lock?, renewed.lost?, renewed.release]).to eq([true, false, true])
     ensure
       GC.stress = false
     end

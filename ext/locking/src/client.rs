@@ -5,9 +5,9 @@
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
+use locking_core::belief;
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::protocol::Target;
-use locking_core::renew::{self, Renewal};
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
 };
@@ -18,34 +18,12 @@ use std::time::Duration;
 #[magnus::wrap(class = "Locking::Client", free_immediately, size)]
 pub struct RbClient {
     /// Shared with the renewer thread (which holds a weak reference).
-    client: Arc<Client>,
-}
-
-/// `Locking::Client::Renewal`: one auto-renewed lock (locking_core::renew).
-#[magnus::wrap(class = "Locking::Client::Renewal", free_immediately, size)]
-pub struct RbRenewal {
-    renewal: Renewal,
-}
-
-impl RbRenewal {
-    fn lost(&self) -> bool {
-        self.renewal.lost()
-    }
-
-    /// Stops renewing; waits (without the GVL) for a renewal in flight.
-    fn stop(ruby: &Ruby, rb_self: &Self) -> Result<(), magnus::Error> {
-        let interrupt = Interrupt::new();
-        match without_gvl(&interrupt, || rb_self.renewal.stop()) {
-            Outcome::Finished(()) => Ok(()),
-            Outcome::Interrupted(jump) => Err(jump),
-            Outcome::Panicked(message) => Err(panic_error(ruby, &message)),
-        }
-    }
+    pub(crate) client: Arc<Client>,
 }
 
 /// Copies a Ruby String's bytes: the copy is what the GVL-free code reads,
 /// so another Ruby thread may change the String meanwhile.
-fn bytes(string: RString) -> Vec<u8> {
+pub(crate) fn bytes(string: RString) -> Vec<u8> {
     // SAFETY: the slice is copied before any other Ruby call can run.
     unsafe { string.as_slice() }.to_vec()
 }
@@ -140,16 +118,22 @@ impl RbClient {
         } else {
             give_back(&self.client, session);
         }
-        for warning in self.client.take_warnings() {
-            let _: Result<Value, _> = ruby
-                .class_object()
-                .const_get::<_, magnus::RClass>("Locking")
-                .and_then(|locking| locking.funcall("server_warning", (warning,)));
-        }
+        self.give_warnings(ruby);
         match outcome {
             Outcome::Finished(result) => result.map_err(|e| RubyError(e).into()),
             Outcome::Interrupted(jump) => Err(jump),
             Outcome::Panicked(message) => Err(panic_error(ruby, &message)),
+        }
+    }
+
+    /// Hands the client's and the renewer's warnings to `Locking.server_warning`.
+    pub(crate) fn give_warnings(&self, ruby: &Ruby) {
+        let renewer = self.client.renewals().take_warnings();
+        for warning in self.client.take_warnings().into_iter().chain(renewer) {
+            let _: Result<Value, _> = ruby
+                .class_object()
+                .const_get::<_, magnus::RClass>("Locking")
+                .and_then(|locking| locking.funcall("server_warning", (warning,)));
         }
     }
 
@@ -193,24 +177,6 @@ impl RbClient {
         let (key, token) = (bytes(key), bytes(token));
         rb_self.with_lease(ruby, |lease, interrupt| {
             lease.renew(&key, &token, ttl_ms, interrupt)
-        })
-    }
-
-    /// Starts renewing a lock this token holds (`acquire(seconds, auto_renew: true)`).
-    fn auto_renew(
-        &self,
-        key: RString,
-        token: RString,
-        ttl_ms: u64,
-    ) -> Result<RbRenewal, magnus::Error> {
-        if ttl_ms == 0 || ttl_ms > locking_core::MAX_TTL_MS {
-            return Err(RubyError(locking_core::Error::InvalidArgument(format!(
-                "TTL of {ttl_ms} ms is out of range"
-            )))
-            .into());
-        }
-        Ok(RbRenewal {
-            renewal: renew::start(&self.client, &bytes(key), &bytes(token), ttl_ms),
         })
     }
 
@@ -341,6 +307,8 @@ impl RbClient {
         }
     }
 
+    /// `lease_for`: seconds the backfill's lease is still believed held
+    /// (nil: no lease, a dry run); no write is sent past it.
     fn backfill_batch(
         ruby: &Ruby,
         rb_self: &Self,
@@ -348,8 +316,15 @@ impl RbClient {
         count: usize,
         pages: usize,
         dry_run: bool,
+        lease_for: Option<f64>,
     ) -> Result<RHash, magnus::Error> {
+        let fence = lease_for.map(|seconds| {
+            belief::now_us().saturating_add((seconds.max(0.0) * 1e6).min(u64::MAX as f64) as u64)
+        });
         let report = rb_self.with_operator(ruby, |operator, interrupt| {
+            if let Some(until) = fence {
+                operator.fence(until);
+            }
             operator.backfill_batch(cursor, count, pages, dry_run, interrupt)
         })?;
         let errors = ruby.ary_new();
@@ -747,14 +722,10 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;
     class.define_private_method("_renew", method!(RbClient::renew, 3))?;
     class.define_private_method("_ttl", method!(RbClient::ttl, 2))?;
-    class.define_private_method("_auto_renew", method!(RbClient::auto_renew, 3))?;
     class.define_private_method("_lock_page", method!(RbClient::lock_page, 4))?;
     class.define_private_method("_renewer_stats", method!(RbClient::renewer_stats, 0))?;
-    let renewal = class.define_class("Renewal", ruby.class_object())?;
-    renewal.define_method("lost?", method!(RbRenewal::lost, 0))?;
-    renewal.define_method("stop", method!(RbRenewal::stop, 0))?;
     class.define_private_method("_backfill_key", method!(RbClient::backfill_key, 1))?;
-    class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 4))?;
+    class.define_private_method("_backfill_batch", method!(RbClient::backfill_batch, 5))?;
     class.define_singleton_method("_walk", function!(RbClient::walk_new, 2))?;
     class.define_private_method("_walk_step", method!(RbClient::walk_step, 2))?;
     class.define_private_method("_walk_finish", method!(RbClient::walk_finish, 2))?;

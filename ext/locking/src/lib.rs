@@ -5,6 +5,7 @@ mod client;
 mod error;
 mod memory;
 mod nogvl;
+mod renewal;
 mod walk;
 
 use magnus::{Error, Ruby};
@@ -12,6 +13,7 @@ use magnus::{Error, Ruby};
 #[magnus::init(name = "locking")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     client::init(ruby)?;
+    renewal::init(ruby)?;
     walk::init(ruby)?;
     memory::init(ruby)
 }

@@ -178,6 +178,7 @@ impl Operator<'_> {
         // The batch's keys side by side: each round is a pipeline per node.
         report.scanned = keys.len() as u64;
         let ops = keys.iter().map(|_| protocol::Backfill::new()).collect();
+        self.check_fence()?;
         let outcomes = self.lease().run_batch(&keys, ops, interrupt);
         for (key, outcome) in keys.iter().zip(outcomes) {
             tally(&mut report, key.as_deref().unwrap_or_default(), outcome);
@@ -524,6 +525,7 @@ fn send_to(
     requests: &[Request<'_>],
     interrupt: &Interrupt,
 ) -> Result<pipeline::Ticket> {
+    operator.check_fence()?;
     let (_, node, connection) = operator
         .lease()
         .connection(target, Route::Node(0), interrupt)?;

@@ -54,6 +54,9 @@ pub struct DynamicPhase {
 struct Dynamic {
     cache_ms: u64,
     heartbeat_ttl_ms: u64,
+    /// The heartbeat's age past which this process sends nothing more
+    /// (`belief::heartbeat_lapse_ms`).
+    lapse_ms: u64,
     host: String,
     epoch: Instant,
     /// Milliseconds since `epoch` of the last read, plus one; 0 = never.
@@ -79,10 +82,9 @@ impl Dynamic {
     /// (the same lapse as `Lease::heartbeat_lapsed`).
     fn cached_phase_covered(&self) -> bool {
         let read_at = self.read_at.load(Ordering::SeqCst);
-        let lapse = self.heartbeat_ttl_ms.saturating_sub(self.cache_ms);
         read_at != 0
             && self.read_by_pid.load(Ordering::SeqCst) == crate::process::id()
-            && self.now_ms().saturating_sub(read_at) < lapse
+            && self.now_ms().saturating_sub(read_at) < self.lapse_ms
     }
 
     /// The lowest and highest phase this process may still act in: the
@@ -197,11 +199,14 @@ impl Client {
         };
         let dynamic = config.dynamic.map(|dynamic| {
             let cache_ms = dynamic.cache.as_millis().max(1) as u64;
+            let timeout_ms = config.timeout.as_millis() as u64;
+            // Longer than the cache and the timeout, so a process acting on
+            // a cached phase is always visible to `phase advance`.
+            let heartbeat_ttl_ms = crate::belief::heartbeat_ttl_ms(cache_ms, timeout_ms);
             Dynamic {
                 cache_ms,
-                // Longer than the cache, so a process acting on a cached
-                // phase is always visible to `phase advance`.
-                heartbeat_ttl_ms: (cache_ms * 3).max(10_000),
+                heartbeat_ttl_ms,
+                lapse_ms: crate::belief::heartbeat_lapse_ms(heartbeat_ttl_ms, cache_ms, timeout_ms),
                 host: dynamic.host,
                 epoch: Instant::now(),
                 read_at: AtomicU64::new(0),
@@ -349,6 +354,11 @@ impl Client {
         }
     }
 
+    /// How long a connect, read or write may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The auto-renewed locks of this process.
     pub fn renewals(&self) -> &crate::renew::Renewals {
         &self.renewals
@@ -379,9 +389,23 @@ impl Client {
                 let mut ops = Vec::with_capacity(items.len());
                 for (key, token, ttl_ms) in items {
                     keys.push(lease.full_key(key));
-                    ops.push(protocol::Renew::new(phase, token, *ttl_ms, self.servers()));
+                    // Only the servers the phase decides on (see `renew`).
+                    let servers = self.servers().used_by(phase);
+                    ops.push(protocol::Renew::new(phase, token, *ttl_ms, servers));
                 }
-                lease.run_batch(&keys, ops, &interrupt)
+                let results = lease.run_batch(&keys, ops, &interrupt);
+                // A renewal that min_replicas_acked does not confirm is not one.
+                let renewed = results.iter().any(|result| matches!(result, Ok(true)));
+                match renewed.then(|| lease.wait_for_replicas_on_nodes(&interrupt)) {
+                    Some(Err(error)) => results
+                        .into_iter()
+                        .map(|result| match result {
+                            Ok(true) => Err(error.clone()),
+                            other => other,
+                        })
+                        .collect(),
+                    _ => results,
+                }
             }
         };
         for (target, held) in [
@@ -588,7 +612,8 @@ impl<'c> Lease<'c> {
                 Err(error) if control_unreachable(&error) && dynamic.read_at.load(Ordering::SeqCst) != 0 => {
                     return Err(Error::Phase(format!(
                         "{error}; this process went on in its cached phase while its last heartbeat lived \
-                         ({} ms less one phase cache), and now refuses until the phase can be read again",
+                         (sending nothing past {} ms of its {} ms), and now refuses until the phase can be read again",
+                        dynamic.lapse_ms,
                         dynamic.heartbeat_ttl_ms
                     )))
                 }
@@ -633,59 +658,89 @@ impl<'c> Lease<'c> {
     /// replicas of each server this operation wrote have the write. Fewer in
     /// time is `Error::NotReplicated`; the lock stays written on the master.
     fn wait_for_replicas(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<()> {
-        let wanted = self.client.min_replicas_acked;
-        if wanted == 0 {
+        if self.client.min_replicas_acked == 0 {
             return Ok(());
         }
         let full_key = self.full_key(key)?;
-        // Half the timeout, so that WAIT's own answer (fewer replicas)
-        // arrives well before the read gives up on it.
-        let timeout_ms = (self.client.timeout.as_millis() / 2).max(1).to_string();
-        let wanted_text = wanted.to_string();
         for target in [Target::Source, Target::Destination] {
             // The servers this operation talked to, not those of which the
             // lease merely took an idle connection (a server its phase does
             // not write may have none of the replicas asked for).
-            let held = match target {
-                Target::Source => &self.source,
-                Target::Destination => &self.destination,
-            };
-            let used = held.iter().any(|(_, connection)| connection.used());
-            if !used {
-                continue;
-            }
-            let wait = [Request::Plain(&[
-                "WAIT".into(),
-                wanted_text.as_str().into(),
-                timeout_ms.as_str().into(),
-            ])];
-            let replies = self.exchange(target, Route::Key(&full_key), &wait, interrupt)?;
-            let server = self
-                .client
-                .server(target)
-                .map_or("", Server::name)
-                .to_string();
-            match replies.first() {
-                Some(Value::Int(acked)) if *acked >= i64::from(wanted) => {}
-                Some(Value::Int(acked)) => {
-                    return Err(Error::NotReplicated {
-                        server,
-                        detail: format!(
-                            "the lock was written, but only {acked} of the {wanted} replicas asked for \
-                             (min_replicas_acked) acknowledged it within {timeout_ms} ms; it may not survive \
-                             a failover"
-                        ),
-                    })
-                }
-                other => {
-                    return Err(Error::Command {
-                        server,
-                        detail: format!("unexpected reply to WAIT: {other:?}"),
-                    })
-                }
+            if self
+                .held(target)
+                .iter()
+                .any(|(_, connection)| connection.used())
+            {
+                self.replicated(target, Route::Key(&full_key), interrupt)?;
             }
         }
         Ok(())
+    }
+
+    /// `min_replicas_acked` for a batch (the renewer's): a WAIT on every
+    /// node a connection of this lease wrote to.
+    pub(crate) fn wait_for_replicas_on_nodes(&mut self, interrupt: &Interrupt) -> Result<()> {
+        if self.client.min_replicas_acked == 0 {
+            return Ok(());
+        }
+        for target in [Target::Source, Target::Destination] {
+            let nodes: Vec<usize> = self
+                .held(target)
+                .iter()
+                .filter(|(_, connection)| connection.used())
+                .map(|(node, _)| *node)
+                .collect();
+            for node in nodes {
+                self.replicated(target, Route::Node(node), interrupt)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn held(&self, target: Target) -> &Held {
+        match target {
+            Target::Source => &self.source,
+            Target::Destination => &self.destination,
+        }
+    }
+
+    fn replicated(
+        &mut self,
+        target: Target,
+        route: Route<'_>,
+        interrupt: &Interrupt,
+    ) -> Result<()> {
+        let wanted = self.client.min_replicas_acked;
+        // Half the timeout, so that WAIT's own answer (fewer replicas)
+        // arrives well before the read gives up on it.
+        let timeout_ms = (self.client.timeout.as_millis() / 2).max(1).to_string();
+        let wanted_text = wanted.to_string();
+        let wait = [Request::Plain(&[
+            "WAIT".into(),
+            wanted_text.as_str().into(),
+            timeout_ms.as_str().into(),
+        ])];
+        let replies = self.exchange(target, route, &wait, interrupt)?;
+        let server = self
+            .client
+            .server(target)
+            .map_or("", Server::name)
+            .to_string();
+        match replies.first() {
+            Some(Value::Int(acked)) if *acked >= i64::from(wanted) => Ok(()),
+            Some(Value::Int(acked)) => Err(Error::NotReplicated {
+                server,
+                detail: format!(
+                    "the lock was written, but only {acked} of the {wanted} replicas asked for \
+                     (min_replicas_acked) acknowledged it within {timeout_ms} ms; it may not survive \
+                     a failover"
+                ),
+            }),
+            other => Err(Error::Command {
+                server,
+                detail: format!("unexpected reply to WAIT: {other:?}"),
+            }),
+        }
     }
 
     pub fn release(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<bool> {
@@ -944,8 +999,8 @@ impl<'c> Lease<'c> {
         self.registered?;
         let read_at = dynamic.read_at.load(Ordering::SeqCst);
         let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
-        // Keep a phase cache's worth of margin: the operator needs time to act.
-        let lapse = dynamic.heartbeat_ttl_ms.saturating_sub(dynamic.cache_ms);
+        // Whatever is sent before the lapse lands within the heartbeat.
+        let lapse = dynamic.lapse_ms;
         (read_at != 0 && now.saturating_sub(read_at) >= lapse).then(|| {
             Error::Phase(format!(
                 "this process's heartbeat is {} ms old, past {lapse} ms (was it stopped?): the fleet may have \

@@ -6,6 +6,7 @@
 //! and `server` (which node serves a key; `cluster` for a Redis Cluster).
 
 pub mod backfill;
+pub mod belief;
 pub mod bulk;
 pub mod client;
 pub mod cluster;

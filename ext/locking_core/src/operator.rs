@@ -14,11 +14,44 @@ use crate::protocol::{self, BackfillOutcome, Target};
 /// Connections for one operator command. Every method here may block.
 pub struct Operator<'c> {
     lease: Lease<'c>,
+    /// Writes are sent only while this lease (the backfill's) holds, in
+    /// `belief` time: see `fence`.
+    fence_until_us: Option<u64>,
 }
 
 impl<'c> Operator<'c> {
     pub(crate) fn new(lease: Lease<'c>) -> Self {
-        Operator { lease }
+        Operator {
+            lease,
+            fence_until_us: None,
+        }
+    }
+
+    /// Fences this command's writes with a lease believed held until
+    /// `valid_until_us` (`belief::valid_until` of its last confirmed
+    /// renewal): a write is sent only if, held by the network for a whole
+    /// timeout, it still lands before the lease can expire. A backfill
+    /// stopped past its lease (SIGSTOP, a VM pause) then writes nothing
+    /// more, even in the middle of a batch.
+    pub fn fence(&mut self, valid_until_us: u64) {
+        self.fence_until_us = Some(valid_until_us);
+    }
+
+    /// `Error::Phase` once the fence no longer covers a write sent now.
+    pub(crate) fn check_fence(&self) -> Result<()> {
+        let Some(until) = self.fence_until_us else {
+            return Ok(());
+        };
+        let timeout_us = self.client().timeout().as_micros() as u64;
+        let now = crate::belief::now_us();
+        if crate::belief::may_send(until, now, timeout_us) {
+            return Ok(());
+        }
+        Err(Error::Phase(format!(
+            "the backfill's lease runs out in {} ms, less than a timeout: it sends nothing more (was it stopped?), \
+             since the fleet may move into phase 2 once the lease is gone",
+            until.saturating_sub(now) / 1000
+        )))
     }
 
     pub(crate) fn into_lease(self) -> Lease<'c> {

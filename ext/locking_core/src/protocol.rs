@@ -367,6 +367,16 @@ impl Servers {
         source: true,
         destination: true,
     };
+
+    /// Without the server `phase` does not use (the destination in phase 0,
+    /// the source in phase 3): it can hold only a copy left from the
+    /// neighbouring phase, which expires with its TTL.
+    pub fn used_by(self, phase: Phase) -> Servers {
+        Servers {
+            source: self.source && phase != Phase::Destination,
+            destination: self.destination && phase != Phase::Source,
+        }
+    }
 }
 
 impl Release {

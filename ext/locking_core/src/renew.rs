@@ -1,6 +1,7 @@
 //! The watchdog: locks taken with `auto_renew` are renewed by one native
-//! thread per process and client, about every third of their TTL, for as long
-//! as their holder has not released them. The thread never needs Ruby's GVL,
+//! thread per process and client, at an interval chosen from their TTL and
+//! the timeout (`belief::renew_interval_ms`), for as long as their holder
+//! has not released them (or for at most the time it asked for). The thread never needs Ruby's GVL,
 //! so a job that spins in Ruby or blocks in C keeps its lock; and a holder
 //! that dies takes the thread with it, so its locks expire within their TTL.
 //!
@@ -10,24 +11,34 @@
 //! - Every lock due at the same moment is renewed in one batch: the renew
 //!   operations run side by side, each step's commands in one pipeline per
 //!   server (`Lease::run_batch`). 10,000 locks cost a few round trips.
-//! - A renewal that finds the lock gone or taken marks it lost (`lost?`) and
-//!   stops renewing it. One that fails (the server is down) is retried soon,
-//!   until the lock's TTL has run out since its last renewal: then it is lost.
+//! - What the holder believes is a deadline (`belief`): the send time of the
+//!   last confirmed acquire or renewal, plus the TTL, less the drift bound.
+//!   Past it the lock is lost (`Renewal::held` is false for good), whether or
+//!   not a renewal is still in flight; a late reply never brings it back. A
+//!   forked child reads the same deadline, which nothing renews there.
+//! - A renewal that finds the lock gone or taken marks it lost and stops
+//!   renewing it. One that fails (the server is down) is retried soon, while
+//!   the deadline lasts.
+//! - Renewals touch only the servers the phase decides on: a copy on the
+//!   server the phase does not use expires with its TTL, and a hung server
+//!   there never delays the ones that matter.
+//! - A `Renewal` dropped without `stop` (its `Locking` object was garbage
+//!   collected) is renewed no more: the lock expires within its TTL, and a
+//!   warning names the key.
 //! - The thread has its own connections, never the pools: a `fork` may happen
 //!   while it works, and must not copy a pool lock it holds. The registry is
 //!   per process: a forked child starts with an empty one (it renews nothing
 //!   of its parent's), and never touches the parent's copy, whose lock the
 //!   renewer may have held at the fork.
 
+use crate::belief;
 use crate::client::{Client, Slots};
 use crate::error::Error;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-/// Renewals are retried this soon after a failure (at most; less for short TTLs).
-const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// Lag samples (one per batch) kept for the percentiles.
 const LAG_SAMPLES: usize = 8192;
 
@@ -84,6 +95,12 @@ impl Renewals {
     pub fn stats(&self) -> Stats {
         self.registry().stats()
     }
+
+    /// Warnings for the holder's logger, each once: renewals dropped
+    /// unstopped, settings where renewal cannot survive a slow reply.
+    pub fn take_warnings(&self) -> Vec<String> {
+        self.registry().take_warnings()
+    }
 }
 
 struct Registry {
@@ -102,17 +119,48 @@ struct State {
     lags_us: Vec<u32>,
     lag_next: usize,
     last_error: Option<String>,
+    /// For `take_warnings`: dropped renewals, settings that cannot work.
+    warnings: Vec<String>,
+    /// (TTL, timeout) pairs already warned about.
+    warned: HashSet<(u64, u64)>,
 }
 
 struct Entry {
     key: Vec<u8>,
     token: Vec<u8>,
     ttl_ms: u64,
+    interval: Duration,
     due: Instant,
-    /// When the lock runs out if no renewal succeeds (as last known).
-    expires: Instant,
+    /// No renewal is sent after this (`auto_renew: seconds`), in `belief` time.
+    renew_until_us: Option<u64>,
     in_flight: bool,
-    lost: Arc<AtomicBool>,
+    belief: Arc<Belief>,
+}
+
+/// What the holder believes, shared by the renewer and the holder (and
+/// copied into a forked child, where nothing renews it).
+struct Belief {
+    lost: AtomicBool,
+    /// `belief::valid_until` of the last confirmed acquire or renewal.
+    valid_until_us: AtomicU64,
+}
+
+impl Belief {
+    /// Whether the lock is held now. Once false, false for good: the
+    /// deadline passing latches `lost`, so a late renewal cannot revive it.
+    fn holds(&self) -> bool {
+        if self.lost.load(Ordering::Acquire) {
+            return false;
+        }
+        if belief::holds(
+            self.valid_until_us.load(Ordering::Acquire),
+            belief::now_us(),
+        ) {
+            return true;
+        }
+        self.lost.store(true, Ordering::Release);
+        false
+    }
 }
 
 #[derive(Default)]
@@ -149,13 +197,28 @@ pub struct Stats {
 pub struct Renewal {
     registry: Arc<Registry>,
     id: u64,
-    lost: Arc<AtomicBool>,
+    belief: Arc<Belief>,
 }
 
 impl Renewal {
-    /// Whether a renewal found the lock gone or taken.
+    /// Whether the lock is held: no renewal found it gone or taken, and the
+    /// deadline of the last confirmed one has not passed.
+    pub fn held(&self) -> bool {
+        self.belief.holds()
+    }
+
+    /// Whether the lock is lost (found gone or taken, or its deadline passed).
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        !self.held()
+    }
+
+    /// How long the lock is still believed held, if at all.
+    pub fn remaining(&self) -> Duration {
+        if !self.held() {
+            return Duration::ZERO;
+        }
+        let until = self.belief.valid_until_us.load(Ordering::Acquire);
+        Duration::from_micros(until.saturating_sub(belief::now_us()))
     }
 
     /// Stops renewing, after a renewal in flight has ended (so that no
@@ -181,6 +244,26 @@ impl Renewal {
     }
 }
 
+/// A renewal nobody can stop any more (its `Locking` object was collected):
+/// renewed no more, so that the lock frees within its TTL.
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        if self.registry.pid != crate::process::id() {
+            return;
+        }
+        let mut state = self.registry.lock();
+        if let Some(entry) = state.entries.remove(&self.id) {
+            let warning = format!(
+                "the auto-renewed lock {:?} was garbage collected while held (no release, no ensure?): it is no \
+                 longer renewed and expires within its TTL of {} ms",
+                String::from_utf8_lossy(&entry.key),
+                entry.ttl_ms
+            );
+            state.warnings.push(warning);
+        }
+    }
+}
+
 impl Registry {
     fn new(pid: u32) -> Registry {
         Registry {
@@ -193,6 +276,10 @@ impl Registry {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().warnings)
     }
 
     fn stats(&self) -> Stats {
@@ -218,25 +305,55 @@ impl Registry {
     }
 }
 
-/// Starts renewing a lock this token holds for `ttl_ms`, about every
-/// `ttl_ms / 3`, until `Renewal::stop`.
-pub fn start(client: &Arc<Client>, key: &[u8], token: &[u8], ttl_ms: u64) -> Renewal {
+/// A lock to renew, as the holder knows it.
+pub struct Held<'a> {
+    pub key: &'a [u8],
+    pub token: &'a [u8],
+    pub ttl_ms: u64,
+    /// `belief::valid_until` of the acquire or renewal that confirmed it.
+    pub valid_until_us: u64,
+    /// Renew for at most this long, then let the TTL run out.
+    pub renew_for: Option<Duration>,
+}
+
+/// Starts renewing a lock this token holds, at the interval its TTL and the
+/// client's timeout allow, until `Renewal::stop` (or its `renew_for`).
+pub fn start(client: &Arc<Client>, held: Held<'_>) -> Renewal {
     let registry = client.renewals().registry();
     let now = Instant::now();
-    let lost = Arc::new(AtomicBool::new(false));
+    let now_us = belief::now_us();
+    let timeout_ms = client.timeout().as_millis() as u64;
+    let interval = Duration::from_millis(belief::renew_interval_ms(held.ttl_ms, timeout_ms));
+    let belief = Arc::new(Belief {
+        lost: AtomicBool::new(false),
+        valid_until_us: AtomicU64::new(held.valid_until_us),
+    });
     let mut state = registry.lock();
+    if let Some(warning) = belief::renew_warning(held.ttl_ms, timeout_ms) {
+        if state.warned.insert((held.ttl_ms, timeout_ms)) {
+            state.warnings.push(warning);
+        }
+    }
     state.next_id += 1;
     let id = state.next_id;
+    // Due an interval after the confirming command was sent (the deadline
+    // less the validity), not after its reply came in.
+    let remaining_us = held.valid_until_us.saturating_sub(now_us);
+    let elapsed_us = (belief::valid_for_ms(held.ttl_ms) * 1000).saturating_sub(remaining_us);
+    let due = now + interval.saturating_sub(Duration::from_micros(elapsed_us));
     state.entries.insert(
         id,
         Entry {
-            key: key.to_vec(),
-            token: token.to_vec(),
-            ttl_ms,
-            due: now + period(ttl_ms),
-            expires: now + Duration::from_millis(ttl_ms),
+            key: held.key.to_vec(),
+            token: held.token.to_vec(),
+            ttl_ms: held.ttl_ms,
+            interval,
+            due,
+            renew_until_us: held
+                .renew_for
+                .map(|renew_for| now_us.saturating_add(renew_for.as_micros() as u64)),
             in_flight: false,
-            lost: Arc::clone(&lost),
+            belief: Arc::clone(&belief),
         },
     );
     if !state.running {
@@ -254,11 +371,11 @@ pub fn start(client: &Arc<Client>, key: &[u8], token: &[u8], ttl_ms: u64) -> Ren
         registry.changed.notify_all();
     }
     drop(state);
-    Renewal { registry, id, lost }
-}
-
-fn period(ttl_ms: u64) -> Duration {
-    Duration::from_millis((ttl_ms / 3).max(1))
+    Renewal {
+        registry,
+        id,
+        belief,
+    }
 }
 
 /// One lock to renew in this batch.
@@ -280,6 +397,7 @@ fn run(client: Weak<Client>, registry: Arc<Registry>) {
         let batch = {
             let mut state = registry.lock();
             loop {
+                end_expired(&registry, &mut state);
                 if state.entries.is_empty() {
                     state.running = false;
                     return;
@@ -297,7 +415,7 @@ fn run(client: Weak<Client>, registry: Arc<Registry>) {
                         // early, many locks cost one round trip, not one each.
                         let mut batch = Vec::new();
                         for (id, entry) in state.entries.iter_mut() {
-                            if !entry.in_flight && entry.due <= now + period(entry.ttl_ms) / 4 {
+                            if !entry.in_flight && entry.due <= now + entry.interval / 4 {
                                 entry.in_flight = true;
                                 batch.push(Due {
                                     id: *id,
@@ -325,6 +443,8 @@ fn run(client: Weak<Client>, registry: Arc<Registry>) {
             return;
         };
         let started = Instant::now();
+        // Before anything is sent: the deadline the renewals confirm.
+        let sent_us = belief::now_us();
         let cpu_before = thread_cpu_ns();
         let items: Vec<(&[u8], &[u8], u64)> = batch
             .iter()
@@ -337,9 +457,25 @@ fn run(client: Weak<Client>, registry: Arc<Registry>) {
             thread_cpu_ns().saturating_sub(cpu_before),
             Ordering::Relaxed,
         );
-        record(&registry, batch, results, started);
+        record(&registry, batch, results, started, sent_us);
         registry.changed.notify_all();
     }
+}
+
+/// Drops the locks whose belief ran out (lost) or whose `renew_for` ended
+/// (left to their TTL), unless a renewal of theirs is in flight.
+fn end_expired(registry: &Registry, state: &mut State) {
+    let now_us = belief::now_us();
+    state.entries.retain(|_, entry| {
+        if entry.in_flight {
+            return true;
+        }
+        if !entry.belief.holds() {
+            registry.counters.lost.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        entry.renew_until_us.is_none_or(|until| now_us < until)
+    });
 }
 
 fn record(
@@ -347,6 +483,7 @@ fn record(
     batch: Vec<Due>,
     results: Vec<Result<bool, Error>>,
     started: Instant,
+    sent_us: u64,
 ) {
     let now = Instant::now();
     let mut state = registry.lock();
@@ -371,26 +508,33 @@ fn record(
         let mut gone = false;
         if let Some(entry) = state.entries.get_mut(&due.id) {
             entry.in_flight = false;
-            match result {
-                Ok(true) => {
+            let extended = belief::after_renewal(
+                entry.belief.valid_until_us.load(Ordering::Acquire),
+                sent_us,
+                belief::now_us(),
+                entry.ttl_ms,
+            );
+            match (result, extended) {
+                // `holds` last: it latches `lost` once the deadline passed.
+                (Ok(true), Some(until)) if entry.belief.holds() => {
                     registry.counters.renewed.fetch_add(1, Ordering::Relaxed);
-                    entry.expires = started + Duration::from_millis(entry.ttl_ms);
-                    entry.due = started + period(entry.ttl_ms);
+                    entry.belief.valid_until_us.store(until, Ordering::Release);
+                    entry.due = started + entry.interval;
                 }
-                Ok(false) => gone = true,
-                Err(failure) => {
+                (Ok(_), _) => gone = true,
+                (Err(failure), _) => {
                     registry.counters.failed.fetch_add(1, Ordering::Relaxed);
                     error = Some(failure.to_string());
-                    if now >= entry.expires {
-                        gone = true;
+                    if entry.belief.holds() {
+                        let retry = Duration::from_millis(belief::retry_after_ms(entry.ttl_ms));
+                        entry.due = now + retry;
                     } else {
-                        let retry = RETRY_AFTER.min(period(entry.ttl_ms) / 3);
-                        entry.due = now + retry.max(Duration::from_millis(1));
+                        gone = true;
                     }
                 }
             }
             if gone {
-                entry.lost.store(true, Ordering::Release);
+                entry.belief.lost.store(true, Ordering::Release);
                 registry.counters.lost.fetch_add(1, Ordering::Relaxed);
             }
         }
