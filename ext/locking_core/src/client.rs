@@ -69,13 +69,11 @@ impl Dynamic {
     /// The lowest and highest phase this process may still act in: the
     /// cached phase and those of its operations in flight.
     fn phases_in_use(&self, cached: Phase) -> (u8, u8) {
-        let mut range = (cached.index(), cached.index());
-        for (index, count) in self.in_flight.iter().enumerate() {
-            if count.get() > 0 {
-                range = (range.0.min(index as u8), range.1.max(index as u8));
-            }
-        }
-        range
+        let busy = Phase::ALL
+            .into_iter()
+            .filter(|phase| self.in_flight[phase.index() as usize].get() > 0);
+        let (low, high) = crate::fleet::phases_in_use(cached, busy);
+        (low.index(), high.index())
     }
 }
 
@@ -316,6 +314,7 @@ impl Client {
             phase: self.phase(),
             refresh: self.phase_is_stale(),
             registered: None,
+            began_read: 0,
             source: self
                 .source
                 .as_ref()
@@ -348,6 +347,7 @@ impl Client {
             phase: self.phase(),
             refresh: self.phase_is_stale(),
             registered: None,
+            began_read: 0,
             source: std::mem::take(&mut slots.source),
             destination: std::mem::take(&mut slots.destination),
         };
@@ -499,6 +499,9 @@ pub struct Lease<'c> {
     refresh: bool,
     /// The phase this operation counts itself in (dynamic phases), until dropped.
     registered: Option<Phase>,
+    /// The process's phase read (`Dynamic::read_at`) when it was counted:
+    /// its heartbeat coverage starts there (`fleet::operation_lapsed`).
+    began_read: u64,
     /// The connections to each server, with the node each goes to.
     source: Held,
     destination: Held,
@@ -562,6 +565,7 @@ impl<'c> Lease<'c> {
             if client.phase() == phase {
                 self.phase = phase;
                 self.registered = Some(phase);
+                self.began_read = dynamic.read_at.load(Ordering::SeqCst);
                 return Ok(phase);
             }
             count.leave();
@@ -881,22 +885,26 @@ impl<'c> Lease<'c> {
         }
     }
 
-    /// With dynamic phases, an operation is covered by its process's latest
-    /// heartbeat (which counts it in flight) only while that heartbeat lives.
-    /// A process stopped mid-operation for longer (SIGSTOP, a VM pause) may
-    /// find the fleet moved on without it: it sends nothing more.
+    /// With dynamic phases, an operation is covered by its process's
+    /// heartbeats (which count it in flight) only while they live without a
+    /// gap. A process stopped mid-operation for longer (SIGSTOP, a VM pause)
+    /// may find the fleet moved on without it: it sends nothing more, even
+    /// once another of its threads has read the phase again.
     fn heartbeat_lapsed(&self) -> Option<Error> {
         let dynamic = self.client.dynamic.as_ref()?;
         self.registered?;
         let read_at = dynamic.read_at.load(Ordering::SeqCst);
         let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
         // Keep a phase cache's worth of margin: the operator needs time to act.
-        let lapse = dynamic.heartbeat_ttl_ms.saturating_sub(dynamic.cache_ms);
-        (read_at != 0 && now.saturating_sub(read_at) >= lapse).then(|| {
+        let (ttl, cache) = (dynamic.heartbeat_ttl_ms, dynamic.cache_ms);
+        let lapse = crate::fleet::lapse_ms(ttl, cache);
+        let lapsed = crate::fleet::operation_lapsed(now, self.began_read, read_at, ttl, cache);
+        (read_at != 0 && lapsed).then(|| {
             Error::Phase(format!(
-                "this process's heartbeat is {} ms old, past {lapse} ms (was it stopped?): the fleet may have \
-                 moved to another phase meanwhile, so this operation sends nothing more",
-                now.saturating_sub(read_at)
+                "this operation began under a phase read {} ms ago, and its process's heartbeat lapsed \
+                 since ({lapse} ms without a read; was it stopped?): the fleet may have moved to another \
+                 phase meanwhile, so this operation sends nothing more",
+                now.saturating_sub(self.began_read)
             ))
         })
     }
