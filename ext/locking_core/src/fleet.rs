@@ -62,7 +62,7 @@ pub fn operation_lapsed(
     } else {
         began_ms
     };
-    now_ms.saturating_sub(covered_from) >= lapse
+    heartbeat_lapsed(now_ms, covered_from, heartbeat_ttl_ms, cache_ms)
 }
 
 /// A process of the fleet, as its heartbeat reports it.
