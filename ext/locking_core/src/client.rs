@@ -1264,3 +1264,58 @@ fn check_ttl(ttl_ms: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_counts_in_flight_until_it_leaves() {
+        let count = InFlight::default();
+        assert_eq!(count.get(), 0);
+        count.enter();
+        count.enter();
+        assert_eq!(count.get(), 2);
+        count.leave();
+        assert_eq!(count.get(), 1);
+        count.leave();
+        count.leave(); // never below zero
+        assert_eq!(count.get(), 0);
+        count.enter();
+        assert_eq!(count.get(), 1);
+    }
+
+    #[test]
+    fn a_forked_child_does_not_inherit_its_parents_counts() {
+        let pid = u64::from(crate::process::id());
+        let parents = ((pid + 1) << 32) | 3; // another pid, 3 in flight
+        let count = InFlight(AtomicU64::new(parents));
+        assert_eq!(count.get(), 0);
+        count.leave();
+        assert_eq!(count.0.load(Ordering::SeqCst), parents);
+        count.enter();
+        assert_eq!(count.get(), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), (pid << 32) | 1);
+    }
+
+    #[test]
+    fn a_heartbeat_spans_the_phases_of_the_operations_in_flight() {
+        let dynamic = Dynamic {
+            cache_ms: 1_000,
+            heartbeat_ttl_ms: 10_000,
+            host: "web".into(),
+            epoch: Instant::now(),
+            read_at: AtomicU64::new(0),
+            read_by_pid: AtomicU32::new(0),
+            in_flight: Default::default(),
+        };
+        assert_eq!(dynamic.phases_in_use(Phase::Dual), (1, 1));
+        dynamic.in_flight[3].enter();
+        assert_eq!(dynamic.phases_in_use(Phase::Dual), (1, 3));
+        dynamic.in_flight[0].enter();
+        assert_eq!(dynamic.phases_in_use(Phase::Dual), (0, 3));
+        dynamic.in_flight[3].leave();
+        dynamic.in_flight[0].leave();
+        assert_eq!(dynamic.phases_in_use(Phase::Drain), (2, 2));
+    }
+}

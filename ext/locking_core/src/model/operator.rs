@@ -241,7 +241,11 @@ impl Explorer<'_> {
             }
         };
         process.cached = Some(read);
-        process.read_at = now;
+        if fleet.timing.is_some() {
+            // Without timing, when a read happened never matters (and would
+            // only multiply the states).
+            process.read_at = now;
+        }
         format!(
             "process {index} reads phase {read}; heartbeat {}..{}",
             process.heartbeat.0.index(),
