@@ -243,6 +243,29 @@ mod tests {
     }
 
     #[test]
+    fn each_move_checks_its_own_gate_and_no_other() {
+        let at = |phase| [member(phase), member(phase)];
+        // Only 1 -> 2 has the gate, only 1 -> 0 the reverse gate; the others need no count.
+        for (from, to) in [
+            (Phase::Source, Phase::Dual),
+            (Phase::Drain, Phase::Destination),
+            (Phase::Destination, Phase::Drain),
+            (Phase::Drain, Phase::Dual),
+        ] {
+            assert_eq!(
+                check_transition(Some(from), to, &at(from), None),
+                Vec::<String>::new()
+            );
+        }
+        let forward = check_transition(Some(Phase::Dual), Phase::Drain, &at(Phase::Dual), Some(2));
+        assert_eq!(forward.len(), 1);
+        assert!(forward[0].contains("source only"), "{forward:?}");
+        let back = check_transition(Some(Phase::Dual), Phase::Source, &at(Phase::Dual), Some(2));
+        assert_eq!(back.len(), 1);
+        assert!(back[0].contains("destination only"), "{back:?}");
+    }
+
+    #[test]
     fn a_heartbeat_spans_the_cache_and_every_operation_in_flight() {
         assert_eq!(phases_in_use(Phase::Dual, []), (Phase::Dual, Phase::Dual));
         assert_eq!(
