@@ -111,10 +111,12 @@ pub fn heartbeat_ttl_ms(cache_ms: u64, timeout_ms: u64) -> u64 {
 /// this, a command could land after the heartbeat that covers it expired,
 /// when the fleet may have moved two phases on.
 pub fn heartbeat_lapse_ms(heartbeat_ttl_ms: u64, cache_ms: u64, timeout_ms: u64) -> u64 {
-    heartbeat_ttl_ms
-        .saturating_sub(cache_ms)
-        .saturating_sub(timeout_ms.saturating_mul(2))
-        .saturating_sub(drift_ms(heartbeat_ttl_ms))
+    crate::fleet::lapse_ms(
+        heartbeat_ttl_ms,
+        cache_ms,
+        timeout_ms,
+        drift_ms(heartbeat_ttl_ms),
+    )
 }
 
 /// Now, in microseconds, on the clock the deadlines use (CLOCK_BOOTTIME on

@@ -84,19 +84,17 @@ impl Dynamic {
         let read_at = self.read_at.load(Ordering::SeqCst);
         read_at != 0
             && self.read_by_pid.load(Ordering::SeqCst) == crate::process::id()
-            && self.now_ms().saturating_sub(read_at) < self.lapse_ms
+            && !crate::fleet::heartbeat_lapsed(self.now_ms(), read_at, self.lapse_ms)
     }
 
     /// The lowest and highest phase this process may still act in: the
     /// cached phase and those of its operations in flight.
     fn phases_in_use(&self, cached: Phase) -> (u8, u8) {
-        let mut range = (cached.index(), cached.index());
-        for (index, count) in self.in_flight.iter().enumerate() {
-            if count.get() > 0 {
-                range = (range.0.min(index as u8), range.1.max(index as u8));
-            }
-        }
-        range
+        let busy = Phase::ALL
+            .into_iter()
+            .filter(|phase| self.in_flight[phase.index() as usize].get() > 0);
+        let (low, high) = crate::fleet::phases_in_use(cached, busy);
+        (low.index(), high.index())
     }
 }
 
@@ -341,6 +339,7 @@ impl Client {
             phase: self.phase(),
             refresh: self.phase_is_stale(),
             registered: None,
+            began_read: 0,
             source: self
                 .source
                 .as_ref()
@@ -378,6 +377,7 @@ impl Client {
             phase: self.phase(),
             refresh: self.phase_is_stale(),
             registered: None,
+            began_read: 0,
             source: std::mem::take(&mut slots.source),
             destination: std::mem::take(&mut slots.destination),
         };
@@ -543,6 +543,9 @@ pub struct Lease<'c> {
     refresh: bool,
     /// The phase this operation counts itself in (dynamic phases), until dropped.
     registered: Option<Phase>,
+    /// The process's phase read (`Dynamic::read_at`) when it was counted:
+    /// its heartbeat coverage starts there (`fleet::operation_lapsed`).
+    began_read: u64,
     /// The connections to each server, with the node each goes to.
     source: Held,
     destination: Held,
@@ -631,6 +634,7 @@ impl<'c> Lease<'c> {
             if client.phase() == phase {
                 self.phase = phase;
                 self.registered = Some(phase);
+                self.began_read = dynamic.read_at.load(Ordering::SeqCst);
                 return Ok(phase);
             }
             count.leave();
@@ -990,10 +994,11 @@ impl<'c> Lease<'c> {
         }
     }
 
-    /// With dynamic phases, an operation is covered by its process's latest
-    /// heartbeat (which counts it in flight) only while that heartbeat lives.
-    /// A process stopped mid-operation for longer (SIGSTOP, a VM pause) may
-    /// find the fleet moved on without it: it sends nothing more.
+    /// With dynamic phases, an operation is covered by its process's
+    /// heartbeats (which count it in flight) only while they live without a
+    /// gap. A process stopped mid-operation for longer (SIGSTOP, a VM pause)
+    /// may find the fleet moved on without it: it sends nothing more, even
+    /// once another of its threads has read the phase again.
     fn heartbeat_lapsed(&self) -> Option<Error> {
         let dynamic = self.client.dynamic.as_ref()?;
         self.registered?;
@@ -1001,11 +1006,13 @@ impl<'c> Lease<'c> {
         let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
         // Whatever is sent before the lapse lands within the heartbeat.
         let lapse = dynamic.lapse_ms;
-        (read_at != 0 && now.saturating_sub(read_at) >= lapse).then(|| {
+        let lapsed = crate::fleet::operation_lapsed(now, self.began_read, read_at, lapse);
+        (read_at != 0 && lapsed).then(|| {
             Error::Phase(format!(
-                "this process's heartbeat is {} ms old, past {lapse} ms (was it stopped?): the fleet may have \
-                 moved to another phase meanwhile, so this operation sends nothing more",
-                now.saturating_sub(read_at)
+                "this operation began under a phase read {} ms ago, and its process's heartbeat lapsed \
+                 since ({lapse} ms without a read; was it stopped?): the fleet may have moved to another \
+                 phase meanwhile, so this operation sends nothing more",
+                now.saturating_sub(self.began_read)
             ))
         })
     }
@@ -1390,4 +1397,61 @@ fn check_ttl(ttl_ms: u64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_counts_in_flight_until_it_leaves() {
+        let count = InFlight::default();
+        assert_eq!(count.get(), 0);
+        count.enter();
+        count.enter();
+        assert_eq!(count.get(), 2);
+        count.leave();
+        assert_eq!(count.get(), 1);
+        count.leave();
+        count.leave(); // never below zero
+        assert_eq!(count.get(), 0);
+        count.enter();
+        assert_eq!(count.get(), 1);
+    }
+
+    #[test]
+    fn a_forked_child_does_not_inherit_its_parents_counts() {
+        let pid = u64::from(crate::process::id());
+        let parents = ((pid + 1) << 32) | 3; // another pid, 3 in flight
+        let count = InFlight(AtomicU64::new(parents));
+        assert_eq!(count.get(), 0);
+        count.leave();
+        assert_eq!(count.0.load(Ordering::SeqCst), parents);
+        count.enter();
+        assert_eq!(count.get(), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), (pid << 32) | 1);
+    }
+
+    #[test]
+    fn a_heartbeat_spans_the_phases_of_the_operations_in_flight() {
+        let dynamic = Dynamic {
+            cache_ms: 1_000,
+            heartbeat_ttl_ms: 10_000,
+            host: "web".into(),
+            epoch: Instant::now(),
+            lapse_ms: 9_000,
+            read_at: AtomicU64::new(0),
+            read_by_pid: AtomicU32::new(0),
+            unreachable_at: AtomicU64::new(0),
+            in_flight: Default::default(),
+        };
+        assert_eq!(dynamic.phases_in_use(Phase::Dual), (1, 1));
+        dynamic.in_flight[3].enter();
+        assert_eq!(dynamic.phases_in_use(Phase::Dual), (1, 3));
+        dynamic.in_flight[0].enter();
+        assert_eq!(dynamic.phases_in_use(Phase::Dual), (0, 3));
+        dynamic.in_flight[3].leave();
+        dynamic.in_flight[0].leave();
+        assert_eq!(dynamic.phases_in_use(Phase::Drain), (2, 2));
+    }
 }

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 use crate::operator::Operator;
 use crate::phase::Phase;
 use crate::pipeline::Request;
-use crate::protocol::{self, Target};
+// The fleet's rules are pure (`fleet`): the CLI reaches them here, the explorer there.
+pub use crate::fleet::{check_transition, FleetMember};
+use crate::protocol::Target;
 
 /// Every control key carries this hash tag: one node holds them all.
 /// The hash tag every control key shares: on a cluster, one master holds them all.
@@ -57,121 +59,6 @@ pub fn fleet_phases_key(key_prefix: &[u8]) -> Vec<u8> {
     let mut key = control_prefix(key_prefix);
     key.extend_from_slice(b"fleet-phases");
     key
-}
-
-/// A process of the fleet, as its heartbeat reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetMember {
-    pub process: String,
-    /// The lowest phase it may act in (its cache, or an operation in flight).
-    pub phase: Phase,
-    /// The highest: above `phase` while it moves to a new phase, until its
-    /// operations in the old one are done.
-    pub highest: Phase,
-    pub expires_in_ms: i64,
-    /// Milliseconds since the heartbeat was written (`None`: a heartbeat of
-    /// an older version, which does not say).
-    pub age_ms: Option<i64>,
-}
-
-impl FleetMember {
-    /// Reads a heartbeat's value: "LOW HIGH TTL_MS", or an older "PHASE".
-    pub fn parse(process: String, value: &[u8], expires_in_ms: i64) -> Result<FleetMember> {
-        let text = std::str::from_utf8(value)
-            .map_err(|_| Error::Internal("a heartbeat holds no text".into()))?;
-        let numbers: Vec<i64> = text
-            .split_whitespace()
-            .map(|word| word.parse::<i64>())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::Internal(format!("a heartbeat holds {text:?}")))?;
-        let (low, high, ttl) = match numbers.as_slice() {
-            [phase] => (*phase, *phase, None),
-            [low, high, ttl] => (*low, *high, Some(*ttl)),
-            _ => return Err(Error::Internal(format!("a heartbeat holds {text:?}"))),
-        };
-        Ok(FleetMember {
-            process,
-            phase: Phase::from_index(low)?,
-            highest: Phase::from_index(high)?,
-            expires_in_ms,
-            age_ms: ttl.map(|ttl| (ttl - expires_in_ms).max(0)),
-        })
-    }
-
-    fn describe(&self) -> String {
-        let phases = if self.phase == self.highest {
-            format!("phase {}", self.phase.index())
-        } else {
-            format!("phases {}..{}", self.phase.index(), self.highest.index())
-        };
-        match self.age_ms {
-            Some(age) => format!(
-                "{} ({phases}, last seen {:.1}s ago, gone in {:.1}s unless it reports again)",
-                self.process,
-                age as f64 / 1000.0,
-                self.expires_in_ms.max(0) as f64 / 1000.0
-            ),
-            None => format!("{} ({phases})", self.process),
-        }
-    }
-}
-
-/// Why moving the fleet from `current` to `target` is not safe now; empty
-/// when it is. `one_sided` is the gate's count of locks on one server only:
-/// source-only for a move from phase 1 to 2, destination-only for a
-/// rollback from 1 to 0 (the reverse gate).
-pub fn check_transition(
-    current: Option<Phase>,
-    target: Phase,
-    fleet: &[FleetMember],
-    one_sided: Option<u64>,
-) -> Vec<String> {
-    let mut reasons = Vec::new();
-    let Some(current) = current else {
-        reasons.push(
-            "no phase is set on the destination (never set, or lost with its data): \
-             `locking phase set PHASE --init` sets it, to the phase the fleet is in"
-                .into(),
-        );
-        return reasons;
-    };
-    if target == current {
-        reasons.push(format!("the fleet is already in phase {current}"));
-        return reasons;
-    }
-    if !current.adjacent(target) {
-        reasons.push(format!(
-            "phase {current} to {target} is not adjacent: move one phase at a time"
-        ));
-        return reasons;
-    }
-    let behind: Vec<&FleetMember> = fleet
-        .iter()
-        .filter(|m| m.phase != current || m.highest != current)
-        .collect();
-    if !behind.is_empty() {
-        let names: Vec<String> = behind.iter().take(5).map(|m| m.describe()).collect();
-        reasons.push(format!(
-            "{} process(es) not yet in phase {current}: {}{}",
-            behind.len(),
-            names.join(", "),
-            if behind.len() > 5 { ", ..." } else { "" }
-        ));
-    }
-    if current == Phase::Dual && target == Phase::Drain {
-        let in_phase_0 = fleet.iter().filter(|m| m.phase == Phase::Source).count();
-        match one_sided {
-            Some(count) => reasons.extend(protocol::gate(in_phase_0, count).reasons),
-            None => reasons.push("the gate was not checked".into()),
-        }
-    }
-    if current == Phase::Dual && target == Phase::Source {
-        match one_sided {
-            Some(count) => reasons.extend(protocol::reverse_gate(count).reasons),
-            None => reasons.push("the reverse gate was not checked".into()),
-        }
-    }
-    reasons
 }
 
 /// Runs a control script on the destination's control node (loaded by the
@@ -547,54 +434,6 @@ fn phase_of(value: Value) -> Result<Phase> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(phase: Phase) -> FleetMember {
-        FleetMember {
-            process: format!("host:{}", phase.index()),
-            phase,
-            highest: phase,
-            expires_in_ms: 1000,
-            age_ms: Some(9000),
-        }
-    }
-
-    #[test]
-    fn a_process_still_finishing_an_operation_in_the_old_phase_is_behind() {
-        let moving = FleetMember::parse("web:1".into(), b"0 1 10000", 7000).unwrap();
-        assert_eq!((moving.phase, moving.highest), (Phase::Source, Phase::Dual));
-        assert_eq!(moving.age_ms, Some(3000));
-        let reasons = check_transition(Some(Phase::Dual), Phase::Drain, &[moving], Some(0));
-        assert!(reasons
-            .iter()
-            .any(|r| r.contains("web:1 (phases 0..1, last seen 3.0s ago")));
-        let old = FleetMember::parse("web:2".into(), b"1", 7000).unwrap();
-        assert_eq!(
-            (old.phase, old.highest, old.age_ms),
-            (Phase::Dual, Phase::Dual, None)
-        );
-        assert!(FleetMember::parse("web:3".into(), b"x y", 1).is_err());
-    }
-
-    #[test]
-    fn transitions_must_be_adjacent_and_the_fleet_caught_up() {
-        let fleet = [member(Phase::Dual), member(Phase::Dual)];
-        assert!(check_transition(Some(Phase::Dual), Phase::Drain, &fleet, Some(0)).is_empty());
-        assert!(check_transition(Some(Phase::Dual), Phase::Source, &fleet, Some(0)).is_empty());
-        let reasons = check_transition(Some(Phase::Dual), Phase::Source, &fleet, Some(2));
-        assert!(reasons.iter().any(|r| r.contains("destination only")));
-        assert!(!check_transition(Some(Phase::Dual), Phase::Source, &fleet, None).is_empty());
-        assert!(!check_transition(None, Phase::Source, &fleet, Some(0)).is_empty());
-        assert!(!check_transition(Some(Phase::Source), Phase::Drain, &[], Some(0)).is_empty());
-        assert!(!check_transition(Some(Phase::Dual), Phase::Dual, &fleet, Some(0)).is_empty());
-
-        let behind = [member(Phase::Dual), member(Phase::Source)];
-        let reasons = check_transition(Some(Phase::Dual), Phase::Drain, &behind, Some(0));
-        assert!(reasons.iter().any(|r| r.contains("not yet in phase")));
-        assert!(reasons.iter().any(|r| r.contains("still in phase 0")));
-
-        let reasons = check_transition(Some(Phase::Dual), Phase::Drain, &fleet, Some(3));
-        assert!(reasons.iter().any(|r| r.contains("source only")));
-    }
 
     #[test]
     fn control_keys_stay_outside_the_lock_prefix() {

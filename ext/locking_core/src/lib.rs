@@ -14,6 +14,7 @@ pub mod codec;
 pub mod connection;
 pub mod control;
 pub mod error;
+pub mod fleet;
 pub mod memory;
 pub mod model;
 pub mod operator;

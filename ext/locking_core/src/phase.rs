@@ -106,6 +106,24 @@ mod tests {
     }
 
     #[test]
+    fn which_servers_each_phase_writes_and_where_backfill_runs() {
+        let uses: Vec<(bool, bool)> = Phase::ALL
+            .iter()
+            .map(|p| (p.uses_source(), p.uses_destination()))
+            .collect();
+        assert_eq!(
+            uses,
+            [(true, false), (true, true), (true, true), (false, true)]
+        );
+        let backfills: Vec<bool> = Phase::ALL
+            .iter()
+            .map(|p| p.check_backfill().is_ok())
+            .collect();
+        assert_eq!(backfills, [true, true, false, false]);
+        assert_eq!(Phase::Drain.to_string(), "2 (drain)");
+    }
+
+    #[test]
     fn adjacency() {
         assert!(Phase::Source.adjacent(Phase::Dual));
         assert!(Phase::Drain.adjacent(Phase::Dual));

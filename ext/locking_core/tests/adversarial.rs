@@ -9,10 +9,14 @@
 //! - an operator who moves the control phase one step at a time whenever the
 //!   checks of `locking phase set/advance` pass at that instant;
 //! - a backfill that reads the control phase when it starts;
-//! - the control key may vanish (a destination restarted without its data).
+//! - the control key may vanish (a destination restarted without its data),
+//!   or be out of reach for a while (its master down) and come back as it
+//!   was (a promoted replica), while heartbeats expire and processes act on
+//!   their cached phase only until their heartbeat lapses.
 
 use locking_core::model::{
-    explore, Action, ClientSpec, DynamicOp, Fleet, Heartbeat, MissingControl, Scenario,
+    explore, Action, ClientSpec, DynamicOp, Fleet, Heartbeat, HeartbeatTiming, MissingControl,
+    Scenario, StaleCache,
 };
 use locking_core::protocol::CopyTtlRule;
 use locking_core::Phase;
@@ -195,6 +199,42 @@ fn a_lost_control_key() {
     let mut scenario = Scenario::with_fleet(clients(), fleet);
     scenario.expiries = 0;
     breaks("lost control key read as phase 0", &scenario, "two holders");
+}
+
+/// Sibling issue (Redis Cluster): the master that holds the control keys is
+/// down for a while, then back with the state it had. No process can read
+/// the phase or write its heartbeat meanwhile; each keeps acting in its
+/// cached phase only until its heartbeat lapses (`fleet::heartbeat_lapsed`),
+/// then fails closed. Heartbeats expire, so once the key is back the
+/// operator may move the fleet on without a process that has not reported.
+#[test]
+fn a_control_key_out_of_reach() {
+    let clients = |actions: &[Action]| {
+        vec![
+            ClientSpec::new(actions).in_process(0),
+            ClientSpec::new(actions).in_process(1),
+        ]
+    };
+    let mut fleet = Fleet::new(2, Phase::Source, &[Phase::Dual, Phase::Drain]);
+    // A heartbeat lives 3, a cache 1: a process stops acting 2 after its read.
+    fleet.timing = Some(HeartbeatTiming { ttl: 3, cache: 1 });
+    fleet.control_outage = true;
+    let mut scenario = Scenario::with_fleet(clients(&[ACQUIRE, RELEASE]), fleet.clone());
+    scenario.expiries = 2;
+    holds("control key out of reach, walking 0 -> 2", &scenario);
+
+    for (stale_cache, name) in [
+        (StaleCache::KeepForever, "a cached phase kept for ever"),
+        (
+            StaleCache::LatestReadCovers,
+            "an operation revived by a later read of its process",
+        ),
+    ] {
+        fleet.stale_cache = stale_cache;
+        let mut scenario = Scenario::with_fleet(clients(&[ACQUIRE]), fleet.clone());
+        scenario.expiries = 2;
+        breaks(name, &scenario, "two holders");
+    }
 }
 
 /// The fleet model over the whole walk 0 -> 3 and back, with every

@@ -1,346 +1,26 @@
-//! An in-memory model of the two servers, and an explorer that runs protocol
-//! operations of several clients in every interleaving of their commands.
-//!
-//! Each command is atomic, as on Redis. Commands a batch sends "at once" are
-//! separate events here, in either order, since on real servers they are
-//! independent. Time moves only by expiry events, each of which jumps the
-//! clock to the next moment a key expires. States already seen are skipped,
-//! so the search is exhaustive without walking every schedule.
+//! The explorer: every interleaving of the clients' commands, the backfill,
+//! expiry and (in `operator`) the fleet's events, with the invariants checked
+//! in every state reached.
 
-use crate::error::Result;
+use super::scenario::{Action, DynamicOp, Scenario};
+use super::store::{MemoryStore, Stored};
+use crate::error::{Error, Result};
 use crate::phase::Phase;
 use crate::protocol::{
-    self, AcquireReply, BackfillOutcome, Command, CopyTtlRule, Entry, Operation, Reply, Step,
-    Target, TokenTtl,
+    self, AcquireReply, BackfillOutcome, Command, Operation, Reply, Step, Target,
 };
 use std::collections::HashSet;
 use std::fmt;
 
-/// One key on one server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Stored {
-    pub value: Vec<u8>,
-    /// Absolute expiry time; `None` = no expiry.
-    pub expires_at: Option<u64>,
-}
-
-/// A model Redis holding a single key (the protocol is per key).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct MemoryStore {
-    pub key: Option<Stored>,
-}
-
-impl MemoryStore {
-    fn live(&self, now: u64) -> Option<&Stored> {
-        self.key
-            .as_ref()
-            .filter(|stored| stored.expires_at.is_none_or(|at| at > now))
-    }
-
-    /// Runs one command atomically at time `now`.
-    pub fn execute(&mut self, command: &Command, now: u64) -> Reply {
-        if self.live(now).is_none() {
-            self.key = None;
-        }
-        match command {
-            Command::Acquire { token, ttl_ms } => self.set_nx(token, Some(*ttl_ms), now),
-            Command::Mirror { value, ttl_ms } => self.set_nx(value, *ttl_ms, now),
-            Command::CompareAndDelete { token } => {
-                let held = self.holds(token);
-                if held {
-                    self.key = None;
-                }
-                Reply::Flag(held)
-            }
-            Command::CompareAndExtend { token, ttl_ms } => {
-                let held = self.holds(token);
-                if let (true, Some(stored)) = (held, self.key.as_mut()) {
-                    stored.expires_at = Some(now + ttl_ms);
-                }
-                Reply::Flag(held)
-            }
-            Command::ExtendIfGreater { token, ttl_ms } => {
-                let mut extended = false;
-                if let (true, Some(stored)) = (self.holds(token), self.key.as_mut()) {
-                    if let Some(at) = stored.expires_at {
-                        if at < now + ttl_ms {
-                            stored.expires_at = Some(now + ttl_ms);
-                            extended = true;
-                        }
-                    }
-                }
-                Reply::Flag(extended)
-            }
-            Command::Exists => Reply::Flag(self.key.is_some()),
-            Command::TokenTtl { token } => Reply::Ttl(match &self.key {
-                Some(stored) if stored.value == *token => match stored.expires_at {
-                    Some(at) => TokenTtl::Millis(at - now),
-                    None => TokenTtl::Forever,
-                },
-                _ => TokenTtl::NotHeld,
-            }),
-            Command::ReadWithTtl => Reply::Entry(self.key.as_ref().map(|stored| Entry {
-                value: stored.value.clone(),
-                ttl_ms: stored.expires_at.map(|at| at - now),
-                expires_at_ms: stored.expires_at,
-                expires_by_ms: stored.expires_at,
-            })),
-        }
-    }
-
-    fn holds(&self, token: &[u8]) -> bool {
-        self.key
-            .as_ref()
-            .is_some_and(|stored| stored.value == token)
-    }
-
-    fn set_nx(&mut self, value: &[u8], ttl: Option<u64>, now: u64) -> Reply {
-        match &self.key {
-            Some(stored) if stored.value == value => Reply::Acquire(AcquireReply::AlreadyMine),
-            Some(_) => Reply::Acquire(AcquireReply::Taken),
-            None => {
-                self.key = Some(Stored {
-                    value: value.to_vec(),
-                    expires_at: ttl.map(|ttl| now + ttl),
-                });
-                Reply::Acquire(AcquireReply::Set)
-            }
-        }
-    }
-}
-
-/// The model store at a moment in time, as a `Store`.
-pub struct ModelStore<'a> {
-    pub store: &'a mut MemoryStore,
-    pub now: u64,
-}
-
-impl crate::store::Store for ModelStore<'_> {
-    fn execute(&mut self, _key: &[u8], command: &Command) -> Result<Reply> {
-        Ok(self.store.execute(command, self.now))
-    }
-}
-
-/// What a client does, one action after another, each in its own phase (a
-/// process that flips phase between operations, or a job enqueued in one
-/// phase and performed in the next).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Acquire; the client's later actions run only if it got the lock.
-    Acquire(Phase),
-    Renew(Phase),
-    /// Renew with another TTL than the scenario's (say, shorter).
-    RenewTo(Phase, u64),
-    Release(Phase),
-    /// In a fleet scenario: an operation in the phase its process has cached
-    /// when it starts (dynamic phases).
-    Dynamic(DynamicOp),
-    /// The original team's plan: acquire on one server only (phase 1 = source,
-    /// phase 2 = destination). Kept to show the explorer finds its bug.
-    NaiveAcquire(Target),
-    NaiveRelease(Target),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DynamicOp {
-    Acquire,
-    Renew,
-    Release,
-}
-
-impl Action {
-    fn phase(self) -> Option<Phase> {
-        match self {
-            Action::Acquire(p) | Action::Renew(p) | Action::RenewTo(p, _) | Action::Release(p) => {
-                Some(p)
-            }
-            _ => None,
-        }
-    }
-
-    fn is_acquire(self) -> bool {
-        matches!(
-            self,
-            Action::Acquire(_) | Action::NaiveAcquire(_) | Action::Dynamic(DynamicOp::Acquire)
-        )
-    }
-
-    fn is_renew(self) -> bool {
-        matches!(
-            self,
-            Action::Renew(_) | Action::RenewTo(..) | Action::Dynamic(DynamicOp::Renew)
-        )
-    }
-
-    fn is_release(self) -> bool {
-        matches!(
-            self,
-            Action::Release(_) | Action::NaiveRelease(_) | Action::Dynamic(DynamicOp::Release)
-        )
-    }
-}
-
-/// Dynamic phases (DESIGN: dynamic phases), modelled: each client belongs to
-/// a process that caches the fleet's phase and reports, in a heartbeat, the
-/// phases it may act in; an operator moves the control phase one step at a
-/// time when the heartbeats (and the gates) allow it. Operations start in
-/// their process's cached phase and may still be running when the cache or
-/// the control phase moves on.
-#[derive(Debug, Clone)]
-pub struct Fleet {
-    pub processes: usize,
-    pub start: Phase,
-    /// The operator's moves, in order (each to an adjacent phase).
-    pub moves: Vec<Phase>,
-    /// Phase reads (with heartbeat) each process may make.
-    pub refreshes: u8,
-    pub heartbeat: Heartbeat,
-    /// Before 1 -> 0: no lock on the destination only.
-    pub reverse_gate: bool,
-    /// The control key may be lost once (a destination restart without data).
-    pub lose_control: bool,
-    pub missing_control: MissingControl,
-    /// A move into phase 2 waits for a running backfill, and a backfill
-    /// starts only while the control phase is 0 or 1.
-    pub backfill_lease: bool,
-}
-
-/// What a heartbeat reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Heartbeat {
-    /// The phases still in use: the cache before and after the read, and
-    /// every operation in flight. A move needs every heartbeat at exactly
-    /// the current phase.
-    PhasesInUse,
-    /// The phase just read. Wrong: an operation that began on the cached
-    /// phase may still be writing in it. Negative control only.
-    LatestRead,
-}
-
-/// What a process does when the control key is missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MissingControl {
-    /// Refuses to act until the phase is set again.
-    Refuse,
-    /// Reads it as phase 0. Wrong: a fleet in phase 3 falls back to the
-    /// source. Negative control only.
-    ReadsAsSource,
-}
-
-impl Fleet {
-    pub fn new(processes: usize, start: Phase, moves: &[Phase]) -> Self {
-        Fleet {
-            processes,
-            start,
-            moves: moves.to_vec(),
-            refreshes: 2,
-            heartbeat: Heartbeat::PhasesInUse,
-            reverse_gate: true,
-            lose_control: false,
-            missing_control: MissingControl::Refuse,
-            backfill_lease: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ProcessState {
+pub(super) struct ProcessState {
     /// The phase its operations start in; `None`: it refuses (no phase known).
-    cached: Option<Phase>,
+    pub(super) cached: Option<Phase>,
     /// What its heartbeat says: lowest and highest phase.
-    heartbeat: (Phase, Phase),
-    refreshes_left: u8,
-}
-
-/// A client of the scenario: a token, its actions, and whether it starts
-/// out holding a lock (a job whose lock was taken before the scenario).
-#[derive(Debug, Clone)]
-pub struct ClientSpec {
-    pub actions: Vec<Action>,
-    pub holding_from_start: bool,
-    /// Its process, in a fleet scenario (clients of one process share its
-    /// cached phase and heartbeat, like threads).
-    pub process: usize,
-}
-
-impl ClientSpec {
-    pub fn new(actions: &[Action]) -> Self {
-        ClientSpec {
-            actions: actions.to_vec(),
-            holding_from_start: false,
-            process: 0,
-        }
-    }
-
-    /// The same client, in process `process` of a fleet scenario.
-    pub fn in_process(mut self, process: usize) -> Self {
-        self.process = process;
-        self
-    }
-
-    /// A client that took its lock before the scenario began.
-    pub fn already_holding(actions: &[Action]) -> Self {
-        ClientSpec {
-            actions: actions.to_vec(),
-            holding_from_start: true,
-            process: 0,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Scenario {
-    pub clients: Vec<ClientSpec>,
-    /// Keys present before the scenario: (server, index of the owning client).
-    pub initial: Vec<(Target, usize)>,
-    /// Run one backfill step on the key, at any moment.
-    pub backfill: bool,
-    /// How many expiry events (clock jumps) may happen.
-    pub expiries: u8,
-    pub ttl: u64,
-    /// Release actions and what follows them always run, even after a refused
-    /// acquire (cross-phase release tests). Default: skip after a refusal.
-    pub release_after_refusal: bool,
-    /// Actions in phases 2 and 3 start only once the gate has held: no
-    /// client with phase-0 actions left, and no lock on the source only.
-    pub gate: bool,
-    /// With only acquires and no expiry, someone must end up holding the
-    /// lock (no mutual abort).
-    pub require_a_winner: bool,
-    /// The backfill's TTL rule for its copy.
-    pub backfill_rule: CopyTtlRule,
-    /// The backfill may start even once phase 2 actions have begun (a
-    /// backfill that does not know the fleet is in phase 2: static phases).
-    /// Negative control only.
-    pub backfill_after_phase_2: bool,
-    /// Dynamic phases: processes, a control phase and an operator.
-    pub fleet: Option<Fleet>,
-}
-
-impl Scenario {
-    pub fn new(clients: Vec<ClientSpec>) -> Self {
-        Scenario {
-            clients,
-            initial: Vec::new(),
-            backfill: false,
-            expiries: 1,
-            ttl: 10,
-            release_after_refusal: false,
-            gate: true,
-            require_a_winner: false,
-            backfill_rule: CopyTtlRule::Recheck,
-            backfill_after_phase_2: false,
-            fleet: None,
-        }
-    }
-
-    /// A fleet scenario: the operator's moves replace the per-client gate.
-    pub fn with_fleet(clients: Vec<ClientSpec>, fleet: Fleet) -> Self {
-        let mut scenario = Scenario::new(clients);
-        scenario.gate = false;
-        scenario.fleet = Some(fleet);
-        scenario
-    }
+    pub(super) heartbeat: (Phase, Phase),
+    pub(super) refreshes_left: u8,
+    /// When it last read the phase (and wrote its heartbeat).
+    pub(super) read_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -381,6 +61,8 @@ impl Operation for NaiveOp {
 enum Output {
     Bool(bool),
     Backfill(BackfillOutcome),
+    /// It failed with an error (its process's heartbeat lapsed).
+    Failed,
 }
 
 impl RunningOp {
@@ -403,51 +85,85 @@ impl RunningOp {
 
 /// A batch in flight: its commands, and the replies of those already run.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Pending {
+pub(super) struct Pending {
     op: RunningOp,
-    batch: Vec<(Target, Command)>,
-    replies: Vec<Option<Reply>>,
+    pub(super) batch: Vec<(Target, Command)>,
+    pub(super) replies: Vec<Option<Landed>>,
+}
+
+/// What became of one command of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Landed {
+    Ran(Reply),
+    /// Its process's heartbeat had lapsed: it sent nothing (DESIGN: the
+    /// explorer, a control key out of reach).
+    NotSent,
+}
+
+/// The replies of a batch whose commands have all landed, as the driver
+/// hands them to the operation.
+fn replies_of(landed: &[Option<Landed>]) -> Vec<Result<Reply>> {
+    landed
+        .iter()
+        .flatten()
+        .map(|landed| match landed {
+            Landed::Ran(reply) => Ok(reply.clone()),
+            Landed::NotSent => Err(Error::Phase("the process's heartbeat lapsed".into())),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ClientState {
-    next_action: usize,
-    running: Option<(Action, Pending)>,
+pub(super) struct ClientState {
+    pub(super) next_action: usize,
+    pub(super) running: Option<(Action, Pending)>,
     /// The client believes it holds the lock until this time.
-    lease_until: Option<u64>,
+    pub(super) lease_until: Option<u64>,
     /// Its last acquire was refused: later actions are skipped.
-    refused: bool,
+    pub(super) refused: bool,
     /// Time its current acquire or renew started (the lease counts from then).
-    op_started: u64,
+    pub(super) op_started: u64,
     /// The phase of its operation in flight (dynamic operations).
-    op_phase: Option<Phase>,
+    pub(super) op_phase: Option<Phase>,
     /// TTL of its last acquire or renew (the lease's length).
-    lease_ttl: u64,
+    pub(super) lease_ttl: u64,
     /// When its last successful acquire or renew finished, and its TTL.
-    write_end: u64,
-    write_ttl: u64,
+    pub(super) write_end: u64,
+    pub(super) write_ttl: u64,
     /// It began a release since that write.
-    released: bool,
+    pub(super) released: bool,
+    /// A command of it was not sent because its process's heartbeat lapsed:
+    /// like a process that stopped, it leaves its keys to their TTLs (a
+    /// rollback it could not send included).
+    pub(super) stopped: bool,
+    /// Its process's last read when its operation in flight began (the
+    /// operation's heartbeat coverage starts there).
+    pub(super) began_read: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct State {
-    now: u64,
-    source: MemoryStore,
-    destination: MemoryStore,
-    clients: Vec<ClientState>,
-    backfill: Option<Option<Pending>>, // None = not started, Some(None) = done
-    expiries_left: u8,
-    gate_passed: bool,
-    phase_2_started: bool,
+pub(super) struct State {
+    pub(super) now: u64,
+    pub(super) source: MemoryStore,
+    pub(super) destination: MemoryStore,
+    pub(super) clients: Vec<ClientState>,
+    pub(super) backfill: Option<Option<Pending>>, // None = not started, Some(None) = done
+    pub(super) expiries_left: u8,
+    pub(super) gate_passed: bool,
+    /// An action began in a phase that backfill may not run beside
+    /// (`Phase::check_backfill`).
+    pub(super) phase_2_started: bool,
     /// Fleet scenarios: the control phase (`None`: the key was lost), the
     /// processes, the operator's progress, and whether the loss happened.
-    control: Option<Phase>,
-    processes: Vec<ProcessState>,
-    moves_done: u8,
-    control_lost: bool,
+    pub(super) control: Option<Phase>,
+    pub(super) processes: Vec<ProcessState>,
+    pub(super) moves_done: u8,
+    pub(super) control_lost: bool,
     /// The phase the control key held when it was lost.
-    lost_phase: Option<Phase>,
+    pub(super) lost_phase: Option<Phase>,
+    /// The control key's node is out of reach now; its outage happened.
+    pub(super) control_down: bool,
+    pub(super) outage_done: bool,
 }
 
 /// A schedule that broke an invariant, printable step by step.
@@ -499,6 +215,8 @@ pub fn explore(scenario: &Scenario) -> std::result::Result<Stats, Counterexample
                 write_end: 0,
                 write_ttl: scenario.ttl,
                 released: false,
+                stopped: false,
+                began_read: 0,
             })
             .collect(),
         backfill: if scenario.backfill { None } else { Some(None) },
@@ -514,12 +232,15 @@ pub fn explore(scenario: &Scenario) -> std::result::Result<Stats, Counterexample
                     cached: Some(fleet.start),
                     heartbeat: (fleet.start, fleet.start),
                     refreshes_left: fleet.refreshes,
+                    read_at: 0,
                 })
             })
             .collect(),
         moves_done: 0,
         control_lost: false,
         lost_phase: None,
+        control_down: false,
+        outage_done: false,
     };
     for (target, owner) in &scenario.initial {
         let stored = Some(Stored {
@@ -542,16 +263,16 @@ pub fn explore(scenario: &Scenario) -> std::result::Result<Stats, Counterexample
     Ok(explorer.stats)
 }
 
-struct Explorer<'a> {
-    scenario: &'a Scenario,
-    seen: HashSet<State>,
-    stats: Stats,
-    schedule: Vec<String>,
+pub(super) struct Explorer<'a> {
+    pub(super) scenario: &'a Scenario,
+    pub(super) seen: HashSet<State>,
+    pub(super) stats: Stats,
+    pub(super) schedule: Vec<String>,
 }
 
 /// One thing that can happen next.
 #[derive(Debug, Clone, Copy)]
-enum Event {
+pub(super) enum Event {
     /// Client starts its next action.
     Start(usize),
     /// Client runs the command at this index of its pending batch.
@@ -567,6 +288,10 @@ enum Event {
     LoseControl,
     /// The operator sets it again (`phase set --init`) to the phase it held.
     RestoreControl,
+    /// The control key's node goes out of reach (its master is down).
+    ControlDown,
+    /// It is back, with the state it had (a promoted replica).
+    ControlUp,
 }
 
 impl Explorer<'_> {
@@ -645,78 +370,11 @@ impl Explorer<'_> {
             }
             Some(None) => {}
         }
-        if state.expiries_left > 0 && next_expiry(state).is_some() {
+        if state.expiries_left > 0 && self.next_expiry(state).is_some() {
             events.push(Event::Expire);
         }
-        if let Some(fleet) = &self.scenario.fleet {
-            for (index, process) in state.processes.iter().enumerate() {
-                if process.refreshes_left > 0 {
-                    events.push(Event::Refresh(index));
-                }
-            }
-            if self.move_allowed(state, fleet) {
-                events.push(Event::Move);
-            }
-            if fleet.lose_control && !state.control_lost {
-                events.push(Event::LoseControl);
-            }
-            if state.control.is_none() && state.lost_phase.is_some() {
-                events.push(Event::RestoreControl);
-            }
-        }
+        self.fleet_events(state, &mut events);
         events
-    }
-
-    fn backfill_may_start(&self, state: &State) -> bool {
-        match &self.scenario.fleet {
-            // The CLI reads the control phase before it starts.
-            Some(_) => matches!(state.control, Some(Phase::Source | Phase::Dual)),
-            None => !state.phase_2_started || self.scenario.backfill_after_phase_2,
-        }
-    }
-
-    /// Whether the operator's next move passes its checks now.
-    fn move_allowed(&self, state: &State, fleet: &Fleet) -> bool {
-        let (Some(current), Some(&target)) =
-            (state.control, fleet.moves.get(state.moves_done as usize))
-        else {
-            return false;
-        };
-        if !current.adjacent(target) {
-            return false;
-        }
-        let caught_up = state.processes.iter().all(|p| match fleet.heartbeat {
-            Heartbeat::PhasesInUse => p.heartbeat == (current, current),
-            Heartbeat::LatestRead => p.heartbeat.1 == current,
-        });
-        if !caught_up {
-            return false;
-        }
-        let source_only = match (
-            state.source.live(state.now),
-            state.destination.live(state.now),
-        ) {
-            (Some(s), Some(d)) => s.value != d.value,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        let destination_only = match (
-            state.source.live(state.now),
-            state.destination.live(state.now),
-        ) {
-            (Some(s), Some(d)) => s.value != d.value,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        let backfill_running = matches!(state.backfill, Some(Some(_)));
-        match (current, target) {
-            (Phase::Dual, Phase::Drain) => {
-                let backfill_holds_it = fleet.backfill_lease && backfill_running;
-                !source_only && !backfill_holds_it
-            }
-            (Phase::Dual, Phase::Source) => !(fleet.reverse_gate && destination_only),
-            _ => true,
-        }
     }
 
     fn next_action(&self, state: &State, index: usize) -> Option<Action> {
@@ -729,7 +387,7 @@ impl Explorer<'_> {
         }
         if let Action::Dynamic(_) = action {
             let process = self.scenario.clients[index].process;
-            return state.processes.get(process)?.cached.map(|_| action);
+            return self.may_act(state, process).then_some(action);
         }
         let after_gate = matches!(action.phase(), Some(Phase::Drain | Phase::Destination));
         let backfill_running = matches!(state.backfill, Some(Some(_)));
@@ -830,13 +488,14 @@ impl Explorer<'_> {
                         sent: false,
                     }),
                 };
-                if matches!(action_phase, Some(Phase::Drain | Phase::Destination)) {
+                if action_phase.is_some_and(|phase| phase.check_backfill().is_err()) {
                     state.phase_2_started = true;
                 }
                 let client = &mut state.clients[index];
                 client.next_action += 1;
                 client.op_started = state.now;
                 client.op_phase = dynamic.and(action_phase);
+                client.began_read = state.processes.get(process).map_or(0, |p| p.read_at);
                 client.lease_ttl = match action {
                     Action::RenewTo(_, ttl) => ttl,
                     _ => ttl,
@@ -861,9 +520,15 @@ impl Explorer<'_> {
                     return "no-op".into();
                 };
                 let description =
-                    self.run_command(state, &mut pending, slot, &format!("client {index}"));
+                    if matches!(action, Action::Dynamic(_)) && !self.may_send(state, index) {
+                        pending.replies[slot] = Some(Landed::NotSent);
+                        state.clients[index].stopped = true;
+                        format!("client {index}: its heartbeat lapsed, it sends nothing more")
+                    } else {
+                        self.run_command(state, &mut pending, slot, &format!("client {index}"))
+                    };
                 if pending.replies.iter().all(Option::is_some) {
-                    let replies = pending.replies.iter().flatten().cloned().map(Ok).collect();
+                    let replies = replies_of(&pending.replies);
                     let outcome = self.advance(pending.op, replies);
                     self.settle(state, Some(index), action, outcome);
                 } else {
@@ -883,35 +548,21 @@ impl Explorer<'_> {
                 };
                 let description = self.run_command(state, &mut pending, slot, "backfill");
                 if pending.replies.iter().all(Option::is_some) {
-                    let replies = pending.replies.iter().flatten().cloned().map(Ok).collect();
+                    let replies = replies_of(&pending.replies);
                     state.backfill = Some(self.advance(pending.op, replies).ok());
                 } else {
                     state.backfill = Some(Some(pending));
                 }
                 description
             }
-            Event::Refresh(process) => self.refresh(state, process),
-            Event::Move => {
-                let Some(fleet) = &self.scenario.fleet else {
-                    return "no-op".into();
-                };
-                let target = fleet.moves[state.moves_done as usize];
-                let from = state.control;
-                state.control = Some(target);
-                state.moves_done += 1;
-                format!("operator moves the fleet from phase {from:?} to {target}")
-            }
-            Event::LoseControl => {
-                state.lost_phase = state.control.take();
-                state.control_lost = true;
-                "the destination restarts without its data: the control key is gone".into()
-            }
-            Event::RestoreControl => {
-                state.control = state.lost_phase.take();
-                format!("the operator sets the phase again: {:?}", state.control)
-            }
+            Event::Refresh(_)
+            | Event::Move
+            | Event::LoseControl
+            | Event::RestoreControl
+            | Event::ControlDown
+            | Event::ControlUp => self.apply_fleet(state, event),
             Event::Expire => {
-                let at = next_expiry(state).unwrap_or(state.now);
+                let at = self.next_expiry(state).unwrap_or(state.now);
                 state.now = at;
                 state.expiries_left -= 1;
                 for store in [&mut state.source, &mut state.destination] {
@@ -922,52 +573,6 @@ impl Explorer<'_> {
                 format!("time passes to {at}: keys with that expiry are gone")
             }
         }
-    }
-
-    /// A process reads the control phase and writes its heartbeat in one
-    /// atomic step (as `phase_heartbeat.lua` does).
-    fn refresh(&self, state: &mut State, index: usize) -> String {
-        let Some(fleet) = &self.scenario.fleet else {
-            return "no-op".into();
-        };
-        let read = match (state.control, fleet.missing_control) {
-            (Some(phase), _) => Some(phase),
-            (None, MissingControl::ReadsAsSource) => Some(Phase::Source),
-            (None, MissingControl::Refuse) => None,
-        };
-        let in_flight: Vec<Phase> = state
-            .clients
-            .iter()
-            .zip(&self.scenario.clients)
-            .filter(|(client, spec)| spec.process == index && client.running.is_some())
-            .filter_map(|(client, _)| client.op_phase)
-            .collect();
-        let process = &mut state.processes[index];
-        process.refreshes_left -= 1;
-        let Some(read) = read else {
-            // The script fails before writing: the heartbeat stays, and the
-            // process refuses to start operations.
-            process.cached = None;
-            return format!("process {index} finds no control phase and refuses");
-        };
-        process.heartbeat = match fleet.heartbeat {
-            Heartbeat::LatestRead => (read, read),
-            Heartbeat::PhasesInUse => {
-                let phases = in_flight
-                    .into_iter()
-                    .chain(process.cached)
-                    .chain(std::iter::once(read));
-                let (low, high) =
-                    phases.fold((read, read), |(low, high), p| (low.min(p), high.max(p)));
-                (low, high)
-            }
-        };
-        process.cached = Some(read);
-        format!(
-            "process {index} reads phase {read}; heartbeat {}..{}",
-            process.heartbeat.0.index(),
-            process.heartbeat.1.index()
-        )
     }
 
     fn run_command(
@@ -984,7 +589,7 @@ impl Explorer<'_> {
         };
         let reply = store.execute(command, state.now);
         let description = format!("{who}: {target:?} {} -> {reply:?}", describe(command));
-        pending.replies[slot] = Some(reply);
+        pending.replies[slot] = Some(Landed::Ran(reply));
         description
     }
 
@@ -1000,8 +605,8 @@ impl Explorer<'_> {
                 Ok(Pending { op, batch, replies })
             }
             Step::Done(Ok(output)) => Err(output),
-            // The model never fails a command, so no operation can fail.
-            Step::Done(Err(_)) => Err(Output::Bool(false)),
+            // Only a command its process did not send fails in the model.
+            Step::Done(Err(_)) => Err(Output::Failed),
         }
     }
 
@@ -1020,7 +625,7 @@ impl Explorer<'_> {
             Err(output) => {
                 client.running = None;
                 client.op_phase = None;
-                let lease = client.op_started + client.lease_ttl;
+                let lease = believed_until(client.op_started, client.lease_ttl);
                 match output {
                     Output::Bool(true) if action.is_acquire() || action.is_renew() => {
                         client.lease_until = Some(lease);
@@ -1030,10 +635,31 @@ impl Explorer<'_> {
                     }
                     Output::Bool(false) if action.is_acquire() => client.refused = true,
                     Output::Bool(false) if action.is_renew() => client.lease_until = None,
+                    // As the product: an error is not an answer; the holder
+                    // trusts its lock until its lease ends, and what the
+                    // process wrote expires with its TTL.
+                    Output::Failed => {
+                        client.stopped = true;
+                        client.refused |= action.is_acquire();
+                    }
                     _ => {}
                 }
             }
         }
+    }
+
+    /// The next moment something expires: a key, a lease, or (with
+    /// heartbeat timing) a process's lapse or heartbeat.
+    pub(super) fn next_expiry(&self, state: &State) -> Option<u64> {
+        let keys = [&state.source.key, &state.destination.key];
+        let leases = state.clients.iter().filter_map(|c| c.lease_until);
+        keys.into_iter()
+            .flatten()
+            .filter_map(|stored| stored.expires_at)
+            .chain(leases)
+            .chain(self.heartbeat_deadlines(state))
+            .filter(|at| *at > state.now)
+            .min()
     }
 
     fn violated(&self, state: &State) -> Option<String> {
@@ -1068,12 +694,14 @@ impl Explorer<'_> {
                 // A holder that stopped without releasing leaves its key for
                 // the TTL it last asked for, counted from when that request
                 // ended (a write lands during the request, not at its start).
+                // So does a client whose process stopped sending (its
+                // heartbeat lapsed) in the middle of an operation.
                 let left_by_its_holder = state.clients.iter().enumerate().any(|(index, c)| {
-                    stored.value == token(index)
-                        && !c.released
+                    let holder_stopped = !c.released
                         && stored
                             .expires_at
-                            .is_some_and(|at| at <= c.write_end + c.write_ttl)
+                            .is_some_and(|at| at <= c.write_end + c.write_ttl);
+                    stored.value == token(index) && (holder_stopped || c.stopped)
                 });
                 if left_by_its_holder {
                     continue;
@@ -1088,15 +716,12 @@ impl Explorer<'_> {
     }
 }
 
-fn next_expiry(state: &State) -> Option<u64> {
-    let keys = [&state.source.key, &state.destination.key];
-    let leases = state.clients.iter().filter_map(|c| c.lease_until);
-    keys.into_iter()
-        .flatten()
-        .filter_map(|stored| stored.expires_at)
-        .chain(leases)
-        .filter(|at| *at > state.now)
-        .min()
+/// Until when a client that acquired or renewed believes it holds the lock:
+/// its TTL, counted from when its request was sent, as `Lease` counts it.
+/// The seam for the renewer's validity deadline (the belief issue): once
+/// the product computes it in a pure function, the model calls that here.
+fn believed_until(sent_at: u64, ttl: u64) -> u64 {
+    sent_at + ttl
 }
 
 fn describe(command: &Command) -> String {
