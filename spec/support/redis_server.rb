@@ -12,6 +12,16 @@ Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
 class RedisServer
   BINARY = ENV.fetch("REDIS_SERVER", "redis-server")
 
+  # Whether the server binary was built with TLS (Redis 6.2 from PyPI and Valkey 8.1 from PyPI are not):
+  # asked once, by starting it with a TLS port and a certificate that does not exist.
+  def self.tls?
+    return @tls unless @tls.nil?
+
+    out = IO.popen([BINARY, "--port", "0", "--tls-port", free_port.to_s, "--tls-cert-file", "/nonexistent",
+                    "--save", ""], err: %i[child out], &:read)
+    @tls = !out.match?(/Failed finding TLS support|Bad directive|not supported/i)
+  end
+
   attr_reader :port, :pid, :dir
 
   # `settings`: more redis-server arguments, e.g. ["--appendonly", "yes"]
