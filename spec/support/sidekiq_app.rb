@@ -78,14 +78,17 @@ end
 # renewed while it runs (auto_renew): enqueues meanwhile are dropped.
 class LongJob < ActiveJob::Base
   include Locking::UniqueJob
-  unique_lock :until_executed, ttl: 1, auto_renew: true, key: ->(id, _seconds) { id }
+  unique_lock :until_executed, ttl: 1, auto_renew: true, key: ->(id, *) { id }
 
-  def perform(id, seconds)
+  # Runs `seconds`, and with `hold` on until the spec sets long:release:ID (30 s at most), so that a spec
+  # waits for a state, not for the time its enqueues take on a busy machine.
+  def perform(id, seconds, hold: false)
     witness = Witness.redis
     witness.incr("long:overlaps") if witness.incr("long:inside:#{id}") > 1
     witness.incr("long:runs:#{id}")
     witness.set("long:running:#{id}", Process.pid)
     sleep seconds
+    300.times { hold && !witness.exists?("long:release:#{id}") ? sleep(0.1) : break }
     witness.decr("long:inside:#{id}")
     witness.incr("long:done:#{id}")
   ensure
