@@ -89,15 +89,10 @@ RSpec.describe "Redis Cluster failover" do
   # While that master fails over, a process goes on in its cached phase (its last heartbeat still tells the fleet
   # where it acts), so the other masters' slots never notice.
   it "goes on in the cached phase while the master of the control keys fails over: 0 failures elsewhere" do
-    source = TestServers.get(:source).url
-    configure_both(:destination, source: source, destination: @cluster.url, timeout: 1.0)
-    expect(locking_cli("phase", "set", "3", "--init", source: source, destination: @cluster.url)[0]).to eq(0)
     # cluster-require-full-coverage yes (Redis's default): between the master's failure and its replica's
     # promotion every slot answers CLUSTERDOWN, which an operation retries within its timeout.
-    configure_both(:dynamic, source: source, destination: @cluster.url, timeout: 3.0, phase_cache_ttl: 0.2)
-    expect(Locking.new("warm").locked?).to be(false)
-    control = @cluster.node_at(Locking.client.cluster_stats(:destination)[:control_master].split(":").last)
-    status, out, = locking_cli("status", source: source, destination: @cluster.url)
+    control = @cluster.dynamic_in_phase_destination(self, timeout: 3.0)
+    status, out, = locking_cli("status", source: source_server.url, destination: @cluster.url)
     expect(status).to eq(0)
     expect(out).to include("control keys ({locking-control}) are on master 127.0.0.1:#{control.port}")
     map = @cluster.slot_map

@@ -153,12 +153,7 @@ RSpec.describe "Redis Cluster redirects" do
     after(:all) { @lonely&.cleanup }
 
     it "goes on in the cached phase on the other masters' slots until its heartbeat lapses, then refuses" do
-      source = TestServers.get(:source).url
-      configure_both(:destination, source: source, destination: @lonely.url, timeout: 1.0)
-      expect(locking_cli("phase", "set", "3", "--init", source: source, destination: @lonely.url)[0]).to eq(0)
-      configure_both(:dynamic, source: source, destination: @lonely.url, timeout: 1.0, phase_cache_ttl: 0.2)
-      expect(Locking.new("warm").locked?).to be(false)
-      control = @lonely.node_at(Locking.client.cluster_stats(:destination)[:control_master].split(":").last)
+      control = @lonely.dynamic_in_phase_destination(self, timeout: 1.0)
       map = @lonely.slot_map
       elsewhere = Array.new(200) { |i| "elsewhere:#{i}" }.reject { |key| @lonely.node_for("locking:#{key}", map) == control }
       killed_at = monotonic

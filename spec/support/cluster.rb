@@ -144,6 +144,21 @@ class RedisCluster
     end
   end
 
+  # Dynamic phases in phase 3 with this cluster as the destination (and the standalone test source), set up
+  # through `spec`'s helpers: the phase set, Locking configured, the control keys read once. Returns the node
+  # that holds them.
+  def dynamic_in_phase_destination(spec, timeout:, phase_cache_ttl: 0.2)
+    source = TestServers.get(:source).url
+    spec.configure_both(:destination, source: source, destination: url, timeout: 1.0)
+    raise "phase set 3 --init failed" unless spec.locking_cli("phase", "set", "3", "--init", source: source,
+                                                                                             destination: url)[0].zero?
+
+    spec.configure_both(:dynamic, source: source, destination: url, timeout: timeout, phase_cache_ttl: phase_cache_ttl)
+    raise "a fresh key reads as locked" if Locking.new("warm").locked?
+
+    node_at(Locking.client.cluster_stats(:destination)[:control_master].split(":").last)
+  end
+
   # `redis-cli --cluster reshard`, started in the background: [pid, log].
   def reshard_in_background(from:, to:, slots:)
     log = File.join(@nodes.first.dir, "reshard-#{Process.clock_gettime(Process::CLOCK_MONOTONIC, :nanosecond)}.log")
