@@ -875,7 +875,19 @@ class Locking
         end
         sleep 0.2
       end
-      store_phase(current, target)
+      recount_refusal(current, target, one_sided) || store_phase(current, target)
+    end
+
+    # The one-sided count again, now that every process has caught up: a process still in phase 0 (or 2) while
+    # the first count ran could have written a lock on one side since, and none can from here on.
+    def recount_refusal(current, target, counted)
+      return nil if counted.nil?
+
+      again, = one_sided_for(current, target)
+      now, reasons = client.transition_reasons(target, source_only: again)
+      return refuse(now || current, target, ["the phase changed meanwhile (now #{now.inspect})"]) if now != current
+
+      reasons.empty? ? nil : refuse(current, target, reasons)
     end
 
     def initialize_phase(target)

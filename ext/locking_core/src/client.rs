@@ -582,18 +582,34 @@ impl<'c> Lease<'c> {
         // After a failed read of the control key, the cached phase is used
         // for a moment without asking again: a master that blackholes would
         // otherwise cost every operation a timeout.
-        let retry_after = dynamic.unreachable_at.load(Ordering::SeqCst) + CONTROL_RETRY_MS;
-        let backing_off = dynamic.now_ms() < retry_after && dynamic.cached_phase_covered();
+        let unreachable_at = dynamic.unreachable_at.load(Ordering::SeqCst);
+        let backing_off = unreachable_at != 0
+            && dynamic.now_ms() < unreachable_at + CONTROL_RETRY_MS
+            && dynamic.cached_phase_covered();
         if self.refresh && !backing_off {
             let process = format!("{}:{}", dynamic.host, crate::process::id());
             let in_use = dynamic.phases_in_use(client.phase());
-            let read = crate::control::phase_heartbeat(
+            let mut read = crate::control::phase_heartbeat(
                 self,
                 &process,
                 dynamic.heartbeat_ttl_ms,
                 in_use,
                 interrupt,
             );
+            // A connection that broke (a master that restarted, perhaps
+            // empty) is not yet an unreachable master: asked once more on a
+            // new connection, a master that is back answers, with its phase
+            // or with none (then this process refuses; it must not act on
+            // a cached phase whose heartbeat the master no longer holds).
+            if matches!(read, Err(Error::Connection { .. })) {
+                read = crate::control::phase_heartbeat(
+                    self,
+                    &process,
+                    dynamic.heartbeat_ttl_ms,
+                    in_use,
+                    interrupt,
+                );
+            }
             match read {
                 Ok(phase) => {
                     client.phase.store(phase.index(), Ordering::SeqCst);
