@@ -1019,6 +1019,23 @@ mod tests {
     use crate::model::{MemoryStore, ModelStore, Stored};
     use crate::store::run;
 
+    #[test]
+    fn a_key_that_gained_a_ttl_since_the_first_read_expires_sooner() {
+        let entry = |at: Option<u64>| Entry {
+            value: b"t".to_vec(),
+            ttl_ms: at.map(|at| at - 1_000),
+            expires_at_ms: at,
+            expires_by_ms: at.map(|at| at + 1),
+        };
+        // No TTL at the first read, one now (a PERSISTed lock renewed): the
+        // copy, written without a TTL, would outlive it.
+        assert!(entry(Some(10_000)).expires_sooner_than(&entry(None)));
+        assert!(!entry(None).expires_sooner_than(&entry(Some(10_000))));
+        assert!(!entry(None).expires_sooner_than(&entry(None)));
+        assert!(entry(Some(5_000)).expires_sooner_than(&entry(Some(10_000))));
+        assert!(!entry(Some(10_000)).expires_sooner_than(&entry(Some(10_000))));
+    }
+
     fn held(value: &str) -> MemoryStore {
         MemoryStore {
             key: Some(Stored {
