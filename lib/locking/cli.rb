@@ -396,6 +396,12 @@ class Locking
       raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
     end
 
+    LEASE_LAPSED = "the backfill lost its lease meanwhile (stalled?), so it sends nothing more; run it again"
+
+    # Whether a lease was taken and has run out since: a read that timed out
+    # because the process was stopped fails first, but the lease is the news.
+    def lease_lapsed? = @lease_until && @lease_until <= monotonic
+
     def run_backfill(holder)
       return EXIT_REFUSED unless backfill_allowed?
 
@@ -452,6 +458,7 @@ class Locking
       rescue Interrupt, Locking::Error => e
         progress.finish
         stopped = e.is_a?(Interrupt) ? "interrupted" : "stopped: #{e.message} (#{e.class})"
+        stopped += "; #{LEASE_LAPSED}" if !options[:dry_run] && lease_lapsed? && !e.message.include?("lease")
         report_backfill(totals, monotonic - started, stopped, first_errors)
         unless options[:dry_run] || cursor.zero?
           @out.puts "the position is saved (cursor #{cursor}); resume with: " \
