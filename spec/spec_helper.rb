@@ -51,6 +51,14 @@ module ServerHelpers
   end
 
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  # Polls the block until it returns something truthy, for at most `seconds`;
+  # returns what it returned last (falsy if the state never came).
+  def wait_for(seconds = 5, every: 0.01)
+    deadline = monotonic + seconds
+    sleep every until (result = yield) || monotonic > deadline
+    result
+  end
 end
 
 RSpec.configure do |config|

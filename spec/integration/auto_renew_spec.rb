@@ -6,15 +6,7 @@ require "active_job"
 # The watchdog (auto_renew): locks that live as long as their holder, on
 # real servers, checked by what Redis holds.
 RSpec.describe "auto_renew (the native renewer)" do
-  def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-
   def configure(phase = :source, **more) = configure_both(phase, **more)
-
-  def wait_for(seconds = 5)
-    deadline = monotonic + seconds
-    sleep 0.01 until (result = yield) || monotonic > deadline
-    result
-  end
 
   let(:source) { source_server.redis }
   let(:destination) { destination_server.redis }

@@ -9,12 +9,6 @@ RSpec.describe "the backfill's lease" do
   let(:destination) { destination_server.redis }
   let(:lease_key) { "{locking-control}:locking:backfill" }
 
-  def wait_for(seconds = 10)
-    deadline = monotonic + seconds
-    sleep 0.005 until (result = yield) || monotonic > deadline
-    result
-  end
-
   def copies = destination.keys("locking:*").size
 
   it "writes nothing more once it was stopped past its lease, and says so" do
@@ -32,9 +26,9 @@ RSpec.describe "the backfill's lease" do
     end
     writer.close
     begin
-      expect(wait_for { copies >= 2_000 }).to be(true)
+      expect(wait_for(10) { copies >= 2_000 }).to be(true)
       Process.kill(:STOP, pid)
-      expect(wait_for { destination.exists(lease_key).zero? }).to be(true) # the lease ran out meanwhile
+      expect(wait_for(10) { destination.exists(lease_key).zero? }).to be(true) # the lease ran out meanwhile
       copied = copies
       # What a move into phase 2 would now be allowed to do; the backfill wakes.
       Process.kill(:CONT, pid)

@@ -41,12 +41,6 @@ RSpec.describe "dynamic phases" do
     end
   end
 
-  def wait_for(seconds = 5)
-    deadline = monotonic + seconds
-    sleep 0.02 until yield || monotonic > deadline
-    yield
-  end
-
   it "moves running processes through every phase without a restart, never running a job twice" do
     configure_both(:source)
     expect(locking_cli("phase", "set", "0", "--init")[0]).to eq(0)
