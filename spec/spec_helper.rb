@@ -7,6 +7,7 @@ require_relative "support/redis_server"
 require_relative "support/phases"
 require_relative "support/phase_examples"
 require_relative "support/cli"
+require_relative "support/forked"
 
 # Servers shared by the whole run: source, destination, and a third one for
 # occupancy witnesses. Started on first use, stopped at exit.
