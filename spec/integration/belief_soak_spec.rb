@@ -93,35 +93,28 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
           c.timeout = BeliefSoak::TIMEOUT
         end
         witness = Redis.new(url: witness_url)
-        log = IntervalLog::Writer.new(witness, batch: 20)
-        until witness.exists?("belief-stop")
-          lock = Locking.new("job:#{rand(BeliefSoak::KEYS)}")
-          begin
-            next unless lock.acquire(BeliefSoak::TTL, auto_renew: true)
-          rescue Locking::Error
-            log.errors += 1
-            next
-          end
-          from = BeliefSoak.clock
-          if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
-            fork_reader(lock, witness_url, BeliefSoak.clock)
-            lock.stop_renewing
-            log.record(lock.lock_key, lock.token, from, BeliefSoak.clock)
-            next
-          end
-          # Mostly short holds; one in three outlives the TTL twice over at most.
-          log.record(lock.lock_key, lock.token, from, hold(lock, rand < 0.67 ? rand * 0.05 : rand * 2 * BeliefSoak::TTL))
-          begin
-            lock.release
-          rescue Locking::Error
-            log.errors += 1
+        IntervalLog.work(witness, batch: 20, name: "belief soak worker") do |log|
+          until witness.exists?("belief-stop")
+            lock = Locking.new("job:#{rand(BeliefSoak::KEYS)}")
+            begin
+              next unless lock.acquire(BeliefSoak::TTL, auto_renew: true)
+            rescue Locking::Error
+              log.errors += 1
+              next
+            end
+            from = BeliefSoak.clock
+            if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
+              fork_reader(lock, witness_url, BeliefSoak.clock)
+              lock.stop_renewing
+              log.record(lock.lock_key, lock.token, from, BeliefSoak.clock)
+              next
+            end
+            # Mostly short holds; one in three outlives the TTL twice over at most.
+            seconds = rand < 0.67 ? rand * 0.05 : rand * 2 * BeliefSoak::TTL
+            log.record(lock.lock_key, lock.token, from, hold(lock, seconds))
+            IntervalLog.release(lock, log)
           end
         end
-        log.flush
-        exit!(0)
-      rescue StandardError => e
-        warn "belief soak worker: #{e.class}: #{e.message}"
-        exit!(1)
       end
     end
   end

@@ -66,32 +66,24 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
           c.timeout = 1.0
         end
         witness = Redis.new(url: witness_url)
-        log = IntervalLog::Writer.new(witness, batch: 200)
-        deadline = monotonic + 600
-        until witness.exists?(stop_key) || monotonic > deadline
-          lock = Locking.new("job:#{rand(Soak::KEYS)}")
-          started = monotonic
-          begin
-            next unless lock.acquire(Soak::TTL)
-          rescue Locking::Error
-            log.errors += 1
-            next
-          end
-          from = monotonic
-          witness.incr("phase:#{Locking.client.phase}")
-          sleep(rand * 0.003)
-          log.record(lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min)
-          begin
-            lock.release
-          rescue Locking::Error
-            log.errors += 1
+        IntervalLog.work(witness, batch: 200, name: "soak worker") do |log|
+          deadline = monotonic + 600
+          until witness.exists?(stop_key) || monotonic > deadline
+            lock = Locking.new("job:#{rand(Soak::KEYS)}")
+            started = monotonic
+            begin
+              next unless lock.acquire(Soak::TTL)
+            rescue Locking::Error
+              log.errors += 1
+              next
+            end
+            from = monotonic
+            witness.incr("phase:#{Locking.client.phase}")
+            sleep(rand * 0.003)
+            log.record(lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min)
+            IntervalLog.release(lock, log)
           end
         end
-        log.flush
-        exit!(0)
-      rescue StandardError => e
-        warn "soak worker: #{e.class}: #{e.message}"
-        exit!(1)
       end
     end
   end

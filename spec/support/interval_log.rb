@@ -36,6 +36,26 @@ module IntervalLog
     end
   end
 
+  # A worker process's body: the block records into a Writer until it is
+  # told to stop; then the rest is flushed and the process exits (1 if the
+  # block raised, named for the log).
+  def self.work(witness, batch:, name:)
+    log = Writer.new(witness, batch: batch)
+    yield log
+    log.flush
+    exit!(0)
+  rescue StandardError => e
+    warn "#{name}: #{e.class}: #{e.message}"
+    exit!(1)
+  end
+
+  # Releases the lock, counting an operation error instead of raising.
+  def self.release(lock, log)
+    lock.release
+  rescue Locking::Error
+    log.errors += 1
+  end
+
   # [[key, holder, from, to], ...] as the workers recorded them.
   def self.read(witness)
     witness.lrange(LIST, 0, -1).map do |line|
