@@ -3,6 +3,7 @@
 require "optparse"
 require "json"
 require "time"
+require "stringio"
 require_relative "../locking"
 
 class Locking
@@ -28,19 +29,14 @@ class Locking
       }
     end
 
+    # The commands whose result --json prints as one JSON object.
+    JSON_COMMANDS = %w[status gate phase backfill unlock audit].freeze
+
     def run
       command = parse
-      case command
-      when "status" then status
-      when "backfill" then backfill
-      when "gate" then gate
-      when "phase" then phase
-      when "cleanup-source" then cleanup_source
-      when "web" then web
-      when "help" then usage(EXIT_OK)
-      when nil then usage_error("no command given (status, backfill, gate, phase, cleanup-source or web)")
-      else usage_error("unknown command #{command.inspect}")
-      end
+      return dispatch(command) unless options[:json] && command != "help"
+
+      json_run(command)
     rescue OptionParser::ParseError => e
       usage_error(e.message)
     rescue Interrupt
@@ -54,6 +50,58 @@ class Locking
     private
 
     attr_reader :options
+
+    def dispatch(command)
+      case command
+      when "status" then status
+      when "backfill" then backfill
+      when "gate" then gate
+      when "phase" then phase
+      when "unlock" then unlock
+      when "audit" then audit_command
+      when "cleanup-source" then cleanup_source
+      when "web" then web
+      when "help" then usage(EXIT_OK)
+      when nil then usage_error("no command given (status, backfill, gate, phase, unlock, audit, cleanup-source or web)")
+      else usage_error("unknown command #{command.inspect}")
+      end
+    end
+
+    # --json: the command's text goes nowhere (its lines stay in "output"); what it recorded with #result,
+    # its exit status and any error are printed as one JSON object on one line.
+    def json_run(command)
+      unless JSON_COMMANDS.include?(command)
+        return usage_error("--json works with #{JSON_COMMANDS.join(', ')}, not #{command.inspect}")
+      end
+
+      out = @out
+      @out = StringIO.new
+      @result = { "command" => command }
+      status = begin
+        dispatch(command)
+      rescue Locking::Error, ArgumentError, TypeError => e
+        @err.puts "locking: #{e.message} (#{e.class})"
+        @result["error"] = "#{e.message} (#{e.class})"
+        EXIT_ERROR
+      end
+      @result["exit"] = status
+      @result["output"] = @out.string.lines.map { |line| json_text(line.chomp) }
+      out.puts JSON.generate(@result)
+      status
+    ensure
+      @out = out if out
+    end
+
+    # Records part of the command's result (printed by --json, ignored otherwise).
+    def result(values)
+      (@result ||= {}).merge!(values.transform_keys(&:to_s))
+    end
+
+    # A String as JSON can hold it: itself when it is valid UTF-8, else as Ruby shows it ("\xFF").
+    def json_text(text)
+      utf8 = text.to_s.dup.force_encoding(Encoding::UTF_8)
+      utf8.valid_encoding? ? utf8 : text.inspect
+    end
 
     def usage(status)
       @out.puts parser.help
@@ -118,16 +166,40 @@ class Locking
       @err.puts "locking: could not write the audit log: #{e.message}"
     end
 
-    # Pages per backfill batch: as many as keep both servers busy, but under
-    # --rate only what a tenth of a second allows, so the cap stays smooth
-    # (the pause comes between batches) and the saved position stays recent.
-    # SCAN pages per backfill batch: as many as keep both servers busy
     def control_phase
       options[:destination] ? client.control_phase : nil
     end
 
     def describe_phase(phase)
       "#{Configuration.phase_index(phase)} (#{phase})"
+    end
+
+    # The phase this command goes by, and how it knows: [phase, :dynamic] (the control key on the destination),
+    # [phase, :static] (this configuration's phase: the fleet's own cannot be seen), or [nil, :unset] (dynamic,
+    # and no phase is set).
+    def phase_seen
+      current = control_phase
+      return [current, :dynamic] if current
+      return [nil, :unset] if options[:phase] == :dynamic
+
+      [options[:phase], :static]
+    end
+
+    # The phase a command goes by, in words that say whether it was seen or assumed.
+    def phase_note
+      phase, how = phase_seen
+      case how
+      when :dynamic then "#{describe_phase(phase)}, dynamic (read from the control key on the destination)"
+      when :unset then "none set (phase :dynamic, and no phase on the destination)"
+      else
+        "#{describe_phase(phase)} ASSUMED: phases are static, so this is this configuration's phase (LOCKING_PHASE " \
+        "or --config; default 0); this tool cannot see the phase the fleet's processes run in"
+      end
+    end
+
+    def phase_json
+      phase, how = phase_seen
+      { "index" => phase && Configuration.phase_index(phase), "name" => phase&.to_s, "seen" => how.to_s }
     end
 
     def monotonic
@@ -144,3 +216,6 @@ require_relative "cli/gate"
 require_relative "cli/phase"
 require_relative "cli/cleanup_source"
 require_relative "cli/web"
+require_relative "cli/lease"
+require_relative "cli/unlock"
+require_relative "cli/audit"

@@ -14,13 +14,18 @@ class Locking
 
     def backfill
       need_destination!
+      return break_lease if options[:break_lease]
       return EXIT_REFUSED unless backfill_allowed?
 
-      holder = "#{Socket.gethostname}:#{Process.pid}"
+      holder = Lease.own
       unless options[:dry_run]
         taken = keep_backfill_lease(holder)
+        taken = take_over_dead_lease(taken, holder) if taken && taken != holder
         if taken != holder
-          @err.puts "locking: refused: another backfill is running (#{taken}); one at a time"
+          info = lease_info
+          @err.puts "locking: refused: another backfill is running (#{Lease.new(taken).name}); one at a time"
+          @err.puts "  its lease: #{describe_lease(info)}" if info
+          result("outcome" => "refused", "lease" => info)
           return EXIT_REFUSED
         end
       end
@@ -39,6 +44,7 @@ class Locking
       return true unless refusal
 
       @err.puts "locking: refused: #{refusal}"
+      result("outcome" => "refused", "reasons" => [refusal], "phase" => phase_json)
       false
     end
 
@@ -86,12 +92,14 @@ class Locking
                 "#{Locking.redact(options[:destination])}, " \
                 "keys under #{options[:prefix].inspect}, #{page_size} per page, #{pages_per_batch} page(s) per batch" \
                 "#{", at most #{options[:rate]} keys/s" if options[:rate]}"
+      @out.puts "phase: #{phase_note}"
       if saved
         @out.puts "resuming from a saved position (cursor #{cursor}, #{number(totals[:scanned])} keys scanned " \
                   "before); --restart starts over"
       end
       bar = options[:progress].nil? ? @out.tty? : options[:progress]
-      progress = Progress.new(@out, bar, from: cursor, fraction: ->(at) { tool.walk_fraction(:source, at) })
+      progress = Progress.new(@out, bar, from: cursor, before: totals[:scanned],
+                                         fraction: ->(at) { tool.walk_fraction(:source, at) })
       started = monotonic
       scanned_before = totals[:scanned]
       first_errors = []
@@ -155,6 +163,7 @@ class Locking
     def verify_backfill
       count, = client(phase: :dual).source_only(examples: 0)
       phase = control_phase || (options[:phase] unless options[:phase] == :dynamic)
+      result("source_only_after" => count)
       if count.zero?
         @out.puts "verified: no lock lives on the source only"
         EXIT_OK
@@ -185,6 +194,8 @@ class Locking
     end
 
     def report_backfill(totals, elapsed, outcome, errors = [])
+      result("outcome" => outcome, "dry_run" => options[:dry_run], "totals" => totals.transform_keys(&:to_s),
+             "elapsed_s" => elapsed.round(3), "errors" => errors.first(5).map { |e| json_text(e) }, "phase" => phase_json)
       verb = options[:dry_run] ? "would copy" : "copied"
       @out.puts "#{outcome}: #{number(totals[:scanned])} scanned, #{number(totals[:copied])} #{verb}, " \
                 "#{number(totals[:already_there])} already there, #{number(totals[:conflicts])} conflicts, " \
@@ -198,6 +209,7 @@ class Locking
       @out.flush
     end
 
+    # SCAN pages per backfill batch: as many as keep both servers busy
     # (--pages overrides), but one under --rate, so the load is spread evenly
     # rather than a burst at full speed and then a pause.
     def pages_per_batch

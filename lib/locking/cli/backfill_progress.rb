@@ -46,20 +46,23 @@ class Locking
     # read off the cursor (`fraction`, the core's Client#walk_fraction), whose
     # bits reversed walk the hash table in order, master by master on a cluster.
     class Progress
-      # `from`: the cursor this run starts at (a resume starts part way).
-      def initialize(out, bar, fraction:, from: 0)
+      # `from`: the cursor this run starts at (a resume starts part way); `before`: the keys scanned by the
+      # runs before it. The percentage is of the whole walk, so the count shown with it is of the whole walk
+      # too (this run's share in parentheses); the rate and the ETA follow this run's own pace.
+      def initialize(out, bar, fraction:, from: 0, before: 0)
         @out = out
         @bar = bar
         @last = -Float::INFINITY
         @fraction = fraction
         @start_fraction = from.zero? ? 0.0 : fraction.(from)
+        @before = before.to_i
       end
 
+      # `keys`: the keys this run scanned so far.
       def update(keys, cursor, elapsed)
         fraction = @fraction.(cursor)
         @start_fraction = 0.0 if fraction < @start_fraction # a walk started over
         rate = keys / [elapsed, 1e-9].max
-        # The ETA follows this run's own pace: a resumed run starts part way.
         done = fraction - @start_fraction
         eta = done.positive? ? elapsed * (1 - fraction) / done : 0
         if @bar
@@ -67,13 +70,14 @@ class Locking
 
           @last = elapsed
           filled = (fraction * 30).round
-          @out.print format("\r[%-30s] %3d%%  %s keys  %s keys/s  ETA %s ",
-                            "=" * filled, fraction * 100, with_commas(keys), with_commas(rate), clock(eta))
+          @out.print format("\r[%-30s] %3d%%  %s keys%s  %s keys/s  ETA %s ",
+                            "=" * filled, fraction * 100, with_commas(@before + keys), this_run(keys),
+                            with_commas(rate), clock(eta))
           @out.flush
         elsif elapsed - @last >= 2 || fraction >= 1.0
           @last = elapsed
-          @out.puts format("backfill: %d%% %s keys, %s keys/s, ETA %s",
-                           fraction * 100, with_commas(keys), with_commas(rate), clock(eta))
+          @out.puts format("backfill: %d%% of the walk, %s keys scanned%s, %s keys/s, ETA %s",
+                           fraction * 100, with_commas(@before + keys), this_run(keys), with_commas(rate), clock(eta))
           @out.flush # a line at a time into a log file or a pipe, not a block at the end
         end
       end
@@ -83,6 +87,10 @@ class Locking
       end
 
       private
+
+      def this_run(keys)
+        @before.zero? ? "" : " (#{with_commas(keys)} in this run)"
+      end
 
       def with_commas(value)
         value.to_i.to_s.reverse.scan(/\d{1,3}/).join(",").reverse

@@ -11,15 +11,19 @@ class Locking
       unless options[:source]
         @out.puts "gate: no source is configured (the migration is finished): there is no source-only lock to " \
                   "count, and nothing to roll back to"
+        result("gate" => options[:reverse] ? "reverse" : "drain", "open" => true, "reasons" => [], "phase" => phase_json)
         return EXIT_OK
       end
       return reverse_gate if options[:reverse]
 
       count, scanned, examples = client(phase: :dual).source_only(examples: 5)
       fleet = client.fleet
-      dynamic = !control_phase.nil? || !fleet.empty?
+      _, how = phase_seen
+      dynamic = how != :static || !fleet.empty?
       in_phase_zero = fleet.count { |m| m[:phase] == :source }
+      lease = lease_info
       @out.puts "gate into phase 2 (drain):"
+      @out.puts "  phase: #{phase_note}"
       @out.puts "  source-only locks: #{number(count)} (of #{number(scanned)} on the source)"
       examples.each { |key| @out.puts "    e.g. #{key.inspect}" }
       if dynamic
@@ -28,8 +32,13 @@ class Locking
         @out.puts "  processes still in phase 0: not visible without dynamic phases; make sure every " \
                   "process has been deployed with phase :dual"
       end
-      reasons = protocol_reasons(count, in_phase_zero)
+      @out.puts "  backfill: #{lease ? describe_lease(lease) : 'none running'}"
+      reasons = protocol_reasons(count, in_phase_zero, lease && lease["holder"])
       reasons << empty_prefix_reason(scanned, fleet) if reasons.empty? && empty_prefix?(scanned, fleet)
+      result("gate" => "drain", "phase" => phase_json, "source_only" => count, "scanned" => scanned,
+             "examples" => examples.map { |key| json_text(key) },
+             "processes_in_phase_0" => (in_phase_zero if dynamic), "processes_reporting" => fleet.size,
+             "backfill" => lease)
       verdict(reasons, "moving to phase 2 is safe")
     end
 
@@ -53,15 +62,19 @@ class Locking
       @out.puts "reverse gate into phase 0 (source), for a rollback from phase 1:"
       @out.puts "  destination-only locks: #{number(count)} (of #{number(scanned)} on the destination)"
       examples.each { |key| @out.puts "    e.g. #{key.inspect}" }
+      result("gate" => "reverse", "phase" => phase_json, "destination_only" => count, "scanned" => scanned,
+             "examples" => examples.map { |key| json_text(key) })
       verdict(Locking::Client.reverse_gate_reasons(count), "rolling back to phase 0 is safe")
     end
 
-    # The core's gate, in the core's words (the same as `phase advance`).
-    def protocol_reasons(source_only, in_phase_zero)
-      Locking::Client.gate_reasons(in_phase_zero, source_only)
+    # The core's gate, in the core's words: the same rules as `phase advance` (a running backfill's lease
+    # included, `backfill_holder`).
+    def protocol_reasons(source_only, in_phase_zero, backfill_holder)
+      Locking::Client.gate_reasons(in_phase_zero, source_only, backfill_holder)
     end
 
     def verdict(reasons, safe)
+      result("open" => reasons.empty?, "reasons" => reasons.map { |r| json_text(r) })
       if reasons.empty?
         @out.puts "OPEN: #{safe}"
         EXIT_OK

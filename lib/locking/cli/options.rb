@@ -8,7 +8,8 @@ class Locking
 
       Commands:
         status              lock keys on each server (counted with SCAN), their TTLs, the phase, the fleet
-        backfill            copy every source-only lock onto the destination (phases 0 and 1 only)
+        backfill            copy every source-only lock onto the destination (phases 0 and 1 only);
+                            --break-lease: free a dead backfill's lease (audited)
         gate                exit 0 when moving to phase 2 is safe, 1 (with the reasons) when not;
                             --reverse: the same for rolling back from phase 1 to 0
         phase               show the phase and, with dynamic phases, the fleet
@@ -16,8 +17,15 @@ class Locking
                             --dry-run counts them
         phase set PHASE     set the fleet's phase (dynamic phases): 0..3 or source|dual|drain|destination;
                             only to an adjacent phase, once every process has caught up (--init: the first one)
-        phase advance       move the fleet to the next phase once every process has caught up
+        phase advance       move the fleet to the next phase once every process has caught up;
+                            --check: the verdict only; --wait-fleet SECONDS: then wait for the fleet to follow
+        unlock KEY          delete one lock (the key after the prefix) on every server, whoever holds it;
+        unlock --glob PAT   or every lock whose key matches a Redis glob; --dry-run lists them (audited)
+        audit               the audit log on the destination, newest first (--limit N)
         web                 serve the dashboard (Locking::Web) on --bind:--port until Ctrl-C
+
+      --json (status, gate, phase, backfill, unlock, audit) prints one JSON object instead of text.
+      Exit status: 0 done (gate open), 1 refused (gate closed, unsafe move), 2 usage, 3 Redis or other error.
 
       Options:
     TEXT
@@ -61,11 +69,30 @@ class Locking
                                    "(default: #{Locking::Client::BACKFILL_PAGES}; 1 under --rate)") do |v|
           options[:pages] = v
         end
-        o.on("--dry-run", "backfill: count what would be copied, write nothing") { options[:dry_run] = true }
+        o.on("--dry-run", "backfill: count what would be copied, write nothing; cleanup-source, unlock: " \
+                          "list or count, delete nothing") { options[:dry_run] = true }
         o.on("--restart", "backfill: start over instead of resuming a saved position") { options[:restart] = true }
         o.on("--[no-]progress", "backfill: progress bar (default: on a terminal)") { |v| options[:progress] = v }
         o.on("--wait SECONDS", Float, "phase set/advance: wait this long for the fleet to catch up (default: 0)") do |v|
           options[:wait] = v
+        end
+        o.on("--wait-fleet SECONDS", Float, "phase set/advance: after the move, wait this long for every reporting " \
+                                            "process to report the new phase; exit 1 if they do not") do |v|
+          options[:wait_fleet] = v
+        end
+        o.on("--check", "phase set/advance: the verdict (exit 0 or 1, with the reasons) without the move") do
+          options[:check] = true
+        end
+        o.on("--json", "status, gate, phase, backfill, unlock, audit: print one JSON object (see the README)") do
+          options[:json] = true
+        end
+        o.on("--break-lease", "backfill: free the lease of a backfill that is not provably running (audited); " \
+                              "copies nothing") { options[:break_lease] = true }
+        o.on("--glob PATTERN", "unlock: every lock whose key (after the prefix) matches PATTERN (Redis glob)") do |v|
+          options[:glob] = v
+        end
+        o.on("--limit N", Integer, "audit: the newest N entries (default: 20, at most #{Locking::Client::AUDIT_KEEP})") do |v|
+          options[:limit] = v
         end
         o.on("--init", "phase set: set the phase when none is set (the first set, or after the destination " \
                        "lost its data)") { options[:init] = true }
@@ -92,6 +119,12 @@ class Locking
       end
       if options[:pages] && !options[:pages].between?(1, Locking::Client::MAX_BACKFILL_PAGES)
         raise OptionParser::InvalidArgument, "--pages #{options[:pages]}: must be 1..#{Locking::Client::MAX_BACKFILL_PAGES}"
+      end
+      if options[:limit] && !options[:limit].between?(1, Locking::Client::AUDIT_KEEP)
+        raise OptionParser::InvalidArgument, "--limit #{options[:limit]}: must be 1..#{Locking::Client::AUDIT_KEEP}"
+      end
+      if options[:wait_fleet] && !(options[:wait_fleet].finite? && options[:wait_fleet] >= 0)
+        raise OptionParser::InvalidArgument, "--wait-fleet #{options[:wait_fleet]}: must be a number of seconds, 0 or more"
       end
       if options[:rate] && !options[:rate].positive?
         raise OptionParser::InvalidArgument, "--rate #{options[:rate]}: must be a positive number of keys per second"

@@ -37,6 +37,7 @@ class Locking
                "#{describe_phase(options[:phase])} (static: this configuration's phase; no dynamic phase is set)"
              end
       @out.puts format("%-12s %s", "phase", line)
+      result("phase" => phase_json, "fleet" => fleet.map { |m| member_json(m) })
       show_control_master
       @out.puts format("%-12s %d process(es) reporting", "fleet", fleet.size)
       fleet.group_by { |m| [m[:phase], m[:highest]] }.sort_by { |(low, high), _| [low, high].map { |p| Configuration.phase_index(p) } }
@@ -60,6 +61,12 @@ class Locking
       @out.puts format("%-12s %s", "control",
                        "the control keys ({locking-control}) are on master #{stats[:control_master] || 'unknown'}: " \
                        "while it is down, the phase cannot move, and processes stop once their heartbeat lapses")
+    end
+
+    def member_json(member)
+      { "process" => json_text(member[:process]), "phase" => Configuration.phase_index(member[:phase]),
+        "highest" => Configuration.phase_index(member[:highest]), "age_ms" => member[:age_ms],
+        "expires_in_ms" => member[:expires_in_ms] }
     end
 
     def describe_member(member)
@@ -86,6 +93,8 @@ class Locking
       index = Configuration.phase_index(current)
       if index == 3
         @out.puts "refused: the fleet is in phase #{describe_phase(current)}, the last phase; nothing to advance"
+        result("from" => index, "to" => nil, "moved" => false, "check" => options[:check] || false,
+               "reasons" => ["the fleet is in the last phase"])
         return EXIT_REFUSED
       end
       set_phase(Configuration::PHASES[index + 1], expected: current)
@@ -93,13 +102,14 @@ class Locking
 
     # Moves the fleet to `target` once it is safe, waiting up to --wait for
     # the fleet to catch up (a lock count that blocks the move does not wait:
-    # it needs a backfill, or time for TTLs).
+    # it needs a backfill, or time for TTLs). The rules, a running backfill's
+    # lease included, are the core's (Client#transition_reasons), as the gate's.
+    # --check stops at the verdict; --wait-fleet waits after the move.
     def set_phase(target, expected: :any)
       current = client.control_phase
+      result("from" => current && Configuration.phase_index(current), "to" => Configuration.phase_index(target),
+             "moved" => false, "check" => options[:check] || false)
       return initialize_phase(target) if current.nil?
-      if target == :drain && backfill_running
-        return refuse(current, target, ["a backfill is running (#{backfill_running}): phase 2 waits for it"])
-      end
       if expected != :any && current != expected
         return refuse(current, target, ["the phase changed meanwhile (now #{current})"])
       end
@@ -124,7 +134,47 @@ class Locking
         end
         sleep 0.2
       end
-      recount_refusal(current, target, one_sided) || store_phase(current, target)
+      recount_refusal(current, target, one_sided) || check_or_store(current, target)
+    end
+
+    def check_or_store(current, target)
+      if options[:check]
+        @out.puts "OPEN: phase #{current ? describe_phase(current) : 'none'} -> #{describe_phase(target)} is allowed " \
+                  "now (--check: nothing was set)"
+        result("reasons" => [])
+        return EXIT_OK
+      end
+      status = store_phase(current, target)
+      status == EXIT_OK && options[:wait_fleet] ? wait_for_fleet(target) : status
+    end
+
+    # --wait-fleet: after the move, until every process that reports (a live heartbeat) reports the new phase
+    # alone; processes that stop reporting (their heartbeat lapsed: idle, or gone) do not count.
+    def wait_for_fleet(target)
+      deadline = monotonic + options[:wait_fleet]
+      said = nil
+      loop do
+        behind = client.fleet.reject { |m| m[:phase] == target && m[:highest] == target }
+        if behind.empty?
+          @out.puts "the fleet follows: every reporting process reports phase #{describe_phase(target)}"
+          result("fleet_caught_up" => true, "behind" => [])
+          return EXIT_OK
+        end
+        if monotonic >= deadline
+          names = behind.first(5).map { |m| describe_member(m) }.join(", ")
+          @out.puts "timed out: after #{options[:wait_fleet]}s, #{behind.size} process(es) do not report phase " \
+                    "#{describe_phase(target)} yet: #{names}#{behind.size > 5 ? ', ...' : ''} (the phase was set; " \
+                    "`locking phase` shows the fleet)"
+          result("fleet_caught_up" => false, "behind" => behind.map { |m| member_json(m) })
+          return EXIT_REFUSED
+        end
+        if said.nil? || monotonic - said >= 2
+          said = monotonic
+          @out.puts "waiting for the fleet (#{format('%.0f', deadline - monotonic)}s left): #{behind.size} process(es) behind"
+          @out.flush
+        end
+        sleep 0.2
+      end
     end
 
     # The one-sided count again, now that every process has caught up: a process still in phase 0 (or 2) while
@@ -142,29 +192,28 @@ class Locking
     def initialize_phase(target)
       return refuse_unset(target) unless options[:init]
 
-      store_phase(nil, target)
+      check_or_store(nil, target)
     end
 
     def refuse_unset(target)
       @out.puts "refused: no phase is set on the destination (never set, or lost with the destination's data)."
       @out.puts "  Processes with phase :dynamic refuse to work until one is. To set the first phase, or the"
       @out.puts "  phase the fleet was in before the destination lost it: locking phase set #{Configuration.phase_index(target)} --init"
+      result("moved" => false, "reasons" => ["no phase is set on the destination"])
       EXIT_REFUSED
-    end
-
-    def backfill_running
-      client.control_get("backfill")
     end
 
     def store_phase(current, target)
       stored = client.set_control_phase(current, target)
       if stored != target
         @err.puts "locking: the phase changed meanwhile (now #{stored.inspect}); nothing was set"
+        result("reasons" => ["the phase changed meanwhile"])
         return EXIT_REFUSED
       end
       from = current ? describe_phase(current) : "none"
       @out.puts "phase #{from} -> #{describe_phase(target)}: processes pick it up within their phase_cache_ttl"
       audit(event: "phase", from: current, to: target)
+      result("moved" => true)
       EXIT_OK
     rescue Locking::PhaseError => e
       refuse(current, target, [e.message])
@@ -173,6 +222,7 @@ class Locking
     def refuse(current, target, reasons)
       @out.puts "refused: phase #{describe_phase(current)} -> #{describe_phase(target)}:"
       reasons.each { |r| @out.puts "  - #{r}" }
+      result("moved" => false, "reasons" => reasons.map { |r| json_text(r) })
       EXIT_REFUSED
     end
   end

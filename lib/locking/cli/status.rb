@@ -22,7 +22,9 @@ class Locking
               end
         @out.puts format("%-12s %-32s %12s lock keys  (%s%s without TTL)",
                          name, Locking.server_name(url), number(stats[:keys]), ttl, number(stats[:without_ttl]))
+        (@result_servers ||= {})[name.to_s] = { "server" => Locking.server_name(url) }.merge(stats.transform_keys(&:to_s))
       end
+      result("servers" => @result_servers)
       return EXIT_OK unless options[:destination]
 
       show_phase
@@ -38,31 +40,23 @@ class Locking
     end
 
     def show_backfill_and_audit
-      holder = client.control_get("backfill")
+      lease = lease_info
       saved = parse_saved(client.control_get(CURSOR))
-      line = if holder then "running (#{holder})"
-             elsif saved.is_a?(Hash) then "not running; a saved position to resume from"
+      saved = nil unless saved.is_a?(Hash)
+      line = if lease then describe_lease(lease)
+             elsif saved then "not running; a saved position to resume from"
              else
                "not running"
              end
-      if saved.is_a?(Hash) && saved["totals"]
+      if saved && saved["totals"]
         line += ", #{number(saved['totals']['scanned'])} keys scanned so far, #{number(saved['totals']['copied'])} copied"
       end
       @out.puts format("%-12s %s", "backfill", line)
+      result("backfill" => { "lease" => lease, "saved" => saved && { "cursor" => saved["cursor"], "totals" => saved["totals"] } })
       entries = client.audit_log(5)
       @out.puts format("%-12s %s", "audit", entries.empty? ? "nothing recorded" : "the last #{entries.size}, newest first:")
-      entries.each do |entry|
-        what = case entry["event"]
-               when "phase" then "phase #{entry['from'] || 'none'} -> #{entry['to']}"
-               when "backfill"
-                 "backfill #{entry['outcome']}: #{number(entry.dig('totals', 'scanned'))} scanned, " \
-                 "#{number(entry.dig('totals', 'copied'))} copied, #{number(entry.dig('totals', 'failed'))} failed"
-               else
-                 "#{entry['event']} #{entry['outcome']}: " \
-                 "#{(entry['totals'] || {}).map { |k, v| "#{number(v)} #{k}" }.join(', ')}"
-               end
-        @out.puts "  #{entry['at']} #{entry['by']}: #{what}"
-      end
+      entries.each { |entry| @out.puts "  #{describe_audit(entry)}" }
+      result("audit" => entries)
     end
   end
 end
