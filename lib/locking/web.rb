@@ -187,12 +187,13 @@ class Locking
 
     def backfill_summary
       holder = tool.control_get("backfill")
+      lease = holder && CLI::Lease.new(holder)
       saved = begin
         JSON.parse(tool.control_get(CLI::CURSOR) || "null")
       rescue JSON::ParserError
         nil
       end
-      { running: holder, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
+      { running: lease && "#{lease.name}: #{lease.why}", dead: lease&.gone?, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
     end
 
     def locks

@@ -103,6 +103,12 @@ RSpec.describe "exe/locking for operators" do
       status = json_of(locking_cli("status", "--json")[1])
       expect(status["backfill"]["lease"]).to include("alive" => false)
       expect(status["backfill"]["lease"]["expires_in_ms"]).to be_between(1, 30_000)
+
+      configure_both(:dual)
+      web = Rack::MockRequest.new(Locking::Web.app(secret: "s" * 64)).get("/")
+      expect(web.body).to include("DEAD (#{Socket.gethostname}:", "--break-lease")
+    ensure
+      Locking.reset_configuration!
     end
 
     it "is taken over at once by a backfill on the same host, and the take-over is audited" do
