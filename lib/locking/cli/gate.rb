@@ -19,7 +19,7 @@ class Locking
       count, scanned, examples = client(phase: :dual).source_only(examples: 5)
       fleet = client.fleet
       _, how = phase_seen
-      dynamic = how != :static || !fleet.empty?
+      dynamic = how == :dynamic || !fleet.empty?
       in_phase_zero = fleet.count { |m| m[:phase] == :source }
       lease = lease_info
       @out.puts "gate into phase 2 (drain):"

@@ -121,7 +121,11 @@ class Locking
               when false then "DEAD"
               else "held"
               end
-      expires = info["expires_in_ms"] ? "its lease expires in #{seconds(info['expires_in_ms'])}" : "its lease has no expiry"
+      expires = if info["expires_in_ms"]
+                  "its lease expires in #{seconds(info['expires_in_ms'])}"
+                else
+                  "no expiry seen (the lease may just have expired)"
+                end
       text = "#{state} (#{info['holder']}: #{info['why']}); #{expires}"
       return text unless info["alive"] == false
 

@@ -7,7 +7,8 @@ class Locking
       usage: locking COMMAND [options]
 
       Commands:
-        status              lock keys on each server (counted with SCAN), their TTLs, the phase, the fleet
+        status              lock keys on each server (counted with SCAN), their TTLs, the phase, the fleet,
+                            the backfill's lease (its holder alive or dead) and the audit log
         backfill            copy every source-only lock onto the destination (phases 0 and 1 only);
                             --break-lease: free a dead backfill's lease (audited)
         gate                exit 0 when moving to phase 2 is safe, 1 (with the reasons) when not;
@@ -25,7 +26,8 @@ class Locking
         web                 serve the dashboard (Locking::Web) on --bind:--port until Ctrl-C
 
       --json (status, gate, phase, backfill, unlock, audit) prints one JSON object instead of text.
-      Exit status: 0 done (gate open), 1 refused (gate closed, unsafe move), 2 usage, 3 Redis or other error.
+      Exit status: 0 done (gate open), 1 refused (gate closed, unsafe move, --wait-fleet timed out), 2 usage,
+      3 Redis or other error.
 
       Options:
     TEXT

@@ -116,7 +116,8 @@ class Locking
 
       one_sided, scanned = one_sided_for(current, target)
       if target == :drain && empty_prefix?(scanned, client.fleet)
-        return refuse(current, target, [empty_prefix_reason(scanned, [])])
+        _, others = client.transition_reasons(target, source_only: one_sided)
+        return refuse(current, target, others + [empty_prefix_reason(scanned, [])])
       end
 
       deadline = monotonic + options[:wait]
@@ -154,9 +155,11 @@ class Locking
       deadline = monotonic + options[:wait_fleet]
       said = nil
       loop do
-        behind = client.fleet.reject { |m| m[:phase] == target && m[:highest] == target }
+        fleet = client.fleet
+        behind = fleet.reject { |m| m[:phase] == target && m[:highest] == target }
         if behind.empty?
-          @out.puts "the fleet follows: every reporting process reports phase #{describe_phase(target)}"
+          @out.puts "the fleet follows: every reporting process reports phase #{describe_phase(target)} " \
+                    "(#{fleet.size} reporting)"
           result("fleet_caught_up" => true, "behind" => [])
           return EXIT_OK
         end
