@@ -193,7 +193,7 @@ class Locking
       rescue JSON::ParserError
         nil
       end
-      { running: lease && "#{lease.name}: #{lease.why}", dead: lease&.gone?, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
+      { running: lease&.name, why: lease&.why, dead: lease&.gone?, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
     end
 
     def locks
