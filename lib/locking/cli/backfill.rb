@@ -93,6 +93,7 @@ class Locking
                 "keys under #{options[:prefix].inspect}, #{page_size} per page, #{pages_per_batch} page(s) per batch" \
                 "#{", at most #{options[:rate]} keys/s" if options[:rate]}"
       @out.puts "phase: #{phase_note}"
+      result("phase" => phase_json)
       if saved
         @out.puts "resuming from a saved position (cursor #{cursor}, #{number(totals[:scanned])} keys scanned " \
                   "before); --restart starts over"
@@ -195,7 +196,7 @@ class Locking
 
     def report_backfill(totals, elapsed, outcome, errors = [])
       result("outcome" => outcome, "dry_run" => options[:dry_run], "totals" => totals.transform_keys(&:to_s),
-             "elapsed_s" => elapsed.round(3), "errors" => errors.first(5).map { |e| json_text(e) }, "phase" => phase_json)
+             "elapsed_s" => elapsed.round(3), "errors" => errors.first(5).map { |e| json_text(e) })
       verb = options[:dry_run] ? "would copy" : "copied"
       @out.puts "#{outcome}: #{number(totals[:scanned])} scanned, #{number(totals[:copied])} #{verb}, " \
                 "#{number(totals[:already_there])} already there, #{number(totals[:conflicts])} conflicts, " \
