@@ -242,6 +242,11 @@ RSpec.describe "exe/locking for operators" do
 
       _, out, = locking_cli("unlock", "odd*key", "--dry-run") # a key, not a pattern
       expect(out).to include("1 lock(s)")
+
+      source.rpush("locking:queue", "job") # not a lock: left alone
+      _, out, = locking_cli("unlock", "queue")
+      expect(out).to include("0 lock key(s) deleted")
+      expect(source.lrange("locking:queue", 0, -1)).to eq(["job"])
     end
 
     it "deletes every match of --glob, and --dry-run lists them" do

@@ -28,8 +28,8 @@ class Locking
         return EXIT_OK
       end
 
-      # A single KEY is deleted even if no server listed it: it may have been taken since.
-      deleted = (key ? [key] : keys).sum { |one| client.force_delete(one) }
+      # Only what was found as a lock (a string under the prefix): other data under the prefix stays.
+      deleted = keys.sum { |one| client.force_delete(one) }
       @out.puts "unlocked #{what}: #{number(deleted)} lock key(s) deleted (on every configured server)"
       result("deleted" => deleted)
       audit(event: "unlock", outcome: "done", key: key && json_text(key), glob: options[:glob] && json_text(options[:glob]),
