@@ -77,6 +77,10 @@ RSpec.describe "exe/locking for operators" do
       expect(web.body).to include("closed", "a backfill is running (ops-1:77)")
       expect(destination.get(phase_key)).to eq("1")
 
+      destination.del(lease_key) # the backfill ends: the dashboard's counted gate follows, cached or not
+      expect(Rack::MockRequest.new(Locking::Web.app(secret: "s" * 64)).get("/").body).to match(/class="open">open</)
+      destination.set(lease_key, "ops-1:78", px: 30_000) # another starts
+      expect(Rack::MockRequest.new(Locking::Web.app(secret: "s" * 64)).get("/").body).to include("a backfill is running (ops-1:78)")
       destination.del(lease_key)
       expect(locking_cli("gate")[0]).to eq(0)
       expect(locking_cli("phase", "advance", "--check")[0]).to eq(0)
