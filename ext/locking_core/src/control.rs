@@ -47,6 +47,18 @@ pub fn backfill_key(key_prefix: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Why a move to `target` waits for a backfill whose lease `holder` holds
+/// (its name up to the first space), or `None`: phase 2 waits while a
+/// backfill may still copy. The set-phase script enforces it atomically; the
+/// gate and `phase set/advance` give these words.
+pub fn backfill_blocks(target: Phase, holder: Option<&str>) -> Option<String> {
+    let holder = holder.filter(|_| target == Phase::Drain)?;
+    let name = holder.split(' ').next().unwrap_or(holder);
+    Some(format!(
+        "a backfill is running ({name}): phase 2 waits for it to finish (a dead one's lease: `locking status`)"
+    ))
+}
+
 /// The fleet: process -> when its heartbeat expires (a sorted set).
 pub fn fleet_key(key_prefix: &[u8]) -> Vec<u8> {
     let mut key = control_prefix(key_prefix);
@@ -210,6 +222,16 @@ impl Operator<'_> {
         key.extend_from_slice(name);
         match self.control(&["GET".into(), key.as_slice().into()], interrupt)? {
             Value::BulkString(value) => Ok(Some(value)),
+            _ => Ok(None),
+        }
+    }
+
+    /// A control value's time to live in ms (`None`: not set, or no TTL).
+    pub fn control_pttl(&mut self, name: &[u8], interrupt: &Interrupt) -> Result<Option<u64>> {
+        let mut key = control_prefix(self.client().key_prefix());
+        key.extend_from_slice(name);
+        match self.control(&["PTTL".into(), key.as_slice().into()], interrupt)? {
+            Value::Int(ms) if ms >= 0 => Ok(Some(ms as u64)),
             _ => Ok(None),
         }
     }
