@@ -40,6 +40,9 @@ class Locking
     attr_reader :timeout
     # Idle connections kept per server per process. Default: 8.
     attr_reader :pool_size
+    # Options every Locking::UniqueJob job gets unless its unique_lock sets
+    # its own: any of unique_lock's (ttl:, on_conflict:, ...). Default: none.
+    attr_reader :unique_job_defaults
 
     def self.phase_index(phase)
       index = case phase
@@ -61,6 +64,7 @@ class Locking
       self.pool_size = DEFAULT_POOL_SIZE
       self.phase_cache_ttl = DEFAULT_PHASE_CACHE_TTL
       self.eviction_policy_check = :warn
+      @unique_job_defaults = {}.freeze
       self.min_replicas_acked = env["LOCKING_MIN_REPLICAS_ACKED"] ? Integer(env["LOCKING_MIN_REPLICAS_ACKED"], 10) : 0
     end
 
@@ -126,6 +130,12 @@ class Locking
       end
 
       @pool_size = size
+    end
+
+    # @param defaults [Hash] unique_lock options, e.g. { ttl: 1.hour, on_conflict: :log }
+    def unique_job_defaults=(defaults)
+      require_relative "unique_jobs/options"
+      @unique_job_defaults = UniqueJobs::Options.check_defaults(defaults)
     end
 
     # Passwords in URLs are shown as "***".
