@@ -325,6 +325,7 @@ class Locking
         return false if remaining <= 0
 
         attempt += 1
+        UniqueJob.instrument(:wait, locking_payload(lock_key: lock.lock_key, wait: options[:wait])) if attempt == 1
         sleep([(rand * [0.01 * (2**[attempt, 6].min), 0.5].min) + 0.001, remaining].min)
       end
     end
