@@ -28,18 +28,17 @@ class Locking
     #
     #   Locking.each_lock("ImportJob:*") { |key, info| ... }
     #
-    # @yieldparam key [String]
-    # @yieldparam info [Hash] { token:, ttl: }
+    # @yieldparam pair [Array(String, Hash)] the key and { token:, ttl: }
     # @return [Enumerator] without a block; nil with one
     def each_lock(glob = "*", &block)
       glob = String(glob)
       return enum_for(:each_lock, glob) unless block
 
       first, second = lock_servers
-      each_lock_on(first, glob, &block)
+      each_lock_on(first, glob) { |key, info| yield [key, info] }
       if second
         # Locks on the other server only (taken in the neighbouring phase).
-        each_lock_on(second, glob) { |key, info| yield key, info unless lock_on?(first, key) }
+        each_lock_on(second, glob) { |key, info| yield [key, info] unless lock_on?(first, key) }
       end
       nil
     end
