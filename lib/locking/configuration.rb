@@ -15,8 +15,9 @@ class Locking
 
     # Where lock keys live today (the jobs Redis): a URL (redis://, rediss://,
     # redis+sentinel://, unix://), a settings Hash in redis-rb's vocabulary
-    # (host:, port:, ssl:, ssl_params:, sentinels: ...), or a Redis object
-    # (`Resque.redis`) whose connection options are read. Kept as the one URL
+    # (host:, port:, ssl:, ssl_params:, sentinels: ...), a Redis object
+    # (`Resque.redis`) whose connection options are read, or a ConnectionPool
+    # of them (one connection's options, read once). Kept as the one URL
     # form the core reads (Locking::ServerSettings). Default:
     # LOCKING_SOURCE_URL, then REDIS_URL, then DEFAULT_SOURCE.
     attr_reader :source
