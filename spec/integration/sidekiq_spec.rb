@@ -176,4 +176,69 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       stop_sidekiq(pid)
     end
   end
+
+  context "parity (issue 30)" do
+    def jobs = source_server.redis.dup.tap { |r| r.select(1) }
+
+    # Nothing waiting, scheduled or running any more.
+    def drained?(redis)
+      redis.keys("queue:*").empty? && redis.zcard("schedule").zero? &&
+        redis.keys("*:workers").all? { |key| redis.hlen(key).zero? }
+    end
+
+    it "keeps the lock of a job scheduled past its TTL (set(wait:)) for the delay: a duplicate meanwhile is dropped" do
+      configure_both(:source)
+      pid, log = start_sidekiq("source")
+      redis = jobs
+      begin
+        expect(enqueue("source", "p ScheduledJob.set(wait: 8).perform_later(1) != false")).to eq("true\n")
+        # Past its 1 s TTL (a lock of the TTL alone is gone by now), the lock lives on, for the 8 s delay.
+        expect(wait_for(10) { source_server.redis.pttl("locking:ScheduledJob:1") <= 7_500 }).to be(true)
+        expect(source_server.redis.pttl("locking:ScheduledJob:1")).to be > 0
+        expect(enqueue("source", "p ScheduledJob.perform_later(1) != false")).to eq("false\n")
+
+        ran = wait_for(30) { witness.get("scheduled:runs:1") && lock_keys.empty? && drained?(redis) }
+        expect(ran).to be_truthy, File.read(log)
+        expect([witness.get("scheduled:runs:1").to_i, witness.get("scheduled:overlaps").to_i]).to eq([1, 0])
+      ensure
+        stop_sidekiq(pid)
+        redis.close
+      end
+    end
+
+    it "runs only the copy that owns the lock when a job's lock expired in the queue and was taken again" do
+      configure_both(:source)
+      expect(enqueue("source", "p RetakenJob.perform_later(1, 0.5) != false")).to eq("true\n")
+      expect(wait_for(10) { lock_keys.empty? }).to be(true) # expired while it waited
+      expect(enqueue("source", "p RetakenJob.perform_later(1, 60) != false")).to eq("true\n")
+      redis = jobs
+      expect(redis.llen("queue:default")).to eq(2)
+
+      pid, log = start_sidekiq("source") # -c 5: both copies are taken at once
+      begin
+        ran = wait_for(20) { witness.get("retaken:runs:1") && lock_keys.empty? && drained?(redis) }
+        expect(ran).to be_truthy, File.read(log)
+        expect([witness.get("retaken:runs:1").to_i, witness.get("retaken:overlaps").to_i]).to eq([1, 0])
+      ensure
+        stop_sidekiq(pid)
+        redis.close
+      end
+    end
+
+    it "frees the lock of a job that dies (no retries left) through locking/sidekiq's death handler" do
+      configure_both(:source)
+      pid, log = start_sidekiq("source")
+      redis = jobs
+      begin
+        expect(enqueue("source", "p DyingJob.perform_later(1) != false")).to eq("true\n")
+        died = wait_for(20) { redis.zcard("dead") == 1 && lock_keys.empty? }
+        expect(died).to be_truthy, "#{lock_keys.inspect}\n#{File.read(log)}"
+        expect(witness.get("dying:runs:1").to_i).to eq(1)
+        expect(enqueue("source", "p DyingJob.perform_later(1) != false")).to eq("true\n") # at once, not after 60 s
+      ensure
+        stop_sidekiq(pid)
+        redis.close
+      end
+    end
+  end
 end
