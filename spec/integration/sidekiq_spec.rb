@@ -174,6 +174,13 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       jobs.keys("queue:*").empty? && jobs.zcard("schedule").zero? && jobs.keys("*:workers").all? { |key| jobs.hlen(key).zero? }
     end
 
+    # Once all is done: the job ran once, never beside another copy (the occupancy witness), and left no lock.
+    def expect_one_run(name, id, log)
+      ran = wait_for(30) { witness.get("#{name}:runs:#{id}") && lock_keys.empty? && drained? }
+      expect(ran).to be_truthy, File.read(log)
+      expect([witness.get("#{name}:runs:#{id}").to_i, witness.get("#{name}:overlaps").to_i]).to eq([1, 0])
+    end
+
     it "keeps the lock of a job scheduled past its TTL (set(wait:)) for the delay: a duplicate meanwhile is dropped" do
       configure_both(:source)
       with_sidekiq("source") do |_pid, log|
@@ -184,9 +191,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
         expect(source_server.redis.pttl("locking:ScheduledJob:1")).to be > 0
         expect(enqueue("source", "p ScheduledJob.perform_later(1) != false")).to eq("false\n")
 
-        ran = wait_for(30) { witness.get("scheduled:runs:1") && lock_keys.empty? && drained? }
-        expect(ran).to be_truthy, File.read(log)
-        expect([witness.get("scheduled:runs:1").to_i, witness.get("scheduled:overlaps").to_i]).to eq([1, 0])
+        expect_one_run("scheduled", 1, log)
       end
     end
 
@@ -198,9 +203,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       expect(jobs.llen("queue:default")).to eq(2)
 
       with_sidekiq("source") do |_pid, log| # -c 5: both copies are taken at once
-        ran = wait_for(20) { witness.get("retaken:runs:1") && lock_keys.empty? && drained? }
-        expect(ran).to be_truthy, File.read(log)
-        expect([witness.get("retaken:runs:1").to_i, witness.get("retaken:overlaps").to_i]).to eq([1, 0])
+        expect_one_run("retaken", 1, log)
       end
     end
 
