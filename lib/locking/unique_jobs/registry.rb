@@ -22,7 +22,7 @@ class Locking
         def job_classes
           registered = @mutex.synchronize { @names.keys }.filter_map { |name| Object.const_get(name) rescue nil } # rubocop:disable Style/RescueModifier
           subclasses = ActiveJob::Base.descendants.select { |klass| klass.name && klass.try(:locking_declaration) }
-          (registered + subclasses).uniq.select { |klass| klass.try(:locking_options) }
+          (registered + subclasses).uniq.select { |klass| klass.try(:locking_declaration) }
         end
       end
     end
