@@ -47,9 +47,18 @@ class Locking
 
     def lock_servers
       config = configuration
-      servers = client.phase_index >= 2 ? %i[destination source] : %i[source destination]
-      servers.delete_at(1) if [0, 3].include?(client.phase_index)
+      phase = lock_phase_index
+      servers = phase >= 2 ? %i[destination source] : %i[source destination]
+      servers.delete_at(1) if [0, 3].include?(phase)
       servers.select { |server| config.public_send(server) }
+    end
+
+    # With dynamic phases, the phase the fleet is told to use (none set yet: both servers).
+    def lock_phase_index
+      return client.phase_index unless client.dynamic?
+
+      phase = client.control_phase
+      phase ? Configuration.phase_index(phase) : 1
     end
 
     def each_lock_on(server, glob)

@@ -49,7 +49,7 @@ RSpec.describe "Locking.lock_info and Locking.each_lock" do
     expect(Locking.each_lock.count).to eq(2_501)
   end
 
-  it "follows the phase: the source in 0, the destination in 3, and in 1 and 2 both, each lock once" do
+  it "follows the phase (a dynamic one too): the source in 0, the destination in 3, in 1 and 2 both, each lock once" do
     source.set("locking:on:source", "s", px: 60_000)
     destination.set("locking:on:destination", "d", px: 60_000)
     source.set("locking:on:both", "b", px: 60_000)
@@ -64,6 +64,9 @@ RSpec.describe "Locking.lock_info and Locking.each_lock" do
     expect(found.call(:dual)).to eq([%w[s d b], %w[on:both on:destination on:source]])
     expect(found.call(:drain)).to eq([%w[s d b], %w[on:both on:destination on:source]])
     expect(found.call(:destination)).to eq([[nil, "d", "b"], %w[on:both on:destination]])
+    configure_both(:dynamic)
+    Locking.client.set_control_phase(nil, :destination) # what `locking phase set destination --init` writes
+    expect([Locking.lock_info("on:source"), Locking.lock_info("on:destination")&.fetch(:token)]).to eq([nil, "d"])
   end
 
   it "frees every unique-job lock of every class with Locking::UniqueJob.unlock_all!, and nothing else" do
