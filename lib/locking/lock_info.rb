@@ -12,8 +12,7 @@ class Locking
     # @return [Hash, nil] { token:, ttl: } (ttl in seconds, a Float;
     #   Float::INFINITY without expiry), nil when nobody holds it
     def lock_info(key)
-      key = String(key)
-      raise ArgumentError, "lock_info needs a key, got #{key.inspect}" if key.empty?
+      raise ArgumentError, "lock_info needs a key (a non-empty String), got #{key.inspect}" unless key.is_a?(String) && !key.empty?
 
       lock_servers.each do |server|
         found = find_lock(server, key)
@@ -31,7 +30,7 @@ class Locking
     # @yieldparam pair [Array(String, Hash)] the key and { token:, ttl: }
     # @return [Enumerator] without a block; nil with one
     def each_lock(glob = "*", &block)
-      glob = String(glob)
+      raise ArgumentError, "each_lock needs a glob (a non-empty String), got #{glob.inspect}" unless glob.is_a?(String) && !glob.empty?
       return enum_for(:each_lock, glob) unless block
 
       first, second = lock_servers

@@ -24,6 +24,8 @@ RSpec.describe "Locking.lock_info and Locking.each_lock" do
     expect(Locking.lock_info(forever)).to eq(token: "kept", ttl: Float::INFINITY)
     expect(Locking.lock_info("report:2")).to be_nil
     expect { Locking.lock_info("") }.to raise_error(ArgumentError, /""/)
+    expect { Locking.lock_info(nil) }.to raise_error(ArgumentError, /nil/)
+    expect { Locking.each_lock(:all) }.to raise_error(ArgumentError, /:all/)
   end
 
   it "reads a key with glob characters literally" do

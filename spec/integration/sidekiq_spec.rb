@@ -207,6 +207,17 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       end
     end
 
+    it "frees the lock of a scheduled job deleted through Sidekiq's API: the same job enqueued again runs, once" do
+      configure_both(:source)
+      with_sidekiq("source") do |_pid, log|
+        expect(enqueue("source", "p ScheduledJob.set(wait: 600).perform_later(2) != false")).to eq("true\n")
+        expect(enqueue("source", "p ScheduledJob.perform_later(2) != false")).to eq("false\n")
+        expect(enqueue("source", "Sidekiq::ScheduledSet.new.each(&:delete); p ScheduledJob.perform_later(2) != false"))
+          .to eq("true\n")
+        expect_one_run("scheduled", 2, log)
+      end
+    end
+
     it "frees the lock of a job that dies (no retries left) through locking/sidekiq's death handler" do
       configure_both(:source)
       with_sidekiq("source") do |_pid, log|
