@@ -244,6 +244,13 @@ RSpec.describe "Locking::UniqueJob: parity with other unique-job gems" do
       expect(Locking.configuration.unique_job_defaults).to eq(ttl: 30)
     end
 
+    it "reads defaults as config/locking.yml gives them: string keys and values" do
+      Locking.configure { |c| c.unique_job_defaults = { "ttl" => 90, "on_conflict" => "log", "key_scope" => "class" } }
+      expect(Locking.configuration.unique_job_defaults).to eq(ttl: 90, on_conflict: :log, key_scope: :class)
+      job = job_class("FromYaml", :until_executed).perform_later(1)
+      expect(redis.pttl("locking:#{job.lock_key}")).to be_between(85_000, 90_000)
+    end
+
     it "needs a ttl from somewhere" do
       expect { job_class("NoTtl", :until_executed) }.to raise_error(ArgumentError, /needs ttl/)
     end

@@ -20,6 +20,7 @@ class Locking
         on_failure: :release, on_release_error: :warn, retry_wait: 5, auto_renew: nil, wait: 0
       }.freeze
       NAMES = (DEFAULTS.keys + [:ttl]).freeze
+      CHOICES = %i[on_conflict on_perform_conflict on_redis_error on_failure on_release_error key_scope].freeze
 
       module_function
 
@@ -28,7 +29,11 @@ class Locking
       def check_defaults(defaults)
         raise ArgumentError, "unique_job_defaults must be a Hash, got #{defaults.inspect}" unless defaults.is_a?(Hash)
 
-        defaults = defaults.transform_keys { |name| name.is_a?(String) ? name.to_sym : name }
+        # config/locking.yml gives strings: `on_conflict: log` is :log.
+        defaults = defaults.to_h do |name, value|
+          name = name.to_sym if name.is_a?(String)
+          [name, value.is_a?(String) && CHOICES.include?(name) ? value.to_sym : value]
+        end
         defaults.each { |name, value| check(name, value) }
         defaults.freeze
       end
