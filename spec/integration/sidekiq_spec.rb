@@ -169,6 +169,9 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
   end
 
   context "parity (issue 30)" do
+    # Whether perform_later, run in an enqueuing process, enqueued the job.
+    def enqueued?(call, setup = nil) = enqueue("source", "#{setup}; p #{call} != false") == "true\n"
+
     # Nothing waiting, scheduled or running any more.
     def drained?
       jobs.keys("queue:*").empty? && jobs.zcard("schedule").zero? && jobs.keys("*:workers").all? { |key| jobs.hlen(key).zero? }
@@ -184,12 +187,12 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     it "keeps the lock of a job scheduled past its TTL (set(wait:)) for the delay: a duplicate meanwhile is dropped" do
       configure_both(:source)
       with_sidekiq("source") do |_pid, log|
-        expect(enqueue("source", "p ScheduledJob.set(wait: 8).perform_later(1) != false")).to eq("true\n")
+        expect(enqueued?("ScheduledJob.set(wait: 8).perform_later(1)")).to be(true)
         # Past its 1 s TTL: a probe of that TTL taken after the enqueue is gone, and the job's lock lives on.
         source_server.redis.set("probe", "1", px: 1_000)
         expect(wait_for(10) { !source_server.redis.exists?("probe") }).to be(true)
         expect(source_server.redis.pttl("locking:ScheduledJob:1")).to be > 0
-        expect(enqueue("source", "p ScheduledJob.perform_later(1) != false")).to eq("false\n")
+        expect(enqueued?("ScheduledJob.perform_later(1)")).to be(false)
 
         expect_one_run("scheduled", 1, log)
       end
@@ -197,9 +200,9 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
 
     it "runs only the copy that owns the lock when a job's lock expired in the queue and was taken again" do
       configure_both(:source)
-      expect(enqueue("source", "p RetakenJob.perform_later(1, 0.5) != false")).to eq("true\n")
+      expect(enqueued?("RetakenJob.perform_later(1, 0.5)")).to be(true)
       expect(wait_for(10) { lock_keys.empty? }).to be(true) # expired while it waited
-      expect(enqueue("source", "p RetakenJob.perform_later(1, 60) != false")).to eq("true\n")
+      expect(enqueued?("RetakenJob.perform_later(1, 60)")).to be(true)
       expect(jobs.llen("queue:default")).to eq(2)
 
       with_sidekiq("source") do |_pid, log| # -c 5: both copies are taken at once
@@ -210,10 +213,9 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     it "frees the lock of a scheduled job deleted through Sidekiq's API: the same job enqueued again runs, once" do
       configure_both(:source)
       with_sidekiq("source") do |_pid, log|
-        expect(enqueue("source", "p ScheduledJob.set(wait: 600).perform_later(2) != false")).to eq("true\n")
-        expect(enqueue("source", "p ScheduledJob.perform_later(2) != false")).to eq("false\n")
-        expect(enqueue("source", "Sidekiq::ScheduledSet.new.each(&:delete); p ScheduledJob.perform_later(2) != false"))
-          .to eq("true\n")
+        expect(enqueued?("ScheduledJob.set(wait: 600).perform_later(2)")).to be(true)
+        expect(enqueued?("ScheduledJob.perform_later(2)")).to be(false)
+        expect(enqueued?("ScheduledJob.perform_later(2)", "Sidekiq::ScheduledSet.new.each(&:delete)")).to be(true)
         expect_one_run("scheduled", 2, log)
       end
     end
@@ -221,11 +223,11 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     it "frees the lock of a job that dies (no retries left) through locking/sidekiq's death handler" do
       configure_both(:source)
       with_sidekiq("source") do |_pid, log|
-        expect(enqueue("source", "p DyingJob.perform_later(1) != false")).to eq("true\n")
+        expect(enqueued?("DyingJob.perform_later(1)")).to be(true)
         died = wait_for(20) { jobs.zcard("dead") == 1 && lock_keys.empty? }
         expect(died).to be_truthy, "#{lock_keys.inspect}\n#{File.read(log)}"
         expect(witness.get("dying:runs:1").to_i).to eq(1)
-        expect(enqueue("source", "p DyingJob.perform_later(1) != false")).to eq("true\n") # at once, not after 60 s
+        expect(enqueued?("DyingJob.perform_later(1)")).to be(true) # at once, not after 60 s
       end
     end
   end
