@@ -207,6 +207,19 @@ RSpec.describe "Locking::UniqueJob: parity with other unique-job gems" do
       expect(runs.size).to eq(1)
     end
 
+    it "waits wait: seconds for its runtime lock, then follows on_perform_conflict (:raise)" do
+      klass = job_class("UntilAndWhileRaise", :until_and_while_executing, ttl: 60, wait: 0.2, on_perform_conflict: :raise) do
+        define_method(:perform) { |_| raise "ran" }
+      end
+      job = klass.perform_later(1)
+      redis.set("locking:#{job.lock_key}:run", "running-elsewhere", px: 60_000)
+      started = monotonic
+      expect { perform_copy(job) }.to raise_error(Locking::DuplicateJobError, /already running/)
+      expect(monotonic - started).to be >= 0.2
+      expect(lock_keys).to eq(["locking:#{job.lock_key}:run"]) # its enqueue lock freed, the other run's kept
+      expect(token_of("#{job.lock_key}:run")).to eq("running-elsewhere")
+    end
+
     it "unlock! frees both of its locks" do
       klass = job_class("UntilAndWhileUnlock", :until_and_while_executing, ttl: 60)
       job = klass.perform_later(1)
