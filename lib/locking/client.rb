@@ -208,10 +208,17 @@ class Locking
 
     # The running backfill's lease on the destination: one backfill at a
     # time, and no move into phase 2 while it is held. `ttl` seconds takes or
-    # keeps it for `holder`; nil gives it back.
+    # keeps it for `holder` (with `take_over`, the exact value of a lease it
+    # replaces, keeping the TTL that lease has left if longer); `ttl: nil`
+    # gives it back: at once, or with `expire: true` left to live out its TTL
+    # (marked released) because copies may still be on the wire.
     # @return [String, nil] who holds it afterwards
-    def backfill_lease(holder, ttl:)
-      _backfill_lease(holder.to_s, ttl ? (ttl * 1000).to_i.clamp(1, MAX_TTL_MS) : 0)
+    def backfill_lease(holder, ttl:, take_over: nil, expire: false)
+      ttl_ms = if ttl then (ttl * 1000).to_i.clamp(1, MAX_TTL_MS)
+               else
+                 expire ? -1 : 0
+               end
+      _backfill_lease(holder.to_s, ttl_ms, take_over&.to_s)
     end
 
     # One page of `locking cleanup-source`: string keys under the prefix on

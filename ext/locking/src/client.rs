@@ -7,6 +7,7 @@ use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
 use locking_core::belief;
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::control::LeaseStep;
 use locking_core::protocol::Target;
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
@@ -439,17 +440,28 @@ impl RbClient {
             .collect())
     }
 
-    /// The backfill lease: take or keep it (ttl_ms > 0) or give it back (0);
-    /// returns its holder afterwards, or nil.
+    /// The backfill lease: take or keep it (ttl_ms > 0, taking over the
+    /// lease whose value is `take_over` if not nil), give it back (0), or give
+    /// it back to live out its TTL (-1); returns its holder afterwards, or nil.
     fn backfill_lease(
         ruby: &Ruby,
         rb_self: &Self,
         holder: RString,
-        ttl_ms: u64,
+        ttl_ms: i64,
+        take_over: Option<RString>,
     ) -> Result<Option<String>, magnus::Error> {
         let holder = holder.to_string()?;
+        let take_over = take_over.map(|value| value.to_string()).transpose()?;
         rb_self.with_operator(ruby, |operator, interrupt| {
-            operator.backfill_lease(&holder, ttl_ms, interrupt)
+            let step = match ttl_ms {
+                0 => LeaseStep::GiveBack,
+                ttl if ttl < 0 => LeaseStep::LetExpire,
+                ttl => LeaseStep::Hold {
+                    ttl_ms: ttl as u64,
+                    take_over: take_over.as_deref(),
+                },
+            };
+            operator.backfill_lease(&holder, step, interrupt)
         })
     }
 
@@ -770,7 +782,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     )?;
     class.define_private_method("_fleet", method!(RbClient::fleet, 0))?;
     class.define_private_method("_leave_fleet", method!(RbClient::leave_fleet, 0))?;
-    class.define_private_method("_backfill_lease", method!(RbClient::backfill_lease, 2))?;
+    class.define_private_method("_backfill_lease", method!(RbClient::backfill_lease, 3))?;
     class.define_private_method("_server_run_id", method!(RbClient::server_run_id, 1))?;
     class.define_private_method(
         "_cleanup_source_page",

@@ -14,13 +14,15 @@ class Locking
 
     def backfill
       need_destination!
-      return break_lease if options[:break_lease]
+      if options[:break_lease] && options[:dry_run]
+        return usage_error("--break-lease takes a lease over to copy with it; --dry-run takes none")
+      end
       return EXIT_REFUSED unless backfill_allowed?
 
       holder = Lease.own
       unless options[:dry_run]
         taken = keep_backfill_lease(holder)
-        taken = take_over_dead_lease(taken, holder) if taken && taken != holder
+        taken = take_over_lease(taken, holder) if taken && taken != holder
         if taken != holder
           info = lease_info
           @err.puts "locking: refused: another backfill is running (#{Lease.new(taken).name}); one at a time"
@@ -32,7 +34,7 @@ class Locking
       begin
         run_backfill(holder)
       ensure
-        client.backfill_lease(holder, ttl: nil) unless options[:dry_run]
+        give_back_lease(holder) unless options[:dry_run]
       end
     end
 
@@ -55,11 +57,24 @@ class Locking
       refusal && "the fleet is in phase #{describe_phase(phase)}: #{refusal}"
     end
 
+    # One batch of the walk. Until its replies are read its copies may be on the wire (`@in_flight`);
+    # an ArgumentError (bad input) is raised before anything is sent.
+    def copy_batch(tool, cursor)
+      @in_flight = true
+      report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run],
+                                           lease_for: (lease_left unless options[:dry_run]))
+      @in_flight = false
+      report
+    rescue ArgumentError
+      @in_flight = false
+      raise
+    end
+
     # Takes or keeps the backfill's lease; on success it is believed held
     # until the send time plus its TTL, less the drift allowed (#lease_left).
-    def keep_backfill_lease(holder)
+    def keep_backfill_lease(holder, take_over: nil)
       sent = monotonic
-      taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL)
+      taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL, take_over: take_over)
       @lease_until = sent + Locking::Client.valid_for(BACKFILL_LEASE_TTL * 1000) if taken == holder
       taken
     end
@@ -116,8 +131,9 @@ class Locking
             raise Locking::Error, "the fleet moved on: #{refusal}" if refusal
           end
 
-          report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run],
-                                               lease_for: (lease_left unless options[:dry_run]))
+          report = copy_batch(tool, cursor)
+          # A failed copy may have timed out with its request still on the wire.
+          @maybe_on_wire ||= report[:failed].positive?
           first_errors.concat(report[:errors]) if first_errors.size < 5
           report.each { |k, v| totals[k] += v unless %i[cursor errors restarted restart_reason].include?(k) }
           cursor = report[:cursor]
