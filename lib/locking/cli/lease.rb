@@ -7,11 +7,12 @@ class Locking
     # Who holds the backfill's lease, and whether that process provably is gone.
     #
     # The lease's value names its holder: "HOST:PID", and where Linux's /proc tells them, " start=TICKS
-    # ns=PIDNS boot=BOOT_ID": the process's start time (clock ticks since boot, /proc/PID/stat), its PID
-    # namespace and the kernel's boot id. A holder is gone only when all of this says so from the same host,
-    # the same boot and the same PID namespace: no process PID, or a process PID that started at another time
+    # ns=PIDNS tns=TIMENS boot=BOOT_ID": the process's start time (clock ticks since boot, /proc/PID/stat, as
+    # the reader's time namespace counts them), its PID and time namespaces and the kernel's boot id; a
+    # holder that gave it back to expire adds " released=1". A holder is gone only when all of this says so
+    # from the same host, boot and namespaces: no process PID, or a process PID that started at another time
     # (the PID was reused). Anything else (another host or container, a holder without start time) cannot be
-    # told apart from a live one: it is taken as alive, and only `locking backfill --break-lease` frees it.
+    # told apart from a live one: it is taken as alive, and only `locking backfill --break-lease` takes it over.
     class Lease
       PROC = "/proc"
 
