@@ -20,19 +20,7 @@ RSpec.describe "exe/locking for operators" do
   def audit_entries = destination.lrange("{locking-control}:locking:audit", 0, -1).map { |line| JSON.parse(line) }
 
   # A lease holder name for a process of this host that is gone: a child, named while it ran, then reaped.
-  def dead_holder
-    reader, writer = IO.pipe
-    pid = fork do
-      writer.close
-      reader.read
-      exit!(0)
-    end
-    reader.close
-    holder = Locking::CLI::Lease.own(pid: pid)
-    writer.close
-    Process.wait(pid)
-    holder
-  end
+  def dead_holder = with_live_holder { |holder, _pid| holder }
 
   # Yields the lease holder name of a live process of this host (a child that runs until the block ends).
   def with_live_holder

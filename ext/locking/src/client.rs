@@ -440,9 +440,8 @@ impl RbClient {
             .collect())
     }
 
-    /// The backfill lease: take or keep it (ttl_ms > 0, taking over the
-    /// lease whose value is `take_over` if not nil), give it back (0), or give
-    /// it back to live out its TTL (-1); returns its holder afterwards, or nil.
+    /// The backfill lease: take or keep it (ttl_ms > 0, over `take_over`'s),
+    /// give it back (0) or leave it to expire (-1); returns its holder or nil.
     fn backfill_lease(
         ruby: &Ruby,
         rb_self: &Self,

@@ -291,7 +291,9 @@ impl Operator<'_> {
     ) -> Result<Option<String>> {
         let key = backfill_key(self.client().key_prefix());
         let (ttl, take_over): (Arg<'_>, &str) = match step {
-            LeaseStep::Hold { ttl_ms, take_over } => (ttl_ms.max(1).into(), take_over.unwrap_or("")),
+            LeaseStep::Hold { ttl_ms, take_over } => {
+                (ttl_ms.max(1).into(), take_over.unwrap_or(""))
+            }
             LeaseStep::GiveBack => ("0".into(), ""),
             LeaseStep::LetExpire => ("-1".into(), ""),
         };
