@@ -124,12 +124,12 @@ class Locking
     # @return [Hash] :cursor (0 when done), :scanned, :copied, :already_there,
     #   :conflicts, :undone, :absent, :failed, and :errors (the first few
     #   failures, in words)
-    # @param lease_for [Numeric, nil] seconds the backfill's lease is still
-    #   believed held: no write is sent that could land after it (raises
-    #   Locking::PhaseError, having written what it had sent)
-    def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false, lease_for: nil)
+    # @param lease_until [Numeric, nil] when the backfill's lease is believed
+    #   to run out, on `Client.clock`: no write is sent that could land after
+    #   it (raises Locking::PhaseError, having written what it had sent)
+    def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false, lease_until: nil)
       # The core checks pages against MAX_BACKFILL_PAGES (defined there).
-      _backfill_batch(Integer(cursor), Integer(count), Integer(pages), dry_run ? true : false, lease_for&.to_f)
+      _backfill_batch(Integer(cursor), Integer(count), Integer(pages), dry_run ? true : false, lease_until&.to_f)
     end
 
     # SCAN pages per backfill batch by default (measured: 16 beat 4; 64 no better).

@@ -5,7 +5,6 @@
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
-use locking_core::belief;
 use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
 use locking_core::control::LeaseStep;
 use locking_core::protocol::Target;
@@ -308,8 +307,8 @@ impl RbClient {
         }
     }
 
-    /// `lease_for`: seconds the backfill's lease is still believed held
-    /// (nil: no lease, a dry run); no write is sent past it.
+    /// `lease_until`: when the backfill's lease is believed to run out, in
+    /// seconds on `belief::now_us`'s clock (nil: a dry run); no write past it.
     fn backfill_batch(
         ruby: &Ruby,
         rb_self: &Self,
@@ -317,11 +316,9 @@ impl RbClient {
         count: usize,
         pages: usize,
         dry_run: bool,
-        lease_for: Option<f64>,
+        lease_until: Option<f64>,
     ) -> Result<RHash, magnus::Error> {
-        let fence = lease_for.map(|seconds| {
-            belief::now_us().saturating_add((seconds.max(0.0) * 1e6).min(u64::MAX as f64) as u64)
-        });
+        let fence = lease_until.map(|seconds| (seconds.max(0.0) * 1e6).min(u64::MAX as f64) as u64);
         let report = rb_self.with_operator(ruby, |operator, interrupt| {
             if let Some(until) = fence {
                 operator.fence(until);

@@ -62,7 +62,7 @@ class Locking
     def copy_batch(tool, cursor)
       @in_flight = true
       report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run],
-                                           lease_for: (lease_left unless options[:dry_run]))
+                                           lease_until: (lease_until unless options[:dry_run]))
       @in_flight = false
       report
     rescue ArgumentError
@@ -71,20 +71,22 @@ class Locking
     end
 
     # Takes or keeps the backfill's lease; on success it is believed held
-    # until the send time plus its TTL, less the drift allowed (#lease_left).
+    # until the send time plus its TTL, less the drift allowed, on the core's
+    # clock (`Locking::Client.clock`, which counts a suspend): the deadline
+    # the core fences every copy with (#lease_until).
     def keep_backfill_lease(holder, take_over: nil)
-      sent = monotonic
+      sent = Locking::Client.clock
       taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL, take_over: take_over)
       @lease_until = sent + Locking::Client.valid_for(BACKFILL_LEASE_TTL * 1000) if taken == holder
       taken
     end
 
-    # Seconds the lease is still believed held. Once it ran out it is lost
-    # for good: the lease script would hand an expired lease back, but the
-    # fleet may have moved into phase 2 meanwhile.
-    def lease_left
-      left = (@lease_until || 0) - monotonic
-      return left if left.positive?
+    # When the lease is believed to run out, on the core's clock: an absolute
+    # deadline, so that a pause before the core reads it (GC, SIGSTOP) cannot
+    # stretch it. Once it ran out it is lost for good: the lease script would
+    # hand an expired lease back, but the fleet may have moved into phase 2.
+    def lease_until
+      return @lease_until if @lease_until && @lease_until > Locking::Client.clock
 
       raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
     end
@@ -93,7 +95,7 @@ class Locking
 
     # Whether a lease was taken and has run out since: a read that timed out
     # because the process was stopped fails first, but the lease is the news.
-    def lease_lapsed? = @lease_until && @lease_until <= monotonic
+    def lease_lapsed? = @lease_until && @lease_until <= Locking::Client.clock
 
     def run_backfill(holder)
       return EXIT_REFUSED unless backfill_allowed?
@@ -123,7 +125,7 @@ class Locking
       begin
         loop do
           unless options[:dry_run]
-            lease_left
+            lease_until
             raise Locking::Error, "the backfill lost its lease; run it again" unless keep_backfill_lease(holder) == holder
 
             # The phase again, each batch: a lease held throughout kept the fleet out of phase 2.

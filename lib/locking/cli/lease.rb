@@ -195,8 +195,16 @@ class Locking
     # cut short by an error or Ctrl-C, no copy failed) and no lease it took over within a TTL could still
     # have copies on the wire; else it is left to expire.
     def give_back_lease(holder)
-      taken_over_lately = @taken_over_at && monotonic - @taken_over_at < BACKFILL_LEASE_TTL
+      # The lease taken over ran out within a TTL of the take over on Redis's clock; twice that here covers
+      # any drift between the clocks.
+      taken_over_lately = @taken_over_at && monotonic - @taken_over_at < 2 * BACKFILL_LEASE_TTL
       expire = @in_flight || @maybe_on_wire || taken_over_lately
+      return unless @lease_until # never held
+
+      if lease_lapsed?
+        @out.puts "the backfill's lease has run out, or is about to: left to expire"
+        return
+      end
       left = client.backfill_lease(holder, ttl: nil, expire: expire)
       return unless expire && left.nil?
 
