@@ -32,56 +32,10 @@ source.bulk_load(Enumerator.new do |y|
   n.times { |i| y << ["RPUSH", "queue:#{i}", "{\"job\":#{i}}"] }
 end)
 
-# PINGs the source until told to stop; prints "seconds_since_start latency_ms" lines.
-def start_pinger(port)
-  reader, writer = IO.pipe
-  pid = fork do
-    reader.close
-    socket = TCPSocket.new("127.0.0.1", port)
-    socket.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
-    stop = false
-    trap(:TERM) { stop = true }
-    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    lines = []
-    until stop
-      sent = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      socket.write("PING\r\n")
-      socket.readpartial(64)
-      now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      lines << format("%.4f %.4f", sent - started, (now - sent) * 1000)
-      sleep 0.001
-    end
-    writer.write(lines.join("\n"))
-    writer.close
-    exit!(0)
-  end
-  writer.close
-  [pid, reader]
-end
-
-def stop_pinger(pid, reader)
-  Process.kill(:TERM, pid)
-  samples = reader.read.split("\n").map { |line| line.split.map(&:to_f) }
-  Process.wait(pid)
-  samples
-end
-
-def percentile(sorted, fraction)
-  sorted[[(sorted.size * fraction).ceil - 1, 0].max]
-end
-
-def summary(samples)
-  latencies = samples.map(&:last).sort
-  windows = samples.group_by { |at, _| at.floor }.values.reject { |w| w.size < 50 }
-  worst = windows.map { |w| w.sum(&:last) / w.size }.max || latencies.last
-  { p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99), worst_window: worst, max: latencies.last,
-    count: latencies.size }
-end
-
 rows = []
 measure = lambda do |name, args|
   destination.redis.flushall
-  pinger = start_pinger(source.port)
+  pinger = Bench::Pinger.new(source.port)
   sleep 0.3
   out = StringIO.new
   started = Bench.monotonic
@@ -93,7 +47,7 @@ measure = lambda do |name, args|
            end
   elapsed = Bench.monotonic - started
   sleep 0.2
-  stats = summary(stop_pinger(*pinger))
+  stats = pinger.stop
   abort "#{name}: backfill failed:\n#{out.string}" unless status.zero?
   copied = args ? destination.redis.dbsize - 1 : 0 # less the audit log
   rows << [name, args ? (copied / elapsed).round : nil, stats]

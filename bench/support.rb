@@ -2,6 +2,7 @@
 
 require "json"
 require "open3"
+require "socket"
 
 # Shared by the benchmarks: timing, medians, the floor tool, and the rows
 # each script hands to bench/all.rb (which prints them as one table).
@@ -80,5 +81,55 @@ module Bench
     else
       rows.each { |r| puts r.to_json }
     end
+  end
+
+  # A process that PINGs a server one at a time over its own socket, from
+  # #initialize until #stop, and sums up the round trips: what any client of
+  # that server (a job worker) sees of its latency meanwhile.
+  class Pinger
+    def initialize(port)
+      @reader, writer = IO.pipe
+      @pid = fork do
+        @reader.close
+        writer.write(ping(port).join("\n"))
+        writer.close
+        exit!(0)
+      end
+      writer.close
+    end
+
+    # { p50:, p99:, worst_window: (the worst mean over one second), max:, count: } in ms.
+    def stop
+      Process.kill(:TERM, @pid)
+      samples = @reader.read.split("\n").map { |line| line.split.map(&:to_f) }
+      Process.wait(@pid)
+      latencies = samples.map(&:last).sort
+      windows = samples.group_by { |at, _| at.floor }.values.reject { |w| w.size < 50 }
+      { p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99),
+        worst_window: windows.map { |w| w.sum(&:last) / w.size }.max || latencies.last, max: latencies.last,
+        count: latencies.size }
+    end
+
+    private
+
+    # "seconds_since_start latency_ms" lines, until SIGTERM.
+    def ping(port)
+      socket = TCPSocket.new("127.0.0.1", port)
+      socket.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
+      stop = false
+      trap(:TERM) { stop = true }
+      started = Bench.monotonic
+      lines = []
+      until stop
+        sent = Bench.monotonic
+        socket.write("PING\r\n")
+        socket.readpartial(64)
+        lines << format("%.4f %.4f", sent - started, (Bench.monotonic - sent) * 1000)
+        sleep 0.001
+      end
+      lines
+    end
+
+    def percentile(sorted, fraction) = sorted[[(sorted.size * fraction).ceil - 1, 0].max]
   end
 end
