@@ -5,8 +5,8 @@
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
-use locking_core::belief;
-use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::operate::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::protocol::belief;
 use locking_core::protocol::Target;
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
@@ -477,7 +477,7 @@ impl RbClient {
             ],
         )
         .and_then(|hash| {
-            let control = cluster.master_of(locking_core::control::CONTROL_TAG);
+            let control = cluster.master_of(locking_core::operate::control::CONTROL_TAG);
             hash.aset(ruby.to_symbol("control_master"), control)?;
             Ok(Some(hash))
         })
@@ -558,7 +558,8 @@ impl RbClient {
                 operator.fleet(interrupt)?,
             ))
         })?;
-        let reasons = locking_core::control::check_transition(current, target, &fleet, source_only);
+        let reasons =
+            locking_core::operate::control::check_transition(current, target, &fleet, source_only);
         Ok((current.map(Phase::index), reasons))
     }
 
@@ -672,7 +673,7 @@ fn redact_url(url: RString) -> Result<String, magnus::Error> {
 /// (no credentials, no file paths), or the redacted URL if it does not parse.
 fn server_name(url: RString) -> Result<String, magnus::Error> {
     let url = url.to_string()?;
-    Ok(locking_core::url::parse(&url)
+    Ok(locking_core::wire::url::parse(&url)
         .map_or_else(|_| locking_core::redact(&url), |parsed| parsed.name()))
 }
 
@@ -708,7 +709,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.const_set("MAX_TTL_MS", locking_core::MAX_TTL_MS)?;
     class.const_set(
         "MAX_BACKFILL_PAGES",
-        locking_core::bulk::MAX_PAGES_PER_BATCH,
+        locking_core::operate::bulk::MAX_PAGES_PER_BATCH,
     )?;
     // Rules, too: the CLI prints the core's reasons, never its own copy.
     class.define_singleton_method("gate_reasons", function!(gate_reasons, 2))?;

@@ -1,12 +1,12 @@
-//! `Locking::Client::Renewal`: one auto-renewed lock (locking_core::renew),
+//! `Locking::Client::Renewal`: one auto-renewed lock (locking_core::operate::renew),
 //! with what the holder believes of it; and the natives that start one and
 //! share the core's belief rule with Ruby (`Client.valid_for`, `Client.clock`).
 
 use crate::client::{bytes, RbClient};
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
-use locking_core::belief;
-use locking_core::renew::{self, Renewal};
+use locking_core::operate::renew::{self, Renewal};
+use locking_core::protocol::belief;
 use locking_core::Interrupt;
 use magnus::{function, method, prelude::*, RString, Ruby};
 use std::time::Duration;

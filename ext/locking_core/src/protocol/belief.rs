@@ -111,7 +111,7 @@ pub fn heartbeat_ttl_ms(cache_ms: u64, timeout_ms: u64) -> u64 {
 /// this, a command could land after the heartbeat that covers it expired,
 /// when the fleet may have moved two phases on.
 pub fn heartbeat_lapse_ms(heartbeat_ttl_ms: u64, cache_ms: u64, timeout_ms: u64) -> u64 {
-    crate::fleet::lapse_ms(
+    crate::protocol::fleet::lapse_ms(
         heartbeat_ttl_ms,
         cache_ms,
         timeout_ms,

@@ -15,11 +15,11 @@
 //! must then hand some replies to the wrong requests.
 
 use crate::client::{Client, ClientConfig, Route, Slots};
-use crate::codec::{lock, Value};
-use crate::connection::Interrupt;
-use crate::phase::Phase;
-use crate::pipeline::{self, Request};
-use crate::server::EvictionCheck;
+use crate::protocol::phase::Phase;
+use crate::topology::server::EvictionCheck;
+use crate::wire::codec::{lock, Value};
+use crate::wire::connection::Interrupt;
+use crate::wire::pipeline::{self, Request};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -164,7 +164,7 @@ impl Shared {
         let odds = *self.odds.lock().expect("odds");
         let roll = mix(self.seed.load(Ordering::SeqCst) ^ hash(key) ^ mix(count));
         let other = self.ports[(me + 1 + (roll >> 20) as usize % (NODES - 1)) % NODES];
-        let slot = crate::cluster::key_slot(key);
+        let slot = crate::topology::cluster::key_slot(key);
         let mut at = roll % 1_000;
         let answer = |text: String| {
             self.redirects.fetch_add(1, Ordering::Relaxed);
@@ -395,7 +395,7 @@ fn run_schedule(client: &Client, slots: &mut Slots, seed: u64) -> Vec<String> {
         .take(10)
         .map(|k| [b"t:".as_slice(), k].concat())
         .collect();
-    let gets: Vec<[crate::codec::Arg<'_>; 2]> = full
+    let gets: Vec<[crate::wire::codec::Arg<'_>; 2]> = full
         .iter()
         .map(|k| ["GET".into(), k.as_slice().into()])
         .collect();

@@ -4,10 +4,17 @@
 //! to send a batch of single-key commands (the commands of one batch may run at
 //! once, on different servers) or finishes with a result. The same operations
 //! run against real servers (`crate::client`) and against the in-memory model
-//! (`crate::model`) that the interleaving tests explore.
+//! (`crate::protocol::model`) that the interleaving tests explore.
+
+pub mod belief;
+pub mod fleet;
+pub mod memory;
+pub mod model;
+pub mod phase;
+pub mod store;
 
 use crate::error::{Error, Result};
-use crate::phase::Phase;
+use crate::protocol::phase::Phase;
 
 /// Which server a command goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1016,8 +1023,8 @@ pub fn grouped(count: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MemoryStore, ModelStore, Stored};
-    use crate::store::run;
+    use crate::protocol::model::{MemoryStore, ModelStore, Stored};
+    use crate::protocol::store::run;
 
     #[test]
     fn a_key_that_gained_a_ttl_since_the_first_read_expires_sooner() {
@@ -1167,7 +1174,7 @@ mod tests {
     /// A server that is down: every command fails to connect.
     struct Down;
 
-    impl crate::store::Store for Down {
+    impl crate::protocol::store::Store for Down {
         fn execute(&mut self, _key: &[u8], _command: &Command) -> Result<Reply> {
             Err(Error::Connection {
                 server: "redis://down".into(),

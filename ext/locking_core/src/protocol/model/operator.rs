@@ -13,8 +13,8 @@
 
 use super::explorer::{Event, Explorer, State};
 use super::scenario::{Fleet, Heartbeat, HeartbeatTiming, MissingControl, StaleCache};
-use crate::fleet::{self, FleetMember};
-use crate::phase::Phase;
+use crate::protocol::fleet::{self, FleetMember};
+use crate::protocol::phase::Phase;
 
 impl Explorer<'_> {
     /// The fleet's events that may happen next.

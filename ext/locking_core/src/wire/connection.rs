@@ -4,11 +4,11 @@
 //! written and replies read by the codec (`codec`); pipelines, NOSCRIPT and
 //! the old-server fallback are the executor's (`pipeline`).
 
-use crate::codec::{self, Value};
 use crate::error::{Error, Result};
-use crate::tls::{self, Tls};
-use crate::transport::{self, Address, ConnectError, Transport};
-use crate::url::Sentinel;
+use crate::wire::codec::{self, Value};
+use crate::wire::tls::{self, Tls};
+use crate::wire::transport::{self, Address, ConnectError, Transport};
+use crate::wire::url::Sentinel;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +39,7 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn parse(url: &str, timeout: Duration) -> Result<ServerConfig> {
-        let parsed = crate::url::parse(url).map_err(|why| {
+        let parsed = crate::wire::url::parse(url).map_err(|why| {
             Error::InvalidArgument(format!(
                 "invalid Redis URL {:?}: {why} (expected redis://[[user]:password@]host[:port][/db], \
                  rediss://..., redis+sentinel://host:port[,host:port]/master[/db], \
@@ -302,7 +302,7 @@ pub struct Connection {
     read_timeout: Duration,
     write_timeout: Duration,
     /// Scripts to load, and loads to read replies to (the executor's).
-    pub(crate) loads: crate::pipeline::Loads,
+    pub(crate) loads: crate::wire::pipeline::Loads,
 }
 
 impl Connection {

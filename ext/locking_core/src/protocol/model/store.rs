@@ -102,7 +102,7 @@ pub struct ModelStore<'a> {
     pub now: u64,
 }
 
-impl crate::store::Store for ModelStore<'_> {
+impl crate::protocol::store::Store for ModelStore<'_> {
     fn execute(&mut self, _key: &[u8], command: &Command) -> Result<Reply> {
         Ok(self.store.execute(command, self.now))
     }

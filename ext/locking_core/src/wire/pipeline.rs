@@ -25,10 +25,10 @@
 //! redirect landing on a node whose pipeline of the same wave is unread)
 //! gets its own replies, never another request's.
 
-use crate::codec::{self, lock, scripts::Script, Arg, Value};
-use crate::connection::{Connection, Interrupt};
 use crate::error::{Error, Result};
 use crate::protocol::Command;
+use crate::wire::codec::{self, lock, scripts::Script, Arg, Value};
+use crate::wire::connection::{Connection, Interrupt};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;

@@ -5,7 +5,7 @@
 use super::scenario::{Action, DynamicOp, Scenario};
 use super::store::{MemoryStore, Stored};
 use crate::error::{Error, Result};
-use crate::phase::Phase;
+use crate::protocol::phase::Phase;
 use crate::protocol::{
     self, AcquireReply, BackfillOutcome, Command, Operation, Reply, Step, Target,
 };

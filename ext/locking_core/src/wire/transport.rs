@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::tls::Tls;
+use crate::wire::tls::Tls;
 
 pub trait Transport: Send + Sync {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;

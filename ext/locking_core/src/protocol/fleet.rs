@@ -7,8 +7,8 @@
 //! (DESIGN: what the explorer shares with the product).
 
 use crate::error::{Error, Result};
-use crate::phase::Phase;
 use crate::protocol;
+use crate::protocol::phase::Phase;
 
 /// The lowest and highest phase a process may still act in, as its
 /// heartbeat reports them: its cached phase and the phase of every

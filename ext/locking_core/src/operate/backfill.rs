@@ -11,15 +11,15 @@
 //! executor as `Received::Resend`: the key's command joins the next pipeline
 //! to that server (after the script load the executor puts at its front).
 
-use crate::bulk::{parse_scan, scan_args, BackfillReport, MAX_PAGES_PER_BATCH};
 use crate::client::Route;
-use crate::codec::lock;
-use crate::codec::Value;
-use crate::connection::Interrupt;
 use crate::error::{Error, Result};
-use crate::operator::Operator;
-use crate::pipeline::{self, Received, Request};
+use crate::operate::bulk::{parse_scan, scan_args, BackfillReport, MAX_PAGES_PER_BATCH};
+use crate::operate::operator::Operator;
 use crate::protocol::{self, BackfillOutcome, Command, Operation, Reply, Step, Target};
+use crate::wire::codec::lock;
+use crate::wire::codec::Value;
+use crate::wire::connection::Interrupt;
+use crate::wire::pipeline::{self, Received, Request};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -268,7 +268,7 @@ impl Scheduler<'_, '_> {
     }
 
     fn ask_for_page(&mut self, interrupt: &Interrupt) -> Result<()> {
-        let pattern = crate::bulk::match_pattern(&self.prefix);
+        let pattern = crate::operate::bulk::match_pattern(&self.prefix);
         let count = self.count as u64;
         let args = scan_args(self.cursor, &pattern, count, false);
         let ticket = send_to(

@@ -1,7 +1,7 @@
 //! What a scenario is made of: clients and their actions, and optionally a
 //! fleet of processes with an operator (dynamic phases).
 
-use crate::phase::Phase;
+use crate::protocol::phase::Phase;
 use crate::protocol::{CopyTtlRule, Target};
 
 /// What a client does, one action after another, each in its own phase (a
@@ -111,7 +111,7 @@ impl HeartbeatTiming {
     /// held by the network until after the lapse is the belief explorer's
     /// (tests/belief.rs), with the product's timeout and drift.
     pub fn lapse(&self) -> u64 {
-        crate::fleet::lapse_ms(self.ttl, self.cache, 0, 0)
+        crate::protocol::fleet::lapse_ms(self.ttl, self.cache, 0, 0)
     }
 }
 

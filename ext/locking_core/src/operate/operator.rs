@@ -4,12 +4,12 @@
 //! `bulk`, the backfill scheduler in `backfill`, control keys in `control`.
 
 use crate::client::{Client, Lease, Route};
-use crate::codec::{Arg, Value};
-use crate::connection::Interrupt;
 use crate::error::{Error, Result};
-use crate::phase::Phase;
-use crate::pipeline::Request;
+use crate::protocol::phase::Phase;
 use crate::protocol::{self, BackfillOutcome, Target};
+use crate::wire::codec::{Arg, Value};
+use crate::wire::connection::Interrupt;
+use crate::wire::pipeline::Request;
 
 /// Connections for one operator command. Every method here may block.
 pub struct Operator<'c> {
@@ -43,8 +43,8 @@ impl<'c> Operator<'c> {
             return Ok(());
         };
         let timeout_us = self.client().timeout().as_micros() as u64;
-        let now = crate::belief::now_us();
-        if crate::belief::may_send(until, now, timeout_us) {
+        let now = crate::protocol::belief::now_us();
+        if crate::protocol::belief::may_send(until, now, timeout_us) {
             return Ok(());
         }
         Err(Error::Phase(format!(

@@ -17,8 +17,8 @@
 //!   (seeds); the rest of the cluster is learnt from them. Only database 0;
 //! - `unix:///path/to/socket[?db=N][&user=U][&pass=P]` (also `redis+unix://`).
 
-use crate::tls::TlsSettings;
-use crate::transport::Address;
+use crate::wire::tls::TlsSettings;
+use crate::wire::transport::Address;
 use std::path::PathBuf;
 
 /// What a URL says.
@@ -56,7 +56,7 @@ impl RedisUrl {
             let hosts: Vec<String> = sentinel
                 .sentinels
                 .iter()
-                .map(crate::transport::describe)
+                .map(crate::wire::transport::describe)
                 .collect();
             return format!(
                 "{scheme}+sentinel://{}/{}/{}",
@@ -66,12 +66,16 @@ impl RedisUrl {
             );
         }
         if let Some(seeds) = &self.cluster {
-            let hosts: Vec<String> = seeds.iter().map(crate::transport::describe).collect();
+            let hosts: Vec<String> = seeds.iter().map(crate::wire::transport::describe).collect();
             return format!("{scheme}+cluster://{}", hosts.join(","));
         }
         match &self.address {
             Address::Unix(path) => format!("unix://{}?db={}", path.display(), self.db),
-            tcp => format!("{scheme}://{}/{}", crate::transport::describe(tcp), self.db),
+            tcp => format!(
+                "{scheme}://{}/{}",
+                crate::wire::transport::describe(tcp),
+                self.db
+            ),
         }
     }
 }

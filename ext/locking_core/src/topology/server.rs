@@ -13,15 +13,15 @@
 //! connections; the next connection asks the sentinels again. The scripts
 //! the new master lacks come back through the executor's NOSCRIPT path.
 
-use crate::cluster::{self, Cluster, Survey, WalkStep};
-use crate::codec::{lock, Value};
-use crate::connection::{Connection, Interrupt, ServerConfig};
 use crate::error::{Error, Result};
-use crate::pipeline::{self, Dialect, Received, Request};
-use crate::pool::Pool;
 use crate::protocol::{Command, Reply};
-use crate::transport::{self, Address};
-use crate::url::Sentinel;
+use crate::topology::cluster::{self, Cluster, Survey, WalkStep};
+use crate::wire::codec::{lock, Value};
+use crate::wire::connection::{Connection, Interrupt, ServerConfig};
+use crate::wire::pipeline::{self, Dialect, Received, Request};
+use crate::wire::pool::Pool;
+use crate::wire::transport::{self, Address};
+use crate::wire::url::Sentinel;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -476,8 +476,8 @@ mod tests {
 
         #[test]
         fn phases_from_any_input(index in any::<i64>(), name in ".{0,12}") {
-            let _ = crate::phase::Phase::from_index(index);
-            let _ = crate::phase::Phase::from_name(&name);
+            let _ = crate::protocol::phase::Phase::from_index(index);
+            let _ = crate::protocol::phase::Phase::from_name(&name);
         }
     }
 }

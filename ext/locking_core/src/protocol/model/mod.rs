@@ -13,7 +13,7 @@
 //! - `explorer`: the search, the clients' operations and the invariants;
 //! - `operator`: the fleet around the protocol (processes reading the phase,
 //!   the operator's moves, the control key lost or unreachable), deciding
-//!   with the product's own rules (`crate::fleet`, `Phase::check_backfill`).
+//!   with the product's own rules (`crate::protocol::fleet`, `Phase::check_backfill`).
 
 mod explorer;
 mod operator;

@@ -31,9 +31,9 @@
 //!   of its parent's), and never touches the parent's copy, whose lock the
 //!   renewer may have held at the fork.
 
-use crate::belief;
 use crate::client::{Client, Slots};
 use crate::error::Error;
+use crate::protocol::belief;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};

@@ -28,12 +28,12 @@
 //! and 15 bits of the map's fingerprint, so a position kept across a
 //! topology change is seen to be stale and the walk starts over.
 
-use crate::codec::Value;
-use crate::connection::{Interrupt, ServerConfig};
 use crate::error::{Error, Result};
-use crate::pipeline::Request;
-use crate::server::{EvictionCheck, Node};
-use crate::transport::{self, Address};
+use crate::topology::server::{EvictionCheck, Node};
+use crate::wire::codec::Value;
+use crate::wire::connection::{Interrupt, ServerConfig};
+use crate::wire::pipeline::Request;
+use crate::wire::transport::{self, Address};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -730,7 +730,7 @@ mod tests {
 
     #[test]
     fn reads_redirects() {
-        let error = |text: &str| Value::ServerError(crate::codec::ErrorReply(text.into()));
+        let error = |text: &str| Value::ServerError(crate::wire::codec::ErrorReply(text.into()));
         assert_eq!(
             redirect(&error("MOVED 3999 127.0.0.1:6381")),
             Some(Redirect::Moved(

@@ -8,7 +8,7 @@
 //! second handle on that socket so that another thread can shut it down (an
 //! interrupt) while the owner is blocked in a read.
 
-use crate::transport::Transport;
+use crate::wire::transport::Transport;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;

@@ -6,14 +6,17 @@
 //! connections, never blocks), one blocking operation on the lease, and
 //! `finish` (gives healthy connections back, never blocks).
 
-use crate::cluster::{self, Redirect};
-use crate::codec::Value;
-use crate::connection::{Connection, Interrupt, ServerConfig};
+#[cfg(test)]
+mod redirect_tests;
+
 use crate::error::{Error, Result};
-use crate::phase::Phase;
-use crate::pipeline::{self, Received, Request};
+use crate::protocol::phase::Phase;
 use crate::protocol::{self, Command, Operation, Reply, Servers, Step, Target, TokenTtl};
-use crate::server::{EvictionCheck, Node, Server};
+use crate::topology::cluster::{self, Redirect};
+use crate::topology::server::{EvictionCheck, Node, Server};
+use crate::wire::codec::Value;
+use crate::wire::connection::{Connection, Interrupt, ServerConfig};
+use crate::wire::pipeline::{self, Received, Request};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -84,7 +87,7 @@ impl Dynamic {
         let read_at = self.read_at.load(Ordering::SeqCst);
         read_at != 0
             && self.read_by_pid.load(Ordering::SeqCst) == crate::process::id()
-            && !crate::fleet::heartbeat_lapsed(self.now_ms(), read_at, self.lapse_ms)
+            && !crate::protocol::fleet::heartbeat_lapsed(self.now_ms(), read_at, self.lapse_ms)
     }
 
     /// The lowest and highest phase this process may still act in: the
@@ -93,7 +96,7 @@ impl Dynamic {
         let busy = Phase::ALL
             .into_iter()
             .filter(|phase| self.in_flight[phase.index() as usize].get() > 0);
-        let (low, high) = crate::fleet::phases_in_use(cached, busy);
+        let (low, high) = crate::protocol::fleet::phases_in_use(cached, busy);
         (low.index(), high.index())
     }
 }
@@ -147,7 +150,7 @@ pub struct Client {
     min_replicas_acked: u32,
     timeout: Duration,
     /// Locks taken with auto_renew, and the thread renewing them.
-    renewals: crate::renew::Renewals,
+    renewals: crate::operate::renew::Renewals,
     /// Warnings about the configuration, given once (`take_warnings`).
     warnings: std::sync::Mutex<Vec<String>>,
 }
@@ -200,11 +203,15 @@ impl Client {
             let timeout_ms = config.timeout.as_millis() as u64;
             // Longer than the cache and the timeout, so a process acting on
             // a cached phase is always visible to `phase advance`.
-            let heartbeat_ttl_ms = crate::belief::heartbeat_ttl_ms(cache_ms, timeout_ms);
+            let heartbeat_ttl_ms = crate::protocol::belief::heartbeat_ttl_ms(cache_ms, timeout_ms);
             Dynamic {
                 cache_ms,
                 heartbeat_ttl_ms,
-                lapse_ms: crate::belief::heartbeat_lapse_ms(heartbeat_ttl_ms, cache_ms, timeout_ms),
+                lapse_ms: crate::protocol::belief::heartbeat_lapse_ms(
+                    heartbeat_ttl_ms,
+                    cache_ms,
+                    timeout_ms,
+                ),
                 host: dynamic.host,
                 epoch: Instant::now(),
                 read_at: AtomicU64::new(0),
@@ -250,7 +257,7 @@ impl Client {
     /// A key prefix with a hash tag gives every lock the same hash slot:
     /// a cluster would keep them all on one master.
     fn warn_of_pinned_prefix(&self) {
-        let Some(tag) = crate::cluster::hash_tag(&self.key_prefix) else {
+        let Some(tag) = crate::topology::cluster::hash_tag(&self.key_prefix) else {
             return;
         };
         for server in [&self.source, &self.destination].into_iter().flatten() {
@@ -359,7 +366,7 @@ impl Client {
     }
 
     /// The auto-renewed locks of this process.
-    pub fn renewals(&self) -> &crate::renew::Renewals {
+    pub fn renewals(&self) -> &crate::operate::renew::Renewals {
         &self.renewals
     }
 
@@ -432,12 +439,12 @@ impl Client {
 
     /// A handle for one operator command (bulk walks, backfill, control),
     /// with the same connections and phase as a lease.
-    pub fn operator(&self) -> crate::operator::Operator<'_> {
-        crate::operator::Operator::new(self.lease())
+    pub fn operator(&self) -> crate::operate::operator::Operator<'_> {
+        crate::operate::operator::Operator::new(self.lease())
     }
 
     /// Gives an operator's healthy connections back to their pools.
-    pub fn finish_operator(&self, operator: crate::operator::Operator<'_>) {
+    pub fn finish_operator(&self, operator: crate::operate::operator::Operator<'_>) {
         self.finish(operator.into_lease());
     }
 
@@ -589,7 +596,7 @@ impl<'c> Lease<'c> {
         if self.refresh && !backing_off {
             let process = format!("{}:{}", dynamic.host, crate::process::id());
             let in_use = dynamic.phases_in_use(client.phase());
-            let mut read = crate::control::phase_heartbeat(
+            let mut read = crate::operate::control::phase_heartbeat(
                 self,
                 &process,
                 dynamic.heartbeat_ttl_ms,
@@ -602,7 +609,7 @@ impl<'c> Lease<'c> {
             // or with none (then this process refuses; it must not act on
             // a cached phase whose heartbeat the master no longer holds).
             if matches!(read, Err(Error::Connection { .. })) {
-                read = crate::control::phase_heartbeat(
+                read = crate::operate::control::phase_heartbeat(
                     self,
                     &process,
                     dynamic.heartbeat_ttl_ms,
@@ -1022,7 +1029,7 @@ impl<'c> Lease<'c> {
         let now = dynamic.epoch.elapsed().as_millis() as u64 + 1;
         // Whatever is sent before the lapse lands within the heartbeat.
         let lapse = dynamic.lapse_ms;
-        let lapsed = crate::fleet::operation_lapsed(now, self.began_read, read_at, lapse);
+        let lapsed = crate::protocol::fleet::operation_lapsed(now, self.began_read, read_at, lapse);
         (read_at != 0 && lapsed).then(|| {
             Error::Phase(format!(
                 "this operation began under a phase read {} ms ago, and its process's heartbeat lapsed \
@@ -1077,7 +1084,7 @@ impl<'c> Lease<'c> {
 
     /// A protocol command's reply, or the server's refusal as an error.
     fn decode(&self, target: Target, command: &Command, value: Value) -> Result<Reply> {
-        crate::codec::lock::decode(command, value).map_err(|detail| Error::Command {
+        crate::wire::codec::lock::decode(command, value).map_err(|detail| Error::Command {
             server: self.client.server_name(target).unwrap_or("?").to_string(),
             detail,
         })

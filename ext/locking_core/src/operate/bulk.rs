@@ -3,11 +3,11 @@
 //! in `backfill`.
 
 use crate::client::Route;
-use crate::codec::{Arg, Value};
-use crate::connection::Interrupt;
 use crate::error::{Error, Result};
-use crate::operator::Operator;
+use crate::operate::operator::Operator;
 use crate::protocol::Target;
+use crate::wire::codec::{Arg, Value};
+use crate::wire::connection::Interrupt;
 use std::collections::HashSet;
 
 /// At most this many SCAN pages per backfill batch.

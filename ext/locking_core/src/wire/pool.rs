@@ -6,7 +6,7 @@
 //! without being shut down, so the parent's connections stay intact, and the
 //! child opens its own. Taking and giving back never block on the network.
 
-use crate::connection::Connection;
+use crate::wire::connection::Connection;
 use std::sync::Mutex;
 
 pub struct Pool {

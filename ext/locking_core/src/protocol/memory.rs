@@ -4,10 +4,10 @@
 //! destination) per key, on a clock the test moves. No server, same answers.
 
 use crate::error::{Error, Result};
-use crate::model::{MemoryStore, ModelStore};
-use crate::phase::Phase;
+use crate::protocol::model::{MemoryStore, ModelStore};
+use crate::protocol::phase::Phase;
+use crate::protocol::store::{run, Store};
 use crate::protocol::{self, Servers, TokenTtl};
-use crate::store::{run, Store};
 use std::collections::HashMap;
 
 #[derive(Debug, Default)]

@@ -5,15 +5,15 @@
 //! prefix (so they never count as locks) and in one cluster slot.
 
 use crate::client::{Lease, Route};
-use crate::codec::scripts::{self, Script};
-use crate::codec::{lock::server_time_ms, Arg, Value};
-use crate::connection::Interrupt;
 use crate::error::{Error, Result};
-use crate::operator::Operator;
-use crate::phase::Phase;
-use crate::pipeline::Request;
+use crate::operate::operator::Operator;
+use crate::protocol::phase::Phase;
+use crate::wire::codec::scripts::{self, Script};
+use crate::wire::codec::{lock::server_time_ms, Arg, Value};
+use crate::wire::connection::Interrupt;
+use crate::wire::pipeline::Request;
 // The fleet's rules are pure (`fleet`): the CLI reaches them here, the explorer there.
-pub use crate::fleet::{check_transition, FleetMember};
+pub use crate::protocol::fleet::{check_transition, FleetMember};
 use crate::protocol::Target;
 
 /// Every control key carries this hash tag: one node holds them all.
