@@ -6,9 +6,6 @@
 //! connections, never blocks), one blocking operation on the lease, and
 //! `finish` (gives healthy connections back, never blocks).
 
-#[cfg(test)]
-mod redirect_tests;
-
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
 use crate::protocol::{self, Command, Operation, Reply, Servers, Step, Target, TokenTtl};
@@ -1478,3 +1475,6 @@ mod tests {
         assert_eq!(dynamic.phases_in_use(Phase::Drain), (2, 2));
     }
 }
+
+#[cfg(test)]
+mod redirect_tests;
