@@ -6,8 +6,9 @@
 
 use crate::error::{Error, Result};
 use crate::wire::codec::{self, Value};
+use crate::wire::dial::{self, ConnectError};
 use crate::wire::tls::{self, Tls};
-use crate::wire::transport::{self, Address, ConnectError, Transport};
+use crate::wire::transport::{self, Address, Transport};
 use crate::wire::url::Sentinel;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -358,7 +359,7 @@ impl Connection {
             return Err(Error::Interrupted { server });
         }
         let socket: Arc<dyn Transport> = Arc::from(
-            transport::connect(address, config.connect_timeout, config.tls.as_ref()).map_err(
+            dial::connect(address, config.connect_timeout, config.tls.as_ref()).map_err(
                 |error| match error {
                     ConnectError::TimedOut => Error::Timeout {
                         server: server.clone(),

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod dial;
 pub mod pipeline;
 pub mod pool;
 pub mod tls;
