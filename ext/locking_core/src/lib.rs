@@ -27,5 +27,5 @@ pub use error::{Error, Result};
 pub use operate::operator::Operator;
 pub use protocol::phase::Phase;
 pub use protocol::TokenTtl;
-pub use topology::server::EvictionCheck;
+pub use topology::node::EvictionCheck;
 pub use wire::connection::{redact, Interrupt};

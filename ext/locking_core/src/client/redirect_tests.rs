@@ -16,7 +16,7 @@
 
 use crate::client::{Client, ClientConfig, Route, Slots};
 use crate::protocol::phase::Phase;
-use crate::topology::server::EvictionCheck;
+use crate::topology::node::EvictionCheck;
 use crate::wire::codec::{lock, Value};
 use crate::wire::connection::Interrupt;
 use crate::wire::pipeline::{self, Request};

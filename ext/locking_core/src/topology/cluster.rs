@@ -29,7 +29,7 @@
 //! topology change is seen to be stale and the walk starts over.
 
 use crate::error::{Error, Result};
-use crate::topology::server::{EvictionCheck, Node};
+use crate::topology::node::{EvictionCheck, Node};
 use crate::wire::codec::Value;
 use crate::wire::connection::{Interrupt, ServerConfig};
 use crate::wire::pipeline::Request;

@@ -2,4 +2,5 @@
 //! Cluster (`cluster`) of a node per master.
 
 pub mod cluster;
+pub mod node;
 pub mod server;
