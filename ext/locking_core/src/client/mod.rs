@@ -13,8 +13,8 @@ use crate::topology::cluster::{self, Redirect};
 use crate::topology::node::{EvictionCheck, Node};
 use crate::topology::server::Server;
 use crate::wire::codec::Value;
-use crate::wire::connection::{Connection, Interrupt, ServerConfig};
-use crate::wire::pipeline::{self, Received, Request};
+use crate::wire::connection::{Interrupt, ServerConfig};
+use crate::wire::pipeline::{self, Link, Received, Request};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -155,7 +155,7 @@ pub struct Client {
 
 /// The connections an operation holds to one server: one per node it
 /// used (a cluster's keys live on many), each with the node's place.
-pub(crate) type Held = Vec<(usize, Connection)>;
+pub(crate) type Held = Vec<(usize, Link)>;
 
 /// Connections kept by the renewer thread between its batches (never the
 /// pools': see `renew`).
@@ -423,7 +423,7 @@ impl Client {
                     if let Some(server) = self.server(target) {
                         server.connection_failed(node);
                     }
-                } else if connection.pid == crate::process::id() && connection.loads.settled() {
+                } else if connection.pid == crate::process::id() && connection.settled() {
                     kept.push((node, connection));
                 }
             }
@@ -1288,7 +1288,7 @@ impl<'c> Lease<'c> {
         target: Target,
         route: Route<'_>,
         interrupt: &Interrupt,
-        exchange: impl Fn(&mut Connection, &pipeline::Dialect) -> Result<T>,
+        exchange: impl Fn(&mut Link, &pipeline::Dialect) -> Result<T>,
     ) -> Result<T> {
         let (index, node, connection) = self.connection(target, route, interrupt)?;
         let stale = connection.from_pool;
@@ -1318,7 +1318,7 @@ impl<'c> Lease<'c> {
         target: Target,
         route: Route<'_>,
         interrupt: &Interrupt,
-    ) -> Result<(usize, &Node, &mut Connection)> {
+    ) -> Result<(usize, &Node, &mut Link)> {
         let client = self.client;
         let server = client.server(target).ok_or_else(|| self.missing(target))?;
         let index = match route {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{Command, Reply};
 use crate::wire::codec::{lock, Value};
 use crate::wire::connection::{Connection, Interrupt, ServerConfig};
-use crate::wire::pipeline::{self, Dialect, Received, Request};
+use crate::wire::pipeline::{self, Dialect, Link, Received, Request};
 use crate::wire::pool::Pool;
 use crate::wire::transport::{self, Address};
 use crate::wire::url::Sentinel;
@@ -133,7 +133,12 @@ impl Node {
         address: &Address,
         interrupt: &Interrupt,
     ) -> Result<Option<Address>> {
-        let mut connection = Connection::open_sentinel(&self.config, sentinel, address, interrupt)?;
+        let mut connection = Link::new(Connection::open_sentinel(
+            &self.config,
+            sentinel,
+            address,
+            interrupt,
+        )?);
         let request = Request::Plain(&[
             "SENTINEL".into(),
             "get-master-addr-by-name".into(),
@@ -164,7 +169,7 @@ impl Node {
 
     /// Checks that the server the sentinels named is a master (not a
     /// replica still being promoted, or a demoted old master).
-    fn check_role(&self, connection: &mut Connection, interrupt: &Interrupt) -> Result<()> {
+    fn check_role(&self, connection: &mut Link, interrupt: &Interrupt) -> Result<()> {
         let role = match self.run(connection, Request::Plain(&["ROLE".into()]), interrupt)? {
             Value::Array(items) => match items.first() {
                 Some(Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
@@ -205,7 +210,7 @@ impl Node {
         }
     }
 
-    fn check_eviction(&self, connection: &mut Connection, interrupt: &Interrupt) -> Result<()> {
+    fn check_eviction(&self, connection: &mut Link, interrupt: &Interrupt) -> Result<()> {
         let strict = match self.eviction {
             EvictionCheck::Off => return Ok(()),
             EvictionCheck::Warn if self.eviction_checked.swap(true, Ordering::AcqRel) => {
@@ -250,17 +255,17 @@ impl Node {
     }
 
     /// A new connection, checked as configured.
-    pub fn connect(&self, interrupt: &Interrupt) -> Result<Connection> {
+    pub fn connect(&self, interrupt: &Interrupt) -> Result<Link> {
         let mut connection = match &self.config.sentinel {
-            None => Connection::open(&self.config, interrupt)?,
+            None => Link::new(Connection::open(&self.config, interrupt)?),
             Some(sentinel) => {
                 let address = self.master(sentinel, interrupt)?;
-                let opened = Connection::open_to(&self.config, &address, interrupt).and_then(
-                    |mut connection| {
+                let opened =
+                    Connection::open_to(&self.config, &address, interrupt).and_then(|connection| {
+                        let mut connection = Link::new(connection);
                         self.check_role(&mut connection, interrupt)?;
                         Ok(connection)
-                    },
-                );
+                    });
                 match opened {
                     Ok(connection) => connection,
                     Err(error) => {
@@ -277,7 +282,7 @@ impl Node {
     /// Runs one request to completion through the executor.
     pub fn run(
         &self,
-        connection: &mut Connection,
+        connection: &mut Link,
         request: Request<'_>,
         interrupt: &Interrupt,
     ) -> Result<Value> {
@@ -287,7 +292,7 @@ impl Node {
     /// First half of a command whose reply is read later (to ask two servers at once).
     pub fn send(
         &self,
-        connection: &mut Connection,
+        connection: &mut Link,
         key: &[u8],
         command: &Command,
         interrupt: &Interrupt,
@@ -301,7 +306,7 @@ impl Node {
     /// reply is left undecoded (it may be a cluster's redirect).
     pub fn finish(
         &self,
-        connection: &mut Connection,
+        connection: &mut Link,
         ticket: pipeline::Ticket,
         key: &[u8],
         command: &Command,

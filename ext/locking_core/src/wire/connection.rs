@@ -302,8 +302,6 @@ pub struct Connection {
     host: String,
     read_timeout: Duration,
     write_timeout: Duration,
-    /// Scripts to load, and loads to read replies to (the executor's).
-    pub(crate) loads: crate::wire::pipeline::Loads,
 }
 
 impl Connection {
@@ -387,7 +385,6 @@ impl Connection {
             },
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
-            loads: Default::default(),
         };
         connection.watch(interrupt)?;
         if config.tls.is_some() {

@@ -86,10 +86,10 @@ impl Dialect {
     }
 }
 
-/// The executor's state on a connection: script loads due at its next send,
+/// The executor's ledger of a connection: script loads due at its next send,
 /// the pipelines sent whose replies are still owed (in the order they were
 /// written), and the send buffer, kept between pipelines.
-pub struct Loads {
+struct Loads {
     due: Vec<&'static Script>,
     owed: VecDeque<Owed>,
     output: Vec<u8>,
@@ -125,10 +125,40 @@ impl Default for Loads {
     }
 }
 
-impl Loads {
+/// A connection as the executor uses it: the byte stream (`Connection`)
+/// and the executor's ledger of it (`Loads`). The ledger lives here, beside
+/// the only code that reads it, so that a `Connection` is only bytes; what
+/// holds a connection between operations (a pool, a lease) holds a `Link`.
+pub struct Link {
+    connection: Connection,
+    loads: Loads,
+}
+
+impl Link {
+    pub fn new(connection: Connection) -> Link {
+        Link {
+            connection,
+            loads: Loads::default(),
+        }
+    }
+
     /// No pipeline sent on the connection is still owed a reply.
     pub fn settled(&self) -> bool {
-        self.owed.is_empty()
+        self.loads.owed.is_empty()
+    }
+}
+
+impl std::ops::Deref for Link {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for Link {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.connection
     }
 }
 
@@ -215,7 +245,7 @@ const MAX_IDLE_OUTPUT: usize = 1024 * 1024;
 /// Sends `requests` in one write, after any script loads due on this
 /// connection; the ticket reads their replies.
 pub fn send(
-    connection: &mut Connection,
+    connection: &mut Link,
     dialect: &Dialect,
     requests: &[Request<'_>],
     interrupt: &Interrupt,
@@ -258,7 +288,7 @@ pub fn send(
 /// Reads the replies to the pipeline of `ticket` (which must be `requests`)
 /// by `deadline`, loads first.
 pub fn receive(
-    connection: &mut Connection,
+    connection: &mut Link,
     dialect: &Dialect,
     ticket: Ticket,
     requests: &[Request<'_>],
@@ -279,7 +309,7 @@ pub fn receive(
 
 /// `receive` for a pipeline of one request, without allocating.
 pub fn receive_single(
-    connection: &mut Connection,
+    connection: &mut Link,
     dialect: &Dialect,
     ticket: Ticket,
     request: &Request<'_>,
@@ -295,7 +325,7 @@ pub fn receive_single(
 /// ticket read ahead for it. Its script loads' replies are already passed.
 enum Replies<'a> {
     Wire {
-        connection: &'a mut Connection,
+        connection: &'a mut Link,
         deadline: Instant,
         interrupt: &'a Interrupt,
     },
@@ -306,7 +336,7 @@ impl<'a> Replies<'a> {
     /// The replies of `ticket`'s pipeline: every pipeline written before it
     /// is read ahead first (and kept for its own ticket), then its loads.
     fn claim(
-        connection: &'a mut Connection,
+        connection: &'a mut Link,
         ticket: Ticket,
         deadline: Instant,
         interrupt: &'a Interrupt,
@@ -417,7 +447,7 @@ fn missing_reply() -> Value {
 /// requests that asked to be sent again, at most twice each. Each round is
 /// read under one deadline.
 pub fn run(
-    connection: &mut Connection,
+    connection: &mut Link,
     dialect: &Dialect,
     requests: &[Request<'_>],
     interrupt: &Interrupt,
@@ -459,7 +489,7 @@ pub fn run(
 /// Runs one request to completion (see `run`): the hot path, which
 /// allocates nothing but the reply.
 pub fn run_one(
-    connection: &mut Connection,
+    connection: &mut Link,
     dialect: &Dialect,
     request: Request<'_>,
     interrupt: &Interrupt,
@@ -503,7 +533,7 @@ fn receive_one(replies: &mut Replies<'_>, queued: usize) -> Result<Value> {
 }
 
 fn classify(
-    connection: &mut Connection,
+    connection: &mut Link,
     dialect: &Dialect,
     request: &Request<'_>,
     value: Value,

@@ -6,7 +6,7 @@
 //! without being shut down, so the parent's connections stay intact, and the
 //! child opens its own. Taking and giving back never block on the network.
 
-use crate::wire::connection::Connection;
+use crate::wire::pipeline::Link;
 use std::sync::Mutex;
 
 pub struct Pool {
@@ -16,7 +16,7 @@ pub struct Pool {
 
 struct Idle {
     pid: u32,
-    connections: Vec<Connection>,
+    connections: Vec<Link>,
 }
 
 impl Pool {
@@ -31,7 +31,7 @@ impl Pool {
     }
 
     /// An idle connection of this process, if there is one.
-    pub fn take(&self) -> Option<Connection> {
+    pub fn take(&self) -> Option<Link> {
         let pid = crate::process::id();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.pid != pid {
@@ -46,11 +46,11 @@ impl Pool {
     }
 
     /// Keeps a healthy connection of this process for the next operation.
-    pub fn give_back(&self, mut connection: Connection) {
+    pub fn give_back(&self, mut connection: Link) {
         let pid = crate::process::id();
         // A connection still owed replies (a caller that stopped midway
         // through a stream of pipelines) would hand them to the next user.
-        if !connection.healthy || connection.pid != pid || !connection.loads.settled() {
+        if !connection.healthy || connection.pid != pid || !connection.settled() {
             return;
         }
         connection.unwatch();
