@@ -6,6 +6,7 @@ use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
 use crate::walk::{RbWalk, Walk};
 use locking_core::operate::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::operate::renew::Renewals;
 use locking_core::protocol::belief;
 use locking_core::protocol::Target;
 use locking_core::{
@@ -19,6 +20,9 @@ use std::time::Duration;
 pub struct RbClient {
     /// Shared with the renewer thread (which holds a weak reference).
     pub(crate) client: Arc<Client>,
+    /// The client's auto-renewed locks (kept here: the core's client knows
+    /// nothing of its renewer).
+    pub(crate) renewals: Renewals,
 }
 
 /// Copies a Ruby String's bytes: the copy is what the GVL-free code reads,
@@ -79,6 +83,7 @@ impl RbClient {
         };
         Ok(RbClient {
             client: Arc::new(Client::new(config).map_err(RubyError)?),
+            renewals: Renewals::default(),
         })
     }
 
@@ -100,7 +105,12 @@ impl RbClient {
         ruby: &Ruby,
         operation: impl FnOnce(&mut Operator<'_>, &Interrupt) -> locking_core::Result<T>,
     ) -> Result<T, magnus::Error> {
-        self.with_session(ruby, Client::operator, Client::finish_operator, operation)
+        self.with_session(
+            ruby,
+            Operator::new,
+            |_, operator| operator.finish(),
+            operation,
+        )
     }
 
     fn with_session<'c, S, T>(
@@ -128,7 +138,7 @@ impl RbClient {
 
     /// Hands the client's and the renewer's warnings to `Locking.server_warning`.
     pub(crate) fn give_warnings(&self, ruby: &Ruby) {
-        let renewer = self.client.renewals().take_warnings();
+        let renewer = self.renewals.take_warnings();
         for warning in self.client.take_warnings().into_iter().chain(renewer) {
             let _: Result<Value, _> = ruby
                 .class_object()
@@ -182,7 +192,7 @@ impl RbClient {
 
     /// The renewer's numbers in this process, as a Hash.
     fn renewer_stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, magnus::Error> {
-        let stats = rb_self.client.renewals().stats();
+        let stats = rb_self.renewals.stats();
         let hash = ruby.hash_new();
         hash.aset(ruby.to_symbol("held"), stats.held)?;
         hash.aset(ruby.to_symbol("renewed"), stats.renewed)?;
@@ -477,7 +487,7 @@ impl RbClient {
             ],
         )
         .and_then(|hash| {
-            let control = cluster.master_of(locking_core::operate::control::CONTROL_TAG);
+            let control = cluster.master_of(locking_core::client::CONTROL_TAG);
             hash.aset(ruby.to_symbol("control_master"), control)?;
             Ok(Some(hash))
         })

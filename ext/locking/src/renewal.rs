@@ -65,6 +65,7 @@ fn auto_renew(
     let valid_until_us = belief::now_us().saturating_add(seconds(valid_for).as_micros() as u64);
     let renewal = renew::start(
         &rb_self.client,
+        &rb_self.renewals,
         renew::Held {
             key: &bytes(key),
             token: &bytes(token),

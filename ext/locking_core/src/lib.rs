@@ -20,12 +20,10 @@ pub mod protocol;
 pub mod topology;
 pub mod wire;
 
-pub use client::{
-    Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS, MAX_TTL_MS,
-};
+pub use client::{Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS};
 pub use error::{Error, Result};
 pub use operate::operator::Operator;
 pub use protocol::phase::Phase;
-pub use protocol::TokenTtl;
+pub use protocol::{TokenTtl, MAX_TTL_MS};
 pub use topology::node::EvictionCheck;
 pub use wire::connection::{redact, Interrupt};

@@ -4,139 +4,19 @@
 //! Control keys live under `{locking-control}:<key_prefix>`, outside the key
 //! prefix (so they never count as locks) and in one cluster slot.
 
-use crate::client::{Lease, Route};
+use crate::client::{
+    audit_key, backfill_key, control_prefix, control_script, fleet_key, fleet_phases_key,
+    phase_key, phase_of, Route, CONTROL_TAG,
+};
 use crate::error::{Error, Result};
 use crate::operate::operator::Operator;
 use crate::protocol::phase::Phase;
-use crate::wire::codec::scripts::{self, Script};
+use crate::wire::codec::scripts;
 use crate::wire::codec::{lock::server_time_ms, Arg, Value};
 use crate::wire::connection::Interrupt;
-use crate::wire::pipeline::Request;
 // The fleet's rules are pure (`fleet`): the CLI reaches them here, the explorer there.
 pub use crate::protocol::fleet::{check_transition, FleetMember};
 use crate::protocol::Target;
-
-/// Every control key carries this hash tag: one node holds them all.
-/// The hash tag every control key shares: on a cluster, one master holds them all.
-pub const CONTROL_TAG: &[u8] = b"{locking-control}";
-
-pub fn control_prefix(key_prefix: &[u8]) -> Vec<u8> {
-    let mut prefix = CONTROL_TAG.to_vec();
-    prefix.push(b':');
-    prefix.extend_from_slice(key_prefix);
-    prefix
-}
-
-pub fn phase_key(key_prefix: &[u8]) -> Vec<u8> {
-    let mut key = control_prefix(key_prefix);
-    key.extend_from_slice(b"phase");
-    key
-}
-
-/// The audit log: backfills and phase changes, who, when, totals.
-pub fn audit_key(key_prefix: &[u8]) -> Vec<u8> {
-    let mut key = control_prefix(key_prefix);
-    key.extend_from_slice(b"audit");
-    key
-}
-
-/// The running backfill's lease.
-pub fn backfill_key(key_prefix: &[u8]) -> Vec<u8> {
-    let mut key = control_prefix(key_prefix);
-    key.extend_from_slice(b"backfill");
-    key
-}
-
-/// The fleet: process -> when its heartbeat expires (a sorted set).
-pub fn fleet_key(key_prefix: &[u8]) -> Vec<u8> {
-    let mut key = control_prefix(key_prefix);
-    key.extend_from_slice(b"fleet");
-    key
-}
-
-/// The fleet's heartbeats: process -> "LOW HIGH TTL_MS" (a hash).
-pub fn fleet_phases_key(key_prefix: &[u8]) -> Vec<u8> {
-    let mut key = control_prefix(key_prefix);
-    key.extend_from_slice(b"fleet-phases");
-    key
-}
-
-/// Runs a control script on the destination's control node (loaded by the
-/// executor if the server lacks it); an error reply is an `Error::Command`.
-fn control_script(
-    lease: &mut Lease<'_>,
-    script: &'static Script,
-    keys: &[&[u8]],
-    args: &[Arg<'_>],
-    interrupt: &Interrupt,
-) -> Result<Value> {
-    let request = Request::Script { script, keys, args };
-    let value = lease
-        .exchange(
-            Target::Destination,
-            Route::Key(CONTROL_TAG),
-            &[request],
-            interrupt,
-        )?
-        .pop()
-        .unwrap_or(Value::Nil);
-    match value {
-        Value::ServerError(error) => Err(Error::Command {
-            server: lease
-                .client()
-                .server_name(Target::Destination)
-                .unwrap_or("destination")
-                .to_string(),
-            detail: error.to_string(),
-        }),
-        value => Ok(value),
-    }
-}
-
-/// Reads the fleet's phase and records this process's heartbeat: the
-/// phases it may act in, `in_use` (lowest, highest) widened by the one read.
-pub(crate) fn phase_heartbeat(
-    lease: &mut Lease<'_>,
-    process: &str,
-    heartbeat_ttl_ms: u64,
-    in_use: (u8, u8),
-    interrupt: &Interrupt,
-) -> Result<Phase> {
-    let prefix = lease.client().key_prefix().to_vec();
-    let result = control_script(
-        lease,
-        &scripts::PHASE_HEARTBEAT,
-        &[
-            &phase_key(&prefix),
-            &fleet_key(&prefix),
-            &fleet_phases_key(&prefix),
-        ],
-        &[
-            heartbeat_ttl_ms.into(),
-            u64::from(in_use.0).into(),
-            u64::from(in_use.1).into(),
-            process.into(),
-        ],
-        interrupt,
-    );
-    match result {
-        // Lua's error_reply: "ERR LOCKING_..." on Redis 7, bare on older servers.
-        Err(Error::Command { server, detail }) if detail.contains("LOCKING_") => {
-            Err(Error::Phase(format!(
-                "reading the fleet's phase (phase = :dynamic) from {server}: {}; operations refuse until \
-                 it is set: `locking phase set PHASE --init` (if the destination lost its data, set \
-                 the phase the fleet was in)",
-                if detail.contains("LOCKING_NO_PHASE") {
-                    "no phase is set (never set, or lost with the destination's data)"
-                } else {
-                    "the phase key holds no phase number"
-                }
-            )))
-        }
-        Err(error) => Err(error.reading_the_phase()),
-        Ok(value) => phase_of(value),
-    }
-}
 
 impl Operator<'_> {
     /// One control command on the destination's control node.
@@ -414,33 +294,5 @@ impl Operator<'_> {
         }
         members.sort_by(|a, b| a.process.cmp(&b.process));
         Ok(members)
-    }
-}
-
-fn phase_of(value: Value) -> Result<Phase> {
-    match value {
-        Value::Int(index) => Phase::from_index(index),
-        Value::BulkString(bytes) => std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|text| text.trim().parse::<i64>().ok())
-            .map_or_else(
-                || Err(Error::Internal("a phase key holds no number".into())),
-                Phase::from_index,
-            ),
-        other => Err(Error::Internal(format!("unexpected phase reply {other:?}"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_keys_stay_outside_the_lock_prefix() {
-        assert!(!phase_key(b"locking:").starts_with(b"locking:"));
-        assert_eq!(
-            fleet_key(b"locking:"),
-            b"{locking-control}:locking:fleet".to_vec()
-        );
     }
 }

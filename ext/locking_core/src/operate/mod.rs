@@ -6,3 +6,6 @@ pub mod bulk;
 pub mod control;
 pub mod operator;
 pub mod renew;
+
+#[cfg(test)]
+mod redirect_tests;

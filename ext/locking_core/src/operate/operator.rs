@@ -20,11 +20,19 @@ pub struct Operator<'c> {
 }
 
 impl<'c> Operator<'c> {
-    pub(crate) fn new(lease: Lease<'c>) -> Self {
+    /// A handle for one operator command (bulk walks, backfill, control),
+    /// with the same connections and phase as a lease of `client`.
+    pub fn new(client: &'c Client) -> Self {
         Operator {
-            lease,
+            lease: client.lease(),
             fence_until_us: None,
         }
+    }
+
+    /// Gives the command's healthy connections back to their pools.
+    pub fn finish(self) {
+        let client = self.lease.client();
+        client.finish(self.lease);
     }
 
     /// Fences this command's writes with a lease believed held until
@@ -52,10 +60,6 @@ impl<'c> Operator<'c> {
              since the fleet may move into phase 2 once the lease is gone",
             until.saturating_sub(now) / 1000
         )))
-    }
-
-    pub(crate) fn into_lease(self) -> Lease<'c> {
-        self.lease
     }
 
     pub(crate) fn client(&self) -> &'c Client {

@@ -31,18 +31,94 @@
 //!   of its parent's), and never touches the parent's copy, whose lock the
 //!   renewer may have held at the fork.
 
-use crate::client::{Client, Slots};
-use crate::error::Error;
+use crate::client::{Client, Held as Connections, Lease};
+use crate::error::Result;
 use crate::protocol::belief;
+use crate::protocol::{self, Target};
+use crate::wire::connection::Interrupt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+/// Connections kept by the renewer thread between its batches (never the
+/// pools': see the top of this file).
+#[derive(Default)]
+pub struct Slots {
+    source: Connections,
+    destination: Connections,
+}
+
+/// Renews `items` (key, token, TTL in ms) in one batch, on the renewer's
+/// own connections: each renew runs as the protocol says for the phase
+/// (read and heartbeated as by any operation), their commands pipelined
+/// per server. One result per item.
+pub fn renew_batch(
+    client: &Client,
+    slots: &mut Slots,
+    items: &[(&[u8], &[u8], u64)],
+) -> Vec<Result<bool>> {
+    let mut lease = Lease::new(
+        client,
+        std::mem::take(&mut slots.source),
+        std::mem::take(&mut slots.destination),
+    );
+    let interrupt = Interrupt::new();
+    let results = match lease.resolve_phase(&interrupt) {
+        Err(error) => items.iter().map(|_| Err(error.clone())).collect(),
+        Ok(phase) => {
+            let mut keys = Vec::with_capacity(items.len());
+            let mut ops = Vec::with_capacity(items.len());
+            for (key, token, ttl_ms) in items {
+                keys.push(lease.full_key(key));
+                // Only the servers the phase decides on (see the top of this file).
+                let servers = client.servers().used_by(phase);
+                ops.push(protocol::Renew::new(phase, token, *ttl_ms, servers));
+            }
+            let results = lease.run_batch(&keys, ops, &interrupt);
+            // A renewal that min_replicas_acked does not confirm is not one.
+            let renewed = results.iter().any(|result| matches!(result, Ok(true)));
+            match renewed.then(|| lease.wait_for_replicas_on_nodes(&interrupt)) {
+                Some(Err(error)) => results
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(true) => Err(error.clone()),
+                        other => other,
+                    })
+                    .collect(),
+                _ => results,
+            }
+        }
+    };
+    let (source, destination) = lease.into_held();
+    slots.source = keep_healthy(client, Target::Source, source);
+    slots.destination = keep_healthy(client, Target::Destination, destination);
+    results
+}
+
+/// The connections worth keeping for the next batch: a broken one tells
+/// its server (a Sentinel master to look up again), and one of another
+/// process or still owed replies is dropped.
+fn keep_healthy(client: &Client, target: Target, held: Connections) -> Connections {
+    let mut kept = Connections::new();
+    for (node, connection) in held {
+        if !connection.healthy {
+            if let Some(server) = client.server(target) {
+                server.connection_failed(node);
+            }
+        } else if connection.pid == crate::process::id() && connection.settled() {
+            kept.push((node, connection));
+        }
+    }
+    kept
+}
+
 /// Lag samples (one per batch) kept for the percentiles.
 const LAG_SAMPLES: usize = 8192;
 
-/// The renewals of one client: the registry of the current process.
+/// The renewals of one client: the registry of the current process. Whoever
+/// owns the client keeps these beside it (the client knows nothing of
+/// renewals); the thread holds only a weak reference to the client.
 pub struct Renewals {
     current: AtomicPtr<Registry>,
 }
@@ -318,8 +394,8 @@ pub struct Held<'a> {
 
 /// Starts renewing a lock this token holds, at the interval its TTL and the
 /// client's timeout allow, until `Renewal::stop` (or its `renew_for`).
-pub fn start(client: &Arc<Client>, held: Held<'_>) -> Renewal {
-    let registry = client.renewals().registry();
+pub fn start(client: &Arc<Client>, renewals: &Renewals, held: Held<'_>) -> Renewal {
+    let registry = renewals.registry();
     let now = Instant::now();
     let now_us = belief::now_us();
     let timeout_ms = client.timeout().as_millis() as u64;
@@ -450,7 +526,7 @@ fn run(client: Weak<Client>, registry: Arc<Registry>) {
             .iter()
             .map(|due| (due.key.as_slice(), due.token.as_slice(), due.ttl_ms))
             .collect();
-        let results = client.renew_batch(&mut slots, &items);
+        let results = renew_batch(&client, &mut slots, &items);
         drop(client);
         registry.counters.batches.fetch_add(1, Ordering::Relaxed);
         registry.counters.cpu_ns.fetch_add(
@@ -481,7 +557,7 @@ fn end_expired(registry: &Registry, state: &mut State) {
 fn record(
     registry: &Registry,
     batch: Vec<Due>,
-    results: Vec<Result<bool, Error>>,
+    results: Vec<Result<bool>>,
     started: Instant,
     sent_us: u64,
 ) {

@@ -152,10 +152,10 @@ impl MemoryBackend {
 }
 
 fn check_ttl(ttl_ms: u64) -> Result<()> {
-    if ttl_ms == 0 || ttl_ms > crate::client::MAX_TTL_MS {
+    if ttl_ms == 0 || ttl_ms > protocol::MAX_TTL_MS {
         return Err(Error::InvalidArgument(format!(
             "TTL must be between 1 and {} ms, got {ttl_ms}",
-            crate::client::MAX_TTL_MS
+            protocol::MAX_TTL_MS
         )));
     }
     Ok(())

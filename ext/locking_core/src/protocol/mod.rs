@@ -16,6 +16,9 @@ pub mod store;
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
 
+/// The longest TTL a lock may ask for: in nanoseconds it still fits an i64.
+pub const MAX_TTL_MS: u64 = i64::MAX as u64 / 1_000_000;
+
 /// Which server a command goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {

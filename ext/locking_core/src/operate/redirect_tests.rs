@@ -14,7 +14,8 @@
 //! replies are read from the oldest owed, as before): the same schedules
 //! must then hand some replies to the wrong requests.
 
-use crate::client::{Client, ClientConfig, Route, Slots};
+use crate::client::{Client, ClientConfig, Route};
+use crate::operate::renew::{renew_batch, Slots};
 use crate::protocol::phase::Phase;
 use crate::topology::node::EvictionCheck;
 use crate::wire::codec::{lock, Value};
@@ -366,7 +367,7 @@ fn run_schedule(client: &Client, slots: &mut Slots, seed: u64) -> Vec<String> {
         .iter()
         .map(|key| (key.as_slice(), b"token".as_slice(), 5_000))
         .collect();
-    for (key, result) in keys.iter().zip(client.renew_batch(slots, &items)) {
+    for (key, result) in keys.iter().zip(renew_batch(client, slots, &items)) {
         let expected = held(&[b"t:".as_slice(), key].concat());
         match result {
             Ok(renewed) if renewed == expected => {}
