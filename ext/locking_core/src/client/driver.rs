@@ -33,11 +33,8 @@ impl<'c> Lease<'c> {
         mut ops: Vec<O>,
         interrupt: &Interrupt,
     ) -> Vec<Result<O::Output>> {
-        const BATCH_PIPELINE: usize = 1000;
-        // (operation, its command's place in its batch, target, command)
-        type Sent = (usize, usize, Target, Command);
         let mut outputs: Vec<Option<Result<O::Output>>> = (0..ops.len()).map(|_| None).collect();
-        let mut replies: Vec<Vec<Result<Reply>>> = (0..ops.len()).map(|_| Vec::new()).collect();
+        let mut replies: Replies = (0..ops.len()).map(|_| Vec::new()).collect();
         let mut active: Vec<usize> = Vec::with_capacity(ops.len());
         for (index, key) in keys.iter().enumerate() {
             match key {
@@ -45,25 +42,8 @@ impl<'c> Lease<'c> {
                 Err(error) => outputs[index] = Some(Err(error.clone())),
             }
         }
-        let key_of = |index: usize| -> &[u8] { keys[index].as_deref().unwrap_or_default() };
         while !active.is_empty() {
-            let mut sends: Vec<Sent> = Vec::new();
-            let mut next = Vec::with_capacity(active.len());
-            for index in active {
-                match ops[index].step(std::mem::take(&mut replies[index])) {
-                    Step::Done(result) => outputs[index] = Some(result),
-                    Step::Send(batch) => {
-                        replies[index] = batch
-                            .iter()
-                            .map(|_| Err(Error::Internal("no reply".into())))
-                            .collect();
-                        for (place, (target, command)) in batch.into_iter().enumerate() {
-                            sends.push((index, place, target, command));
-                        }
-                        next.push(index);
-                    }
-                }
-            }
+            let (sends, next) = step_all(&mut ops, active, &mut replies, &mut outputs);
             if let Some(error) = self.heartbeat_lapsed() {
                 for (index, place, _, _) in &sends {
                     replies[*index][*place] = Err(error.clone());
@@ -71,107 +51,8 @@ impl<'c> Lease<'c> {
                 active = next;
                 continue;
             }
-            // Every command's server and node; a key no node serves fails here.
-            let mut groups: Vec<((Target, usize), Vec<&Sent>)> = Vec::new();
-            for send in &sends {
-                let target = send.2;
-                let located = self
-                    .client
-                    .server(target)
-                    .ok_or_else(|| self.missing(target))
-                    .and_then(|server| server.locate(key_of(send.0), interrupt));
-                match located {
-                    Ok(node) => match groups.iter_mut().find(|(at, _)| *at == (target, node)) {
-                        Some((_, group)) => group.push(send),
-                        None => groups.push(((target, node), vec![send])),
-                    },
-                    Err(error) => replies[send.0][send.1] = Err(error),
-                }
-            }
-            // In waves of one pipeline per node: every node is sent its
-            // pipeline before any reply is read, so the nodes (and both
-            // servers) work at once; one pipeline in flight per connection.
-            let mut done = vec![0usize; groups.len()];
-            loop {
-                let mut wave = Vec::new();
-                for (index, ((target, node), group)) in groups.iter().enumerate() {
-                    let range = done[index]..(done[index] + BATCH_PIPELINE).min(group.len());
-                    if range.is_empty() {
-                        continue;
-                    }
-                    done[index] = range.end;
-                    let requests = lock_requests(&group[range.clone()], keys);
-                    let sent = self
-                        .connection(*target, Route::Node(*node), interrupt)
-                        .and_then(|(_, node, connection)| {
-                            let stale = connection.from_pool;
-                            pipeline::send(connection, &node.dialect, &requests, interrupt).map(
-                                |ticket| {
-                                    (ticket, Instant::now() + connection.read_timeout(), stale)
-                                },
-                            )
-                        });
-                    wave.push((index, range, sent));
-                }
-                if wave.is_empty() {
-                    break;
-                }
-                for (index, range, sent) in wave {
-                    let ((target, node), group) = &groups[index];
-                    let (target, node) = (*target, *node);
-                    let chunk = &group[range];
-                    let requests = lock_requests(chunk, keys);
-                    let mut stale = false;
-                    let received = sent.and_then(|(ticket, deadline, was_stale)| {
-                        stale = was_stale;
-                        let (_, node, connection) =
-                            self.connection(target, Route::Node(node), interrupt)?;
-                        pipeline::receive(
-                            connection,
-                            &node.dialect,
-                            ticket,
-                            &requests,
-                            deadline,
-                            interrupt,
-                        )
-                    });
-                    let received = match received {
-                        // A pooled connection found dead: once more on a new one.
-                        Err(Error::Connection { .. }) if stale => self
-                            .exchange_raw(target, Route::Node(node), &requests, interrupt)
-                            .map(|values| values.into_iter().map(Received::Reply).collect()),
-                        other => other,
-                    };
-                    drop(requests);
-                    match received {
-                        Ok(received) => {
-                            // Each reply is taken, not copied, into its operation.
-                            for (send, received) in chunk.iter().zip(received) {
-                                let key = key_of(send.0);
-                                let request = Request::Lock {
-                                    key,
-                                    command: &send.3,
-                                };
-                                let reply = match received {
-                                    Received::Reply(value) => self
-                                        .follow(target, key, request, value, interrupt)
-                                        .and_then(|value| self.decode(target, &send.3, value)),
-                                    // NOSCRIPT, an old server: on its own, through the executor.
-                                    Received::Resend => {
-                                        self.run_command(target, key, &send.3, interrupt)
-                                    }
-                                };
-                                replies[send.0][send.1] = reply;
-                            }
-                        }
-                        Err(error) => {
-                            for send in chunk {
-                                replies[send.0][send.1] = Err(error.clone());
-                            }
-                        }
-                    }
-                }
-            }
+            let groups = self.group_by_node(&sends, keys, &mut replies, interrupt);
+            self.send_in_waves(&groups, keys, &mut replies, interrupt);
             active = next;
         }
         outputs
@@ -180,6 +61,134 @@ impl<'c> Lease<'c> {
                 output.unwrap_or_else(|| Err(Error::Internal("an operation did not finish".into())))
             })
             .collect()
+    }
+
+    /// Every command's server and node; a key no node serves fails here.
+    fn group_by_node<'s>(
+        &self,
+        sends: &'s [Sent],
+        keys: &[Result<Vec<u8>>],
+        replies: &mut Replies,
+        interrupt: &Interrupt,
+    ) -> Groups<'s> {
+        let mut groups: Groups<'s> = Vec::new();
+        for send in sends {
+            let target = send.2;
+            let located = self
+                .client
+                .server(target)
+                .ok_or_else(|| self.missing(target))
+                .and_then(|server| server.locate(key_of(keys, send.0), interrupt));
+            match located {
+                Ok(node) => match groups.iter_mut().find(|(at, _)| *at == (target, node)) {
+                    Some((_, group)) => group.push(send),
+                    None => groups.push(((target, node), vec![send])),
+                },
+                Err(error) => replies[send.0][send.1] = Err(error),
+            }
+        }
+        groups
+    }
+
+    /// In waves of one pipeline per node: every node is sent its pipeline
+    /// before any reply is read, so the nodes (and both servers) work at
+    /// once; one pipeline in flight per connection.
+    fn send_in_waves(
+        &mut self,
+        groups: &Groups<'_>,
+        keys: &[Result<Vec<u8>>],
+        replies: &mut Replies,
+        interrupt: &Interrupt,
+    ) {
+        let mut done = vec![0usize; groups.len()];
+        loop {
+            let mut wave = Vec::new();
+            for (index, ((target, node), group)) in groups.iter().enumerate() {
+                let range = done[index]..(done[index] + BATCH_PIPELINE).min(group.len());
+                if range.is_empty() {
+                    continue;
+                }
+                done[index] = range.end;
+                let requests = lock_requests(&group[range.clone()], keys);
+                let sent = self
+                    .connection(*target, Route::Node(*node), interrupt)
+                    .and_then(|(_, node, connection)| {
+                        let stale = connection.from_pool;
+                        pipeline::send(connection, &node.dialect, &requests, interrupt).map(
+                            |ticket| (ticket, Instant::now() + connection.read_timeout(), stale),
+                        )
+                    });
+                wave.push((index, range, sent));
+            }
+            if wave.is_empty() {
+                break;
+            }
+            for (index, range, sent) in wave {
+                let (at, group) = &groups[index];
+                self.receive_chunk(*at, &group[range], keys, sent, replies, interrupt);
+            }
+        }
+    }
+
+    /// Reads the replies to one pipeline of a wave (`sent`: its ticket, when
+    /// its replies are due, and whether its connection came from the pool)
+    /// into each command's operation, following redirects and resends.
+    fn receive_chunk(
+        &mut self,
+        (target, node): (Target, usize),
+        chunk: &[&Sent],
+        keys: &[Result<Vec<u8>>],
+        sent: Result<(pipeline::Ticket, Instant, bool)>,
+        replies: &mut Replies,
+        interrupt: &Interrupt,
+    ) {
+        let requests = lock_requests(chunk, keys);
+        let mut stale = false;
+        let received = sent.and_then(|(ticket, deadline, was_stale)| {
+            stale = was_stale;
+            let (_, node, connection) = self.connection(target, Route::Node(node), interrupt)?;
+            pipeline::receive(
+                connection,
+                &node.dialect,
+                ticket,
+                &requests,
+                deadline,
+                interrupt,
+            )
+        });
+        let received = match received {
+            // A pooled connection found dead: once more on a new one.
+            Err(Error::Connection { .. }) if stale => self
+                .exchange_raw(target, Route::Node(node), &requests, interrupt)
+                .map(|values| values.into_iter().map(Received::Reply).collect()),
+            other => other,
+        };
+        drop(requests);
+        match received {
+            Ok(received) => {
+                // Each reply is taken, not copied, into its operation.
+                for (send, received) in chunk.iter().zip(received) {
+                    let key = key_of(keys, send.0);
+                    let request = Request::Lock {
+                        key,
+                        command: &send.3,
+                    };
+                    let reply = match received {
+                        Received::Reply(value) => self
+                            .follow(target, key, request, value, interrupt)
+                            .and_then(|value| self.decode(target, &send.3, value)),
+                        // NOSCRIPT, an old server: on its own, through the executor.
+                        Received::Resend => self.run_command(target, key, &send.3, interrupt),
+                    };
+                    replies[send.0][send.1] = reply;
+                }
+            }
+            Err(error) => {
+                for send in chunk {
+                    replies[send.0][send.1] = Err(error.clone());
+                }
+            }
+        }
     }
 
     pub(crate) fn run_on<O: Operation>(
@@ -304,15 +313,58 @@ impl<'c> Lease<'c> {
     }
 }
 
+/// Most commands in one pipeline of a batch.
+const BATCH_PIPELINE: usize = 1000;
+
+/// A command of a batch: its operation, its place among that operation's
+/// commands of the round, its server, the command.
+type Sent = (usize, usize, Target, Command);
+
+/// Each operation's replies of the round, in the order of its commands.
+type Replies = Vec<Vec<Result<Reply>>>;
+
+/// A round's commands per node: (server, the node's place), its commands.
+type Groups<'s> = Vec<((Target, usize), Vec<&'s Sent>)>;
+
+/// Steps every active operation: the finished ones give their output, the
+/// others their next commands (`sends`) and stay active (`next`).
+fn step_all<O: Operation>(
+    ops: &mut [O],
+    active: Vec<usize>,
+    replies: &mut Replies,
+    outputs: &mut [Option<Result<O::Output>>],
+) -> (Vec<Sent>, Vec<usize>) {
+    let mut sends: Vec<Sent> = Vec::new();
+    let mut next = Vec::with_capacity(active.len());
+    for index in active {
+        match ops[index].step(std::mem::take(&mut replies[index])) {
+            Step::Done(result) => outputs[index] = Some(result),
+            Step::Send(batch) => {
+                replies[index] = batch
+                    .iter()
+                    .map(|_| Err(Error::Internal("no reply".into())))
+                    .collect();
+                for (place, (target, command)) in batch.into_iter().enumerate() {
+                    sends.push((index, place, target, command));
+                }
+                next.push(index);
+            }
+        }
+    }
+    (sends, next)
+}
+
+/// The key of operation `index` (a key that was invalid never sends).
+fn key_of(keys: &[Result<Vec<u8>>], index: usize) -> &[u8] {
+    keys[index].as_deref().unwrap_or_default()
+}
+
 /// The lock requests of a batch's commands.
-fn lock_requests<'a>(
-    chunk: &[&'a (usize, usize, Target, Command)],
-    keys: &'a [Result<Vec<u8>>],
-) -> Vec<Request<'a>> {
+fn lock_requests<'a>(chunk: &[&'a Sent], keys: &'a [Result<Vec<u8>>]) -> Vec<Request<'a>> {
     chunk
         .iter()
         .map(|send| Request::Lock {
-            key: keys[send.0].as_deref().unwrap_or_default(),
+            key: key_of(keys, send.0),
             command: &send.3,
         })
         .collect()

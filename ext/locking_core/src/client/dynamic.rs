@@ -7,6 +7,7 @@
 //! prefix (so they never count as locks) and in one cluster slot; the
 //! operator's commands on them are in `operate::control`.
 
+use super::inflight::Dynamic;
 use super::lease::{Lease, Route};
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
@@ -141,77 +142,63 @@ impl<'c> Lease<'c> {
     /// control key (and reports this process) when the cached read is stale,
     /// then counts the operation in flight in the phase it will use.
     pub fn resolve_phase(&mut self, interrupt: &Interrupt) -> Result<Phase> {
-        let client = self.client;
-        let Some(dynamic) = &client.dynamic else {
+        let Some(dynamic) = &self.client.dynamic else {
             return Ok(self.phase);
         };
         if self.registered.is_some() {
             return Ok(self.phase);
         }
-        // After a failed read of the control key, the cached phase is used
-        // for a moment without asking again: a master that blackholes would
-        // otherwise cost every operation a timeout.
-        let unreachable_at = dynamic.unreachable_at.load(Ordering::SeqCst);
-        let backing_off = unreachable_at != 0
-            && dynamic.now_ms() < unreachable_at + CONTROL_RETRY_MS
-            && dynamic.cached_phase_covered();
-        if self.refresh && !backing_off {
-            let process = format!("{}:{}", dynamic.host, crate::process::id());
-            let in_use = dynamic.phases_in_use(client.phase());
-            let mut read =
-                phase_heartbeat(self, &process, dynamic.heartbeat_ttl_ms, in_use, interrupt);
-            // A connection that broke (a master that restarted, perhaps
-            // empty) is not yet an unreachable master: asked once more on a
-            // new connection, a master that is back answers, with its phase
-            // or with none (then this process refuses; it must not act on
-            // a cached phase whose heartbeat the master no longer holds).
-            if matches!(read, Err(Error::Connection { .. })) {
-                read = phase_heartbeat(self, &process, dynamic.heartbeat_ttl_ms, in_use, interrupt);
-            }
-            match read {
-                Ok(phase) => {
-                    client.phase.store(phase.index(), Ordering::SeqCst);
-                    dynamic
-                        .read_by_pid
-                        .store(crate::process::id(), Ordering::Release);
-                    dynamic.read_at.store(dynamic.now_ms(), Ordering::SeqCst);
-                    dynamic.unreachable_at.store(0, Ordering::SeqCst);
-                }
-                // The master of the control key is down or failing over:
-                // this process's last heartbeat still tells the fleet which
-                // phase it acts in, so it goes on in the cached phase until
-                // that heartbeat lapses (DESIGN: the control master down).
-                Err(error) if control_unreachable(&error) && dynamic.cached_phase_covered() => {
-                    dynamic
-                        .unreachable_at
-                        .store(dynamic.now_ms(), Ordering::SeqCst);
-                }
-                Err(error) if control_unreachable(&error) && dynamic.read_at.load(Ordering::SeqCst) != 0 => {
-                    return Err(Error::Phase(format!(
-                        "{error}; this process went on in its cached phase while its last heartbeat lived \
-                         (sending nothing past {} ms of its {} ms), and now refuses until the phase can be read again",
-                        dynamic.lapse_ms,
-                        dynamic.heartbeat_ttl_ms
-                    )))
-                }
-                Err(error) => return Err(error),
-            }
+        if self.refresh && !backing_off(dynamic) {
+            self.read_phase(dynamic, interrupt)?;
             self.refresh = false;
         }
-        // Count ourselves in the phase we act in, then make sure the cache
-        // did not move meanwhile: a heartbeat written after this point sees
-        // either our count or the phase we read (DESIGN: dynamic phases).
-        loop {
-            let phase = client.phase();
-            let count = &dynamic.in_flight[phase.index() as usize];
-            count.enter();
-            if client.phase() == phase {
-                self.phase = phase;
-                self.registered = Some(phase);
-                self.began_read = dynamic.read_at.load(Ordering::SeqCst);
-                return Ok(phase);
+        Ok(self.count_in_flight(dynamic))
+    }
+
+    /// Reads the fleet's phase (and writes this process's heartbeat) into
+    /// the client's cache; while the control key's master is unreachable,
+    /// the cached phase stands as long as the last heartbeat covers it.
+    fn read_phase(&mut self, dynamic: &Dynamic, interrupt: &Interrupt) -> Result<()> {
+        let process = format!("{}:{}", dynamic.host, crate::process::id());
+        let in_use = dynamic.phases_in_use(self.client.phase());
+        let mut read = phase_heartbeat(self, &process, dynamic.heartbeat_ttl_ms, in_use, interrupt);
+        // A connection that broke (a master that restarted, perhaps
+        // empty) is not yet an unreachable master: asked once more on a
+        // new connection, a master that is back answers, with its phase
+        // or with none (then this process refuses; it must not act on
+        // a cached phase whose heartbeat the master no longer holds).
+        if matches!(read, Err(Error::Connection { .. })) {
+            read = phase_heartbeat(self, &process, dynamic.heartbeat_ttl_ms, in_use, interrupt);
+        }
+        match read {
+            Ok(phase) => {
+                self.client.phase.store(phase.index(), Ordering::SeqCst);
+                dynamic
+                    .read_by_pid
+                    .store(crate::process::id(), Ordering::Release);
+                dynamic.read_at.store(dynamic.now_ms(), Ordering::SeqCst);
+                dynamic.unreachable_at.store(0, Ordering::SeqCst);
+                Ok(())
             }
-            count.leave();
+            // The master of the control key is down or failing over:
+            // this process's last heartbeat still tells the fleet which
+            // phase it acts in, so it goes on in the cached phase until
+            // that heartbeat lapses (DESIGN: the control master down).
+            Err(error) if control_unreachable(&error) && dynamic.cached_phase_covered() => {
+                dynamic
+                    .unreachable_at
+                    .store(dynamic.now_ms(), Ordering::SeqCst);
+                Ok(())
+            }
+            Err(error) if control_unreachable(&error) && dynamic.read_at.load(Ordering::SeqCst) != 0 => {
+                Err(Error::Phase(format!(
+                    "{error}; this process went on in its cached phase while its last heartbeat lived \
+                     (sending nothing past {} ms of its {} ms), and now refuses until the phase can be read again",
+                    dynamic.lapse_ms,
+                    dynamic.heartbeat_ttl_ms
+                )))
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -242,6 +229,16 @@ impl<'c> Lease<'c> {
 /// How long the cached phase is used without asking again after a failed
 /// read of the control key.
 const CONTROL_RETRY_MS: u64 = 100;
+
+/// After a failed read of the control key, the cached phase is used for a
+/// moment without asking again: a master that blackholes would otherwise
+/// cost every operation a timeout.
+fn backing_off(dynamic: &Dynamic) -> bool {
+    let unreachable_at = dynamic.unreachable_at.load(Ordering::SeqCst);
+    unreachable_at != 0
+        && dynamic.now_ms() < unreachable_at + CONTROL_RETRY_MS
+        && dynamic.cached_phase_covered()
+}
 
 /// A failure to read the control key that says its master cannot be
 /// reached now (down, failing over), not that the key is missing or wrong:

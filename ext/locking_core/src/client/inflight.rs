@@ -3,6 +3,7 @@
 //! A heartbeat reports every phase still in use (`phases_in_use`), so the
 //! fleet never moves while an operation may still write in an older one.
 
+use super::lease::Lease;
 use crate::protocol::phase::Phase;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -92,6 +93,33 @@ impl InFlight {
             (value & 0xffff_ffff) as u32
         } else {
             0
+        }
+    }
+}
+
+impl Lease<'_> {
+    /// Counts this operation in the phase it acts in, then makes sure the
+    /// cache did not move meanwhile: a heartbeat written after this point
+    /// sees either the count or the phase read (DESIGN: dynamic phases).
+    pub(super) fn count_in_flight(&mut self, dynamic: &Dynamic) -> Phase {
+        loop {
+            let phase = self.client.phase();
+            let count = &dynamic.in_flight[phase.index() as usize];
+            count.enter();
+            if self.client.phase() == phase {
+                self.phase = phase;
+                self.registered = Some(phase);
+                self.began_read = dynamic.read_at.load(Ordering::SeqCst);
+                return phase;
+            }
+            count.leave();
+        }
+    }
+
+    /// The operation is over (its lease dropped): it no longer counts.
+    pub(super) fn leave_in_flight(&mut self) {
+        if let (Some(phase), Some(dynamic)) = (self.registered.take(), &self.client.dynamic) {
+            dynamic.in_flight[phase.index() as usize].leave();
         }
     }
 }

@@ -40,9 +40,7 @@ pub struct Lease<'c> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let (Some(phase), Some(dynamic)) = (self.registered.take(), &self.client.dynamic) {
-            dynamic.in_flight[phase.index() as usize].leave();
-        }
+        self.leave_in_flight();
     }
 }
 
