@@ -146,15 +146,9 @@ impl<'c> Lease<'c> {
         let mut stale = false;
         let received = sent.and_then(|(ticket, deadline, was_stale)| {
             stale = was_stale;
-            let (_, node, connection) = self.connection(target, Route::Node(node), interrupt)?;
-            pipeline::receive(
-                connection,
-                &node.dialect,
-                ticket,
-                &requests,
-                deadline,
-                interrupt,
-            )
+            let at = (target, Route::Node(node));
+            let (_, received) = self.receive(at, ticket, &requests, Some(deadline), interrupt)?;
+            Ok(received)
         });
         let received = match received {
             // A pooled connection found dead: once more on a new one.

@@ -6,7 +6,7 @@
 use super::{Client, Held};
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
-use crate::protocol::{self, Target, TokenTtl, MAX_TTL_MS};
+use crate::protocol::{self, Operation, Servers, Target, TokenTtl, MAX_TTL_MS};
 use crate::topology::server::Server;
 use crate::wire::codec::Value;
 use crate::wire::connection::Interrupt;
@@ -83,14 +83,27 @@ impl<'c> Lease<'c> {
         ttl_ms: u64,
         interrupt: &Interrupt,
     ) -> Result<bool> {
+        self.write(key, ttl_ms, interrupt, |phase, _| {
+            protocol::Acquire::new(phase, token, ttl_ms)
+        })
+    }
+
+    /// An acquire or a renew: a write with a TTL, which `min_replicas_acked`
+    /// must see on the replicas before it counts.
+    fn write<O: Operation<Output = bool>>(
+        &mut self,
+        key: &[u8],
+        ttl_ms: u64,
+        interrupt: &Interrupt,
+        operation: impl FnOnce(Phase, Servers) -> O,
+    ) -> Result<bool> {
         check_ttl(ttl_ms)?;
-        self.resolve_phase(interrupt)?;
-        let op = protocol::Acquire::new(self.phase, token, ttl_ms);
-        let acquired = self.run(key, op, interrupt)?;
-        if acquired {
+        let phase = self.resolve_phase(interrupt)?;
+        let written = self.run(key, operation(phase, self.client.servers()), interrupt)?;
+        if written {
             self.wait_for_replicas(key, interrupt)?;
         }
-        Ok(acquired)
+        Ok(written)
     }
 
     /// `min_replicas_acked`: waits (`WAIT n timeout`) until that many
@@ -223,14 +236,9 @@ impl<'c> Lease<'c> {
         ttl_ms: u64,
         interrupt: &Interrupt,
     ) -> Result<bool> {
-        check_ttl(ttl_ms)?;
-        self.resolve_phase(interrupt)?;
-        let op = protocol::Renew::new(self.phase, token, ttl_ms, self.client.servers());
-        let renewed = self.run(key, op, interrupt)?;
-        if renewed {
-            self.wait_for_replicas(key, interrupt)?;
-        }
-        Ok(renewed)
+        self.write(key, ttl_ms, interrupt, |phase, servers| {
+            protocol::Renew::new(phase, token, ttl_ms, servers)
+        })
     }
 
     pub fn ttl(&mut self, key: &[u8], token: &[u8], interrupt: &Interrupt) -> Result<TokenTtl> {

@@ -11,7 +11,7 @@ use crate::topology::node::Node;
 use crate::topology::server::Server;
 use crate::wire::codec::Value;
 use crate::wire::connection::Interrupt;
-use crate::wire::pipeline::{self, Link, Request};
+use crate::wire::pipeline::{self, Link, Received, Request};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,31 @@ impl<'c> Lease<'c> {
         }
     }
 
+    /// Reads the replies to the pipeline of `ticket` (which must be
+    /// `requests`) on the lease's connection to the node `at` names, by
+    /// `deadline` (`None`: the connection's read timeout from now); with the
+    /// node, whose dialect decodes them.
+    pub(crate) fn receive(
+        &mut self,
+        (target, route): (Target, Route<'_>),
+        ticket: pipeline::Ticket,
+        requests: &[Request<'_>],
+        deadline: Option<Instant>,
+        interrupt: &Interrupt,
+    ) -> Result<(&'c Node, Vec<Received>)> {
+        let (_, node, connection) = self.connection(target, route, interrupt)?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + connection.read_timeout());
+        let received = pipeline::receive(
+            connection,
+            &node.dialect,
+            ticket,
+            requests,
+            deadline,
+            interrupt,
+        )?;
+        Ok((node, received))
+    }
+
     pub(super) fn missing(&self, target: Target) -> Error {
         Error::InvalidArgument(format!(
             "phase {} needs the {} server, which is not configured",
@@ -190,7 +215,7 @@ impl<'c> Lease<'c> {
         target: Target,
         route: Route<'_>,
         interrupt: &Interrupt,
-    ) -> Result<(usize, &Node, &mut Link)> {
+    ) -> Result<(usize, &'c Node, &mut Link)> {
         let client = self.client;
         let server = client.server(target).ok_or_else(|| self.missing(target))?;
         let index = match route {

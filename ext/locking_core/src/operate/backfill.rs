@@ -370,19 +370,11 @@ impl Scheduler<'_, '_> {
                     command,
                 })
                 .collect();
-            let (_, node, connection) =
-                self.operator
-                    .lease()
-                    .connection(target, Route::Node(0), interrupt)?;
-            let deadline = Instant::now() + connection.read_timeout();
-            let received = pipeline::receive(
-                connection,
-                &node.dialect,
-                ticket,
-                &requests,
-                deadline,
-                interrupt,
-            )?;
+            let at = (target, Route::Node(0));
+            let (node, received) = self
+                .operator
+                .lease()
+                .receive(at, ticket, &requests, None, interrupt)?;
             received
                 .into_iter()
                 .zip(&commands)

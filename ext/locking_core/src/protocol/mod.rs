@@ -239,13 +239,13 @@ mod tests {
             .map(|s| String::from_utf8_lossy(&s.value).into_owned())
     }
 
+    /// A store of the model whose clock reads 0.
+    fn at_zero(store: &mut MemoryStore) -> ModelStore<'_> {
+        ModelStore { store, now: 0 }
+    }
+
     fn go<O: Operation>(op: O, s: &mut MemoryStore, d: &mut MemoryStore) -> Result<O::Output> {
-        run(
-            op,
-            b"k",
-            Some(&mut ModelStore { store: s, now: 0 }),
-            Some(&mut ModelStore { store: d, now: 0 }),
-        )
+        run(op, b"k", Some(&mut at_zero(s)), Some(&mut at_zero(d)))
     }
 
     #[test]
@@ -353,15 +353,7 @@ mod tests {
         // release succeeds; the failed cleanup is reported to the driver.
         let mut s = held("a");
         let mut op = Release::new(Phase::Source, b"a", Servers::BOTH);
-        let result = run(
-            &mut op,
-            b"k",
-            Some(&mut ModelStore {
-                store: &mut s,
-                now: 0,
-            }),
-            Some(&mut Down),
-        );
+        let result = run(&mut op, b"k", Some(&mut at_zero(&mut s)), Some(&mut Down));
         assert_eq!(result, Ok(true));
         assert_eq!(value(&s), None);
         assert_eq!(op.cleanup_failed(), Some(Target::Destination));
@@ -369,15 +361,7 @@ mod tests {
         // Phase 3 with the source down, likewise.
         let mut d = held("a");
         let mut op = Release::new(Phase::Destination, b"a", Servers::BOTH);
-        let result = run(
-            &mut op,
-            b"k",
-            Some(&mut Down),
-            Some(&mut ModelStore {
-                store: &mut d,
-                now: 0,
-            }),
-        );
+        let result = run(&mut op, b"k", Some(&mut Down), Some(&mut at_zero(&mut d)));
         assert_eq!((result, value(&d)), (Ok(true), None));
 
         // Phases 1 and 2 write both servers: an error on either is the release's.
@@ -386,10 +370,7 @@ mod tests {
             let result = run(
                 Release::new(phase, b"a", Servers::BOTH),
                 b"k",
-                Some(&mut ModelStore {
-                    store: &mut s,
-                    now: 0,
-                }),
+                Some(&mut at_zero(&mut s)),
                 Some(&mut Down),
             );
             assert!(matches!(result, Err(Error::Connection { .. })), "{phase}");
@@ -400,10 +381,7 @@ mod tests {
         let result = run(
             Renew::new(Phase::Source, b"a", 50, Servers::BOTH),
             b"k",
-            Some(&mut ModelStore {
-                store: &mut s,
-                now: 0,
-            }),
+            Some(&mut at_zero(&mut s)),
             Some(&mut Down),
         );
         assert_eq!(result, Ok(true));
@@ -416,10 +394,7 @@ mod tests {
         let result = run(
             Locked::new(Phase::Dual),
             b"k",
-            Some(&mut ModelStore {
-                store: &mut s,
-                now: 0,
-            }),
+            Some(&mut at_zero(&mut s)),
             None,
         );
         assert!(matches!(result, Err(Error::InvalidArgument(_))));
