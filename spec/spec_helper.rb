@@ -7,6 +7,7 @@ require_relative "support/redis_server"
 require_relative "support/phases"
 require_relative "support/phase_examples"
 require_relative "support/cli"
+require_relative "support/forked"
 
 # Servers shared by the whole run: source, destination, and a third one for
 # occupancy witnesses. Started on first use, stopped at exit.
@@ -51,6 +52,14 @@ module ServerHelpers
   end
 
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  # Polls the block until it returns something truthy, for at most `seconds`;
+  # returns what it returned last (falsy if the state never came).
+  def wait_for(seconds = 5, every: 0.01)
+    deadline = monotonic + seconds
+    sleep every until (result = yield) || monotonic > deadline
+    result
+  end
 end
 
 RSpec.configure do |config|

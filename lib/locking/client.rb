@@ -226,9 +226,12 @@ class Locking
       _server_run_id(server_index(server))
     end
 
+    # The audit entries kept on the destination (the oldest go).
+    AUDIT_KEEP = 100
+
     # Appends an entry (a Hash, stored as JSON) to the audit log on the
     # destination; the newest `keep` are kept.
-    def audit(entry, keep: 100)
+    def audit(entry, keep: AUDIT_KEEP)
       _audit_push(JSON.generate(entry), keep)
     end
 
@@ -245,6 +248,11 @@ class Locking
     # A value kept under the control prefix on the destination (nil when unset).
     def control_get(name)
       _control_get(name.to_s)
+    end
+
+    # A control value's time to live in milliseconds (nil: not set, or no TTL).
+    def control_ttl_ms(name)
+      _control_ttl_ms(name.to_s)
     end
 
     # Sets (with a TTL in seconds) or, with nil, deletes a control value.

@@ -119,9 +119,18 @@ class Locking
       servers = []
       servers << [:source, config.source] if config.source
       servers << [:destination, config.destination] if config.destination
-      counts = self.class.counts([servers, config.key_prefix]) do
-        { servers: servers.map { |name, url| server_summary(name, url) },
-          gate: config.destination && config.source ? gate_summary : nil }
+      walk = lambda do
+        self.class.counts([servers, config.key_prefix]) do
+          { servers: servers.map { |name, url| server_summary(name, url) },
+            gate: config.destination && config.source ? gate_summary : nil }
+        end
+      end
+      counts = walk.call
+      # The gate closes while a backfill runs: a backfill that started or ended since the gate was
+      # counted makes it count again, rather than show a verdict the lease has changed.
+      if counts[:data][:gate] && counts[:data][:gate][:lease] != tool.control_get("backfill")
+        self.class.forget_counts
+        counts = walk.call
       end
       phase = phase_summary(config)
       counts[:data].merge(
@@ -181,18 +190,20 @@ class Locking
     # The CLI's gate, run here: the same rules and the same words.
     def gate_summary
       out = StringIO.new
+      lease = tool.control_get("backfill") # the lease the verdict went by (#overview)
       status = CLI.new(%w[gate --no-progress], out: out, err: out).run
-      { open: status.zero?, text: out.string }
+      { open: status.zero?, text: out.string, lease: lease }
     end
 
     def backfill_summary
       holder = tool.control_get("backfill")
+      lease = holder && CLI::Lease.new(holder)
       saved = begin
         JSON.parse(tool.control_get(CLI::CURSOR) || "null")
       rescue JSON::ParserError
         nil
       end
-      { running: holder, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
+      { running: lease&.name, why: lease&.why, dead: lease&.gone?, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
     end
 
     def locks

@@ -6,15 +6,7 @@ require "active_job"
 # The watchdog (auto_renew): locks that live as long as their holder, on
 # real servers, checked by what Redis holds.
 RSpec.describe "auto_renew (the native renewer)" do
-  def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-
   def configure(phase = :source, **more) = configure_both(phase, **more)
-
-  def wait_for(seconds = 5)
-    deadline = monotonic + seconds
-    sleep 0.01 until (result = yield) || monotonic > deadline
-    result
-  end
 
   let(:source) { source_server.redis }
   let(:destination) { destination_server.redis }
@@ -140,20 +132,14 @@ RSpec.describe "auto_renew (the native renewer)" do
   it "renews nothing of its parent's in a forked child, and the parent's renewals go on" do
     lock = Locking.new("parent")
     expect(lock.acquire(0.5, auto_renew: true)).to be(true)
-    reader, writer = IO.pipe
-    pid = fork do
-      reader.close
-      child = Locking.new("child")
+    child = Forked.new do
+      lock = Locking.new("child")
       held_at_start = Locking.stats[:held]
-      child.acquire(0.5, auto_renew: true)
+      lock.acquire(0.5, auto_renew: true)
       sleep 1.2
-      writer.write([held_at_start, Locking.stats[:held], child.have_lock?, child.release].inspect)
-      exit!(0)
+      [held_at_start, Locking.stats[:held], lock.have_lock?, lock.release]
     end
-    writer.close
-    _, status = Process.wait2(pid)
-    expect(status.exitstatus).to eq(0)
-    expect(reader.read).to eq("[0, 1, true, true]")
+    expect(child.result).to eq([0, 1, true, true])
     sleep 0.8 # the parent's lock outlives its TTL again
     expect(source.get("locking:parent")).to eq(lock.token)
     expect(Locking.stats[:held]).to eq(1)

@@ -9,48 +9,31 @@ RSpec.describe "the backfill's lease" do
   let(:destination) { destination_server.redis }
   let(:lease_key) { "{locking-control}:locking:backfill" }
 
-  def wait_for(seconds = 10)
-    deadline = monotonic + seconds
-    sleep 0.005 until (result = yield) || monotonic > deadline
-    result
-  end
-
   def copies = destination.keys("locking:*").size
 
   it "writes nothing more once it was stopped past its lease, and says so" do
     source_server.bulk_load(Array.new(20_000) { |i| ["SET", "locking:k#{i}", "t#{i}", "PX", "600000"] })
     expect(copies).to eq(0) # the destination server is started here, not in the child
-    reader, writer = IO.pipe
-    pid = fork do
-      reader.close
+    backfill = Forked.new do
       # A 2 s lease instead of 30, for the spec's sake.
       Locking::CLI.send(:remove_const, :BACKFILL_LEASE_TTL)
       Locking::CLI.const_set(:BACKFILL_LEASE_TTL, 2)
-      status, out, err = locking_cli("backfill", "--rate", "4000", "--timeout", "0.2")
-      writer.write(Marshal.dump([status, out, err]))
-      exit!(0)
+      locking_cli("backfill", "--rate", "4000", "--timeout", "0.2")
     end
-    writer.close
     begin
-      expect(wait_for { copies >= 2_000 }).to be(true)
-      Process.kill(:STOP, pid)
-      expect(wait_for { destination.exists(lease_key).zero? }).to be(true) # the lease ran out meanwhile
+      expect(wait_for(10) { copies >= 2_000 }).to be(true)
+      Process.kill(:STOP, backfill.pid)
+      expect(wait_for(10) { destination.exists(lease_key).zero? }).to be(true) # the lease ran out meanwhile
       copied = copies
       # What a move into phase 2 would now be allowed to do; the backfill wakes.
-      Process.kill(:CONT, pid)
-      Process.wait(pid)
-      status, out, err = Marshal.load(reader.read) # -- our own child's
+      Process.kill(:CONT, backfill.pid)
+      status, out, err = backfill.result
       expect(status).to eq(Locking::CLI::EXIT_ERROR), out + err
       expect(out).to match(/lost its lease|sends nothing more/)
       expect(copies).to eq(copied)
       expect(destination.exists(lease_key)).to eq(0)
     ensure
-      begin
-        Process.kill(:KILL, pid)
-        Process.wait(pid)
-      rescue Errno::ESRCH, Errno::ECHILD
-        nil
-      end
+      backfill.kill
     end
   end
 end

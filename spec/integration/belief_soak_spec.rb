@@ -2,6 +2,7 @@
 
 require_relative "../support/holding_proxy"
 require_relative "../support/cluster"
+require_relative "../support/interval_log"
 
 # The belief soak (issue 27): worker processes with dynamic phases hold
 # auto-renewed locks for up to twice their TTL while the operator walks the
@@ -71,7 +72,7 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
   def fork_reader(lock, witness_url, forked_at)
     child = fork do
       last_true = hold(lock, 10 * BeliefSoak::TTL)
-      Redis.new(url: witness_url).rpush("intervals", "#{lock.lock_key} #{lock.token} #{forked_at} #{last_true} child")
+      Redis.new(url: witness_url).rpush(IntervalLog::LIST, "#{lock.lock_key} #{lock.token} #{forked_at} #{last_true} child")
       exit!(0)
     end
     Process.detach(child)
@@ -92,53 +93,28 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
           c.timeout = BeliefSoak::TIMEOUT
         end
         witness = Redis.new(url: witness_url)
-        holds = []
-        errors = 0
-        until witness.exists?("belief-stop")
-          lock = Locking.new("job:#{rand(BeliefSoak::KEYS)}")
-          begin
-            next unless lock.acquire(BeliefSoak::TTL, auto_renew: true)
-          rescue Locking::Error
-            errors += 1
-            next
+        IntervalLog.work(witness, batch: 20, name: "belief soak worker") do |log|
+          until witness.exists?("belief-stop")
+            lock = Locking.new("job:#{rand(BeliefSoak::KEYS)}")
+            begin
+              next unless lock.acquire(BeliefSoak::TTL, auto_renew: true)
+            rescue Locking::Error
+              log.errors += 1
+              next
+            end
+            from = BeliefSoak.clock
+            if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
+              fork_reader(lock, witness_url, BeliefSoak.clock)
+              lock.stop_renewing
+              log.record(lock.lock_key, lock.token, from, BeliefSoak.clock)
+              next
+            end
+            # Mostly short holds; one in three outlives the TTL twice over at most.
+            seconds = rand < 0.67 ? rand * 0.05 : rand * 2 * BeliefSoak::TTL
+            log.record(lock.lock_key, lock.token, from, hold(lock, seconds))
+            IntervalLog.release(lock, log)
           end
-          from = BeliefSoak.clock
-          if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
-            fork_reader(lock, witness_url, BeliefSoak.clock)
-            lock.stop_renewing
-            holds << "#{lock.lock_key} #{lock.token} #{from} #{BeliefSoak.clock}"
-            next
-          end
-          # Mostly short holds; one in three outlives the TTL twice over at most.
-          to = hold(lock, rand < 0.67 ? rand * 0.05 : rand * 2 * BeliefSoak::TTL)
-          holds << "#{lock.lock_key} #{lock.token} #{from} #{to}"
-          begin
-            lock.release
-          rescue Locking::Error
-            errors += 1
-          end
-          witness.rpush("intervals", holds.slice!(0..)) if holds.size >= 20
         end
-        witness.rpush("intervals", holds) unless holds.empty?
-        witness.incrby("errors", errors)
-        exit!(0)
-      rescue StandardError => e
-        warn "belief soak worker: #{e.class}: #{e.message}"
-        exit!(1)
-      end
-    end
-  end
-
-  # Intervals are [key, token, from, to]: a forked child shares its
-  # parent's token (one holder in two processes), so only intervals of
-  # different tokens count.
-  def overlaps(intervals)
-    intervals.group_by(&:first).sum do |_key, held|
-      ends = Hash.new(-Float::INFINITY) # the latest end so far, per token
-      held.sort_by { |_, _, from, _| from }.count do |_, token, from, to|
-        overlapping = ends.any? { |other, latest| other != token && from < latest }
-        ends[token] = [ends[token], to].max
-        overlapping
       end
     end
   end
@@ -165,9 +141,10 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
   end
 
   it "counts overlapping holds (the checker itself can fail)" do
-    expect(overlaps([["k", "a", 0.0, 2.0], ["k", "b", 1.0, 3.0], ["j", "c", 1.5, 1.6]])).to eq(1)
-    expect(overlaps([["k", "a", 0.0, 1.0], ["k", "b", 1.0, 3.0]])).to eq(0)
-    expect(overlaps([["k", "a", 0.0, 2.0], ["k", "a", 1.0, 3.0], ["k", "b", 2.5, 4.0]])).to eq(1)
+    expect(IntervalLog.overlaps([["k", "a", 0.0, 2.0], ["k", "b", 1.0, 3.0], ["j", "c", 1.5, 1.6]])).to eq(1)
+    expect(IntervalLog.overlaps([["k", "a", 0.0, 1.0], ["k", "b", 1.0, 3.0], ["k", "c", 0.2, 0.5]])).to eq(1)
+    expect(IntervalLog.overlaps([["k", "a", 0.0, 1.0], ["k", "b", 1.0, 3.0]])).to eq(0)
+    expect(IntervalLog.overlaps([["k", "a", 0.0, 2.0], ["k", "a", 1.0, 3.0], ["k", "b", 2.5, 4.0]])).to eq(1)
   end
 
   { "a standalone destination" => false, "a Redis Cluster destination" => true }.each do |title, clustered|
@@ -206,17 +183,13 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
       proxies.flatten.compact.each(&:close)
     end
     sleep 2 * BeliefSoak::TTL # forked readers finish within their lock's TTL
-    lines = witness.lrange("intervals", 0, -1)
-    intervals = lines.map do |line|
-      key, token, from, to = line.split
-      [key, token, from.to_f, to.to_f]
-    end
-    forked = lines.count { |line| line.end_with?(" child") }
+    intervals = IntervalLog.read(witness)
+    forked = witness.lrange(IntervalLog::LIST, 0, -1).count { |line| line.end_with?(" child") }
     puts format("\n  belief soak (#{@cluster ? 'cluster' : 'standalone'} destination): %d holds " \
                 "(%d by forked children), %d moves, %d faults, %d operation errors, " \
                 "0 overlaps required", intervals.size, forked, moves.size, moves.size, witness.get("errors").to_i)
     expect(statuses).to all(be_success)
     expect(intervals.size).to be > 100
-    expect(overlaps(intervals)).to eq(0)
+    expect(IntervalLog.overlaps(intervals)).to eq(0)
   end
 end

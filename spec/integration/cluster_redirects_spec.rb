@@ -9,14 +9,7 @@ require_relative "../support/cluster"
 # fail while `redis-cli --cluster reshard` runs. A slot left migrating stops
 # a backfill from a cluster source by itself.
 RSpec.describe "Redis Cluster redirects" do
-  before(:all) { @cluster = RedisCluster.new(masters: 3, name: "redirects") }
-  after(:all) { @cluster&.cleanup }
-
-  before { @cluster.flushall }
-
-  attr_reader :cluster
-
-  def prefixed(key) = "locking:#{key}"
+  include_context "a cluster of 3 masters", "redirects"
 
   # Writes `value` into `key` as another process would (a token that is not
   # the holder's), following the cluster's redirects by hand.

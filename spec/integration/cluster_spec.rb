@@ -7,14 +7,7 @@ require_relative "../support/tls"
 # destination and as the source. Started once for the file; the specs that
 # kill a master start a cluster of their own.
 RSpec.describe "Redis Cluster" do
-  before(:all) { @cluster = RedisCluster.new(masters: 3, name: "cluster") }
-  after(:all) { @cluster&.cleanup }
-
-  before { @cluster.flushall }
-
-  attr_reader :cluster
-
-  def prefixed(key) = "locking:#{key}"
+  include_context "a cluster of 3 masters", "cluster"
 
   # A client as the operator tools use it (phase 1, both servers).
   def operator_client(source:, destination:)

@@ -10,13 +10,7 @@ RSpec.describe "dynamic phases" do
     witness_url = witness_server.url
     count.times.map do
       fork do
-        Locking.reset_configuration!
-        Locking.configure do |c|
-          c.source = source_server.url
-          c.destination = destination_server.url
-          c.phase = :dynamic
-          c.phase_cache_ttl = 0.05
-        end
+        configure_both(:dynamic, phase_cache_ttl: 0.05)
         witness = Redis.new(url: witness_url)
         deadline = monotonic + 30
         until witness.exists?(stop_key) || monotonic > deadline
@@ -39,12 +33,6 @@ RSpec.describe "dynamic phases" do
         exit!(0)
       end
     end
-  end
-
-  def wait_for(seconds = 5)
-    deadline = monotonic + seconds
-    sleep 0.02 until yield || monotonic > deadline
-    yield
   end
 
   it "moves running processes through every phase without a restart, never running a job twice" do

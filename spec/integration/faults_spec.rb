@@ -111,13 +111,7 @@ RSpec.describe "faults" do
 
   it "fails a phase-1 acquire with a typed error when the destination is down, leaving nothing on the source" do
     down = RedisServer.start("down-destination")
-    Locking.reset_configuration!
-    Locking.configure do |c|
-      c.source = source_server.url
-      c.destination = down.url
-      c.phase = :dual
-      c.timeout = 0.5
-    end
+    configure_both(:dual, destination: down.url, timeout: 0.5)
     down.stop
 
     expect { Locking.new("job").acquire(30) }.to raise_error(Locking::ConnectionError, /#{down.url}/)

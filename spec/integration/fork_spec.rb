@@ -27,30 +27,18 @@ RSpec.describe "forking (Resque forks a child per job)" do
     expect(Locking.client.idle_connections.first).to be >= 1
 
     children = 4.times.map do |n|
-      reader, writer = IO.pipe
-      pid = fork do
-        reader.close
+      Forked.new do
         errors = cycles("child#{n}", 200)
         # The child sees the parent's lock, and cannot release it with another token.
         errors << "child sees held lock" unless Locking.new("held-by-parent").locked?
         errors << "child released foreign lock" if Locking.new("held-by-parent", token: "x").release
-        writer.write(Marshal.dump(errors))
-        writer.close
-        exit!(0)
+        errors
       end
-      writer.close
-      [pid, reader]
     end
 
     parent_errors = cycles("parent", 200)
 
-    results = children.map do |pid, reader|
-      data = reader.read
-      reader.close
-      _, status = Process.wait2(pid)
-      expect(status.exitstatus).to eq(0)
-      Marshal.load(data)
-    end
+    results = children.map(&:result)
 
     expect(parent_errors).to eq([])
     expect(results).to all(eq([]))

@@ -48,7 +48,8 @@ RSpec.describe "Rails integration" do
       lines = out.lines.map(&:chomp)
       expect(lines[0]).to eq([source_server.url, destination_server.url, :dual, "app-locks:", 2.5].inspect)
       expect(lines[1]).to eq("true")
-      expect(lines[2]).to eq(%w[locking:backfill locking:cleanup_source locking:gate locking:phase locking:status].inspect)
+      expect(lines[2]).to eq(%w[locking:audit locking:backfill locking:cleanup_source locking:gate locking:phase locking:status
+                                locking:unlock].inspect)
       expect(source_server.redis.get("app-locks:job")).to eq("t")
       expect(destination_server.redis.get("app-locks:job")).to eq("t")
     end

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require_relative "../support/interval_log"
+
 # Minutes of real operation: 8 worker processes with dynamic phases take and
 # release unique locks while an operator walks the fleet 0 -> 3 -> 0 twice
 # (advances, backfills, rollbacks through the reverse gate) and faults land
@@ -64,49 +66,24 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
           c.timeout = 1.0
         end
         witness = Redis.new(url: witness_url)
-        holds = []
-        errors = 0
-        deadline = monotonic + 600
-        until witness.exists?(stop_key) || monotonic > deadline
-          lock = Locking.new("job:#{rand(Soak::KEYS)}")
-          started = monotonic
-          begin
-            next unless lock.acquire(Soak::TTL)
-          rescue Locking::Error
-            errors += 1
-            next
-          end
-          from = monotonic
-          witness.incr("phase:#{Locking.client.phase}")
-          sleep(rand * 0.003)
-          holds << [lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min].join(" ")
-          begin
-            lock.release
-          rescue Locking::Error
-            errors += 1
-          end
-          if holds.size >= 200
-            witness.rpush("intervals", holds)
-            holds.clear
+        IntervalLog.work(witness, batch: 200, name: "soak worker") do |log|
+          deadline = monotonic + 600
+          until witness.exists?(stop_key) || monotonic > deadline
+            lock = Locking.new("job:#{rand(Soak::KEYS)}")
+            started = monotonic
+            begin
+              next unless lock.acquire(Soak::TTL)
+            rescue Locking::Error
+              log.errors += 1
+              next
+            end
+            from = monotonic
+            witness.incr("phase:#{Locking.client.phase}")
+            sleep(rand * 0.003)
+            log.record(lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min)
+            IntervalLog.release(lock, log)
           end
         end
-        witness.rpush("intervals", holds) unless holds.empty?
-        witness.incrby("errors", errors)
-        exit!(0)
-      rescue StandardError => e
-        warn "soak worker: #{e.class}: #{e.message}"
-        exit!(1)
-      end
-    end
-  end
-
-  def overlaps(intervals)
-    intervals.group_by(&:first).sum do |_key, held|
-      latest_end = -Float::INFINITY
-      held.sort_by { |_, _, from, _| from }.count do |_, _, from, to|
-        overlapping = from < latest_end
-        latest_end = [latest_end, to].max
-        overlapping
       end
     end
   end
@@ -123,12 +100,6 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
     when 2 then [@source, @destination].each { |server| server.redis.script(:flush) }
     when 3 then @destination.restart
     end
-  end
-
-  it "counts overlapping holds (the checker itself can fail)" do
-    expect(overlaps([["k", 1, 0.0, 2.0], ["k", 2, 1.0, 3.0], ["j", 3, 1.5, 1.6]])).to eq(1)
-    expect(overlaps([["k", 1, 0.0, 1.0], ["k", 2, 1.0, 3.0], ["k", 3, 0.2, 0.5]])).to eq(1)
-    expect(overlaps([["k", 1, 0.0, 1.0], ["k", 2, 1.0, 3.0]])).to eq(0)
   end
 
   it "never has two holders of one key" do
@@ -160,10 +131,7 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
       statuses = workers.map { |pid| Process.wait2(pid).last }
     end
 
-    intervals = witness.lrange("intervals", 0, -1).map do |line|
-      key, pid, from, to = line.split
-      [key, pid, from.to_f, to.to_f]
-    end
+    intervals = IntervalLog.read(witness)
     phases = %w[source dual drain destination].to_h { |p| [p, witness.get("phase:#{p}").to_i] }
     puts format("\n  soak: %d holds by %d processes in %.0fs, %d moves (0->3->0 twice), %d faults, " \
                 "%d operation errors during faults, holds per phase %s, 0 overlaps required",
@@ -172,6 +140,6 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
     expect(moves).to eq(12)
     expect(intervals.size).to be > 1_000
     expect(phases.values).to all(be > 0)
-    expect(overlaps(intervals)).to eq(0)
+    expect(IntervalLog.overlaps(intervals)).to eq(0)
   end
 end

@@ -248,17 +248,11 @@ RSpec.describe "TLS (rediss://)" do
     configure(tls_source.tls_url, nil, :source)
     held = Locking.new("parent")
     expect(held.acquire(60)).to be(true) # the parent's pool now has a TLS session
-    reader, writer = IO.pipe
-    pid = fork do
-      reader.close
-      child = Locking.new("child")
-      writer.write([child.acquire(60), Locking.new("parent").locked?, child.release].inspect)
-      exit!(0)
+    child = Forked.new do
+      lock = Locking.new("child")
+      [lock.acquire(60), Locking.new("parent").locked?, lock.release]
     end
-    writer.close
-    _, status = Process.wait2(pid)
-    expect(status.exitstatus).to eq(0)
-    expect(reader.read).to eq("[true, true, true]")
+    expect(child.result).to eq([true, true, true])
     expect(held.locked?).to be(true)
     expect(held.release).to be(true)
     expect(tls_source.redis.keys("*")).to eq([])

@@ -11,12 +11,6 @@ RSpec.describe "the watchdog (auto_renew)" do
   let(:source) { source_server.redis }
   let(:destination) { destination_server.redis }
 
-  def wait_for(seconds = 5)
-    deadline = monotonic + seconds
-    sleep 0.01 until (result = yield) || monotonic > deadline
-    result
-  end
-
   after do
     Locking.logger = nil
     Locking.reset_configuration!

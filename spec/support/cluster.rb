@@ -346,3 +346,16 @@ class ClusterAsServer
     def respond_to_missing?(name, include_private = false) = Redis.method_defined?(name) || super
   end
 end
+
+# One cluster of 3 masters for a whole spec file, emptied before each example:
+# `cluster` is it, and `prefixed(key)` a lock key under the default prefix.
+RSpec.shared_context "a cluster of 3 masters" do |name|
+  before(:all) { @cluster = RedisCluster.new(masters: 3, name: name) }
+  after(:all) { @cluster&.cleanup }
+
+  before { @cluster.flushall }
+
+  attr_reader :cluster
+
+  def prefixed(key) = "locking:#{key}"
+end

@@ -127,23 +127,8 @@ RSpec.shared_examples "adjacent phases under contention" do
       # Start every server here: a child must not start its own.
       configure_both(phases.first)
       witness_url = witness_server.url
-      readers = 4.times.map do |id|
-        reader, writer = IO.pipe
-        pid = fork do
-          reader.close
-          report = run_worker(id, phases, id >= 2, witness_url)
-          writer.write(Marshal.dump(report))
-          writer.close
-          exit!(0)
-        end
-        writer.close
-        [pid, reader]
-      end
-      reports = readers.map do |pid, reader|
-        data = reader.read
-        Process.wait(pid)
-        Marshal.load(data)
-      end
+      workers = 4.times.map { |id| Forked.new { run_worker(id, phases, id >= 2, witness_url) } }
+      reports = workers.map(&:result)
 
       total = reports.each_with_object(Hash.new(0)) { |r, sum| r.each { |k, v| sum[k] += v } }
       expect(total[:overlaps]).to eq(0)

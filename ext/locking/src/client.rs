@@ -562,14 +562,20 @@ impl RbClient {
         source_only: Option<u64>,
     ) -> Result<(Option<u8>, Vec<String>), magnus::Error> {
         let target = Phase::from_index(target).map_err(RubyError)?;
-        let (current, fleet) = rb_self.with_operator(ruby, |operator, interrupt| {
+        let (current, fleet, backfill) = rb_self.with_operator(ruby, |operator, interrupt| {
             Ok((
                 operator.control_phase(interrupt)?,
                 operator.fleet(interrupt)?,
+                operator.control_get(b"backfill", interrupt)?,
             ))
         })?;
-        let reasons =
+        let mut reasons =
             locking_core::operate::control::check_transition(current, target, &fleet, source_only);
+        let backfill = backfill.map(|holder| String::from_utf8_lossy(&holder).into_owned());
+        reasons.extend(locking_core::operate::control::backfill_blocks(
+            target,
+            backfill.as_deref(),
+        ));
         Ok((current.map(Phase::index), reasons))
     }
 
@@ -584,6 +590,18 @@ impl RbClient {
             operator.control_get(&name, interrupt)
         })?;
         Ok(value.map(|v| ruby.str_from_slice(&v)))
+    }
+
+    /// A control value's time to live in ms, or nil (not set, or no TTL).
+    fn control_ttl_ms(
+        ruby: &Ruby,
+        rb_self: &Self,
+        name: RString,
+    ) -> Result<Option<u64>, magnus::Error> {
+        let name = bytes(name);
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.control_pttl(&name, interrupt)
+        })
     }
 
     /// Sets a control value (with a TTL in ms), or deletes it when `value` is nil.
@@ -687,10 +705,16 @@ fn server_name(url: RString) -> Result<String, magnus::Error> {
         .map_or_else(|_| locking_core::redact(&url), |parsed| parsed.name()))
 }
 
-/// `Locking::Client.gate_reasons(processes_in_phase_0, source_only)`: why
-/// moving from phase 1 to 2 is not safe (empty: it is). The core's words.
-fn gate_reasons(in_phase_0: usize, source_only: u64) -> Vec<String> {
-    locking_core::protocol::gate(in_phase_0, source_only).reasons
+/// `Locking::Client.gate_reasons(processes_in_phase_0, source_only, backfill_holder)`:
+/// why moving from phase 1 to 2 is not safe (empty: it is). The core's words,
+/// the same rules as `transition_reasons` (a running backfill included).
+fn gate_reasons(in_phase_0: usize, source_only: u64, backfill: Option<String>) -> Vec<String> {
+    let mut reasons = locking_core::protocol::gate(in_phase_0, source_only).reasons;
+    reasons.extend(locking_core::operate::control::backfill_blocks(
+        Phase::Drain,
+        backfill.as_deref(),
+    ));
+    reasons
 }
 
 /// `Locking::Client.reverse_gate_reasons(destination_only)`: the same for a
@@ -722,7 +746,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
         locking_core::operate::bulk::MAX_PAGES_PER_BATCH,
     )?;
     // Rules, too: the CLI prints the core's reasons, never its own copy.
-    class.define_singleton_method("gate_reasons", function!(gate_reasons, 2))?;
+    class.define_singleton_method("gate_reasons", function!(gate_reasons, 3))?;
     class.define_singleton_method("reverse_gate_reasons", function!(reverse_gate_reasons, 1))?;
     class.define_singleton_method("backfill_refusal", function!(backfill_refusal, 1))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
@@ -748,6 +772,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method("_cluster_stats", method!(RbClient::cluster_stats, 1))?;
     class.define_private_method("_control_get", method!(RbClient::control_get, 1))?;
     class.define_private_method("_control_set", method!(RbClient::control_set, 3))?;
+    class.define_private_method("_control_ttl_ms", method!(RbClient::control_ttl_ms, 1))?;
     class.define_private_method("_control_phase", method!(RbClient::control_phase, 0))?;
     class.define_private_method(
         "_set_control_phase",

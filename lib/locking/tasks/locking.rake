@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
-# rake locking:status | locking:backfill | locking:gate | locking:phase | locking:cleanup_source
+# rake locking:status | locking:backfill | locking:gate | locking:phase | locking:unlock | locking:audit |
+#   locking:cleanup_source
 # Options go in LOCKING_ARGS, as for exe/locking:
 #   rake locking:backfill LOCKING_ARGS="--rate 50000"
 #   rake locking:phase LOCKING_ARGS="advance --wait 60"
@@ -9,7 +10,7 @@ require "shellwords"
 
 namespace :locking do
   { "status" => "status", "backfill" => "backfill", "gate" => "gate", "phase" => "phase",
-    "cleanup_source" => "cleanup-source" }.each do |task_name, command|
+    "unlock" => "unlock", "audit" => "audit", "cleanup_source" => "cleanup-source" }.each do |task_name, command|
     desc "locking #{command} (see `locking --help`; options in LOCKING_ARGS)"
     task task_name do
       # Decided now, not when this file loads: a Rails app defines

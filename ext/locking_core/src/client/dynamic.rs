@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 /// The hash tag every control key shares: on a cluster, one master holds them all.
 pub const CONTROL_TAG: &[u8] = b"{locking-control}";
 
-pub fn control_prefix(key_prefix: &[u8]) -> Vec<u8> {
+fn control_prefix(key_prefix: &[u8]) -> Vec<u8> {
     let mut prefix = CONTROL_TAG.to_vec();
     prefix.push(b':');
     prefix.extend_from_slice(key_prefix);
@@ -29,7 +29,7 @@ pub fn control_prefix(key_prefix: &[u8]) -> Vec<u8> {
 }
 
 /// The control key `name` of the locks under `key_prefix`.
-fn control_key(key_prefix: &[u8], name: &[u8]) -> Vec<u8> {
+pub fn control_key(key_prefix: &[u8], name: &[u8]) -> Vec<u8> {
     let mut key = control_prefix(key_prefix);
     key.extend_from_slice(name);
     key

@@ -13,7 +13,7 @@ mod lease;
 mod route;
 
 pub use dynamic::{
-    audit_key, backfill_key, control_prefix, fleet_key, fleet_phases_key, phase_key, CONTROL_TAG,
+    audit_key, backfill_key, control_key, fleet_key, fleet_phases_key, phase_key, CONTROL_TAG,
 };
 pub(crate) use dynamic::{control_script, phase_of};
 pub use lease::{Lease, Route};

@@ -5,8 +5,8 @@
 //! prefix (so they never count as locks) and in one cluster slot.
 
 use crate::client::{
-    audit_key, backfill_key, control_prefix, control_script, fleet_key, fleet_phases_key,
-    phase_key, phase_of, Route, CONTROL_TAG,
+    audit_key, backfill_key, control_key, control_script, fleet_key, fleet_phases_key, phase_key,
+    phase_of, Route, CONTROL_TAG,
 };
 use crate::error::{Error, Result};
 use crate::operate::operator::Operator;
@@ -17,6 +17,18 @@ use crate::wire::connection::Interrupt;
 // The fleet's rules are pure (`fleet`): the CLI reaches them here, the explorer there.
 pub use crate::protocol::fleet::{check_transition, FleetMember};
 use crate::protocol::Target;
+
+/// Why a move to `target` waits for a backfill whose lease `holder` holds
+/// (its name up to the first space), or `None`: phase 2 waits while a
+/// backfill may still copy. The set-phase script enforces it atomically; the
+/// gate and `phase set/advance` give these words.
+pub fn backfill_blocks(target: Phase, holder: Option<&str>) -> Option<String> {
+    let holder = holder.filter(|_| target == Phase::Drain)?;
+    let name = holder.split(' ').next().unwrap_or(holder);
+    Some(format!(
+        "a backfill is running ({name}): phase 2 waits for it to finish (a dead one's lease: `locking status`)"
+    ))
+}
 
 impl Operator<'_> {
     /// One control command on the destination's control node.
@@ -86,10 +98,18 @@ impl Operator<'_> {
 
     /// A control value by name (under the control prefix), if set.
     pub fn control_get(&mut self, name: &[u8], interrupt: &Interrupt) -> Result<Option<Vec<u8>>> {
-        let mut key = control_prefix(self.client().key_prefix());
-        key.extend_from_slice(name);
+        let key = control_key(self.client().key_prefix(), name);
         match self.control(&["GET".into(), key.as_slice().into()], interrupt)? {
             Value::BulkString(value) => Ok(Some(value)),
+            _ => Ok(None),
+        }
+    }
+
+    /// A control value's time to live in ms (`None`: not set, or no TTL).
+    pub fn control_pttl(&mut self, name: &[u8], interrupt: &Interrupt) -> Result<Option<u64>> {
+        let key = control_key(self.client().key_prefix(), name);
+        match self.control(&["PTTL".into(), key.as_slice().into()], interrupt)? {
+            Value::Int(ms) if ms >= 0 => Ok(Some(ms as u64)),
             _ => Ok(None),
         }
     }
@@ -102,8 +122,7 @@ impl Operator<'_> {
         ttl_ms: u64,
         interrupt: &Interrupt,
     ) -> Result<()> {
-        let mut key = control_prefix(self.client().key_prefix());
-        key.extend_from_slice(name);
+        let key = control_key(self.client().key_prefix(), name);
         let key = key.as_slice();
         match value {
             Some(value) => self.control(
