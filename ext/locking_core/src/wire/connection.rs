@@ -283,6 +283,13 @@ enum ReadError {
     Protocol(codec::ProtocolError),
 }
 
+/// Who a connection logs in as, and the database it selects.
+struct Login<'a> {
+    username: Option<&'a str>,
+    password: Option<&'a str>,
+    db: i64,
+}
+
 pub struct Connection {
     socket: Arc<dyn Transport>,
     input: Input,
@@ -317,14 +324,12 @@ impl Connection {
         address: &Address,
         interrupt: &Interrupt,
     ) -> Result<Connection> {
-        let mut connection = Self::connect(config, address, interrupt)?;
-        connection.prelude(
-            config.username.as_deref(),
-            config.password.as_deref(),
-            config.db,
-            interrupt,
-        )?;
-        Ok(connection)
+        let login = Login {
+            username: config.username.as_deref(),
+            password: config.password.as_deref(),
+            db: config.db,
+        };
+        Self::open_as(config, address, login, interrupt)
     }
 
     /// A connection to a sentinel of `config`, with the sentinels' credentials.
@@ -334,13 +339,22 @@ impl Connection {
         address: &Address,
         interrupt: &Interrupt,
     ) -> Result<Connection> {
+        let login = Login {
+            username: sentinel.username.as_deref(),
+            password: sentinel.password.as_deref(),
+            db: 0,
+        };
+        Self::open_as(config, address, login, interrupt)
+    }
+
+    fn open_as(
+        config: &ServerConfig,
+        address: &Address,
+        login: Login<'_>,
+        interrupt: &Interrupt,
+    ) -> Result<Connection> {
         let mut connection = Self::connect(config, address, interrupt)?;
-        connection.prelude(
-            sentinel.username.as_deref(),
-            sentinel.password.as_deref(),
-            0,
-            interrupt,
-        )?;
+        connection.prelude(login, interrupt)?;
         Ok(connection)
     }
 
@@ -394,13 +408,12 @@ impl Connection {
     }
 
     /// AUTH (with a user, if given) and SELECT.
-    fn prelude(
-        &mut self,
-        username: Option<&str>,
-        password: Option<&str>,
-        db: i64,
-        interrupt: &Interrupt,
-    ) -> Result<()> {
+    fn prelude(&mut self, login: Login<'_>, interrupt: &Interrupt) -> Result<()> {
+        let Login {
+            username,
+            password,
+            db,
+        } = login;
         if let Some(password) = password {
             let auth = match username {
                 Some(user) => codec::command(&["AUTH".into(), user.into(), password.into()]),
