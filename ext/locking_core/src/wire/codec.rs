@@ -205,13 +205,10 @@ fn value(bytes: &[u8], position: &mut usize, depth: usize) -> Result<Option<Valu
             Value::Int(integer(body)?)
         }
         b'$' => {
-            let length = integer(body)?;
-            if length < 0 {
+            let Some(length) = length(body, "bulk string")? else {
                 *position = after_line;
                 return Ok(Some(Value::Nil));
-            }
-            let length = usize::try_from(length)
-                .map_err(|_| ProtocolError("bulk string length too large".into()))?;
+            };
             let end = after_line
                 .checked_add(length)
                 .ok_or_else(|| ProtocolError("bulk string length too large".into()))?;
@@ -225,13 +222,10 @@ fn value(bytes: &[u8], position: &mut usize, depth: usize) -> Result<Option<Valu
             Value::BulkString(bytes[after_line..end].to_vec())
         }
         b'*' => {
-            let count = integer(body)?;
-            if count < 0 {
+            let Some(count) = length(body, "array")? else {
                 *position = after_line;
                 return Ok(Some(Value::Nil));
-            }
-            let count = usize::try_from(count)
-                .map_err(|_| ProtocolError("array length too large".into()))?;
+            };
             // Each element takes at least 3 bytes: never trust the header
             // for more memory than the bytes could hold.
             let mut items = Vec::with_capacity(count.min((bytes.len() - after_line) / 3));
@@ -272,6 +266,18 @@ fn line(bytes: &[u8], start: usize) -> Result<Option<&[u8]>, ProtocolError> {
 
 fn text(bytes: &[u8]) -> Result<String, ProtocolError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| ProtocolError("reply line is not UTF-8".into()))
+}
+
+/// The length a bulk string's or an array's header gives (`what`): `None`
+/// for a negative one, which is RESP2's nil.
+fn length(body: &[u8], what: &str) -> Result<Option<usize>, ProtocolError> {
+    let length = integer(body)?;
+    if length < 0 {
+        return Ok(None);
+    }
+    usize::try_from(length)
+        .map(Some)
+        .map_err(|_| ProtocolError(format!("{what} length too large")))
 }
 
 fn integer(bytes: &[u8]) -> Result<i64, ProtocolError> {

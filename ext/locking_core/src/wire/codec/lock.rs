@@ -220,7 +220,7 @@ pub fn name(command: &Command) -> &'static str {
 
 /// `SET key value NX GET [PX ttl_ms]`: set unless present, answering what was there.
 fn write_set_nx_get(out: &mut Vec<u8>, key: &[u8], value: &[u8], ttl_ms: Option<u64>) {
-    let mut args: [Arg; 7] = [
+    let args: [Arg; 7] = [
         "SET".into(),
         key.into(),
         value.into(),
@@ -229,14 +229,7 @@ fn write_set_nx_get(out: &mut Vec<u8>, key: &[u8], value: &[u8], ttl_ms: Option<
         "PX".into(),
         0.into(),
     ];
-    let used = match ttl_ms {
-        Some(ttl_ms) => {
-            args[6] = ttl_ms.into();
-            7
-        }
-        None => 5,
-    };
-    write_command(out, &args[..used]);
+    write_with_ttl(out, args, ttl_ms, 2);
 }
 
 /// `EVALSHA sha 1 key token [ttl_ms]`: every lock script takes one key, the
@@ -248,7 +241,7 @@ fn write_evalsha(
     token: &[u8],
     ttl_ms: Option<u64>,
 ) {
-    let mut args: [Arg; 6] = [
+    let args: [Arg; 6] = [
         "EVALSHA".into(),
         script.sha.as_str().into(),
         "1".into(),
@@ -256,14 +249,25 @@ fn write_evalsha(
         token.into(),
         0.into(),
     ];
-    let used = match ttl_ms {
+    write_with_ttl(out, args, ttl_ms, 1);
+}
+
+/// Writes `args`, whose last slot holds the TTL: with `ttl_ms` there, or
+/// without the last `ttl_slots` arguments (the TTL and its option name)
+/// when there is none. An array, not a Vec: nothing is allocated.
+fn write_with_ttl<const N: usize>(
+    out: &mut Vec<u8>,
+    mut args: [Arg<'_>; N],
+    ttl_ms: Option<u64>,
+    ttl_slots: usize,
+) {
+    match ttl_ms {
         Some(ttl_ms) => {
-            args[5] = ttl_ms.into();
-            6
+            args[N - 1] = ttl_ms.into();
+            write_command(out, &args);
         }
-        None => 5,
-    };
-    write_command(out, &args[..used]);
+        None => write_command(out, &args[..N - ttl_slots]),
+    }
 }
 
 #[cfg(test)]
