@@ -124,12 +124,12 @@ class Locking
     # @return [Hash] :cursor (0 when done), :scanned, :copied, :already_there,
     #   :conflicts, :undone, :absent, :failed, and :errors (the first few
     #   failures, in words)
-    # @param lease_for [Numeric, nil] seconds the backfill's lease is still
-    #   believed held: no write is sent that could land after it (raises
-    #   Locking::PhaseError, having written what it had sent)
-    def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false, lease_for: nil)
+    # @param lease_until [Numeric, nil] when the backfill's lease is believed
+    #   to run out, on `Client.clock`: no write is sent that could land after
+    #   it (raises Locking::PhaseError, having written what it had sent)
+    def backfill_batch(cursor, count: 1000, pages: BACKFILL_PAGES, dry_run: false, lease_until: nil)
       # The core checks pages against MAX_BACKFILL_PAGES (defined there).
-      _backfill_batch(Integer(cursor), Integer(count), Integer(pages), dry_run ? true : false, lease_for&.to_f)
+      _backfill_batch(Integer(cursor), Integer(count), Integer(pages), dry_run ? true : false, lease_until&.to_f)
     end
 
     # SCAN pages per backfill batch by default (measured: 16 beat 4; 64 no better).
@@ -208,10 +208,17 @@ class Locking
 
     # The running backfill's lease on the destination: one backfill at a
     # time, and no move into phase 2 while it is held. `ttl` seconds takes or
-    # keeps it for `holder`; nil gives it back.
+    # keeps it for `holder` (with `take_over`, the exact value of a lease it
+    # replaces, keeping the TTL that lease has left if longer); `ttl: nil`
+    # gives it back: at once, or with `expire: true` left to live out its TTL
+    # (marked released) because copies may still be on the wire.
     # @return [String, nil] who holds it afterwards
-    def backfill_lease(holder, ttl:)
-      _backfill_lease(holder.to_s, ttl ? (ttl * 1000).to_i.clamp(1, MAX_TTL_MS) : 0)
+    def backfill_lease(holder, ttl:, take_over: nil, expire: false)
+      ttl_ms = if ttl then (ttl * 1000).to_i.clamp(1, MAX_TTL_MS)
+               else
+                 expire ? -1 : 0
+               end
+      _backfill_lease(holder.to_s, ttl_ms, take_over&.to_s)
     end
 
     # One page of `locking cleanup-source`: string keys under the prefix on

@@ -15,8 +15,9 @@ class Locking
 
     # Where lock keys live today (the jobs Redis): a URL (redis://, rediss://,
     # redis+sentinel://, unix://), a settings Hash in redis-rb's vocabulary
-    # (host:, port:, ssl:, ssl_params:, sentinels: ...), or a Redis object
-    # (`Resque.redis`) whose connection options are read. Kept as the one URL
+    # (host:, port:, ssl:, ssl_params:, sentinels: ...), a Redis object
+    # (`Resque.redis`) whose connection options are read, or a ConnectionPool
+    # of them (one connection's options, read once). Kept as the one URL
     # form the core reads (Locking::ServerSettings). Default:
     # LOCKING_SOURCE_URL, then REDIS_URL, then DEFAULT_SOURCE.
     attr_reader :source
@@ -40,6 +41,9 @@ class Locking
     attr_reader :timeout
     # Idle connections kept per server per process. Default: 8.
     attr_reader :pool_size
+    # Options every Locking::UniqueJob job gets unless its unique_lock sets
+    # its own: any of unique_lock's (ttl:, on_conflict:, ...). Default: none.
+    attr_reader :unique_job_defaults
 
     def self.phase_index(phase)
       index = case phase
@@ -61,6 +65,7 @@ class Locking
       self.pool_size = DEFAULT_POOL_SIZE
       self.phase_cache_ttl = DEFAULT_PHASE_CACHE_TTL
       self.eviction_policy_check = :warn
+      @unique_job_defaults = {}.freeze
       self.min_replicas_acked = env["LOCKING_MIN_REPLICAS_ACKED"] ? Integer(env["LOCKING_MIN_REPLICAS_ACKED"], 10) : 0
     end
 
@@ -126,6 +131,12 @@ class Locking
       end
 
       @pool_size = size
+    end
+
+    # @param defaults [Hash] unique_lock options, e.g. { ttl: 1.hour, on_conflict: :log }
+    def unique_job_defaults=(defaults)
+      require_relative "unique_jobs/options"
+      @unique_job_defaults = UniqueJobs::Options.check_defaults(defaults)
     end
 
     # Passwords in URLs are shown as "***".

@@ -4,10 +4,18 @@ require "active_support/log_subscriber"
 
 class Locking
   # Logs the *.locking notifications (acquire, conflict, release, renew,
-  # error, release_error, lost, unlock) to ActiveJob's logger, or Locking.logger when set.
+  # error, release_error, lost, unlock, wait) to ActiveJob's logger, or Locking.logger when set.
   class LogSubscriber < ActiveSupport::LogSubscriber
     def acquire(event)
-      debug { "[locking] #{job(event)} acquired #{event.payload[:lock_key]} at #{event.payload[:at]}" }
+      if event.payload[:retaken]
+        info { "[locking] #{job(event)} took #{event.payload[:lock_key]} again at perform: it expired while the job waited" }
+      else
+        debug { "[locking] #{job(event)} acquired #{event.payload[:lock_key]} at #{event.payload[:at]}" }
+      end
+    end
+
+    def wait(event)
+      debug { "[locking] #{job(event)} waits up to #{event.payload[:wait]} s for #{event.payload[:lock_key]}" }
     end
 
     def conflict(event)

@@ -13,6 +13,7 @@ class Locking
   #   { name: "mymaster", sentinels: [{ host: "s1", port: 26379 }], role: :master }
   #   { cluster: ["redis://10.0.0.1:7000", "10.0.0.2:7000"], password: "pw" }  # one seed node is enough
   #   Resque.redis / Sidekiq's Redis / any Redis object  # its connection options
+  #   ConnectionPool.new { Redis.new(...) }              # one connection's options, read once
   #
   # A Hash and a URL become the same thing: settings in config/locking.yml,
   # in Locking.configure and in LOCKING_SOURCE_URL are interchangeable.
@@ -48,6 +49,10 @@ class Locking
     # The connection options of a redis-rb Redis (4.x, or 5.x over
     # redis-client), unwrapping Redis::Namespace; nil for anything else.
     def redis_options(object)
+      # A ConnectionPool (Sidekiq's, an app's): one connection's options,
+      # read now, once; the pool is not kept.
+      return object.with { |connection| redis_options(connection) } if pool?(object)
+
       object = object.redis while object.respond_to?(:redis) && !object.respond_to?(:_client)
       return nil unless object.respond_to?(:_client)
 
@@ -61,6 +66,10 @@ class Locking
       elsif client.respond_to?(:config) # redis-rb 5: a RedisClient
         config_options(client.config)
       end
+    end
+
+    def pool?(object)
+      object.respond_to?(:with) && object.respond_to?(:checkout) && !object.respond_to?(:_client)
     end
 
     def config_options(config)

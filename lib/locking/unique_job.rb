@@ -6,7 +6,9 @@ require "active_support/concern"
 require "active_support/notifications"
 require "active_job"
 require_relative "log_subscriber"
-require_relative "unique_job/strategies"
+require_relative "unique_jobs/options"
+require_relative "unique_jobs/registry"
+require_relative "unique_jobs/class_methods"
 
 class Locking
   # Unique jobs for ActiveJob, on any adapter.
@@ -22,151 +24,51 @@ class Locking
   #   ImportJob.perform_later(42)  # => false: the same job is already waiting
   #
   # Strategies:
-  # - :until_executing  lock at enqueue, free when perform starts
-  # - :until_executed   lock at enqueue, free when perform ends (the monolith's behaviour)
-  # - :while_executing  lock only around perform
-  # - :until_expired    lock at enqueue, free by TTL only
+  # - :until_executing            lock at enqueue, free when perform starts
+  # - :until_executed             lock at enqueue, free when perform ends (the monolith's behaviour)
+  # - :while_executing            lock only around perform
+  # - :until_and_while_executing  lock at enqueue, free when perform starts; a runtime lock while it runs
+  # - :until_expired              lock at enqueue, free by TTL only
   #
   # The lock key is derived once, at enqueue, from the job class and its
   # serialized arguments (symbol or string keys, hash order: same key), and
   # travels in the job's data with a token unique to this enqueue, so the
   # worker releases exactly the lock that was taken, in any process and phase.
+  #
+  # This module holds no constants: it is included in every unique job, and
+  # a constant here would be what a job's own code finds for that name. The
+  # strategies and option tables live in Locking::UniqueJobs.
   module UniqueJob
     extend ActiveSupport::Concern
 
-    STRATEGIES = STRATEGY_CLASSES.keys.freeze
-    ON_CONFLICT = %i[drop raise log].freeze
-    ON_PERFORM_CONFLICT = %i[drop raise retry].freeze
-    ON_REDIS_ERROR = %i[raise allow deny].freeze
-    ON_FAILURE = %i[release keep].freeze
-    ON_RELEASE_ERROR = %i[warn raise].freeze
-    DATA_KEY = "locking"
-
     included do
-      class_attribute :locking_options, instance_writer: false, default: nil
+      class_attribute :locking_declaration, instance_writer: false, default: nil
       around_enqueue :locking_around_enqueue
       around_perform :locking_around_perform
+      extend UniqueJobs::ClassMethods
     end
 
-    class_methods do
-      # Declares the job unique.
-      #
-      # @param strategy [Symbol] see Locking::UniqueJob
-      # @param ttl [Numeric, ActiveSupport::Duration] lock lifetime if nobody releases it; for the
-      #   enqueue strategies it must cover the wait in the queue plus the run
-      # @param on_conflict [:drop, :raise, :log, Proc] the same job already holds the lock:
-      #   :drop (perform_later returns false, nothing enqueued), :raise (Locking::DuplicateJobError),
-      #   :log (drop and log a warning), or a Proc called with the job (then dropped)
-      # @param on_perform_conflict [:drop, :raise, :retry] for :while_executing, when another run
-      #   holds the lock at perform time: skip this run, raise, or retry_job(wait: retry_wait)
-      # @param key [Proc, nil] builds the key from the job's arguments (default: a digest of them)
-      # @param on_redis_error [:raise, :allow, :deny] Redis unreachable: raise (default), run or
-      #   enqueue as if the lock were free, or treat it as taken
-      # @param on_failure [:release, :keep] perform raised and the job is not retried by
-      #   retry_on: free the lock (default) or keep it until its TTL
-      # @param on_release_error [:warn, :raise, Proc] releasing the lock failed (a server down or
-      #   timing out). :warn (default): log a warning, emit release_error.locking and let the TTL
-      #   free the lock: the job's work is done, and failing it would only run it again. :raise
-      #   re-raises (the job fails). A Proc is called with the job and the error (then as :warn).
-      # @param auto_renew [Boolean, Numeric, nil] renew the lock from a native thread while perform runs, so
-      #   that a long run keeps it and a dead worker's lock expires within `ttl`. For
-      #   :until_executed the enqueue-time `ttl` then only has to cover the wait in the queue (the
-      #   lock is renewed to `ttl` when perform starts). Default: true for :while_executing (its lock
-      #   exists only while perform runs: renewed, it lives exactly as long as the run, and `ttl` is
-      #   just how long a crashed worker blocks the next run), false for :until_executed (opt in:
-      #   its `ttl` was written for the queue wait plus the run). Not for :until_executing and
-      #   :until_expired, whose locks do not live through perform. A number of seconds (2.hours)
-      #   renews for at most that long, then lets the TTL run out.
-      def unique_lock(strategy, ttl:, on_conflict: :drop, on_perform_conflict: :drop, key: nil,
-                      on_redis_error: :raise, on_failure: :release, on_release_error: :warn, retry_wait: 5,
-                      auto_renew: nil)
-        check_choice(strategy, STRATEGIES, "strategy")
-        check_choice(on_conflict, ON_CONFLICT, "on_conflict") unless on_conflict.respond_to?(:call)
-        check_choice(on_perform_conflict, ON_PERFORM_CONFLICT, "on_perform_conflict")
-        check_choice(on_redis_error, ON_REDIS_ERROR, "on_redis_error")
-        check_choice(on_failure, ON_FAILURE, "on_failure")
-        unless on_release_error.respond_to?(:call)
-          check_choice(on_release_error, ON_RELEASE_ERROR, "on_release_error")
-        end
-        raise ArgumentError, "key: must be a Proc, got #{key.inspect}" unless key.nil? || key.respond_to?(:call)
-
-        seconds = ttl.to_f
-        unless seconds.finite? && seconds.positive?
-          raise ArgumentError, "ttl: must be a positive duration, got #{ttl.inspect}"
-        end
-
-        auto_renew = strategy == :while_executing if auto_renew.nil?
-        unless [true, false].include?(auto_renew) ||
-               (auto_renew.is_a?(Numeric) && auto_renew.to_f.finite? && auto_renew.to_f.positive?)
-          raise ArgumentError, "auto_renew: must be true, false or a positive number of seconds, " \
-                               "got #{auto_renew.inspect}"
-        end
-        auto_renew = auto_renew.to_f unless [true, false].include?(auto_renew)
-
-        if auto_renew && %i[until_executing until_expired].include?(strategy)
-          raise ArgumentError, "auto_renew: is for :until_executed and :while_executing (a #{strategy.inspect} lock " \
-                               "does not live through perform)"
-        end
-
-        self.locking_options = {
-          strategy: strategy, strategy_class: STRATEGY_CLASSES.fetch(strategy).new, ttl: seconds,
-          on_conflict: on_conflict, on_perform_conflict: on_perform_conflict,
-          key: key, on_redis_error: on_redis_error, on_failure: on_failure, on_release_error: on_release_error,
-          retry_wait: retry_wait, auto_renew: auto_renew
-        }.freeze
-      end
-
-      # The lock key for these arguments: "JobClass:<digest of the arguments>".
-      def lock_key_for(*arguments)
-        options = locking_options or raise ArgumentError, "#{name} has no unique_lock"
-        suffix = if options[:key]
-                   options[:key].call(*arguments).to_s
-                 else
-                   Digest::SHA256.hexdigest(JSON.generate(UniqueJob.canonical(ActiveJob::Arguments.serialize(arguments))))
-                 end
-        raise ArgumentError, "the key Proc of #{name} returned an empty key" if suffix.empty?
-
-        "#{name}:#{suffix}"
-      end
-
-      # Frees the lock of the job with these arguments, whoever holds it.
-      # @return [Boolean] whether a lock was deleted
-      def unlock!(*arguments)
-        key = lock_key_for(*arguments)
-        deleted = Locking.client.force_delete(key).positive?
-        UniqueJob.instrument(:unlock, job_class: name, lock_key: key, deleted: deleted)
-        deleted
-      end
-
-      # Frees every lock of this job class (SCAN, never KEYS).
-      # @return [Integer] locks deleted
-      def unlock_all!
-        deleted = Locking.client.delete_matching("#{name}:")
-        UniqueJob.instrument(:unlock, job_class: name, lock_key: "#{name}:*", deleted: deleted)
-        deleted
-      end
-
-      private
-
-      def check_choice(value, choices, name)
-        return if choices.include?(value)
-
-        raise ArgumentError, "unknown #{name} #{value.inspect} (expected #{choices.map(&:inspect).join(', ')})"
-      end
+    # Frees every unique-job lock of every job class that declared
+    # unique_lock (see unlock_all! for key_scope: :global).
+    # @return [Integer] locks deleted
+    def self.unlock_all!
+      UniqueJobs::Registry.job_classes.sum(&:unlock_all!)
     end
 
     # The lock key and token this job carries (nil before enqueue or without a lock).
     attr_reader :lock_key, :lock_token
 
+    def locking_options = self.class.locking_options
+
     def serialize
       data = super
-      data[DATA_KEY] = { "key" => @lock_key, "token" => @lock_token } if @lock_token
+      data[UniqueJobs::DATA_KEY] = { "key" => @lock_key, "token" => @lock_token } if @lock_token
       data
     end
 
     def deserialize(job_data)
       super
-      lock = job_data[DATA_KEY]
+      lock = job_data[UniqueJobs::DATA_KEY]
       return unless lock
 
       @lock_key = lock["key"]
@@ -211,6 +113,8 @@ class Locking
       ActiveSupport::Notifications.instrument("#{event}.locking", payload, &)
     end
 
+    private
+
     def locking_lock
       Locking.new(@lock_key, token: @lock_token)
     end
@@ -220,15 +124,31 @@ class Locking
         .merge(extra)
     end
 
+    # The lock's TTL in seconds (a ttl: Proc is called with the arguments).
+    def locking_ttl
+      ttl = locking_options[:ttl]
+      return ttl unless ttl.respond_to?(:call)
+
+      UniqueJobs::Options.ttl_seconds(ttl.call(*arguments), self.class.name)
+    end
+
+    # At enqueue, a scheduled job's lock must outlive its delay: the delay plus ttl.
+    def locking_enqueue_ttl
+      delay = scheduled_at ? scheduled_at.to_f - Time.now.to_f : 0
+      locking_ttl + [delay, 0].max
+    end
+
     # Runs a Redis call under the job's on_redis_error policy.
     def locking_redis(on_error_result)
       yield
     rescue Locking::ConnectionError, Locking::CommandError => e
       UniqueJob.instrument(:error, locking_payload(error: e))
-      case locking_options[:on_redis_error]
-      when :raise then raise
+      policy = locking_options[:on_redis_error]
+      policy = policy.call(self, e) if policy.respond_to?(:call)
+      case policy
       when :allow then on_error_result == :lock ? true : nil
       when :deny then on_error_result == :lock ? false : nil
+      else raise e
       end
     end
 
@@ -236,9 +156,10 @@ class Locking
       options = locking_options
       return yield if options.nil? || !options[:strategy_class].lock_at_enqueue?
 
+      ttl = locking_enqueue_ttl
       if @lock_token
         # A retry (retry_on) of a job that holds its lock: keep it, no gap.
-        renewed = locking_redis(:lock) { locking_lock.renew(options[:ttl]) || locking_lock.acquire(options[:ttl]) }
+        renewed = locking_redis(:lock) { locking_lock.renew(ttl) || locking_lock.acquire(ttl) }
         @lock_released = false
         UniqueJob.instrument(:renew, locking_payload(renewed: renewed))
         return yield
@@ -246,7 +167,7 @@ class Locking
 
       @lock_key = self.class.lock_key_for(*arguments)
       @lock_token = Locking::Client.generate_token
-      acquired = locking_redis(:lock) { locking_lock.acquire(options[:ttl]) }
+      acquired = locking_redis(:lock) { locking_lock.acquire(ttl) }
       unless acquired
         UniqueJob.instrument(:conflict, locking_payload(at: :enqueue))
         @lock_token = nil
@@ -292,32 +213,55 @@ class Locking
 
     public
 
-    # @api private: for the strategies (Locking::UniqueJob::Strategy).
-    # Takes the lock for this run (:while_executing), runs the block, frees it.
-    def locking_while_executing
-      options = locking_options
-      @lock_key = self.class.lock_key_for(*arguments)
-      @lock_token = Locking::Client.generate_token
+    # @api private: for the strategies (Locking::UniqueJobs::Strategy).
+    # Perform starts: the job runs only if it owns its enqueue-time lock. Its
+    # token still holds it: it runs. The lock is free (it expired while the
+    # job waited): the job takes it again with its own token and runs.
+    # Another token holds it (the same job was enqueued again meanwhile):
+    # on_perform_conflict, and the lock is left to its holder.
+    def locking_claim
+      return yield unless @lock_token # performed without an enqueue (perform_now): no lock travelled
+
       lock = locking_lock
-      acquired = locking_redis(:lock) { lock.acquire(options[:ttl], auto_renew: options[:auto_renew]) }
-      unless acquired
-        @lock_token = nil
-        UniqueJob.instrument(:conflict, locking_payload(at: :perform))
-        case options[:on_perform_conflict]
-        when :drop then return
-        when :raise
-          raise DuplicateJobError, "#{self.class.name} is already running (lock #{@lock_key.inspect})"
-        when :retry then return retry_job(wait: options[:retry_wait])
-        end
+      state = locking_redis(:lock) { lock.ttl ? true : (lock.acquire(locking_ttl) && :retaken) }
+      case state
+      when :retaken then UniqueJob.instrument(:acquire, locking_payload(at: :perform, retaken: true))
+      when false, nil
+        @lock_released = true # not ours to free
+        return locking_perform_conflict("#{self.class.name} is already enqueued or running: another " \
+                                        "enqueue holds lock #{@lock_key.inspect}")
       end
-      UniqueJob.instrument(:acquire, locking_payload(at: :perform))
+      yield
+    end
+
+    # @api private: for the strategies. Takes the runtime lock for this run
+    # (:while_executing: the job's key; with runtime: true, the key with
+    # ":run", beside the enqueue lock), waiting up to wait: seconds, runs the
+    # block, frees it.
+    def locking_while_executing(runtime: false)
+      if runtime
+        lock = Locking.new("#{@lock_key || self.class.lock_key_for(*arguments)}:run")
+      else
+        @lock_key = self.class.lock_key_for(*arguments)
+        @lock_token = Locking::Client.generate_token
+        lock = locking_lock
+      end
+      unless locking_acquire_waiting(lock)
+        @lock_token = nil unless runtime
+        return locking_perform_conflict("#{self.class.name} is already running (lock #{lock.lock_key.inspect})")
+      end
+      UniqueJob.instrument(:acquire, locking_payload(at: :perform, lock_key: lock.lock_key))
       begin
         yield
       ensure
-        locking_stop_renewing(lock)
-        # The retry of a :while_executing job takes its lock again when it runs.
-        locking_release(:performed)
-        @lock_token = nil
+        locking_stop_renewing(lock, lock.lock_key)
+        if runtime
+          locking_release_lock(lock, :performed)
+        else
+          # The retry of a :while_executing job takes its lock again when it runs.
+          locking_release(:performed)
+          @lock_token = nil
+        end
       end
     end
 
@@ -329,9 +273,10 @@ class Locking
       return yield unless options[:auto_renew] && @lock_token
 
       lock = locking_lock
-      renewed = locking_redis(:renew) { lock.renew(options[:ttl]) }
+      ttl = locking_ttl
+      renewed = locking_redis(:renew) { lock.renew(ttl) }
       if renewed
-        lock.auto_renew(options[:ttl], renew_for: (options[:auto_renew] unless options[:auto_renew] == true))
+        lock.auto_renew(ttl, renew_for: (options[:auto_renew] unless options[:auto_renew] == true))
       elsif renewed == false
         UniqueJob.instrument(:lost, locking_payload(at: :perform_started))
       end
@@ -346,27 +291,65 @@ class Locking
     # process that performs the job, under its on_release_error policy.
     def locking_release(reason)
       return unless @lock_token
-      return if @locking_performer && @locking_performer != Process.pid
 
-      begin
-        released = locking_lock.release
-      rescue Locking::Error => e
-        @lock_released = true
-        return locking_release_error(reason, e)
-      end
-      @lock_released = true
-      UniqueJob.instrument(:release, locking_payload(reason: reason, released: released))
+      released = locking_release_lock(locking_lock, reason)
+      @lock_released = true unless released == :elsewhere
       released
     end
 
     private
 
+    # Frees a lock this job took, in the process that performs the job only.
+    def locking_release_lock(lock, reason)
+      return :elsewhere if @locking_performer && @locking_performer != Process.pid
+
+      begin
+        released = lock.release
+      rescue Locking::Error => e
+        return locking_release_error(reason, e, lock.lock_key)
+      end
+      UniqueJob.instrument(:release, locking_payload(reason: reason, released: released, lock_key: lock.lock_key))
+      released
+    end
+
+    # Tries the runtime lock until it is taken or wait: seconds have passed,
+    # sleeping a jittered, growing delay (10 ms to 0.5 s) in between.
+    def locking_acquire_waiting(lock)
+      options = locking_options
+      deadline = Locking.send(:monotonic) + options[:wait]
+      attempt = 0
+      loop do
+        return true if locking_redis(:lock) { lock.acquire(locking_ttl, auto_renew: options[:auto_renew]) }
+
+        remaining = deadline - Locking.send(:monotonic)
+        return false if remaining <= 0
+
+        attempt += 1
+        UniqueJob.instrument(:wait, locking_payload(lock_key: lock.lock_key, wait: options[:wait])) if attempt == 1
+        sleep([(rand * [0.01 * (2**[attempt, 6].min), 0.5].min) + 0.001, remaining].min)
+      end
+    end
+
+    # Perform cannot own its lock: the job's on_perform_conflict.
+    def locking_perform_conflict(message)
+      options = locking_options
+      UniqueJob.instrument(:conflict, locking_payload(at: :perform))
+      policy = options[:on_perform_conflict]
+      case policy
+      when :drop then logger&.warn("[locking] #{message}: job #{job_id} not performed")
+      when :raise then raise DuplicateJobError, message
+      when :retry then return retry_job(wait: options[:retry_wait])
+      else policy.call(self)
+      end
+      nil
+    end
+
     # Stops a lock's renewal (it is released, or kept to its TTL, next), and
     # reports a lock a renewal found gone or taken while perform ran.
-    def locking_stop_renewing(lock)
+    def locking_stop_renewing(lock, key = @lock_key)
       lost = lock.lost?(report: false) # reported here, with the job
       lock.stop_renewing
-      UniqueJob.instrument(:lost, locking_payload(at: :perform)) if lost
+      UniqueJob.instrument(:lost, locking_payload(at: :perform, lock_key: key)) if lost
     end
 
     def locking_after_run(outcome)
@@ -378,8 +361,8 @@ class Locking
     # A release that failed leaves the lock to its TTL. That only delays the
     # next run of the same job; failing this one (whose work may be done)
     # would make the queue run it again, which is what the lock prevents.
-    def locking_release_error(reason, error)
-      UniqueJob.instrument(:release_error, locking_payload(reason: reason, error: error))
+    def locking_release_error(reason, error, key)
+      UniqueJob.instrument(:release_error, locking_payload(reason: reason, error: error, lock_key: key))
       policy = locking_options[:on_release_error]
       # After a failed enqueue, that failure is the one to report.
       raise error if policy == :raise && reason != :enqueue_failed

@@ -203,7 +203,8 @@ class Locking
       rescue JSON::ParserError
         nil
       end
-      { running: lease&.name, why: lease&.why, dead: lease&.gone?, totals: saved.is_a?(Hash) ? saved["totals"] : nil }
+      { running: lease&.name, why: lease&.why, dead: lease&.gone?, released: lease&.released?,
+        totals: saved.is_a?(Hash) ? saved["totals"] : nil }
     end
 
     def locks

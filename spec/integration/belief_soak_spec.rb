@@ -96,12 +96,8 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
         IntervalLog.work(witness, batch: 20, name: "belief soak worker") do |log|
           until witness.exists?("belief-stop")
             lock = Locking.new("job:#{rand(BeliefSoak::KEYS)}")
-            begin
-              next unless lock.acquire(BeliefSoak::TTL, auto_renew: true)
-            rescue Locking::Error
-              log.errors += 1
-              next
-            end
+            next unless IntervalLog.try(log) { lock.acquire(BeliefSoak::TTL, auto_renew: true) }
+
             from = BeliefSoak.clock
             if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
               fork_reader(lock, witness_url, BeliefSoak.clock)
@@ -112,7 +108,7 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
             # Mostly short holds; one in three outlives the TTL twice over at most.
             seconds = rand < 0.67 ? rand * 0.05 : rand * 2 * BeliefSoak::TTL
             log.record(lock.lock_key, lock.token, from, hold(lock, seconds))
-            IntervalLog.release(lock, log)
+            IntervalLog.try(log) { lock.release }
           end
         end
       end

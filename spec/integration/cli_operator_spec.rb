@@ -20,19 +20,7 @@ RSpec.describe "exe/locking for operators" do
   def audit_entries = destination.lrange("{locking-control}:locking:audit", 0, -1).map { |line| JSON.parse(line) }
 
   # A lease holder name for a process of this host that is gone: a child, named while it ran, then reaped.
-  def dead_holder
-    reader, writer = IO.pipe
-    pid = fork do
-      writer.close
-      reader.read
-      exit!(0)
-    end
-    reader.close
-    holder = Locking::CLI::Lease.own(pid: pid)
-    writer.close
-    Process.wait(pid)
-    holder
-  end
+  def dead_holder = with_live_holder { |holder, _pid| holder }
 
   # Yields the lease holder name of a live process of this host (a child that runs until the block ends).
   def with_live_holder
@@ -102,7 +90,7 @@ RSpec.describe "exe/locking for operators" do
       destination.set(lease_key, dead_holder, px: 30_000)
       _, out, = locking_cli("status")
       expect(out).to match(/backfill\s+DEAD \(.*no process \d+ runs on this host\); its lease expires in/)
-      expect(out).to include("--break-lease")
+      expect(out).to include("a backfill run on this host takes it over now")
 
       status = json_of(locking_cli("status", "--json")[1])
       expect(status["backfill"]["lease"]).to include("alive" => false)
@@ -110,7 +98,7 @@ RSpec.describe "exe/locking for operators" do
 
       configure_both(:dual)
       web = Rack::MockRequest.new(Locking::Web.app(secret: "s" * 64)).get("/")
-      expect(web.body).to include("DEAD (#{Socket.gethostname}:", "--break-lease")
+      expect(web.body).to include("DEAD (#{Socket.gethostname}:", "takes it over now")
     ensure
       Locking.reset_configuration!
     end
@@ -121,9 +109,10 @@ RSpec.describe "exe/locking for operators" do
       destination.set(lease_key, gone, px: 30_000)
       status, out, err = locking_cli("backfill")
       expect(status).to eq(0), out + err
-      expect(out).to include("which is gone", "taking it over")
+      expect(out).to include("gone (no process", "taking it over")
       expect(destination.get("locking:job")).to eq("t")
-      expect(destination.exists(lease_key)).to eq(0) # given back when done
+      # Left to expire: the gone backfill's copies may still be on the wire (backfill_takeover_spec).
+      expect(destination.get(lease_key)).to eq("#{Locking::CLI::Lease.own} released=1")
       expect(audit_entries.map { |e| [e["event"], e["outcome"]] }).to include(["backfill-lease", "taken over"])
     end
 
@@ -153,21 +142,24 @@ RSpec.describe "exe/locking for operators" do
       expect(lease.why).to include("reused")
     end
 
-    it "is broken with backfill --break-lease, audited, unless its holder provably runs" do
+    it "is taken over with backfill --break-lease when its holder cannot be told running, audited" do
+      source.set("locking:job", "t", px: 60_000)
       with_live_holder do |holder|
         destination.set(lease_key, holder, px: 30_000)
-        status, out, = locking_cli("backfill", "--break-lease")
+        status, _, err = locking_cli("backfill", "--break-lease")
         expect(status).to eq(1)
-        expect(out).to include("refused", "runs on this host")
+        expect(err).to include("refused", "runs on this host")
         expect(destination.get(lease_key)).to eq(holder)
       end
 
       destination.set(lease_key, "ops-1:77", px: 30_000)
       status, out, = locking_cli("backfill", "--break-lease")
       expect(status).to eq(0), out
-      expect(out).to include("broke the backfill lease of ops-1:77")
-      expect(destination.exists(lease_key)).to eq(0)
-      expect(audit_entries.first).to include("event" => "backfill-lease", "outcome" => "broken", "holder" => "ops-1:77")
+      expect(out).to include("held by ops-1:77, not provably running", "taking it over")
+      expect(destination.get("locking:job")).to eq("t")
+      expect(destination.get(lease_key)).to end_with(" released=1") # phase 2 waits out the TTL it had
+      expect(audit_entries).to include(a_hash_including("event" => "backfill-lease", "outcome" => "broken",
+                                                        "holder" => "ops-1:77"))
       expect(locking_cli("audit")[1]).to include("backfill lease of ops-1:77 broken")
     end
   end

@@ -9,6 +9,9 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
   SIDEKIQ = Gem.bin_path("sidekiq", "sidekiq") rescue "sidekiq"
 
   let(:witness) { witness_server.redis }
+  let(:jobs) { source_server.redis.dup.tap { |r| r.select(1) } } # Sidekiq's queues
+
+  after { jobs.close }
 
   def env(phase, destination: destination_server.url)
     {
@@ -26,6 +29,14 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     pid = Process.spawn(env(phase, **settings), RbConfig.ruby, SIDEKIQ, "-r", APP, "-c", "5", "-q", "default",
                         out: log, err: %i[child out])
     [pid, log]
+  end
+
+  # Runs the block beside a Sidekiq process (yielded: its pid and log), stopped afterwards.
+  def with_sidekiq(phase, **settings)
+    pid, log = start_sidekiq(phase, **settings)
+    yield pid, log
+  ensure
+    stop_sidekiq(pid) if pid
   end
 
   def stop_sidekiq(pid)
@@ -57,8 +68,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
 
   it "runs a job enqueued many times at once exactly once; a retried job keeps then frees its lock" do
     configure_both(:dual)
-    pid, log = start_sidekiq("source")
-    begin
+    with_sidekiq("source") do |_pid, log|
       # Four processes enqueue the same jobs at the same moment.
       enqueuers = 4.times.map do
         fork do
@@ -76,15 +86,12 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       expect(witness.get("overlaps").to_i).to eq(0)
       expect(witness.lrange("flaky:7", 0, -1)).to eq(["1:held", "2:held"])
       expect(lock_keys).to eq([])
-    ensure
-      stop_sidekiq(pid)
     end
   end
 
   it "never duplicates a unique job running 3 times its TTL (auto_renew renews its lock while it runs)" do
     configure_both(:source)
-    pid, log = start_sidekiq("source")
-    begin
+    with_sidekiq("source") do |_pid, log|
       expect(enqueue("source", "p LongJob.perform_later(1, 3.0, hold: true) != false")).to eq("true\n")
       expect(wait_for(15) { witness.get("long:running:1") }).to be_truthy, File.read(log)
       # Past the 1 s TTL, again and again: each enqueue finds the lock held (the job runs 3 s at least,
@@ -99,15 +106,12 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       sleep 0.5
       expect([witness.get("long:runs:1").to_i, witness.get("long:overlaps").to_i]).to eq([1, 0])
       expect(wait_for(5) { lock_keys.empty? }).to be(true)
-    ensure
-      stop_sidekiq(pid)
     end
   end
 
   it "frees the lock of a Sidekiq process SIGKILLed mid-job within its TTL; the job enqueued again then runs" do
     configure_both(:source)
-    pid, log = start_sidekiq("source")
-    begin
+    with_sidekiq("source") do |pid, log|
       expect(enqueue("source", "p LongJob.perform_later(2, 30) != false")).to eq("true\n")
       expect(wait_for(15) { witness.get("long:running:2") }).to be_truthy, File.read(log)
       sleep 1.5 # renewed past its 1 s TTL
@@ -119,25 +123,18 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       freed_after = monotonic - killed_at
       puts "\n  SIGKILLed Sidekiq: its job's lock (TTL 1 s) was gone #{freed_after.round(2)} s after the kill"
       expect(freed_after).to be <= 1.2
-    ensure
-      stop_sidekiq(pid)
     end
     # The killed run is lost (basic fetch): enqueued again, it is accepted and runs.
-    pid, log = start_sidekiq("source")
-    begin
+    with_sidekiq("source") do |_pid, log|
       expect(enqueue("source", "p LongJob.perform_later(2, 0.1) != false")).to eq("true\n")
       expect(wait_for(15) { witness.get("long:done:2") }).to be_truthy, File.read(log)
       expect(witness.get("long:runs:2").to_i).to eq(2)
-    ensure
-      stop_sidekiq(pid)
     end
   end
 
   it "runs each job once, with no retry, when the destination is down in phase 0 (release errors never fail a job)" do
     down = "redis://127.0.0.1:#{RedisServer.free_port}/0" # configured, as before a migration, but down
-    jobs = source_server.redis.dup.tap { |r| r.select(1) }
-    pid, log = start_sidekiq("source", destination: down)
-    begin
+    with_sidekiq("source", destination: down) do |_pid, log|
       enqueue("source", "40.times { |i| UniqueImportJob.perform_later(100 + i) }", destination: down)
       done = wait_for(60) { (100...140).all? { |i| witness.get("runs:#{i}") } && lock_keys.empty? }
       expect(done).to be_truthy, File.read(log)
@@ -147,17 +144,13 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       expect(jobs.zcard("retry")).to eq(0)
       expect(jobs.zcard("dead")).to eq(0)
       expect(lock_keys).to eq([])
-    ensure
-      stop_sidekiq(pid)
-      jobs.close
     end
   end
 
   it "releases locks taken before a phase move after it (source to dual), leaving none" do
     configure_both(:dual)
     expect(locking_cli("phase", "set", "source", "--init")[0]).to eq(0)
-    pid, log = start_sidekiq("dynamic")
-    begin
+    with_sidekiq("dynamic") do |_pid, log|
       enqueue("source", "3.times { |i| GatedJob.perform_later(i) }")
       expect(source_server.redis.keys("locking:GatedJob:*").size).to eq(3)
       expect(wait_for(20) { witness.get("gated:started").to_i == 3 }).to be_truthy, File.read(log)
@@ -172,8 +165,70 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
       # have begun on the cached phase), until the next read: the highest is 1.
       expect(fleet_members.map { |m| m[:highest] }).to all(eq(:dual))
       expect(lock_keys).to eq([])
-    ensure
-      stop_sidekiq(pid)
+    end
+  end
+
+  context "parity (issue 30)" do
+    # Whether perform_later, run in an enqueuing process, enqueued the job.
+    def enqueued?(call, setup = nil) = enqueue("source", "#{setup}; p #{call} != false") == "true\n"
+
+    # Nothing waiting, scheduled or running any more.
+    def drained?
+      jobs.keys("queue:*").empty? && jobs.zcard("schedule").zero? && jobs.keys("*:workers").all? { |key| jobs.hlen(key).zero? }
+    end
+
+    # Once all is done: the job ran once, never beside another copy (the occupancy witness), and left no lock.
+    def expect_one_run(name, id, log)
+      ran = wait_for(30) { witness.get("#{name}:runs:#{id}") && lock_keys.empty? && drained? }
+      expect(ran).to be_truthy, File.read(log)
+      expect([witness.get("#{name}:runs:#{id}").to_i, witness.get("#{name}:overlaps").to_i]).to eq([1, 0])
+    end
+
+    it "keeps the lock of a job scheduled past its TTL (set(wait:)) for the delay: a duplicate meanwhile is dropped" do
+      configure_both(:source)
+      with_sidekiq("source") do |_pid, log|
+        expect(enqueued?("ScheduledJob.set(wait: 8).perform_later(1)")).to be(true)
+        # Past its 1 s TTL: a probe of that TTL taken after the enqueue is gone, and the job's lock lives on.
+        source_server.redis.set("probe", "1", px: 1_000)
+        expect(wait_for(10) { !source_server.redis.exists?("probe") }).to be(true)
+        expect(source_server.redis.pttl("locking:ScheduledJob:1")).to be > 0
+        expect(enqueued?("ScheduledJob.perform_later(1)")).to be(false)
+
+        expect_one_run("scheduled", 1, log)
+      end
+    end
+
+    it "runs only the copy that owns the lock when a job's lock expired in the queue and was taken again" do
+      configure_both(:source)
+      expect(enqueued?("RetakenJob.perform_later(1, 0.5)")).to be(true)
+      expect(wait_for(10) { lock_keys.empty? }).to be(true) # expired while it waited
+      expect(enqueued?("RetakenJob.perform_later(1, 60)")).to be(true)
+      expect(jobs.llen("queue:default")).to eq(2)
+
+      with_sidekiq("source") do |_pid, log| # -c 5: both copies are taken at once
+        expect_one_run("retaken", 1, log)
+      end
+    end
+
+    it "frees the lock of a scheduled job deleted through Sidekiq's API: the same job enqueued again runs, once" do
+      configure_both(:source)
+      with_sidekiq("source") do |_pid, log|
+        expect(enqueued?("ScheduledJob.set(wait: 600).perform_later(2)")).to be(true)
+        expect(enqueued?("ScheduledJob.perform_later(2)")).to be(false)
+        expect(enqueued?("ScheduledJob.perform_later(2)", "Sidekiq::ScheduledSet.new.each(&:delete)")).to be(true)
+        expect_one_run("scheduled", 2, log)
+      end
+    end
+
+    it "frees the lock of a job that dies (no retries left) through locking/sidekiq's death handler" do
+      configure_both(:source)
+      with_sidekiq("source") do |_pid, log|
+        expect(enqueued?("DyingJob.perform_later(1)")).to be(true)
+        died = wait_for(20) { jobs.zcard("dead") == 1 && lock_keys.empty? }
+        expect(died).to be_truthy, "#{lock_keys.inspect}\n#{File.read(log)}"
+        expect(witness.get("dying:runs:1").to_i).to eq(1)
+        expect(enqueued?("DyingJob.perform_later(1)")).to be(true) # at once, not after 60 s
+      end
     end
   end
 end

@@ -71,17 +71,13 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
           until witness.exists?(stop_key) || monotonic > deadline
             lock = Locking.new("job:#{rand(Soak::KEYS)}")
             started = monotonic
-            begin
-              next unless lock.acquire(Soak::TTL)
-            rescue Locking::Error
-              log.errors += 1
-              next
-            end
+            next unless IntervalLog.try(log) { lock.acquire(Soak::TTL) }
+
             from = monotonic
             witness.incr("phase:#{Locking.client.phase}")
             sleep(rand * 0.003)
             log.record(lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min)
-            IntervalLog.release(lock, log)
+            IntervalLog.try(log) { lock.release }
           end
         end
       end

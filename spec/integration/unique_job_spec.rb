@@ -17,26 +17,24 @@ module UniqueJobs
     def held_during_perform
       Locking.new(self.class.lock_key_for(*arguments)).locked?
     end
+
+    def perform(*args) = PERFORMED << [self.class.name, args, held_during_perform]
   end
 
   class UntilExecuted < Base
     unique_lock :until_executed, ttl: 60
-    def perform(*args) = PERFORMED << [self.class.name, args, held_during_perform]
   end
 
   class UntilExecuting < Base
     unique_lock :until_executing, ttl: 60
-    def perform(*args) = PERFORMED << [self.class.name, args, held_during_perform]
   end
 
   class WhileExecuting < Base
     unique_lock :while_executing, ttl: 60
-    def perform(*args) = PERFORMED << [self.class.name, args, held_during_perform]
   end
 
   class UntilExpired < Base
     unique_lock :until_expired, ttl: 60
-    def perform(*args) = PERFORMED << [self.class.name, args, held_during_perform]
   end
 
   class Raising < Base

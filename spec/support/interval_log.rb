@@ -49,11 +49,13 @@ module IntervalLog
     exit!(1)
   end
 
-  # Releases the lock, counting an operation error instead of raising.
-  def self.release(lock, log)
-    lock.release
+  # The block's value, or false after counting an operation error (a
+  # fault refused it) instead of raising.
+  def self.try(log)
+    yield
   rescue Locking::Error
     log.errors += 1
+    false
   end
 
   # [[key, holder, from, to], ...] as the workers recorded them.

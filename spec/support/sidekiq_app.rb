@@ -10,16 +10,32 @@ require "logger"
 require "active_job"
 require "sidekiq"
 require "locking"
+require "locking/sidekiq" # a job that dies frees its lock (a death handler)
 
 Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
 ActiveJob::Base.queue_adapter = :sidekiq
 ActiveJob::Base.logger = Logger.new(nil)
+# Sidekiq's own retries for the jobs named in NoRetries::JOBS: none, so a
+# failing one dies at once (ActiveJob's Sidekiq adapter of Rails 6.1 takes no
+# sidekiq_options from the job).
+class NoRetries
+  JOBS = %w[DyingJob].freeze
+
+  def call(_worker, job, _queue, _redis_pool)
+    job["retry"] = 0 if JOBS.include?(job["wrapped"].to_s)
+    yield
+  end
+end
+
 Sidekiq.configure_server do |config|
   config.redis = { url: ENV.fetch("JOBS_REDIS_URL") }
   config.options[:poll_interval_average] = 0.5 # run retry_on's scheduled retries soon
   config.logger.level = Logger::WARN
 end
-Sidekiq.configure_client { |config| config.redis = { url: ENV.fetch("JOBS_REDIS_URL") } }
+Sidekiq.configure_client do |config|
+  config.redis = { url: ENV.fetch("JOBS_REDIS_URL") }
+  config.client_middleware { |chain| chain.add(NoRetries) }
+end
 Locking.configure { |c| c.phase_cache_ttl = 0.1 }
 
 module Witness
@@ -91,6 +107,54 @@ class LongJob < ActiveJob::Base
     300.times { hold && !witness.exists?("long:release:#{id}") ? sleep(0.1) : break }
     witness.decr("long:inside:#{id}")
     witness.incr("long:done:#{id}")
+  ensure
+    witness&.close
+  end
+end
+
+# Counts the runs of one id and how often two ran at once (an occupancy
+# witness), each run taking `hold` seconds so that an overlap shows.
+module Occupied
+  def occupy(name, id, hold: 0.5)
+    witness = Witness.redis
+    witness.incr("#{name}:overlaps") if witness.incr("#{name}:inside:#{id}") > 1
+    witness.incr("#{name}:runs:#{id}")
+    sleep hold
+    witness.decr("#{name}:inside:#{id}")
+  ensure
+    witness&.close
+  end
+end
+
+# Scheduled (set(wait:)) past its 1 s TTL: its lock lives for the delay plus the TTL.
+class ScheduledJob < ActiveJob::Base
+  include Locking::UniqueJob
+  include Occupied
+  unique_lock :until_executed, ttl: 1, key: ->(id) { id }
+
+  def perform(id) = occupy("scheduled", id)
+end
+
+# Its TTL comes with it (a ttl: Proc): a short one expires in the queue, and
+# the same job enqueued again with a long one takes the lock.
+class RetakenJob < ActiveJob::Base
+  include Locking::UniqueJob
+  include Occupied
+  unique_lock :until_executed, ttl: ->(_id, ttl) { ttl }, key: ->(id, _ttl) { id }
+
+  def perform(id, _ttl) = occupy("retaken", id)
+end
+
+# Fails, keeping its lock (on_failure: :keep), and dies (no Sidekiq retries):
+# the death handler of locking/sidekiq frees the lock.
+class DyingJob < ActiveJob::Base
+  include Locking::UniqueJob
+  unique_lock :until_executed, ttl: 60, on_failure: :keep, key: ->(id) { id }
+
+  def perform(id)
+    witness = Witness.redis
+    witness.incr("dying:runs:#{id}")
+    raise "job #{id} fails"
   ensure
     witness&.close
   end

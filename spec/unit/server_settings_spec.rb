@@ -63,6 +63,22 @@ RSpec.describe Locking::ServerSettings do
     expect(name(sentinel)).to eq("redis+sentinel://s1:26379/mymaster/0")
   end
 
+  it "reads a ConnectionPool of Redis objects once, and locks where its connections point" do
+    require "connection_pool"
+    built = 0
+    pool = ConnectionPool.new(size: 2) do
+      built += 1
+      Redis.new(url: source_server.url(3))
+    end
+    expect(name(pool)).to eq("redis://127.0.0.1:#{source_server.port}/3")
+
+    Locking.configure { |c| c.source = pool }
+    Locking.new("pooled").acquire(60)
+    expect(source_server.redis.dup.tap { |r| r.select(3) }.exists("locking:pooled")).to eq(1)
+    expect(built).to eq(1) # settings read from one connection, then never used again
+    expect(name(ConnectionPool::Wrapper.new { Redis.new(url: "redis://cache:6390/4") })).to eq("redis://cache:6390/4")
+  end
+
   it "refuses what it cannot honour, saying what is wrong" do
     expect { url(host: "h", hots: 1) }.to raise_error(ArgumentError, /unknown setting :hots/)
     expect { url(url: "redis://h", host: "h") }.to raise_error(ArgumentError, /url or host, not both/)

@@ -4,10 +4,11 @@
 
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
+use crate::rules;
 use crate::walk::{RbWalk, Walk};
 use locking_core::operate::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::operate::control::LeaseStep;
 use locking_core::operate::renew::Renewals;
-use locking_core::protocol::belief;
 use locking_core::protocol::Target;
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
@@ -317,8 +318,8 @@ impl RbClient {
         }
     }
 
-    /// `lease_for`: seconds the backfill's lease is still believed held
-    /// (nil: no lease, a dry run); no write is sent past it.
+    /// `lease_until`: when the backfill's lease is believed to run out, in
+    /// seconds on `belief::now_us`'s clock (nil: a dry run); no write past it.
     fn backfill_batch(
         ruby: &Ruby,
         rb_self: &Self,
@@ -326,11 +327,9 @@ impl RbClient {
         count: usize,
         pages: usize,
         dry_run: bool,
-        lease_for: Option<f64>,
+        lease_until: Option<f64>,
     ) -> Result<RHash, magnus::Error> {
-        let fence = lease_for.map(|seconds| {
-            belief::now_us().saturating_add((seconds.max(0.0) * 1e6).min(u64::MAX as f64) as u64)
-        });
+        let fence = lease_until.map(|seconds| (seconds.max(0.0) * 1e6).min(u64::MAX as f64) as u64);
         let report = rb_self.with_operator(ruby, |operator, interrupt| {
             if let Some(until) = fence {
                 operator.fence(until);
@@ -449,17 +448,27 @@ impl RbClient {
             .collect())
     }
 
-    /// The backfill lease: take or keep it (ttl_ms > 0) or give it back (0);
-    /// returns its holder afterwards, or nil.
+    /// The backfill lease: take or keep it (ttl_ms > 0, over `take_over`'s),
+    /// give it back (0) or leave it to expire (-1); returns its holder or nil.
     fn backfill_lease(
         ruby: &Ruby,
         rb_self: &Self,
         holder: RString,
-        ttl_ms: u64,
+        ttl_ms: i64,
+        take_over: Option<RString>,
     ) -> Result<Option<String>, magnus::Error> {
         let holder = holder.to_string()?;
+        let take_over = take_over.map(|value| value.to_string()).transpose()?;
         rb_self.with_operator(ruby, |operator, interrupt| {
-            operator.backfill_lease(&holder, ttl_ms, interrupt)
+            let step = match ttl_ms {
+                0 => LeaseStep::GiveBack,
+                ttl if ttl < 0 => LeaseStep::LetExpire,
+                ttl => LeaseStep::Hold {
+                    ttl_ms: ttl as u64,
+                    take_over: take_over.as_deref(),
+                },
+            };
+            operator.backfill_lease(&holder, step, interrupt)
         })
     }
 
@@ -691,48 +700,6 @@ fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error>
     }
 }
 
-/// `Locking::Client.redact(url)`: the URL with its password as "***" (the
-/// core's rule, also used in every error message).
-fn redact_url(url: RString) -> Result<String, magnus::Error> {
-    Ok(locking_core::redact(&url.to_string()?))
-}
-
-/// `Locking::Client.server_name(url)`: the server as error messages name it
-/// (no credentials, no file paths), or the redacted URL if it does not parse.
-fn server_name(url: RString) -> Result<String, magnus::Error> {
-    let url = url.to_string()?;
-    Ok(locking_core::wire::url::parse(&url)
-        .map_or_else(|_| locking_core::redact(&url), |parsed| parsed.name()))
-}
-
-/// `Locking::Client.gate_reasons(processes_in_phase_0, source_only, backfill_holder)`:
-/// why moving from phase 1 to 2 is not safe (empty: it is). The core's words,
-/// the same rules as `transition_reasons` (a running backfill included).
-fn gate_reasons(in_phase_0: usize, source_only: u64, backfill: Option<String>) -> Vec<String> {
-    let mut reasons = locking_core::protocol::gate(in_phase_0, source_only).reasons;
-    reasons.extend(locking_core::operate::control::backfill_blocks(
-        Phase::Drain,
-        backfill.as_deref(),
-    ));
-    reasons
-}
-
-/// `Locking::Client.reverse_gate_reasons(destination_only)`: the same for a
-/// rollback from phase 1 to 0.
-fn reverse_gate_reasons(destination_only: u64) -> Vec<String> {
-    locking_core::protocol::reverse_gate(destination_only).reasons
-}
-
-/// `Locking::Client.backfill_refusal(phase_index)`: why backfill may not run
-/// in that phase, or nil.
-fn backfill_refusal(phase: i64) -> Result<Option<String>, magnus::Error> {
-    let phase = Phase::from_index(phase).map_err(RubyError)?;
-    Ok(phase.check_backfill().err().map(|error| match error {
-        locking_core::Error::InvalidArgument(text) => text,
-        other => other.to_string(),
-    }))
-}
-
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
@@ -746,12 +713,15 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
         locking_core::operate::bulk::MAX_PAGES_PER_BATCH,
     )?;
     // Rules, too: the CLI prints the core's reasons, never its own copy.
-    class.define_singleton_method("gate_reasons", function!(gate_reasons, 3))?;
-    class.define_singleton_method("reverse_gate_reasons", function!(reverse_gate_reasons, 1))?;
-    class.define_singleton_method("backfill_refusal", function!(backfill_refusal, 1))?;
+    class.define_singleton_method("gate_reasons", function!(rules::gate_reasons, 3))?;
+    class.define_singleton_method(
+        "reverse_gate_reasons",
+        function!(rules::reverse_gate_reasons, 1),
+    )?;
+    class.define_singleton_method("backfill_refusal", function!(rules::backfill_refusal, 1))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
-    class.define_singleton_method("redact", function!(redact_url, 1))?;
-    class.define_singleton_method("server_name", function!(server_name, 1))?;
+    class.define_singleton_method("redact", function!(rules::redact_url, 1))?;
+    class.define_singleton_method("server_name", function!(rules::server_name, 1))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
     class.define_private_method("_release", method!(RbClient::release, 2))?;
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;
@@ -780,7 +750,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     )?;
     class.define_private_method("_fleet", method!(RbClient::fleet, 0))?;
     class.define_private_method("_leave_fleet", method!(RbClient::leave_fleet, 0))?;
-    class.define_private_method("_backfill_lease", method!(RbClient::backfill_lease, 2))?;
+    class.define_private_method("_backfill_lease", method!(RbClient::backfill_lease, 3))?;
     class.define_private_method("_server_run_id", method!(RbClient::server_run_id, 1))?;
     class.define_private_method(
         "_cleanup_source_page",

@@ -14,13 +14,15 @@ class Locking
 
     def backfill
       need_destination!
-      return break_lease if options[:break_lease]
+      if options[:break_lease] && options[:dry_run]
+        return usage_error("--break-lease takes a lease over to copy with it; --dry-run takes none")
+      end
       return EXIT_REFUSED unless backfill_allowed?
 
       holder = Lease.own
       unless options[:dry_run]
         taken = keep_backfill_lease(holder)
-        taken = take_over_dead_lease(taken, holder) if taken && taken != holder
+        taken = take_over_lease(taken, holder) if taken && taken != holder
         if taken != holder
           info = lease_info
           @err.puts "locking: refused: another backfill is running (#{Lease.new(taken).name}); one at a time"
@@ -32,7 +34,7 @@ class Locking
       begin
         run_backfill(holder)
       ensure
-        client.backfill_lease(holder, ttl: nil) unless options[:dry_run]
+        give_back_lease(holder) unless options[:dry_run]
       end
     end
 
@@ -55,21 +57,36 @@ class Locking
       refusal && "the fleet is in phase #{describe_phase(phase)}: #{refusal}"
     end
 
+    # One batch of the walk. Until its replies are read its copies may be on the wire (`@in_flight`);
+    # an ArgumentError (bad input) is raised before anything is sent.
+    def copy_batch(tool, cursor)
+      @in_flight = true
+      report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run],
+                                           lease_until: (lease_until unless options[:dry_run]))
+      @in_flight = false
+      report
+    rescue ArgumentError
+      @in_flight = false
+      raise
+    end
+
     # Takes or keeps the backfill's lease; on success it is believed held
-    # until the send time plus its TTL, less the drift allowed (#lease_left).
-    def keep_backfill_lease(holder)
-      sent = monotonic
-      taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL)
+    # until the send time plus its TTL, less the drift allowed, on the core's
+    # clock (`Locking::Client.clock`, which counts a suspend): the deadline
+    # the core fences every copy with (#lease_until).
+    def keep_backfill_lease(holder, take_over: nil)
+      sent = Locking::Client.clock
+      taken = client.backfill_lease(holder, ttl: BACKFILL_LEASE_TTL, take_over: take_over)
       @lease_until = sent + Locking::Client.valid_for(BACKFILL_LEASE_TTL * 1000) if taken == holder
       taken
     end
 
-    # Seconds the lease is still believed held. Once it ran out it is lost
-    # for good: the lease script would hand an expired lease back, but the
-    # fleet may have moved into phase 2 meanwhile.
-    def lease_left
-      left = (@lease_until || 0) - monotonic
-      return left if left.positive?
+    # When the lease is believed to run out, on the core's clock: an absolute
+    # deadline, so that a pause before the core reads it (GC, SIGSTOP) cannot
+    # stretch it. Once it ran out it is lost for good: the lease script would
+    # hand an expired lease back, but the fleet may have moved into phase 2.
+    def lease_until
+      return @lease_until if @lease_until && @lease_until > Locking::Client.clock
 
       raise Locking::Error, "the backfill lost its lease (stalled for over #{BACKFILL_LEASE_TTL}s?); run it again"
     end
@@ -78,7 +95,7 @@ class Locking
 
     # Whether a lease was taken and has run out since: a read that timed out
     # because the process was stopped fails first, but the lease is the news.
-    def lease_lapsed? = @lease_until && @lease_until <= monotonic
+    def lease_lapsed? = @lease_until && @lease_until <= Locking::Client.clock
 
     def run_backfill(holder)
       return EXIT_REFUSED unless backfill_allowed?
@@ -108,7 +125,7 @@ class Locking
       begin
         loop do
           unless options[:dry_run]
-            lease_left
+            lease_until
             raise Locking::Error, "the backfill lost its lease; run it again" unless keep_backfill_lease(holder) == holder
 
             # The phase again, each batch: a lease held throughout kept the fleet out of phase 2.
@@ -116,8 +133,9 @@ class Locking
             raise Locking::Error, "the fleet moved on: #{refusal}" if refusal
           end
 
-          report = tool.backfill_batch(cursor, count: page_size, pages: pages_per_batch, dry_run: options[:dry_run],
-                                               lease_for: (lease_left unless options[:dry_run]))
+          report = copy_batch(tool, cursor)
+          # A failed copy may have timed out with its request still on the wire.
+          @maybe_on_wire ||= report[:failed].positive?
           first_errors.concat(report[:errors]) if first_errors.size < 5
           report.each { |k, v| totals[k] += v unless %i[cursor errors restarted restart_reason].include?(k) }
           cursor = report[:cursor]

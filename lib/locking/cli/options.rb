@@ -10,7 +10,7 @@ class Locking
         status              lock keys on each server (counted with SCAN), their TTLs, the phase, the fleet,
                             the backfill's lease (its holder alive or dead) and the audit log
         backfill            copy every source-only lock onto the destination (phases 0 and 1 only);
-                            --break-lease: free a dead backfill's lease (audited)
+                            --break-lease: take over a lease whose holder cannot be told running (audited)
         gate                exit 0 when moving to phase 2 is safe, 1 (with the reasons) when not;
                             --reverse: the same for rolling back from phase 1 to 0
         phase               show the phase and, with dynamic phases, the fleet
@@ -88,8 +88,8 @@ class Locking
         o.on("--json", "status, gate, phase, backfill, unlock, audit: print one JSON object (see the README)") do
           options[:json] = true
         end
-        o.on("--break-lease", "backfill: free the lease of a backfill that is not provably running (audited); " \
-                              "copies nothing") { options[:break_lease] = true }
+        o.on("--break-lease", "backfill: take over the lease of a backfill that cannot be told running (another " \
+                              "host; audited), keeping its TTL") { options[:break_lease] = true }
         o.on("--glob PATTERN", "unlock: every lock whose key (after the prefix) matches PATTERN (Redis glob)") do |v|
           options[:glob] = v
         end

@@ -121,18 +121,14 @@ class Locking
       end
 
       deadline = monotonic + options[:wait]
-      waited = nil
+      @said_at = nil
       loop do
         now, reasons = client.transition_reasons(target, source_only: one_sided)
         return refuse(now || current, target, ["the phase changed meanwhile (now #{now.inspect})"]) if now != current
         break if reasons.empty?
         return refuse(current, target, reasons) if monotonic >= deadline || one_sided.to_i.positive?
 
-        if waited.nil? || monotonic - waited >= 2
-          waited = monotonic
-          @out.puts "waiting (#{format('%.0f', deadline - monotonic)}s left): #{reasons.join('; ')}"
-          @out.flush
-        end
+        say_waiting("waiting (#{format('%.0f', deadline - monotonic)}s left): #{reasons.join('; ')}")
         sleep 0.2
       end
       recount_refusal(current, target, one_sided) || check_or_store(current, target)
@@ -153,7 +149,7 @@ class Locking
     # alone; processes that stop reporting (their heartbeat lapsed: idle, or gone) do not count.
     def wait_for_fleet(target)
       deadline = monotonic + options[:wait_fleet]
-      said = nil
+      @said_at = nil
       loop do
         fleet = client.fleet
         behind = fleet.reject { |m| m[:phase] == target && m[:highest] == target }
@@ -171,11 +167,8 @@ class Locking
           result("fleet_caught_up" => false, "behind" => behind.map { |m| member_json(m) })
           return EXIT_REFUSED
         end
-        if said.nil? || monotonic - said >= 2
-          said = monotonic
-          @out.puts "waiting for the fleet (#{format('%.0f', deadline - monotonic)}s left): #{behind.size} process(es) behind"
-          @out.flush
-        end
+        say_waiting("waiting for the fleet (#{format('%.0f', deadline - monotonic)}s left): " \
+                    "#{behind.size} process(es) behind")
         sleep 0.2
       end
     end
@@ -227,6 +220,15 @@ class Locking
       reasons.each { |r| @out.puts "  - #{r}" }
       result("moved" => false, "reasons" => reasons.map { |r| json_text(r) })
       EXIT_REFUSED
+    end
+
+    # A line of a wait, at most one every 2 s (`@said_at` is reset when a wait begins).
+    def say_waiting(text)
+      return if @said_at && monotonic - @said_at < 2
+
+      @said_at = monotonic
+      @out.puts text
+      @out.flush
     end
   end
 end

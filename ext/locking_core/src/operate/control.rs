@@ -18,6 +18,24 @@ use crate::wire::connection::Interrupt;
 pub use crate::protocol::fleet::{check_transition, FleetMember};
 use crate::protocol::Target;
 
+/// What a backfill does with its lease (`control_lease.lua`).
+#[derive(Clone, Copy, Debug)]
+pub enum LeaseStep<'a> {
+    /// Take or keep it for `ttl_ms`; `take_over` is the exact value of a
+    /// lease this holder may replace (a gone holder's, or one given back to
+    /// expire), keeping the TTL it has left if that is longer.
+    Hold {
+        ttl_ms: u64,
+        take_over: Option<&'a str>,
+    },
+    /// Give it back now: every copy its holder sent has been answered.
+    GiveBack,
+    /// Give it back but let it live out its TTL: copies may still be on the
+    /// wire (the run failed or was stopped), or it was taken over from a
+    /// holder whose copies might be. Phase 2 waits until it expires.
+    LetExpire,
+}
+
 /// Why a move to `target` waits for a backfill whose lease `holder` holds
 /// (its name up to the first space), or `None`: phase 2 waits while a
 /// backfill may still copy. The set-phase script enforces it atomically; the
@@ -140,20 +158,27 @@ impl Operator<'_> {
         .map(|_| ())
     }
 
-    /// Takes, keeps (`ttl_ms` > 0) or gives back (0) the backfill lease for
-    /// `holder`. Returns who holds it afterwards.
+    /// Takes or keeps the backfill lease for `holder` (`LeaseStep::Hold`),
+    /// or gives it back (see `LeaseStep`). Returns who holds it afterwards.
     pub fn backfill_lease(
         &mut self,
         holder: &str,
-        ttl_ms: u64,
+        step: LeaseStep<'_>,
         interrupt: &Interrupt,
     ) -> Result<Option<String>> {
         let key = backfill_key(self.client().key_prefix());
+        let (ttl, take_over): (Arg<'_>, &str) = match step {
+            LeaseStep::Hold { ttl_ms, take_over } => {
+                (ttl_ms.max(1).into(), take_over.unwrap_or(""))
+            }
+            LeaseStep::GiveBack => ("0".into(), ""),
+            LeaseStep::LetExpire => ("-1".into(), ""),
+        };
         let value = control_script(
             self.lease(),
             &scripts::CONTROL_LEASE,
             &[&key],
-            &[holder.into(), ttl_ms.into()],
+            &[holder.into(), ttl, take_over.into()],
             interrupt,
         )?;
         match value {

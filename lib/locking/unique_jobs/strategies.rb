@@ -1,15 +1,25 @@
 # frozen_string_literal: true
 
 class Locking
-  module UniqueJob
+  # What Locking::UniqueJob needs but a job class must not see: the strategy
+  # classes and the option tables live here, outside the module a job
+  # includes, so that a job whose code names `Strategy` or `UntilExecuting`
+  # gets its own constant, never the gem's.
+  module UniqueJobs
     # What a strategy decides, one small class each over this base: whether
     # the lock is taken at enqueue, what happens around perform, and what
     # happens once the run has ended. The job does the Redis work
-    # (UniqueJob#locking_acquire_for_perform, #locking_release); a strategy
-    # only says when.
+    # (UniqueJob#locking_claim, #locking_while_executing, #locking_release);
+    # a strategy only says when.
     class Strategy
       # Whether the lock is taken when the job is enqueued.
       def lock_at_enqueue? = true
+
+      # Whether perform holds a lock of its own while it runs (wait: applies).
+      def runtime_lock? = false
+
+      # Whether the lock lives through perform (auto_renew applies).
+      def held_through_perform? = false
 
       # Wraps perform (the block).
       def around_perform(_job) = yield
@@ -36,10 +46,13 @@ class Locking
     end
 
     # Locked at enqueue, freed when perform ends (the monolith's behaviour).
-    # With auto_renew, renewed while perform runs.
+    # At perform the job must own its lock (UniqueJob#locking_claim); with
+    # auto_renew it is renewed while perform runs.
     class UntilExecuted < Strategy
+      def held_through_perform? = true
+
       def around_perform(job, &)
-        job.locking_renewing(&)
+        job.locking_claim { job.locking_renewing(&) }
       end
 
       def after_run(job, outcome)
@@ -53,9 +66,26 @@ class Locking
     # Locked only around perform; conflicts are settled at perform time.
     class WhileExecuting < Strategy
       def lock_at_enqueue? = false
+      def runtime_lock? = true
+      def held_through_perform? = true
 
       def around_perform(job, &)
         job.locking_while_executing(&)
+      end
+    end
+
+    # An enqueue lock taken at enqueue and freed when perform starts (once
+    # the job has shown it owns it), then a runtime lock of its own (the key
+    # with ":run") held while perform runs.
+    class UntilAndWhileExecuting < UntilExecuting
+      def runtime_lock? = true
+      def held_through_perform? = true
+
+      def around_perform(job, &)
+        job.locking_claim do
+          job.locking_release(:perform_started)
+          job.locking_while_executing(runtime: true, &)
+        end
       end
     end
 
@@ -67,6 +97,7 @@ class Locking
       until_executing: UntilExecuting,
       until_executed: UntilExecuted,
       while_executing: WhileExecuting,
+      until_and_while_executing: UntilAndWhileExecuting,
       until_expired: UntilExpired
     }.freeze
   end
