@@ -14,6 +14,9 @@
 require "optparse"
 require "locking"
 require_relative "../spec/support/redis_server"
+# spec/support/cluster.rb also defines an RSpec shared context: RSpec must be
+# loaded for it (nothing runs; rspec/autorun is not required).
+require "rspec/core"
 require_relative "../spec/support/cluster"
 require_relative "support"
 

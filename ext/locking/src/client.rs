@@ -4,9 +4,11 @@
 
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
+use crate::rules;
 use crate::walk::{RbWalk, Walk};
-use locking_core::bulk::{KeyStatsWalk, OneSidedWalk};
-use locking_core::control::LeaseStep;
+use locking_core::operate::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::operate::control::LeaseStep;
+use locking_core::operate::renew::Renewals;
 use locking_core::protocol::Target;
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
@@ -19,6 +21,9 @@ use std::time::Duration;
 pub struct RbClient {
     /// Shared with the renewer thread (which holds a weak reference).
     pub(crate) client: Arc<Client>,
+    /// The client's auto-renewed locks (kept here: the core's client knows
+    /// nothing of its renewer).
+    pub(crate) renewals: Renewals,
 }
 
 /// Copies a Ruby String's bytes: the copy is what the GVL-free code reads,
@@ -79,6 +84,7 @@ impl RbClient {
         };
         Ok(RbClient {
             client: Arc::new(Client::new(config).map_err(RubyError)?),
+            renewals: Renewals::default(),
         })
     }
 
@@ -100,7 +106,12 @@ impl RbClient {
         ruby: &Ruby,
         operation: impl FnOnce(&mut Operator<'_>, &Interrupt) -> locking_core::Result<T>,
     ) -> Result<T, magnus::Error> {
-        self.with_session(ruby, Client::operator, Client::finish_operator, operation)
+        self.with_session(
+            ruby,
+            Operator::new,
+            |_, operator| operator.finish(),
+            operation,
+        )
     }
 
     fn with_session<'c, S, T>(
@@ -128,7 +139,7 @@ impl RbClient {
 
     /// Hands the client's and the renewer's warnings to `Locking.server_warning`.
     pub(crate) fn give_warnings(&self, ruby: &Ruby) {
-        let renewer = self.client.renewals().take_warnings();
+        let renewer = self.renewals.take_warnings();
         for warning in self.client.take_warnings().into_iter().chain(renewer) {
             let _: Result<Value, _> = ruby
                 .class_object()
@@ -182,7 +193,7 @@ impl RbClient {
 
     /// The renewer's numbers in this process, as a Hash.
     fn renewer_stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, magnus::Error> {
-        let stats = rb_self.client.renewals().stats();
+        let stats = rb_self.renewals.stats();
         let hash = ruby.hash_new();
         hash.aset(ruby.to_symbol("held"), stats.held)?;
         hash.aset(ruby.to_symbol("renewed"), stats.renewed)?;
@@ -485,7 +496,7 @@ impl RbClient {
             ],
         )
         .and_then(|hash| {
-            let control = cluster.master_of(locking_core::control::CONTROL_TAG);
+            let control = cluster.master_of(locking_core::client::CONTROL_TAG);
             hash.aset(ruby.to_symbol("control_master"), control)?;
             Ok(Some(hash))
         })
@@ -568,9 +579,9 @@ impl RbClient {
             ))
         })?;
         let mut reasons =
-            locking_core::control::check_transition(current, target, &fleet, source_only);
+            locking_core::operate::control::check_transition(current, target, &fleet, source_only);
         let backfill = backfill.map(|holder| String::from_utf8_lossy(&holder).into_owned());
-        reasons.extend(locking_core::control::backfill_blocks(
+        reasons.extend(locking_core::operate::control::backfill_blocks(
             target,
             backfill.as_deref(),
         ));
@@ -689,48 +700,6 @@ fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error>
     }
 }
 
-/// `Locking::Client.redact(url)`: the URL with its password as "***" (the
-/// core's rule, also used in every error message).
-fn redact_url(url: RString) -> Result<String, magnus::Error> {
-    Ok(locking_core::redact(&url.to_string()?))
-}
-
-/// `Locking::Client.server_name(url)`: the server as error messages name it
-/// (no credentials, no file paths), or the redacted URL if it does not parse.
-fn server_name(url: RString) -> Result<String, magnus::Error> {
-    let url = url.to_string()?;
-    Ok(locking_core::url::parse(&url)
-        .map_or_else(|_| locking_core::redact(&url), |parsed| parsed.name()))
-}
-
-/// `Locking::Client.gate_reasons(processes_in_phase_0, source_only, backfill_holder)`:
-/// why moving from phase 1 to 2 is not safe (empty: it is). The core's words,
-/// the same rules as `transition_reasons` (a running backfill included).
-fn gate_reasons(in_phase_0: usize, source_only: u64, backfill: Option<String>) -> Vec<String> {
-    let mut reasons = locking_core::protocol::gate(in_phase_0, source_only).reasons;
-    reasons.extend(locking_core::control::backfill_blocks(
-        Phase::Drain,
-        backfill.as_deref(),
-    ));
-    reasons
-}
-
-/// `Locking::Client.reverse_gate_reasons(destination_only)`: the same for a
-/// rollback from phase 1 to 0.
-fn reverse_gate_reasons(destination_only: u64) -> Vec<String> {
-    locking_core::protocol::reverse_gate(destination_only).reasons
-}
-
-/// `Locking::Client.backfill_refusal(phase_index)`: why backfill may not run
-/// in that phase, or nil.
-fn backfill_refusal(phase: i64) -> Result<Option<String>, magnus::Error> {
-    let phase = Phase::from_index(phase).map_err(RubyError)?;
-    Ok(phase.check_backfill().err().map(|error| match error {
-        locking_core::Error::InvalidArgument(text) => text,
-        other => other.to_string(),
-    }))
-}
-
 pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     let locking = ruby.define_class("Locking", ruby.class_object())?;
     let class = locking.define_class("Client", ruby.class_object())?;
@@ -741,15 +710,18 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.const_set("MAX_TTL_MS", locking_core::MAX_TTL_MS)?;
     class.const_set(
         "MAX_BACKFILL_PAGES",
-        locking_core::bulk::MAX_PAGES_PER_BATCH,
+        locking_core::operate::bulk::MAX_PAGES_PER_BATCH,
     )?;
     // Rules, too: the CLI prints the core's reasons, never its own copy.
-    class.define_singleton_method("gate_reasons", function!(gate_reasons, 3))?;
-    class.define_singleton_method("reverse_gate_reasons", function!(reverse_gate_reasons, 1))?;
-    class.define_singleton_method("backfill_refusal", function!(backfill_refusal, 1))?;
+    class.define_singleton_method("gate_reasons", function!(rules::gate_reasons, 3))?;
+    class.define_singleton_method(
+        "reverse_gate_reasons",
+        function!(rules::reverse_gate_reasons, 1),
+    )?;
+    class.define_singleton_method("backfill_refusal", function!(rules::backfill_refusal, 1))?;
     class.define_singleton_method("generate_token", function!(RbClient::generate_token, 0))?;
-    class.define_singleton_method("redact", function!(redact_url, 1))?;
-    class.define_singleton_method("server_name", function!(server_name, 1))?;
+    class.define_singleton_method("redact", function!(rules::redact_url, 1))?;
+    class.define_singleton_method("server_name", function!(rules::server_name, 1))?;
     class.define_private_method("_acquire", method!(RbClient::acquire, 3))?;
     class.define_private_method("_release", method!(RbClient::release, 2))?;
     class.define_private_method("_locked", method!(RbClient::locked, 1))?;

@@ -6,6 +6,7 @@ mod error;
 mod memory;
 mod nogvl;
 mod renewal;
+mod rules;
 mod walk;
 
 use magnus::{Error, Ruby};

@@ -1,9 +1,9 @@
 //! `Locking::Testing::Memory`: the in-process backend of `Locking::Testing`
-//! (lib/locking/testing.rb), over `locking_core::memory`. Nothing here blocks,
+//! (lib/locking/testing.rb), over `locking_core::protocol::memory`. Nothing here blocks,
 //! so the GVL stays held.
 
 use crate::error::RubyError;
-use locking_core::memory::MemoryBackend;
+use locking_core::protocol::memory::MemoryBackend;
 use locking_core::{Phase, TokenTtl};
 use magnus::{function, method, prelude::*, Error, RString, Ruby};
 use std::sync::Mutex;

@@ -1,12 +1,12 @@
-//! `Locking::Client::Renewal`: one auto-renewed lock (locking_core::renew),
+//! `Locking::Client::Renewal`: one auto-renewed lock (locking_core::operate::renew),
 //! with what the holder believes of it; and the natives that start one and
 //! share the core's belief rule with Ruby (`Client.valid_for`, `Client.clock`).
 
 use crate::client::{bytes, RbClient};
 use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
-use locking_core::belief;
-use locking_core::renew::{self, Renewal};
+use locking_core::operate::renew::{self, Renewal};
+use locking_core::protocol::belief;
 use locking_core::Interrupt;
 use magnus::{function, method, prelude::*, RString, Ruby};
 use std::time::Duration;
@@ -65,6 +65,7 @@ fn auto_renew(
     let valid_until_us = belief::now_us().saturating_add(seconds(valid_for).as_micros() as u64);
     let renewal = renew::start(
         &rb_self.client,
+        &rb_self.renewals,
         renew::Held {
             key: &bytes(key),
             token: &bytes(token),

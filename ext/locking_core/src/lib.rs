@@ -1,44 +1,29 @@
-//! The core of the `locking` gem, with no Ruby in it: the phase protocol as
-//! state machines (`protocol`), the hot operations (`client::Lease`), the
-//! operator tools (`operator`, `bulk`, `backfill`, `control`), and the wire
-//! layer underneath: `codec` (every command and reply, the script table),
-//! `pipeline` (the one executor), `connection` over a `transport`, `pool`,
-//! and `server` (which node serves a key; `cluster` for a Redis Cluster).
+//! The core of the `locking` gem, with no Ruby in it. Its folders are
+//! layers, each using only the ones below it (docs/DESIGN.md, "Layout"):
+//!
+//! - `operate`: the operator tools (walks, backfill, control keys) and the
+//!   renewer thread, on top of a `client::Lease`;
+//! - `client`: the process-wide `Client` and the hot operations of a
+//!   `Lease`, which drive the protocol's state machines against Redis;
+//! - `topology`: which node serves a key (one server, or a Redis Cluster);
+//! - `wire`: bytes to and from one server (codec, transport, TLS, the
+//!   connection, the pipeline executor, the pool);
+//! - `protocol`: the phase protocol as plain state machines, the rules of
+//!   the fleet, and the in-memory model that explores them;
+//! - `error` and `process`, which everything may use.
 
-pub mod backfill;
-pub mod belief;
-pub mod bulk;
 pub mod client;
-pub mod cluster;
-pub mod codec;
-pub mod connection;
-pub mod control;
 pub mod error;
-pub mod fleet;
-pub mod memory;
-pub mod model;
-pub mod operator;
-pub mod phase;
-pub mod pipeline;
-pub mod pool;
+pub mod operate;
 pub mod process;
 pub mod protocol;
-#[cfg(test)]
-mod redirect_tests;
-pub mod renew;
-pub mod server;
-pub mod store;
-pub mod tls;
-pub mod transport;
-pub mod url;
+pub mod topology;
+pub mod wire;
 
-pub use client::{
-    Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS, MAX_TTL_MS,
-};
-pub use connection::{redact, Interrupt};
+pub use client::{Client, ClientConfig, DynamicPhase, Lease, MAX_POOL_SIZE, MAX_SECONDS};
 pub use error::{Error, Result};
-pub use operator::Operator;
-pub use phase::Phase;
-pub use protocol::TokenTtl;
-pub use server::EvictionCheck;
-pub use store::Store;
+pub use operate::operator::Operator;
+pub use protocol::phase::Phase;
+pub use protocol::{TokenTtl, MAX_TTL_MS};
+pub use topology::node::EvictionCheck;
+pub use wire::connection::{redact, Interrupt};

@@ -14,7 +14,7 @@
 //!   was (a promoted replica), while heartbeats expire and processes act on
 //!   their cached phase only until their heartbeat lapses.
 
-use locking_core::model::{
+use locking_core::protocol::model::{
     explore, Action, ClientSpec, DynamicOp, Fleet, Heartbeat, HeartbeatTiming, MissingControl,
     Scenario, StaleCache,
 };

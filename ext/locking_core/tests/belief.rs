@@ -8,9 +8,9 @@
 //! `protocol::Renew` state machine); each scenario's negative control is the
 //! rule it replaced, kept here under a name, and must be found.
 
-use locking_core::belief;
 use locking_core::error::Error;
-use locking_core::phase::Phase;
+use locking_core::protocol::belief;
+use locking_core::protocol::phase::Phase;
 use locking_core::protocol::{Operation, Renew, Reply, Servers, Step, Target};
 
 const MS: u64 = 1000; // belief time is in microseconds

@@ -2,7 +2,7 @@
 //! two and three clients, every pair of adjacent phases (and each phase with
 //! itself), acquire / renew / release, a concurrent backfill and key expiry.
 
-use locking_core::model::{explore, Action, ClientSpec, Scenario};
+use locking_core::protocol::model::{explore, Action, ClientSpec, Scenario};
 use locking_core::protocol::Target;
 use locking_core::Phase;
 

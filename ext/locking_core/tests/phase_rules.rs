@@ -6,7 +6,7 @@
 //! scenario fail. `bin/mutants --fixed` (run by bin/test) plants such bugs,
 //! one at a time, and runs these tests: each is quick on purpose.
 
-use locking_core::model::{
+use locking_core::protocol::model::{
     explore, Action, ClientSpec, DynamicOp, Fleet, HeartbeatTiming, Scenario,
 };
 use locking_core::Phase;

@@ -1,0 +1,644 @@
+//! Operations over many keys, for the operator tools: walking lock keys with
+//! SCAN (never KEYS) for `status` and the gates, and deleting. Backfill is
+//! in `backfill`.
+
+use crate::client::Route;
+use crate::error::{Error, Result};
+use crate::operate::operator::Operator;
+use crate::protocol::Target;
+use crate::wire::codec::{Arg, Value};
+use crate::wire::connection::Interrupt;
+use std::collections::HashSet;
+
+/// At most this many SCAN pages per backfill batch.
+pub const MAX_PAGES_PER_BATCH: usize = 64;
+
+/// One page of a SCAN over string keys under the key prefix.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    /// Where the walk goes on (for a cluster: the node and its cursor, see
+    /// `cluster`); 0 when the walk is complete.
+    pub cursor: u64,
+    pub keys: Vec<Vec<u8>>,
+    /// The position given was made under another slot map (a cluster was
+    /// resharded or failed over): this page is the walk's first again.
+    pub restarted: bool,
+}
+
+/// Lock keys on one server and their remaining TTLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyStats {
+    pub keys: u64,
+    pub without_ttl: u64,
+    pub max_ttl_ms: u64,
+    pub p99_ttl_ms: u64,
+}
+
+/// What one backfill batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    /// Where the next batch starts; 0 when the walk is complete.
+    pub cursor: u64,
+    pub scanned: u64,
+    pub copied: u64,
+    pub already_there: u64,
+    pub conflicts: u64,
+    pub undone: u64,
+    pub absent: u64,
+    /// Keys whose commands failed with a server error (the batch went on).
+    pub failed: u64,
+    /// The source is a cluster whose slot map changed (resharding, a
+    /// failover): the walk started over from the first master, since keys
+    /// may have moved past it. Copies are idempotent; nothing is lost.
+    pub restarted: bool,
+    /// Why it started over: the slots being moved, or the map that changed.
+    pub restart_reason: Option<String>,
+    /// The first few of those errors, with their keys.
+    pub errors: Vec<String>,
+}
+
+/// Source locks that the destination does not hold with the same token.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOnly {
+    pub scanned: u64,
+    pub count: u64,
+    /// Of `count`, those counted without the re-check (past `MAX_RECHECKED`).
+    pub unchecked: u64,
+    pub examples: Vec<Vec<u8>>,
+}
+
+/// One-sided locks kept for the gate's re-check; past this many they are
+/// counted without it, so the walk's memory stays bounded (2,000,000
+/// source-only locks once took 655 MB).
+pub const MAX_RECHECKED: usize = 10_000;
+
+/// TTLs kept to estimate the p99 of a key-stats walk (a uniform sample).
+const TTL_SAMPLE: usize = 100_000;
+
+/// Where a resumable SCAN walk stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct WalkPosition {
+    cursor: u64,
+    done: bool,
+}
+
+/// A walk of one server for `key_stats`, resumable page by page.
+#[derive(Debug, Clone)]
+pub struct KeyStatsWalk {
+    target: Target,
+    position: WalkPosition,
+    stats: KeyStats,
+    ttls: Vec<u64>,
+    ttls_seen: u64,
+    random: u64,
+}
+
+impl KeyStatsWalk {
+    pub fn new(target: Target) -> Self {
+        KeyStatsWalk {
+            target,
+            position: WalkPosition::default(),
+            stats: KeyStats::default(),
+            ttls: Vec::new(),
+            ttls_seen: 0,
+            random: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Reservoir sampling: every TTL seen has the same chance to be kept.
+    fn sample_ttl(&mut self, ttl: u64) {
+        self.stats.max_ttl_ms = self.stats.max_ttl_ms.max(ttl);
+        self.ttls_seen += 1;
+        if self.ttls.len() < TTL_SAMPLE {
+            self.ttls.push(ttl);
+            return;
+        }
+        // xorshift64: enough to spread the sample, no dependency.
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        let slot = self.random % self.ttls_seen;
+        if let Some(kept) = self.ttls.get_mut(slot as usize) {
+            *kept = ttl;
+        }
+    }
+
+    pub fn finish(mut self) -> KeyStats {
+        if !self.ttls.is_empty() {
+            let index = ((self.ttls.len() as f64) * 0.99).ceil() as usize;
+            let index = index.clamp(1, self.ttls.len()) - 1;
+            let (_, p99, _) = self.ttls.select_nth_unstable(index);
+            self.stats.p99_ttl_ms = *p99;
+        }
+        self.stats
+    }
+}
+
+/// A walk of one server for the gate (source-only) or the reverse gate
+/// (destination-only), resumable page by page.
+#[derive(Debug, Clone)]
+pub struct OneSidedWalk {
+    side: Target,
+    position: WalkPosition,
+    scanned: u64,
+    candidates: Vec<(Vec<u8>, Vec<u8>)>,
+    unchecked: u64,
+    /// The walked server's slot map when the walk began (a cluster).
+    began: Option<u64>,
+}
+
+impl OneSidedWalk {
+    pub fn new(side: Target) -> Self {
+        OneSidedWalk {
+            side,
+            position: WalkPosition::default(),
+            scanned: 0,
+            candidates: Vec::new(),
+            unchecked: 0,
+            began: None,
+        }
+    }
+}
+
+/// `SCAN cursor MATCH pattern COUNT count [TYPE string]`.
+pub(crate) fn scan_args(
+    cursor: u64,
+    pattern: &[u8],
+    count: u64,
+    strings_only: bool,
+) -> Vec<Arg<'_>> {
+    let mut args: Vec<Arg> = vec![
+        "SCAN".into(),
+        cursor.into(),
+        "MATCH".into(),
+        pattern.into(),
+        "COUNT".into(),
+        count.max(1).into(),
+    ];
+    if strings_only {
+        args.extend::<[Arg; 2]>(["TYPE".into(), "string".into()]);
+    }
+    args
+}
+
+/// A SCAN reply as a page: the next cursor and the keys.
+pub(crate) fn parse_scan(value: Value, server: &str) -> Result<ScanPage> {
+    let bad = |detail: String| Error::Command {
+        server: server.to_string(),
+        detail,
+    };
+    match value {
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let keys = parts.pop();
+            let cursor = parts.pop();
+            let cursor = match cursor {
+                Some(Value::BulkString(bytes)) => std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or_else(|| bad("SCAN returned a bad cursor".into()))?,
+                other => return Err(bad(format!("SCAN returned {other:?}"))),
+            };
+            let keys = match keys {
+                Some(Value::Array(keys)) => keys
+                    .into_iter()
+                    .filter_map(|key| match key {
+                        Value::BulkString(bytes) => Some(bytes),
+                        _ => None,
+                    })
+                    .collect(),
+                other => return Err(bad(format!("SCAN returned {other:?}"))),
+            };
+            Ok(ScanPage {
+                cursor,
+                keys,
+                restarted: false,
+            })
+        }
+        Value::ServerError(error) => Err(bad(format!("SCAN failed: {error}"))),
+        other => Err(bad(format!("SCAN returned {other:?}"))),
+    }
+}
+
+/// A glob that matches exactly the keys starting with `prefix`.
+pub(crate) fn match_pattern(prefix: &[u8]) -> Vec<u8> {
+    let mut pattern = Vec::with_capacity(prefix.len() + 1);
+    for &byte in prefix {
+        if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
+            pattern.push(b'\\');
+        }
+        pattern.push(byte);
+    }
+    pattern.push(b'*');
+    pattern
+}
+
+impl Operator<'_> {
+    /// One SCAN page of string keys under the prefix, from `position` (a
+    /// cursor; for a cluster, master by master).
+    pub fn scan(
+        &mut self,
+        target: Target,
+        position: u64,
+        count: usize,
+        interrupt: &Interrupt,
+    ) -> Result<ScanPage> {
+        self.check_prefix()?;
+        let prefix = self.client().key_prefix().to_vec();
+        self.scan_matching(target, &prefix, position, count, true, interrupt)
+    }
+
+    /// One SCAN page of string keys starting with `prefix`.
+    /// `strings_only` adds SCAN's TYPE filter, which costs the server a
+    /// lookup per key; backfill goes without (its reads ignore other types).
+    pub(crate) fn scan_matching(
+        &mut self,
+        target: Target,
+        prefix: &[u8],
+        position: u64,
+        count: usize,
+        strings_only: bool,
+        interrupt: &Interrupt,
+    ) -> Result<ScanPage> {
+        let pattern = match_pattern(prefix);
+        self.scan_pattern(target, &pattern, position, count, strings_only, interrupt)
+    }
+
+    /// One SCAN page of the keys matching `pattern`: on a cluster, of the
+    /// master the position names, moving on to the next master (in slot
+    /// order) when that one is done.
+    pub(crate) fn scan_pattern(
+        &mut self,
+        target: Target,
+        pattern: &[u8],
+        position: u64,
+        count: usize,
+        strings_only: bool,
+        interrupt: &Interrupt,
+    ) -> Result<ScanPage> {
+        let client = self.client();
+        let server = client.server(target).ok_or_else(|| {
+            Error::InvalidArgument(format!("no {} server is configured", target.name()))
+        })?;
+        let Some(step) = server.walk_at(position, interrupt)? else {
+            return Ok(ScanPage::default());
+        };
+        let args = scan_args(step.cursor, pattern, count as u64, strings_only);
+        let value = self.command(target, Route::Node(step.node), &args, interrupt)?;
+        let page = parse_scan(value, server.name())?;
+        Ok(ScanPage {
+            cursor: server.walk_after(&step, page.cursor)?,
+            keys: page.keys,
+            restarted: step.restarted,
+        })
+    }
+
+    /// Counts lock keys on a server and summarizes their TTLs (a full walk).
+    pub fn key_stats(&mut self, target: Target, interrupt: &Interrupt) -> Result<KeyStats> {
+        let mut walk = KeyStatsWalk::new(target);
+        while !self.key_stats_step(&mut walk, usize::MAX, interrupt)? {}
+        Ok(walk.finish())
+    }
+
+    /// Walks up to `pages` SCAN pages of a key-stats walk; true when it is
+    /// complete. A caller that steps a few pages at a time can stop between
+    /// steps (Ctrl-C in the CLI), and memory stays bounded (a TTL sample).
+    pub fn key_stats_step(
+        &mut self,
+        walk: &mut KeyStatsWalk,
+        pages: usize,
+        interrupt: &Interrupt,
+    ) -> Result<bool> {
+        let target = walk.target;
+        let mut position = walk.position;
+        let done = self.walk_pages(target, &mut position, pages, interrupt, |operator, keys| {
+            let pttls = operator.each_key(target, "PTTL", &keys, interrupt)?;
+            for pttl in pttls {
+                match pttl {
+                    Value::Int(-1) => {
+                        walk.stats.keys += 1;
+                        walk.stats.without_ttl += 1;
+                    }
+                    Value::Int(ms) if ms >= 0 => {
+                        walk.stats.keys += 1;
+                        walk.sample_ttl(ms as u64);
+                    }
+                    _ => {} // expired since the scan
+                }
+            }
+            Ok(())
+        })?;
+        walk.position = position;
+        Ok(done)
+    }
+
+    /// Steps a resumable SCAN walk of `target`: up to `pages` pages from
+    /// `position`, each page's keys handed to `page`; true once complete.
+    fn walk_pages(
+        &mut self,
+        target: Target,
+        position: &mut WalkPosition,
+        pages: usize,
+        interrupt: &Interrupt,
+        mut page: impl FnMut(&mut Self, Vec<Vec<u8>>) -> Result<()>,
+    ) -> Result<bool> {
+        for _ in 0..pages.max(1) {
+            if position.done {
+                break;
+            }
+            let scanned = self.scan(target, position.cursor, 1000, interrupt)?;
+            position.cursor = scanned.cursor;
+            position.done = scanned.cursor == 0;
+            page(self, scanned.keys)?;
+        }
+        Ok(position.done)
+    }
+
+    /// Source locks the destination does not hold with the same token (a full
+    /// walk of the source): what stands between phase 1 and the gate.
+    pub fn source_only(&mut self, examples: usize, interrupt: &Interrupt) -> Result<SourceOnly> {
+        self.only_on(Target::Source, examples, interrupt)
+    }
+
+    /// The reverse gate's count, before a rollback from phase 1 to 0: locks
+    /// on the destination only (taken in phase 2), which a process in phase 0
+    /// would not see. Same re-checks as `source_only` (a phase-1 release is
+    /// destination-only for one round trip).
+    pub fn destination_only(
+        &mut self,
+        examples: usize,
+        interrupt: &Interrupt,
+    ) -> Result<SourceOnly> {
+        self.only_on(Target::Destination, examples, interrupt)
+    }
+
+    fn only_on(
+        &mut self,
+        side: Target,
+        examples: usize,
+        interrupt: &Interrupt,
+    ) -> Result<SourceOnly> {
+        let mut walk = OneSidedWalk::new(side);
+        while !self.one_sided_step(&mut walk, usize::MAX, interrupt)? {}
+        self.one_sided_finish(walk, examples, interrupt)
+    }
+
+    /// Walks up to `pages` SCAN pages of `side`, collecting the locks the
+    /// other server lacks; true when the walk is complete.
+    pub fn one_sided_step(
+        &mut self,
+        walk: &mut OneSidedWalk,
+        pages: usize,
+        interrupt: &Interrupt,
+    ) -> Result<bool> {
+        let side = walk.side;
+        if walk.began.is_none() {
+            walk.began = Some(self.settled(side, interrupt)?);
+        }
+        let mut position = walk.position;
+        let done = self.walk_pages(side, &mut position, pages, interrupt, |operator, keys| {
+            walk.scanned += keys.len() as u64;
+            for candidate in operator.only_among(side, keys, interrupt)? {
+                if walk.candidates.len() < MAX_RECHECKED {
+                    walk.candidates.push(candidate);
+                } else {
+                    walk.unchecked += 1;
+                }
+            }
+            Ok(())
+        })?;
+        walk.position = position;
+        Ok(done)
+    }
+
+    /// Ends a walk: an operation in flight makes a key one-sided for a round
+    /// trip (a phase-1 acquire has written the source, not yet the
+    /// destination), so candidates are checked again, a few times over
+    /// ~150 ms, and only those still one-sided with the same token count: a
+    /// lock left from phase 0 stays that way, an acquire in flight does not
+    /// (a stalled one keeps the gate closed, which errs on the safe side).
+    /// At most `MAX_RECHECKED` are kept for that; the rest count unchecked
+    /// (the gate is closed by far more than a few acquires in flight then).
+    pub fn one_sided_finish(
+        &mut self,
+        mut walk: OneSidedWalk,
+        examples: usize,
+        interrupt: &Interrupt,
+    ) -> Result<SourceOnly> {
+        let side = walk.side;
+        // A cluster whose slots moved during the walk may have moved keys
+        // from a master not yet walked to one already walked: the count
+        // would miss them. Nothing is decided on such a walk.
+        let ended = self.settled(side, interrupt)?;
+        if walk.began.is_some_and(|began| began != ended) {
+            return Err(Error::Command {
+                server: self.client().server_name(side).unwrap_or("?").to_string(),
+                detail: "the cluster's slot map changed during the walk (resharding or a failover), so keys \
+                         may have moved past it: nothing is decided on this count; run it again once the \
+                         cluster is settled"
+                    .into(),
+            });
+        }
+        for _ in 0..3 {
+            if walk.candidates.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut still = HashSet::with_capacity(walk.candidates.len());
+            for chunk in walk.candidates.chunks(1000) {
+                let keys = chunk.iter().map(|(key, _)| key.clone()).collect();
+                still.extend(self.only_among(side, keys, interrupt)?);
+            }
+            walk.candidates
+                .retain(|candidate| still.contains(candidate));
+        }
+        Ok(SourceOnly {
+            scanned: walk.scanned,
+            count: walk.candidates.len() as u64 + walk.unchecked,
+            unchecked: walk.unchecked,
+            examples: walk
+                .candidates
+                .into_iter()
+                .take(examples)
+                .map(|(key, _)| key)
+                .collect(),
+        })
+    }
+
+    /// The fingerprint of `target`'s slot map, once it is settled (always,
+    /// for one server); an error while a cluster is resharding or failing
+    /// over.
+    fn settled(&mut self, target: Target, interrupt: &Interrupt) -> Result<u64> {
+        let client = self.client();
+        let Some(server) = client.server(target) else {
+            return Ok(0);
+        };
+        let survey = server.survey(interrupt)?;
+        match survey.unsettled {
+            None => Ok(survey.fingerprint),
+            Some(why) => Err(Error::Command {
+                server: server.name().to_string(),
+                detail: format!(
+                    "{why}: a walk of the cluster now could miss keys; run it again once the cluster is settled"
+                ),
+            }),
+        }
+    }
+
+    /// (key, value) of the keys whose value on `side` the other server lacks.
+    fn only_among(
+        &mut self,
+        side: Target,
+        keys: Vec<Vec<u8>>,
+        interrupt: &Interrupt,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let other = match side {
+            Target::Source => Target::Destination,
+            Target::Destination => Target::Source,
+        };
+        let on_side = self.each_key(side, "GET", &keys, interrupt)?;
+        let on_other = self.each_key(other, "GET", &keys, interrupt)?;
+        Ok(keys
+            .into_iter()
+            .zip(on_side)
+            .zip(on_other)
+            .filter_map(|((key, source), destination)| match (source, destination) {
+                (Value::BulkString(s), Value::BulkString(d)) if s == d => None,
+                (Value::BulkString(s), _) => Some((key, s)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Deletes `key` (under the prefix) on every configured server, whoever
+    /// holds it: the operator's manual unlock. Returns the keys deleted.
+    pub fn force_delete(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<u64> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("lock key must not be empty".into()));
+        }
+        let mut full_key = self.client().key_prefix().to_vec();
+        full_key.extend_from_slice(key);
+        let mut deleted = 0;
+        for target in self.configured_targets() {
+            let values = self.each_key(target, "DEL", &[full_key.clone()], interrupt)?;
+            deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes every lock whose key (after the prefix) starts with
+    /// `key_start`, on every configured server, walking with SCAN. Returns
+    /// the keys deleted.
+    pub fn delete_matching(&mut self, key_start: &[u8], interrupt: &Interrupt) -> Result<u64> {
+        self.check_prefix()?;
+        if key_start.is_empty() {
+            return Err(Error::InvalidArgument(
+                "refusing to delete every lock: give the start of the keys".into(),
+            ));
+        }
+        let mut pattern_prefix = self.client().key_prefix().to_vec();
+        pattern_prefix.extend_from_slice(key_start);
+        let mut deleted = 0;
+        for target in self.configured_targets() {
+            let mut position = 0;
+            loop {
+                let page =
+                    self.scan_matching(target, &pattern_prefix, position, 1000, true, interrupt)?;
+                if !page.keys.is_empty() {
+                    let values = self.each_key(target, "DEL", &page.keys, interrupt)?;
+                    deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
+                }
+                position = page.cursor;
+                if position == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// One page of `locking cleanup-source`: string keys under the prefix on
+    /// the source, deleted (or, with `dry_run`, counted). Returns the next
+    /// cursor, the keys found and the keys deleted. Only once the fleet no
+    /// longer reads the source (the CLI checks that).
+    /// One SCAN page of the locks on a server whose key (after the prefix)
+    /// matches `glob` (Redis glob syntax; the prefix itself is matched
+    /// literally): (next cursor, [(key without the prefix, token, PTTL)]).
+    /// A key that went between the SCAN and its GET is left out. A `glob`
+    /// without `*`, `?`, `[` or `\\` names one key: it is looked up directly.
+    #[allow(clippy::type_complexity)]
+    pub fn lock_page(
+        &mut self,
+        target: Target,
+        cursor: u64,
+        glob: &[u8],
+        count: usize,
+        interrupt: &Interrupt,
+    ) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>, i64)>)> {
+        self.check_prefix()?;
+        let prefix = self.client().key_prefix().to_vec();
+        let exact = !glob.is_empty() && !glob.iter().any(|b| b"*?[\\".contains(b));
+        let page = if exact {
+            // One key, not a pattern: one lookup, not a walk of the keyspace.
+            ScanPage {
+                cursor: 0,
+                keys: vec![[prefix.as_slice(), glob].concat()],
+                restarted: false,
+            }
+        } else {
+            let mut pattern = match_pattern(&prefix);
+            pattern.pop(); // the trailing '*': the glob goes there
+            pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
+            self.scan_pattern(target, &pattern, cursor, count, true, interrupt)?
+        };
+        if page.keys.is_empty() {
+            return Ok((page.cursor, Vec::new()));
+        }
+        let tokens = self.each_key(target, "GET", &page.keys, interrupt)?;
+        let pttls = self.each_key(target, "PTTL", &page.keys, interrupt)?;
+        let locks = page
+            .keys
+            .into_iter()
+            .zip(tokens.into_iter().zip(pttls))
+            .filter_map(|(key, (token, pttl))| match (token, pttl) {
+                (Value::BulkString(token), Value::Int(pttl)) if pttl != -2 => {
+                    Some((key[prefix.len().min(key.len())..].to_vec(), token, pttl))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok((page.cursor, locks))
+    }
+
+    pub fn cleanup_source_page(
+        &mut self,
+        cursor: u64,
+        count: usize,
+        dry_run: bool,
+        interrupt: &Interrupt,
+    ) -> Result<(u64, u64, u64)> {
+        self.check_prefix()?;
+        let prefix = self.client().key_prefix().to_vec();
+        let page = self.scan_matching(Target::Source, &prefix, cursor, count, true, interrupt)?;
+        let found = page.keys.len() as u64;
+        let mut deleted = 0;
+        if !dry_run && !page.keys.is_empty() {
+            let values = self.each_key(Target::Source, "DEL", &page.keys, interrupt)?;
+            deleted = values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
+        }
+        Ok((page.cursor, found, deleted))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::match_pattern;
+
+    #[test]
+    fn escapes_glob_characters_in_the_prefix() {
+        assert_eq!(match_pattern(b"locking:"), b"locking:*".to_vec());
+        assert_eq!(
+            match_pattern(b"a*b?[c]\\"),
+            b"a\\*b\\?\\[c\\]\\\\*".to_vec()
+        );
+    }
+}
