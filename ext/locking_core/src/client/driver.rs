@@ -44,7 +44,7 @@ impl<'c> Lease<'c> {
         }
         while !active.is_empty() {
             let (sends, next) = step_all(&mut ops, active, &mut replies, &mut outputs);
-            if let Some(error) = self.heartbeat_lapsed() {
+            if let Some(error) = self.must_not_send() {
                 for (index, place, _, _) in &sends {
                     replies[*index][*place] = Err(error.clone());
                 }
@@ -110,14 +110,18 @@ impl<'c> Lease<'c> {
                 }
                 done[index] = range.end;
                 let requests = lock_requests(&group[range.clone()], keys);
-                let sent = self
-                    .connection(*target, Route::Node(*node), interrupt)
-                    .and_then(|(_, node, connection)| {
-                        let stale = connection.from_pool;
-                        pipeline::send(connection, &node.dialect, &requests, interrupt).map(
-                            |ticket| (ticket, Instant::now() + connection.read_timeout(), stale),
-                        )
-                    });
+                // Each wave may wait a timeout for its replies: the lapse and
+                // the fence are asked again before every pipeline.
+                let sent = match self.must_not_send() {
+                    Some(error) => Err(error),
+                    None => Ok(()),
+                }
+                .and_then(|()| self.connection(*target, Route::Node(*node), interrupt))
+                .and_then(|(_, node, connection)| {
+                    let stale = connection.from_pool;
+                    pipeline::send(connection, &node.dialect, &requests, interrupt)
+                        .map(|ticket| (ticket, Instant::now() + connection.read_timeout(), stale))
+                });
                 wave.push((index, range, sent));
             }
             if wave.is_empty() {
@@ -208,7 +212,7 @@ impl<'c> Lease<'c> {
         batch: &[(Target, Command)],
         interrupt: &Interrupt,
     ) -> Vec<Result<Reply>> {
-        if let Some(error) = self.heartbeat_lapsed() {
+        if let Some(error) = self.must_not_send() {
             return batch.iter().map(|_| Err(error.clone())).collect();
         }
         if let [(first, _), (second, _)] = batch {

@@ -36,6 +36,9 @@ pub struct Lease<'c> {
     /// The connections to each server, with the node each goes to.
     pub(super) source: Held,
     pub(super) destination: Held,
+    /// Sends only while a lease of its own (the backfill's) is believed
+    /// held, until this `belief` time: see `fence`.
+    pub(super) fence_until_us: Option<u64>,
 }
 
 impl Drop for Lease<'_> {
@@ -56,7 +59,42 @@ impl<'c> Lease<'c> {
             began_read: 0,
             source,
             destination,
+            fence_until_us: None,
         }
+    }
+
+    /// Fences everything this lease sends with a lease believed held until
+    /// `valid_until_us` (`belief::valid_until` of its last confirmed
+    /// renewal): a pipeline is sent only if, held by the network for a whole
+    /// timeout, it still lands before that lease can expire. Checked before
+    /// every pipeline (each wave of a batch, each redirect followed, each
+    /// retry), so a batch that outlives the lease stops in its middle.
+    pub(crate) fn fence(&mut self, valid_until_us: u64) {
+        self.fence_until_us = Some(valid_until_us);
+    }
+
+    /// `Error::Phase` once the fence no longer covers a pipeline sent now.
+    pub(crate) fn check_fence(&self) -> crate::error::Result<()> {
+        let Some(until) = self.fence_until_us else {
+            return Ok(());
+        };
+        let timeout_us = self.client.timeout.as_micros() as u64;
+        let now = crate::protocol::belief::now_us();
+        if crate::protocol::belief::may_send(until, now, timeout_us) {
+            return Ok(());
+        }
+        Err(crate::error::Error::Phase(format!(
+            "the backfill's lease runs out in {} ms, less than a timeout: it sends nothing more (was it \
+             stopped, or a batch slower than its lease?), since the fleet may move into phase 2 once the \
+             lease is gone",
+            until.saturating_sub(now) / 1000
+        )))
+    }
+
+    /// Why nothing more may be sent now: the process's heartbeat lapsed
+    /// (dynamic phases) or the fence passed; `None` while sending is safe.
+    pub(super) fn must_not_send(&self) -> Option<crate::error::Error> {
+        self.heartbeat_lapsed().or_else(|| self.check_fence().err())
     }
 
     /// Ends the lease, handing back the connections it holds (source,

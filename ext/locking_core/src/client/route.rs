@@ -162,6 +162,8 @@ impl<'c> Lease<'c> {
         interrupt: &Interrupt,
         exchange: impl Fn(&mut Link, &pipeline::Dialect) -> Result<T>,
     ) -> Result<T> {
+        // A redirect followed, a resend, a retry: each is a pipeline sent.
+        self.check_fence()?;
         let (index, node, connection) = self.connection(target, route, interrupt)?;
         let stale = connection.from_pool;
         match exchange(connection, &node.dialect) {

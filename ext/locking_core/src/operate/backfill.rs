@@ -183,6 +183,10 @@ impl Operator<'_> {
         for (key, outcome) in keys.iter().zip(outcomes) {
             tally(&mut report, key.as_deref().unwrap_or_default(), outcome);
         }
+        if report.failed > 0 {
+            // Copies refused by the fence mid-batch: the lease is the news.
+            self.check_fence()?;
+        }
         if let (Some(began), Some(cluster)) = (began, source.cluster()) {
             let ended = source.survey(interrupt)?;
             let changed = (began.fingerprint != ended.fingerprint)

@@ -14,9 +14,6 @@ use crate::wire::pipeline::Request;
 /// Connections for one operator command. Every method here may block.
 pub struct Operator<'c> {
     lease: Lease<'c>,
-    /// Writes are sent only while this lease (the backfill's) holds, in
-    /// `belief` time: see `fence`.
-    fence_until_us: Option<u64>,
 }
 
 impl<'c> Operator<'c> {
@@ -25,7 +22,6 @@ impl<'c> Operator<'c> {
     pub fn new(client: &'c Client) -> Self {
         Operator {
             lease: client.lease(),
-            fence_until_us: None,
         }
     }
 
@@ -37,29 +33,16 @@ impl<'c> Operator<'c> {
 
     /// Fences this command's writes with a lease believed held until
     /// `valid_until_us` (`belief::valid_until` of its last confirmed
-    /// renewal): a write is sent only if, held by the network for a whole
-    /// timeout, it still lands before the lease can expire. A backfill
-    /// stopped past its lease (SIGSTOP, a VM pause) then writes nothing
+    /// renewal): see `Lease::fence`. A backfill stopped past its lease
+    /// (SIGSTOP, a VM pause), or a batch slower than it, then writes nothing
     /// more, even in the middle of a batch.
     pub fn fence(&mut self, valid_until_us: u64) {
-        self.fence_until_us = Some(valid_until_us);
+        self.lease.fence(valid_until_us);
     }
 
     /// `Error::Phase` once the fence no longer covers a write sent now.
     pub(crate) fn check_fence(&self) -> Result<()> {
-        let Some(until) = self.fence_until_us else {
-            return Ok(());
-        };
-        let timeout_us = self.client().timeout().as_micros() as u64;
-        let now = crate::protocol::belief::now_us();
-        if crate::protocol::belief::may_send(until, now, timeout_us) {
-            return Ok(());
-        }
-        Err(Error::Phase(format!(
-            "the backfill's lease runs out in {} ms, less than a timeout: it sends nothing more (was it stopped?), \
-             since the fleet may move into phase 2 once the lease is gone",
-            until.saturating_sub(now) / 1000
-        )))
+        self.lease.check_fence()
     }
 
     pub(crate) fn client(&self) -> &'c Client {
