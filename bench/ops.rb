@@ -48,7 +48,9 @@ LOOK_ON = { source: [0], dual: [0, 1], drain: [1, 0], destination: [1] }.freeze
 
 # The floor: the commands locking sends per operation, one string per round
 # trip ("++" joins commands sent to both servers at once), as MONITOR shows them.
-cad = servers.map { |r| r.script(:load, File.read(File.join(Bench::ROOT, "ext/locking_core/src/wire/codec/lua/compare_and_delete.lua"))) }.first
+cad = servers.map do |r|
+  r.script(:load, File.read(File.join(Bench::ROOT, "ext/locking_core/src/wire/codec/lua/compare_and_delete.lua")))
+end.first
 token = "0b5b3f4c-7f6e-4a51-9d43-6a1d2b8e9f10"
 set = ->(side) { "#{side}:SET locking:f{i} #{token} NX GET PX 10000" }
 del = ->(side) { "#{side}:EVALSHA #{cad} 1 locking:f{i} #{token}" }
