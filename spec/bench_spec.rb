@@ -1,10 +1,5 @@
 # frozen_string_literal: true
 
-require "json"
-require "open3"
-require "tmpdir"
-require "rbconfig"
-
 # The benchmarks are not timed here (timed tests flake on a shared machine),
 # but they must keep working: the floor tool sends real commands and fails
 # on an error reply, and a tiny ops run produces well-formed rows.

@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-require "open3"
-
 # No leak in the core: the cycles example (acquire, locked?, ttl, renew,
 # release through the same pool and protocol code the gem uses) under
 # valgrind's memcheck must report no definitely or indirectly lost bytes.

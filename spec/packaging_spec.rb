@@ -1,10 +1,5 @@
 # frozen_string_literal: true
 
-require "fileutils"
-require "tmpdir"
-require "open3"
-require "rbconfig"
-
 # The gem as a user gets it: `gem build`, `gem install` (which compiles the
 # Rust extension with cargo through extconf.rb), then `require "locking"`
 # from the installed copy, in a GEM_HOME of its own.

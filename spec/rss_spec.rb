@@ -1,10 +1,5 @@
 # frozen_string_literal: true
 
-require "json"
-require "open3"
-require "tmpdir"
-require "rbconfig"
-
 # Resident memory stays flat over 1,000,000 acquire+release cycles through
 # the Ruby API (8 threads, the GVL released on every round trip): the same
 # run as bin/bench's RSS row (bench/rss.rb), in a process of its own so that

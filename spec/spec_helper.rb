@@ -2,6 +2,15 @@
 
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 require "locking"
+require "etc"
+require "fileutils"
+require "json"
+require "logger"
+require "open3"
+require "rbconfig"
+require "socket"
+require "stringio"
+require "tmpdir"
 require "timeout"
 require_relative "support/redis_server"
 require_relative "support/phases"
@@ -32,6 +41,10 @@ module ServerHelpers
   def source_server = TestServers.get(:source)
   def destination_server = TestServers.get(:destination)
   def witness_server = TestServers.get(:witness)
+
+  # The servers' own clients (a spec's `let(:source)` or `let(:destination)` wins over these).
+  def source = source_server.redis
+  def destination = destination_server.redis
 
   # Everything a server holds, as {key => [type, value, pttl]}.
   def contents(server)

@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-require "rbconfig"
-require "open3"
 require_relative "../support/holding_proxy"
 
 # The ten holes adversarial testing found in the operating layer around the
@@ -10,8 +8,6 @@ require_relative "../support/holding_proxy"
 # the spec waits for states (a request held, a heartbeat written), never for
 # a length of time.
 RSpec.describe "adversarial cases" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
   let(:phase_key) { "{locking-control}:locking:phase" }
 
   def wait_until(seconds = 5)

@@ -8,9 +8,6 @@ require "active_job"
 RSpec.describe "auto_renew (the native renewer)" do
   def configure(phase = :source, **more) = configure_both(phase, **more)
 
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
-
   before { configure }
 
   after { Locking.reset_configuration! }

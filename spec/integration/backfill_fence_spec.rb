@@ -17,7 +17,6 @@ RSpec.describe "the backfill's fence with a cluster" do
   before(:all) { @cluster = RedisCluster.new(masters: 1, name: "fence") }
   after(:all) { @cluster&.cleanup }
 
-  let(:source) { source_server.redis }
   let(:node) { @cluster.nodes.first.redis }
   let(:lease_key) { "{locking-control}:locking:backfill" }
 

@@ -5,8 +5,6 @@
 # rest of the batch it was in, since the fleet may have moved into phase 2
 # meanwhile (`set_phase.lua` refuses that move only while the lease lives).
 RSpec.describe "the backfill's lease" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
   let(:lease_key) { "{locking-control}:locking:backfill" }
 
   def copies = destination.keys("locking:*").size

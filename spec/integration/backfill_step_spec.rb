@@ -3,9 +3,6 @@
 # The core's backfill step over real servers (the operator command that walks
 # millions of keys with it comes with the CLI).
 RSpec.describe "backfill step" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
-
   before { configure_both(:dual) }
 
   def backfill(key)

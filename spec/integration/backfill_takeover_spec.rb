@@ -1,6 +1,5 @@
 # frozen_string_literal: true
 
-require "rbconfig"
 require_relative "../support/copy_holding_proxy"
 
 # A backfill's lease keeps the fleet out of phase 2 while its copies may
@@ -13,8 +12,6 @@ require_relative "../support/copy_holding_proxy"
 # namespace, time namespace and /proc. (An adversary's findings, each
 # reproduced first.)
 RSpec.describe "taking over a backfill's lease" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
   let(:lease_key) { "{locking-control}:locking:backfill" }
   let(:root) { File.expand_path("../..", __dir__) }
 

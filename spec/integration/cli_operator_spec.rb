@@ -1,14 +1,11 @@
 # frozen_string_literal: true
 
-require "json"
 require "rack/test"
 require "locking/web"
 
 # The operator command for scripts and runbooks (issue 28): the gate and `phase advance` under one rule, a dead
 # backfill's lease, --json, unlock, audit, phase --check and --wait-fleet, and what static phases assume.
 RSpec.describe "exe/locking for operators" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
   let(:lease_key) { "{locking-control}:locking:backfill" }
   let(:phase_key) { "{locking-control}:locking:phase" }
 

@@ -1,15 +1,6 @@
 # frozen_string_literal: true
 
-require "tmpdir"
-require "etc"
-
-require "rbconfig"
-require "json"
-
 RSpec.describe "exe/locking" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
-
   def load_source
     source.set("locking:job:1", "token-1", px: 120_000)
     source.set("locking:job:2", "token-2", px: 30_000)

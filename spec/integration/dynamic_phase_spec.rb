@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-require "rbconfig"
-
 # The whole migration with no deploy: worker processes with `phase = :dynamic`
 # keep running unique jobs while the operator walks phases 0 to 3 with
 # `locking phase advance`; an occupancy witness counts overlaps.

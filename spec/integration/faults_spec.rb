@@ -1,8 +1,6 @@
 # frozen_string_literal: true
 
 require_relative "../support/reply_dropping_proxy"
-require "logger"
-require "stringio"
 
 # Faults as production brings them: lost replies, killed and paused holders,
 # a destination that dies in phase 1, fork storms, interrupts mid-call.

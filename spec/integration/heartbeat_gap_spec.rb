@@ -1,6 +1,5 @@
 # frozen_string_literal: true
 
-require "json"
 require_relative "../support/loopback_proxy"
 
 # A heartbeat is written when the destination runs it, which may be a whole

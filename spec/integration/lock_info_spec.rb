@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
 require "active_job"
-require "logger"
 
 ActiveJob::Base.queue_adapter = :test
 ActiveJob::Base.logger = Logger.new(nil)
@@ -9,9 +8,6 @@ ActiveJob::Base.logger = Logger.new(nil)
 # Locking.lock_info, Locking.each_lock and Locking::UniqueJob.unlock_all!
 # on real Redis servers, in every phase.
 RSpec.describe "Locking.lock_info and Locking.each_lock" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
-
   it "tells who holds a lock and for how long, nil when nobody does" do
     lock = Locking.new("report:1")
     lock.acquire(60)

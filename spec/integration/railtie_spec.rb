@@ -1,10 +1,5 @@
 # frozen_string_literal: true
 
-require "open3"
-require "tmpdir"
-require "rbconfig"
-require "fileutils"
-
 # The Railtie in a minimal Rails app, in a process of its own: settings from
 # config/locking.yml and config.locking, and the rake tasks.
 RSpec.describe "Rails integration" do

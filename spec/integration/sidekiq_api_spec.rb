@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
 require "active_job"
-require "logger"
 require "sidekiq"
 require "locking/sidekiq"
 

@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-require "rbconfig"
-
 # A real Sidekiq process (Debian's ruby-sidekiq) running ActiveJob jobs of a
 # small app (spec/support/sidekiq_app.rb) against real Redis servers.
 RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do

@@ -1,9 +1,5 @@
 # frozen_string_literal: true
 
-require "open3"
-require "rbconfig"
-require "tmpdir"
-
 # Locking::Testing as an app uses it: its own suites (spec/fixtures/app_suite,
 # named so that this suite does not load them: they switch Locking to memory),
 # run in processes of their own, with every Redis URL pointing at a port

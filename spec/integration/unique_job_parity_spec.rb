@@ -1,8 +1,6 @@
 # frozen_string_literal: true
 
 require "active_job"
-require "logger"
-require "stringio"
 
 ActiveJob::Base.queue_adapter = :test
 ActiveJob::Base.logger = Logger.new(nil)

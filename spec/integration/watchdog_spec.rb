@@ -1,16 +1,10 @@
 # frozen_string_literal: true
 
-require "logger"
-require "stringio"
-
 # The watchdog works on what its phase needs, and only that: a hung server
 # the phase does not use never delays a renewal; min_replicas_acked applies
 # to renewals too; a lock nobody references is renewed no more; auto_renew:
 # SECONDS renews for at most that long.
 RSpec.describe "the watchdog (auto_renew)" do
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
-
   after do
     Locking.logger = nil
     Locking.reset_configuration!

@@ -10,9 +10,6 @@ RSpec.describe "Locking::Web (the dashboard)" do
 
   def app = @app ||= Locking::Web.app(secret: "s" * 64)
 
-  let(:source) { source_server.redis }
-  let(:destination) { destination_server.redis }
-
   before do
     Locking::Web.read_only = false
     Locking::Web.forget_counts
