@@ -8,18 +8,14 @@
 # the same run.
 #
 #   bundle exec ruby -Ilib bench/dashboard.rb [--keys N] [--seconds S]
-require "optparse"
 require "rack"
-require "locking"
 require "locking/web"
-require_relative "../spec/support/redis_server"
 require_relative "support"
 
-options = { keys: 2_000_000, seconds: 30 }
-OptionParser.new do |o|
-  o.on("--keys N", Integer, "keys on the source, half of them locks (default 2,000,000)") { |v| options[:keys] = v }
-  o.on("--seconds S", Integer, "how long each latency row watches (default 30)") { |v| options[:seconds] = v }
-end.parse!
+options = Bench.options(keys: 2_000_000, seconds: 30) do |o, chosen|
+  o.on("--keys N", Integer, "keys on the source, half of them locks (default 2,000,000)") { |v| chosen[:keys] = v }
+  o.on("--seconds S", Integer, "how long each latency row watches (default 30)") { |v| chosen[:seconds] = v }
+end
 
 source, destination = Bench.start_servers("dashboard-source", "dashboard-destination")
 locks = options[:keys] / 2

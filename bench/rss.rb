@@ -4,16 +4,12 @@
 # the Ruby API, on 8 threads (the GVL released on every round trip).
 #
 #   bundle exec ruby -Ilib bench/rss.rb [--cycles N] [--json FILE]
-require "optparse"
-require "locking"
-require_relative "../spec/support/redis_server"
 require_relative "support"
 
-options = { cycles: 1_000_000, threads: 8 }
-OptionParser.new do |o|
-  o.on("--cycles N", Integer, "acquire+release cycles (default 1,000,000)") { |v| options[:cycles] = v }
-  o.on("--json FILE", "write the row as JSON (for bench/all.rb)") { |v| options[:json] = v }
-end.parse!
+options = Bench.options(cycles: 1_000_000, threads: 8) do |o, chosen|
+  o.on("--cycles N", Integer, "acquire+release cycles (default 1,000,000)") { |v| chosen[:cycles] = v }
+  o.on("--json FILE", "write the row as JSON (for bench/all.rb)") { |v| chosen[:json] = v }
+end
 
 server, = Bench.start_servers("bench-rss")
 Locking.configure do |c|

@@ -1,6 +1,9 @@
 # frozen_string_literal: true
 
 require "json"
+require "optparse"
+require "locking"
+require_relative "../spec/support/redis_server"
 require "open3"
 require "socket"
 
@@ -10,6 +13,14 @@ module Bench
   ROOT = File.expand_path("..", __dir__)
 
   module_function
+
+  # The script's options: `defaults`, then what the command line says (the
+  # block declares them on the parser, into the hash it is given).
+  def options(defaults)
+    options = defaults.dup
+    OptionParser.new { |parser| yield parser, options }.parse!
+    options
+  end
 
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 

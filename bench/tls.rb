@@ -6,21 +6,17 @@
 # measured over TLS as well. Certificates are made at start (openssl CLI).
 #
 #   bundle exec ruby -Ilib bench/tls.rb [--ops N] [--rounds R] [--json FILE]
-require "optparse"
 require "openssl"
-require "locking"
-require_relative "../spec/support/redis_server"
+require_relative "support"
 require_relative "../spec/support/tls"
 require_relative "reference_locking"
-require_relative "support"
 
-options = { ops: 3000, rounds: 5 }
-OptionParser.new do |o|
-  o.on("--ops N", Integer, "operations per measurement (default 3000)") { |v| options[:ops] = v }
-  o.on("--rounds N", Integer, "interleaved rounds; medians reported (default 5)") { |v| options[:rounds] = v }
-  o.on("--json FILE", "write the rows as JSON (for bench/all.rb)") { |v| options[:json] = v }
-  o.on("--label TEXT", "put TEXT before the case's name") { |v| options[:label] = v }
-end.parse!
+options = Bench.options(ops: 3000, rounds: 5) do |o, chosen|
+  o.on("--ops N", Integer, "operations per measurement (default 3000)") { |v| chosen[:ops] = v }
+  o.on("--rounds N", Integer, "interleaved rounds; medians reported (default 5)") { |v| chosen[:rounds] = v }
+  o.on("--json FILE", "write the rows as JSON (for bench/all.rb)") { |v| chosen[:json] = v }
+  o.on("--label TEXT", "put TEXT before the case's name") { |v| chosen[:label] = v }
+end
 
 certs = TestCertificates.new
 server = TlsRedisServer.new("bench-tls", certs).tap(&:start)
