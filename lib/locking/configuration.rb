@@ -78,11 +78,7 @@ class Locking
     end
 
     def eviction_policy_check=(check)
-      unless EVICTION_CHECKS.include?(check)
-        raise ArgumentError, "eviction_policy_check must be :warn, :raise or :off, got #{check.inspect}"
-      end
-
-      @eviction_policy_check = check
+      @eviction_policy_check = Locking.choice!("eviction_policy_check", check, EVICTION_CHECKS)
     end
 
     def source=(server)

@@ -30,4 +30,11 @@ class Locking
   # A unique job was enqueued (or performed) while the same job held its lock
   # (Locking::UniqueJob with on_conflict: :raise).
   class DuplicateJobError < Error; end
+
+  # `value` if it is one of `choices`; else an ArgumentError naming `what`, the choices and the value.
+  def self.choice!(what, value, choices)
+    return value if choices.include?(value)
+
+    raise ArgumentError, "#{what} must be one of #{choices.map(&:inspect).join(', ')}, got #{value.inspect}"
+  end
 end

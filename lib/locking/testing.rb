@@ -180,11 +180,7 @@ class Locking
       attr_reader :offset
 
       def mode=(mode)
-        unless MODES.include?(mode)
-          raise ArgumentError, "unknown Locking::Testing mode #{mode.inspect} (expected #{MODES.map(&:inspect).join(', ')})"
-        end
-
-        @mode = mode
+        @mode = Locking.choice!("Locking::Testing.mode", mode, MODES)
       end
 
       # Runs the block in another mode, then restores the previous one.

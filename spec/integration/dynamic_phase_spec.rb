@@ -33,11 +33,16 @@ RSpec.describe "dynamic phases" do
     end
   end
 
-  it "moves running processes through every phase without a restart, never running a job twice" do
+  # Phase 0 set, and `count` workers started in it (stopped by the "stop" key).
+  def start_fleet(count)
     configure_both(:source)
     expect(locking_cli("phase", "set", "0", "--init")[0]).to eq(0)
+    start_workers(count, "stop")
+  end
+
+  it "moves running processes through every phase without a restart, never running a job twice" do
     witness = witness_server.redis
-    workers = start_workers(3, "stop")
+    workers = start_fleet(3)
     begin
       expect(wait_for { fleet_phases.size == 3 }).to be(true)
       pids_before = fleet_members.map { |m| m[:process] }.sort
@@ -67,10 +72,8 @@ RSpec.describe "dynamic phases" do
   end
 
   it "refuses to advance while a process is still behind, and proceeds once it catches up" do
-    configure_both(:source)
-    expect(locking_cli("phase", "set", "0", "--init")[0]).to eq(0)
     witness = witness_server.redis
-    workers = start_workers(2, "stop")
+    workers = start_fleet(2)
     begin
       expect(wait_for { fleet_phases.size == 2 }).to be(true)
       expect(locking_cli("phase", "advance", "--wait", "5")[0]).to eq(0) # 0 -> 1
