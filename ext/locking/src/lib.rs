@@ -6,6 +6,7 @@ mod error;
 mod memory;
 mod nogvl;
 mod renewal;
+mod semaphore;
 mod walk;
 
 use magnus::{Error, Ruby};
@@ -15,5 +16,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     client::init(ruby)?;
     renewal::init(ruby)?;
     walk::init(ruby)?;
+    semaphore::init(ruby)?;
     memory::init(ruby)
 }
