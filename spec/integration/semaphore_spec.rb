@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "open3"
+
 RSpec.describe Locking::Semaphore do
   include PhaseHelpers
 
@@ -178,6 +180,38 @@ RSpec.describe Locking::Semaphore do
       expect(redis.keys("*")).to be_empty
       expect(destination_server.redis.keys("*")).to be_empty
     end
+  end
+
+  it "gives the same answers with GC.stress on, for binary keys and tokens" do
+    exercise = lambda do
+      name = "gc:#{rand(1_000_000)}".b + "\xFF".b
+      mine = described_class.new(name, limit: 1, token: "t\x00oken".b)
+      other = described_class.new(name, limit: 1)
+      [mine.acquire(5), other.acquire(5), mine.holders, mine.renew(5), mine.release, mine.holders]
+    end
+    GC.stress = true
+    begin
+      3.times { expect(exercise.call).to eq([true, false, 1, true, true, 0]) }
+    ensure
+      GC.stress = false
+    end
+    expect(redis.keys("*")).to eq([])
+  end
+
+  # In a child Ruby: requiring locking/testing turns memory mode on for the whole process.
+  it "says Locking::Testing's memory mode does not support semaphores yet" do
+    script = <<~RUBY
+      require "locking/testing"
+      begin
+        Locking::Semaphore.new("exports", limit: 1).acquire(1)
+      rescue Locking::Error => e
+        puts "\#{e.class}: \#{e.message}"
+      end
+    RUBY
+    out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+
+    expect(status).to be_success
+    expect(out).to eq("Locking::Error: semaphores are not yet supported by Locking::Testing's memory mode\n")
   end
 
   # 4 processes x 3 threads on one semaphore of 3: each insider counts itself
