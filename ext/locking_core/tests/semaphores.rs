@@ -10,7 +10,7 @@ use locking_core::protocol::model::{
 };
 use locking_core::protocol::store::run;
 use locking_core::protocol::{
-    Operation, SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew,
+    Operation, SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew, SemaphoreRules,
 };
 use locking_core::{Error, Phase};
 
@@ -38,19 +38,25 @@ const PAIRS: [(Phase, Phase); 7] = [
 ];
 
 /// A client's phases: all in p, all in q, or its first action in p and the
-/// rest in q (a process that moved on between its operations).
-fn patterns(p: Phase, q: Phase) -> Vec<Vec<Phase>> {
+/// rest in q (a process that moved on between its operations). With the
+/// two-server rules, (1, 2) also has a holder from phase 0 carried into
+/// phase 1 (phase-2 actions wait for the fleet to leave phase 0, and the gate).
+fn patterns(p: Phase, q: Phase, rules: SemaphoreRules) -> Vec<Vec<Phase>> {
     if p == q {
         return vec![vec![p; 3]];
     }
-    vec![vec![p; 3], vec![q; 3], vec![p, q, q]]
+    let mut patterns = vec![vec![p; 3], vec![q; 3], vec![p, q, q]];
+    if rules == SemaphoreRules::TwoServers && (p, q) == (Phase::Dual, Phase::Drain) {
+        patterns.push(vec![Phase::Source, Phase::Dual, Phase::Dual]);
+    }
+    patterns
 }
 
 /// Every multiset of `count` clients (clients are symmetric: order is not explored).
-fn clients(p: Phase, q: Phase, count: usize) -> Vec<Vec<SemaphoreClient>> {
+fn clients(p: Phase, q: Phase, count: usize, rules: SemaphoreRules) -> Vec<Vec<SemaphoreClient>> {
     let mut kinds = Vec::new();
     for script in SCRIPTS {
-        for pattern in patterns(p, q) {
+        for pattern in patterns(p, q, rules) {
             kinds.push(SemaphoreClient {
                 actions: script
                     .iter()
@@ -75,19 +81,17 @@ fn clients(p: Phase, q: Phase, count: usize) -> Vec<Vec<SemaphoreClient>> {
     }
 }
 
-#[test]
-fn never_more_holders_than_the_limit_in_each_adjacent_pair() {
+/// Every scenario of every pair under `rules`; `refused`: the phases whose
+/// clients never hold (the limit is reached wherever another phase runs).
+fn every_pair(rules: SemaphoreRules, limits: &[u64], refused: &[Phase]) {
     let mut total_states = 0;
     let mut scenarios = 0;
     for (p, q) in PAIRS {
-        for limit in [1u64, 2] {
+        for &limit in limits {
             let mut most = 0;
-            for clients in clients(p, q, limit as usize + 1) {
-                let scenario = SemaphoreScenario {
-                    limit,
-                    clients,
-                    keeps_expired: false,
-                };
+            for clients in clients(p, q, limit as usize + 1, rules) {
+                let mut scenario = SemaphoreScenario::new(limit, clients);
+                scenario.rules = rules;
                 match explore_semaphore(&scenario) {
                     Ok(stats) => {
                         total_states += stats.states;
@@ -102,9 +106,7 @@ fn never_more_holders_than_the_limit_in_each_adjacent_pair() {
                 scenarios += 1;
             }
             // Not vacuous: where a phase runs semaphores, the limit is reached.
-            let runs = [p, q]
-                .iter()
-                .any(|phase| !matches!(phase, Phase::Dual | Phase::Drain));
+            let runs = [p, q].iter().any(|phase| !refused.contains(phase));
             let expected = if runs { limit as usize } else { 0 };
             assert_eq!(
                 most,
@@ -115,7 +117,61 @@ fn never_more_holders_than_the_limit_in_each_adjacent_pair() {
             );
         }
     }
-    eprintln!("{scenarios} semaphore scenarios, {total_states} states");
+    eprintln!("{rules:?}: {scenarios} semaphore scenarios, {total_states} states");
+}
+
+#[test]
+fn never_more_holders_than_the_limit_in_each_adjacent_pair() {
+    every_pair(
+        SemaphoreRules::OneServer,
+        &[1, 2],
+        &[Phase::Dual, Phase::Drain],
+    );
+}
+
+/// The two-server design of DESIGN (not yet run by the product).
+#[test]
+fn the_two_server_design_keeps_the_limit_in_each_adjacent_pair() {
+    every_pair(SemaphoreRules::TwoServers, &[1], &[]);
+}
+
+fn client(actions: &[(Phase, SemaphoreAction)]) -> SemaphoreClient {
+    SemaphoreClient {
+        actions: actions.to_vec(),
+    }
+}
+
+#[test]
+fn the_explorer_finds_phase_1_counting_on_one_server_only_negative_control() {
+    // A phase-0 holder has its place on the source only; a phase-1 acquire
+    // that counts the destination only does not see it.
+    let clients = vec![
+        client(&[(Phase::Source, Acquire { ttl: 2 })]),
+        client(&[(Phase::Dual, Acquire { ttl: 2 })]),
+    ];
+    let mut scenario = SemaphoreScenario::new(1, clients);
+    scenario.rules = SemaphoreRules::DualOnDestinationOnly;
+    let counterexample = explore_semaphore(&scenario).expect_err("two holders of one place");
+    assert!(counterexample.starts_with("2 holders"), "{counterexample}");
+    scenario.rules = SemaphoreRules::TwoServers;
+    assert!(explore_semaphore(&scenario).is_ok());
+}
+
+#[test]
+fn the_explorer_finds_a_gate_blind_to_semaphores_negative_control() {
+    // A place taken in phase 0 lives on the source only; phase 2 counts the
+    // destination only. Only the gate keeps them apart.
+    let clients = vec![
+        client(&[(Phase::Source, Acquire { ttl: 2 })]),
+        client(&[(Phase::Drain, Acquire { ttl: 2 })]),
+    ];
+    let mut scenario = SemaphoreScenario::new(1, clients);
+    scenario.rules = SemaphoreRules::TwoServers;
+    scenario.gate = false;
+    let counterexample = explore_semaphore(&scenario).expect_err("two holders of one place");
+    assert!(counterexample.starts_with("2 holders"), "{counterexample}");
+    scenario.gate = true;
+    assert!(explore_semaphore(&scenario).is_ok());
 }
 
 #[test]
@@ -123,9 +179,9 @@ fn the_explorer_finds_a_revived_place_negative_control() {
     // Scripts that never drop expired places: the first holder's place
     // expires, the second takes the only place, the first renews its
     // expired place back to life.
-    let scenario = SemaphoreScenario {
-        limit: 1,
-        clients: vec![
+    let mut scenario = SemaphoreScenario::new(
+        1,
+        vec![
             SemaphoreClient {
                 actions: vec![
                     (Phase::Source, Acquire { ttl: 1 }),
@@ -136,8 +192,8 @@ fn the_explorer_finds_a_revived_place_negative_control() {
                 actions: vec![(Phase::Source, Acquire { ttl: 2 })],
             },
         ],
-        keeps_expired: true,
-    };
+    );
+    scenario.keeps_expired = true;
     let counterexample = explore_semaphore(&scenario).expect_err("two holders of one place");
     assert!(counterexample.starts_with("2 holders"), "{counterexample}");
     let mut fixed = scenario;

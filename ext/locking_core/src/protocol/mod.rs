@@ -21,6 +21,7 @@ mod queries;
 mod release;
 mod renew;
 pub mod semaphore;
+mod semaphore_across;
 pub mod store;
 
 pub use acquire::Acquire;
@@ -32,6 +33,7 @@ pub use renew::Renew;
 pub use semaphore::{
     SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew, MAX_SEMAPHORE_LIMIT,
 };
+pub use semaphore_across::SemaphoreRules;
 
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;

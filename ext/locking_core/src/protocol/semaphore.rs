@@ -6,6 +6,7 @@
 //! two-server protocol of phases 1 and 2 is designed (DESIGN) but not yet
 //! explored, so every operation refuses there rather than run unproven.
 
+use super::semaphore_across::{AcrossAcquire, AcrossRelease, AcrossRenew, SemaphoreRules};
 use super::{unexpected, AcquireReply, Command, Operation, Reply, Step, Target};
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
@@ -43,7 +44,7 @@ pub fn check_limit(limit: u64) -> Result<()> {
 
 /// One command on the phase's one server, then its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct OneServer {
+pub struct OneServer {
     phase: Phase,
     command: Command,
     sent: bool,
@@ -96,62 +97,101 @@ fn step_with<T>(
 
 /// Take a place: true when this token holds one now (taken, or already its own).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SemaphoreAcquire(OneServer);
+pub enum SemaphoreAcquire {
+    One(OneServer),
+    Across(AcrossAcquire),
+}
 
 impl SemaphoreAcquire {
     pub fn new(phase: Phase, token: &[u8], ttl_ms: u64, limit: u64) -> Self {
-        SemaphoreAcquire(OneServer::new(
-            phase,
-            Command::SemaphoreAcquire {
-                token: token.to_vec(),
-                ttl_ms,
-                limit,
-            },
-        ))
+        Self::with_rules(phase, SemaphoreRules::OneServer, token, ttl_ms, limit)
+    }
+
+    pub fn with_rules(
+        phase: Phase,
+        rules: SemaphoreRules,
+        token: &[u8],
+        ttl_ms: u64,
+        limit: u64,
+    ) -> Self {
+        match rules {
+            SemaphoreRules::OneServer => SemaphoreAcquire::One(OneServer::new(
+                phase,
+                Command::SemaphoreAcquire {
+                    token: token.to_vec(),
+                    ttl_ms,
+                    limit,
+                },
+            )),
+            rules => {
+                SemaphoreAcquire::Across(AcrossAcquire::new(phase, rules, token, ttl_ms, limit))
+            }
+        }
     }
 }
 
 impl Operation for SemaphoreAcquire {
     type Output = bool;
     fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
-        step_with(&mut self.0, replies, |reply| match reply {
-            Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine) => Step::Done(Ok(true)),
-            Reply::Acquire(AcquireReply::Taken) => Step::Done(Ok(false)),
-            other => unexpected("semaphore acquire", &other),
-        })
+        match self {
+            SemaphoreAcquire::One(one) => step_with(one, replies, |reply| match reply {
+                Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine) => {
+                    Step::Done(Ok(true))
+                }
+                Reply::Acquire(AcquireReply::Taken) => Step::Done(Ok(false)),
+                other => unexpected("semaphore acquire", &other),
+            }),
+            SemaphoreAcquire::Across(across) => across.step(replies),
+        }
     }
 }
 
 /// Give the token's place back: true when a live place was removed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SemaphoreRelease(OneServer);
+pub enum SemaphoreRelease {
+    One(OneServer),
+    Across(AcrossRelease),
+}
 
 impl SemaphoreRelease {
     pub fn new(phase: Phase, token: &[u8]) -> Self {
-        SemaphoreRelease(OneServer::new(
-            phase,
-            Command::SemaphoreRelease {
-                token: token.to_vec(),
-            },
-        ))
+        Self::with_rules(phase, SemaphoreRules::OneServer, token)
+    }
+
+    pub fn with_rules(phase: Phase, rules: SemaphoreRules, token: &[u8]) -> Self {
+        match rules {
+            SemaphoreRules::OneServer => SemaphoreRelease::One(OneServer::new(
+                phase,
+                Command::SemaphoreRelease {
+                    token: token.to_vec(),
+                },
+            )),
+            _ => SemaphoreRelease::Across(AcrossRelease::new(phase, token)),
+        }
     }
 }
 
 impl Operation for SemaphoreRelease {
     type Output = bool;
     fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
-        step_with(&mut self.0, replies, flag("semaphore release"))
+        match self {
+            SemaphoreRelease::One(one) => step_with(one, replies, flag("semaphore release")),
+            SemaphoreRelease::Across(across) => across.step(replies),
+        }
     }
 }
 
 /// A new TTL for the token's live place: false when it has none (expired,
 /// released), which the holder must take as lost.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SemaphoreRenew(OneServer);
+pub enum SemaphoreRenew {
+    One(OneServer),
+    Across(AcrossRenew),
+}
 
 impl SemaphoreRenew {
     pub fn new(phase: Phase, token: &[u8], ttl_ms: u64) -> Self {
-        SemaphoreRenew(OneServer::new(
+        SemaphoreRenew::One(OneServer::new(
             phase,
             Command::SemaphoreRenew {
                 token: token.to_vec(),
@@ -159,12 +199,29 @@ impl SemaphoreRenew {
             },
         ))
     }
+
+    /// `limit`: for a place re-taken on the destination in phase 1.
+    pub fn with_rules(
+        phase: Phase,
+        rules: SemaphoreRules,
+        token: &[u8],
+        ttl_ms: u64,
+        limit: u64,
+    ) -> Self {
+        match rules {
+            SemaphoreRules::OneServer => Self::new(phase, token, ttl_ms),
+            _ => SemaphoreRenew::Across(AcrossRenew::new(phase, token, ttl_ms, limit)),
+        }
+    }
 }
 
 impl Operation for SemaphoreRenew {
     type Output = bool;
     fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
-        step_with(&mut self.0, replies, flag("semaphore renew"))
+        match self {
+            SemaphoreRenew::One(one) => step_with(one, replies, flag("semaphore renew")),
+            SemaphoreRenew::Across(across) => across.step(replies),
+        }
     }
 }
 

@@ -7,13 +7,17 @@
 //! A client believes it holds a place from the start of a successful
 //! acquire or renewal until that start plus its TTL (the server's place is
 //! counted from when the command ran, which is no earlier), and stops
-//! believing when a release starts or a renewal answers false.
+//! believing when a release starts or a renewal answers false. A renewal
+//! in flight caps the belief at its own start plus its TTL: it may shorten
+//! the place before its reply comes (the explorer found this with phase 2's
+//! renewal of both servers at once, whose replies come one by one).
 
 use super::store::MemoryStore;
 use crate::error::Result;
 use crate::protocol::phase::Phase;
 use crate::protocol::{
-    Command, Operation, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew, Step, Target,
+    Command, Operation, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew, SemaphoreRules,
+    Step, Target,
 };
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -38,6 +42,26 @@ pub struct SemaphoreScenario {
     pub clients: Vec<SemaphoreClient>,
     /// Negative control: the model servers keep expired places (`Places::keeps_expired`).
     pub keeps_expired: bool,
+    /// The rules the clients follow (the product's refuse phases 1 and 2).
+    pub rules: SemaphoreRules,
+    /// Actions in phases 2 and 3 start only once the gate has held (no live
+    /// source place whose token has no live destination place), as the
+    /// fleet moves into phase 2 only then. False: the negative control of a
+    /// gate blind to semaphores.
+    pub gate: bool,
+}
+
+impl SemaphoreScenario {
+    /// The product's rules, with the gate.
+    pub fn new(limit: u64, clients: Vec<SemaphoreClient>) -> Self {
+        SemaphoreScenario {
+            limit,
+            clients,
+            keeps_expired: false,
+            rules: SemaphoreRules::OneServer,
+            gate: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,6 +111,7 @@ struct State {
     source: MemoryStore,
     destination: MemoryStore,
     clients: Vec<ClientState>,
+    gate_held: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +133,7 @@ pub fn explore_semaphore(
         source: store.clone(),
         destination: store,
         clients: vec![ClientState::default(); scenario.clients.len()],
+        gate_held: false,
     };
     let mut search = Search {
         scenario,
@@ -127,7 +153,8 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    fn visit(&mut self, state: State) -> std::result::Result<(), String> {
+    fn visit(&mut self, mut state: State) -> std::result::Result<(), String> {
+        state.gate_held |= self.left_phase_0(&state) && gate_holds(&state);
         if !self.seen.insert(state.clone()) {
             return Ok(());
         }
@@ -158,11 +185,30 @@ impl Search<'_> {
         Ok(())
     }
 
+    /// The fleet moves into phase 2 only after it left phase 0: no action
+    /// in phase 0 running or still to come.
+    fn left_phase_0(&self, state: &State) -> bool {
+        state.clients.iter().enumerate().all(|(index, client)| {
+            let actions = &self.scenario.clients[index].actions;
+            // The running action (if any) is `next`: it counts as still to come.
+            actions
+                .iter()
+                .skip(client.next)
+                .all(|(phase, _)| *phase != Phase::Source)
+        })
+    }
+
     fn events(&self, state: &State) -> Vec<Event> {
         let mut events = Vec::new();
         for (index, client) in state.clients.iter().enumerate() {
             if client.running.is_none() {
-                if client.next < self.scenario.clients[index].actions.len() {
+                let actions = &self.scenario.clients[index].actions;
+                let waits_for_gate =
+                    |phase: Phase| self.scenario.gate && phase >= Phase::Drain && !state.gate_held;
+                if actions
+                    .get(client.next)
+                    .is_some_and(|(phase, _)| !waits_for_gate(*phase))
+                {
                     events.push(Event::Start(index));
                 }
             } else {
@@ -200,19 +246,23 @@ impl Search<'_> {
                 let (phase, action) = self.scenario.clients[index].actions[client.next];
                 let token = super::token(index);
                 client.started = state.now;
-                let mut op =
-                    match action {
-                        SemaphoreAction::Acquire { ttl } => Running::Acquire(
-                            SemaphoreAcquire::new(phase, &token, ttl, self.scenario.limit),
-                        ),
-                        SemaphoreAction::Renew { ttl } => {
-                            Running::Renew(SemaphoreRenew::new(phase, &token, ttl))
-                        }
-                        SemaphoreAction::Release => {
-                            client.believed_until = None;
-                            Running::Release(SemaphoreRelease::new(phase, &token))
-                        }
-                    };
+                let (rules, limit) = (self.scenario.rules, self.scenario.limit);
+                let mut op = match action {
+                    SemaphoreAction::Acquire { ttl } => Running::Acquire(
+                        SemaphoreAcquire::with_rules(phase, rules, &token, ttl, limit),
+                    ),
+                    SemaphoreAction::Renew { ttl } => {
+                        // A renewal may shorten the place before its reply:
+                        // from its send, the belief is no longer than it asks.
+                        client.believed_until =
+                            client.believed_until.map(|at| at.min(state.now + ttl));
+                        Running::Renew(SemaphoreRenew::with_rules(phase, rules, &token, ttl, limit))
+                    }
+                    SemaphoreAction::Release => {
+                        client.believed_until = None;
+                        Running::Release(SemaphoreRelease::with_rules(phase, rules, &token))
+                    }
+                };
                 let step = op.step(Vec::new());
                 client.running = Some(op);
                 let outcome = self.settle(state, index, step);
@@ -287,6 +337,21 @@ impl Search<'_> {
             }
         }
     }
+}
+
+/// The gate, for semaphores: every live place on the source has its token's
+/// live place on the destination.
+fn gate_holds(state: &State) -> bool {
+    let now = state.now;
+    state.source.places.places.iter().all(|(token, expiry)| {
+        *expiry <= now
+            || state
+                .destination
+                .places
+                .places
+                .get(token)
+                .is_some_and(|at| *at > now)
+    })
 }
 
 fn holders(state: &State) -> Vec<usize> {
