@@ -41,6 +41,7 @@ require_relative "locking/server_settings"
 require_relative "locking/configuration"
 require_relative "locking/lock"
 require_relative "locking/lock_info"
+require_relative "locking/semaphore"
 
 class Locking
   # ActiveJob integration, loaded on first use (ActiveJob is required then).

@@ -92,7 +92,7 @@ impl RbClient {
     /// gives healthy connections back with the GVL held again. Keeping pool
     /// access under the GVL means a fork (which holds the GVL) never copies a
     /// pool lock that another thread holds.
-    fn with_lease<T>(
+    pub(crate) fn with_lease<T>(
         &self,
         ruby: &Ruby,
         operation: impl FnOnce(&mut Lease<'_>, &Interrupt) -> locking_core::Result<T>,

@@ -7,6 +7,7 @@ mod memory;
 mod nogvl;
 mod renewal;
 mod rules;
+mod semaphore;
 mod walk;
 
 use magnus::{Error, Ruby};
@@ -16,5 +17,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     client::init(ruby)?;
     renewal::init(ruby)?;
     walk::init(ruby)?;
+    semaphore::init(ruby)?;
     memory::init(ruby)
 }

@@ -11,6 +11,7 @@ mod dynamic;
 mod inflight;
 mod lease;
 mod route;
+mod semaphore;
 
 pub use dynamic::{
     audit_key, backfill_key, control_key, fleet_key, fleet_phases_key, phase_key, CONTROL_TAG,

@@ -20,6 +20,8 @@ pub mod phase;
 mod queries;
 mod release;
 mod renew;
+pub mod semaphore;
+mod semaphore_across;
 pub mod store;
 
 pub use acquire::Acquire;
@@ -28,6 +30,10 @@ pub use gate::{gate, grouped, reverse_gate, Gate};
 pub use queries::{Locked, Ttl};
 pub use release::{Release, Servers};
 pub use renew::Renew;
+pub use semaphore::{
+    SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew, MAX_SEMAPHORE_LIMIT,
+};
+pub use semaphore_across::SemaphoreRules;
 
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
@@ -71,6 +77,19 @@ pub enum Command {
     Mirror { value: Vec<u8>, ttl_ms: Option<u64> },
     /// Backfill: raise the TTL while the key holds the value; never shorten it.
     ExtendIfGreater { token: Vec<u8>, ttl_ms: u64 },
+    /// Semaphore: drop expired places, then take one for the token unless
+    /// `limit` live places are taken (the token's own place: its TTL reset).
+    SemaphoreAcquire {
+        token: Vec<u8>,
+        ttl_ms: u64,
+        limit: u64,
+    },
+    /// Semaphore: give the token's place back.
+    SemaphoreRelease { token: Vec<u8> },
+    /// Semaphore: a new TTL for the token's live place; an expired one stays free.
+    SemaphoreRenew { token: Vec<u8>, ttl_ms: u64 },
+    /// Semaphore: how many places are live.
+    SemaphoreHolders,
 }
 
 /// A string key's value and remaining TTL (`None`: no expiry).
@@ -146,6 +165,7 @@ pub enum Reply {
     Flag(bool),
     Ttl(TokenTtl),
     Entry(Option<Entry>),
+    Count(u64),
 }
 
 pub enum Step<T> {
@@ -213,6 +233,7 @@ mod tests {
                 value: value.as_bytes().to_vec(),
                 expires_at: Some(100),
             }),
+            ..MemoryStore::default()
         }
     }
 

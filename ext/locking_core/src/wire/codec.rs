@@ -12,6 +12,7 @@
 
 pub mod lock;
 pub mod scripts;
+pub mod semaphore;
 
 /// One reply, as RESP2 has them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -739,5 +739,6 @@ fn describe(command: &Command) -> String {
         Command::ExtendIfGreater { token, ttl_ms } => {
             format!("EXTEND GT({}, ttl {ttl_ms})", text(token))
         }
+        semaphore_command => super::semaphore::describe(semaphore_command),
     }
 }

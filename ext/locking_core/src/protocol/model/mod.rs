@@ -17,12 +17,18 @@
 
 mod explorer;
 mod operator;
+mod places;
 mod scenario;
+mod semaphore;
 mod store;
 
 pub use explorer::{explore, token, Counterexample, Stats};
+pub use places::Places;
 pub use scenario::{
     Action, ClientSpec, DynamicOp, Fleet, Heartbeat, HeartbeatTiming, MissingControl, Scenario,
     StaleCache,
+};
+pub use semaphore::{
+    explore_semaphore, SemaphoreAction, SemaphoreClient, SemaphoreScenario, SemaphoreStats,
 };
 pub use store::{MemoryStore, ModelStore, Stored};

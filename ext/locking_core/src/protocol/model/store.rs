@@ -1,5 +1,6 @@
 //! The model of a Redis server: one key, each command atomic at a moment.
 
+use super::places::Places;
 use crate::error::Result;
 use crate::protocol::{AcquireReply, Command, Entry, Reply, TokenTtl};
 
@@ -15,6 +16,8 @@ pub struct Stored {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct MemoryStore {
     pub key: Option<Stored>,
+    /// A semaphore at the key (the model holds one of either).
+    pub places: Places,
 }
 
 impl MemoryStore {
@@ -66,6 +69,14 @@ impl MemoryStore {
                 },
                 _ => TokenTtl::NotHeld,
             }),
+            Command::SemaphoreAcquire {
+                token,
+                ttl_ms,
+                limit,
+            } => self.places.acquire(token, *ttl_ms, *limit, now),
+            Command::SemaphoreRelease { token } => self.places.release(token, now),
+            Command::SemaphoreRenew { token, ttl_ms } => self.places.renew(token, *ttl_ms, now),
+            Command::SemaphoreHolders => self.places.holders(now),
             Command::ReadWithTtl => Reply::Entry(self.key.as_ref().map(|stored| Entry {
                 value: stored.value.clone(),
                 ttl_ms: stored.expires_at.map(|at| at - now),

@@ -3,6 +3,7 @@
 //! acquire (older than Redis 7) is the caller's to say (`set_get`).
 
 use super::scripts::{self, Script};
+use super::semaphore;
 use super::{write_arg, write_command, write_header_of, Arg, Value};
 use crate::protocol::{AcquireReply, Command, Entry, Reply, TokenTtl};
 
@@ -41,6 +42,9 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], command: &Command, set_get: bool) {
         Command::ExtendIfGreater { token, ttl_ms } => {
             write_evalsha(out, &scripts::EXTEND_IF_GREATER, key, token, Some(*ttl_ms))
         }
+        semaphore_command => {
+            semaphore::encode(out, key, semaphore_command);
+        }
     }
 }
 
@@ -64,6 +68,7 @@ pub fn script_of(command: &Command, set_get: bool) -> Option<&'static Script> {
         Command::TokenTtl { .. } => Some(&scripts::TOKEN_TTL),
         Command::ExtendIfGreater { .. } => Some(&scripts::EXTEND_IF_GREATER),
         Command::Exists | Command::ReadWithTtl => None,
+        semaphore_command => semaphore::script_of(semaphore_command),
     }
 }
 
@@ -119,9 +124,10 @@ pub fn decode(command: &Command, value: Value) -> Result<Reply, String> {
             n if n >= 0 => TokenTtl::Millis(n as u64),
             _ => TokenTtl::NotHeld,
         }),
-        (command, other) => {
-            return Err(format!("unexpected reply to {}: {other:?}", name(command)));
-        }
+        (command, other) => match semaphore::decode(command, &other) {
+            Some(reply) => reply,
+            None => return Err(format!("unexpected reply to {}: {other:?}", name(command))),
+        },
     };
     Ok(reply)
 }
@@ -215,6 +221,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::ReadWithTtl => "read with ttl",
         Command::Mirror { .. } => "mirror",
         Command::ExtendIfGreater { .. } => "extend if greater",
+        semaphore_command => semaphore::name(semaphore_command).unwrap_or("semaphore"),
     }
 }
 

@@ -58,6 +58,11 @@ scripts! {
     SET_PHASE = "set_phase";
     /// One backfill at a time, visible to phase moves.
     CONTROL_LEASE = "control_lease";
+    /// Semaphores: take a place unless the limit's places are live.
+    SEMAPHORE_ACQUIRE = "semaphore_acquire";
+    SEMAPHORE_RELEASE = "semaphore_release";
+    SEMAPHORE_RENEW = "semaphore_renew";
+    SEMAPHORE_HOLDERS = "semaphore_holders";
 }
 
 #[cfg(test)]
@@ -65,7 +70,7 @@ mod tests {
     #[test]
     fn every_script_carries_the_sha_redis_computes() {
         let scripts = super::all();
-        assert_eq!(scripts.len(), 8);
+        assert_eq!(scripts.len(), 12);
         for script in scripts {
             assert_eq!(
                 redis::Script::new(script.source).get_hash(),

@@ -1,0 +1,383 @@
+//! The semaphore's explorer: the product's semaphore operations
+//! (`protocol::Semaphore*`) of several clients, each command atomic on the
+//! model servers (`Places`), in every interleaving, with the clock jumping
+//! to each expiry (of a place, or of a holder's belief). Invariant: never
+//! more believed holders than the limit.
+//!
+//! A client believes it holds a place from the start of a successful
+//! acquire or renewal until that start plus its TTL (the server's place is
+//! counted from when the command ran, which is no earlier), and stops
+//! believing when a release starts or a renewal answers false. A renewal
+//! in flight caps the belief at its own start plus its TTL: it may shorten
+//! the place before its reply comes (the explorer found this with phase 2's
+//! renewal of both servers at once, whose replies come one by one).
+
+use super::store::MemoryStore;
+use crate::error::Result;
+use crate::protocol::phase::Phase;
+use crate::protocol::{
+    Command, Operation, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew, SemaphoreRules,
+    Step, Target,
+};
+use std::collections::HashSet;
+use std::fmt::Write;
+
+/// What a client does next, with its TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SemaphoreAction {
+    Acquire { ttl: u64 },
+    Renew { ttl: u64 },
+    Release,
+}
+
+/// One client (its own token): its actions, each in a phase.
+#[derive(Debug, Clone)]
+pub struct SemaphoreClient {
+    pub actions: Vec<(Phase, SemaphoreAction)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SemaphoreScenario {
+    pub limit: u64,
+    pub clients: Vec<SemaphoreClient>,
+    /// Negative control: the model servers keep expired places (`Places::keeps_expired`).
+    pub keeps_expired: bool,
+    /// The rules the clients follow (the product's refuse phases 1 and 2).
+    pub rules: SemaphoreRules,
+    /// Actions in phases 2 and 3 start only once the gate has held (no live
+    /// source place whose token has no live destination place), as the
+    /// fleet moves into phase 2 only then. False: the negative control of a
+    /// gate blind to semaphores.
+    pub gate: bool,
+}
+
+impl SemaphoreScenario {
+    /// The product's rules, with the gate.
+    pub fn new(limit: u64, clients: Vec<SemaphoreClient>) -> Self {
+        SemaphoreScenario {
+            limit,
+            clients,
+            keeps_expired: false,
+            rules: SemaphoreRules::OneServer,
+            gate: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SemaphoreStats {
+    pub states: usize,
+    /// The most believed holders seen at once (a test checks the limit is reached).
+    pub most_holders: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Running {
+    Acquire(SemaphoreAcquire),
+    Renew(SemaphoreRenew),
+    Release(SemaphoreRelease),
+}
+
+impl Running {
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        match self {
+            Running::Acquire(op) => op.step(replies),
+            Running::Renew(op) => op.step(replies),
+            Running::Release(op) => op.step(replies),
+        }
+    }
+}
+
+/// A command of the batch in flight, and its reply once it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Pending {
+    target: Target,
+    command: Command,
+    reply: Option<Reply>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct ClientState {
+    next: usize,
+    running: Option<Running>,
+    started: u64,
+    batch: Vec<Pending>,
+    believed_until: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct State {
+    now: u64,
+    source: MemoryStore,
+    destination: MemoryStore,
+    clients: Vec<ClientState>,
+    gate_held: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Start(usize),
+    Run(usize, usize),
+    Tick(u64),
+}
+
+/// Explores every interleaving of `scenario`; a violation comes back as the
+/// schedule that led to it, in words.
+pub fn explore_semaphore(
+    scenario: &SemaphoreScenario,
+) -> std::result::Result<SemaphoreStats, String> {
+    let mut store = MemoryStore::default();
+    store.places.keeps_expired = scenario.keeps_expired;
+    let state = State {
+        now: 0,
+        source: store.clone(),
+        destination: store,
+        clients: vec![ClientState::default(); scenario.clients.len()],
+        gate_held: false,
+    };
+    let mut search = Search {
+        scenario,
+        seen: HashSet::new(),
+        trace: Vec::new(),
+        stats: SemaphoreStats::default(),
+    };
+    search.visit(state)?;
+    Ok(search.stats)
+}
+
+struct Search<'a> {
+    scenario: &'a SemaphoreScenario,
+    seen: HashSet<State>,
+    trace: Vec<String>,
+    stats: SemaphoreStats,
+}
+
+impl Search<'_> {
+    fn visit(&mut self, mut state: State) -> std::result::Result<(), String> {
+        state.gate_held |= self.left_phase_0(&state) && gate_holds(&state);
+        if !self.seen.insert(state.clone()) {
+            return Ok(());
+        }
+        self.stats.states += 1;
+        let holders = holders(&state);
+        self.stats.most_holders = self.stats.most_holders.max(holders.len());
+        if holders.len() as u64 > self.scenario.limit {
+            let mut text = format!(
+                "{} holders of a semaphore of {} at t={}: clients {:?}\n",
+                holders.len(),
+                self.scenario.limit,
+                state.now,
+                holders
+            );
+            for line in &self.trace {
+                let _ = writeln!(text, "  {line}");
+            }
+            return Err(text);
+        }
+        for event in self.events(&state) {
+            let mut next = state.clone();
+            let line = self.apply(&mut next, event);
+            self.trace.push(line);
+            let result = self.visit(next);
+            self.trace.pop();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The fleet moves into phase 2 only after it left phase 0: no action
+    /// in phase 0 running or still to come.
+    fn left_phase_0(&self, state: &State) -> bool {
+        state.clients.iter().enumerate().all(|(index, client)| {
+            let actions = &self.scenario.clients[index].actions;
+            // The running action (if any) is `next`: it counts as still to come.
+            actions
+                .iter()
+                .skip(client.next)
+                .all(|(phase, _)| *phase != Phase::Source)
+        })
+    }
+
+    fn events(&self, state: &State) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (index, client) in state.clients.iter().enumerate() {
+            if client.running.is_none() {
+                let actions = &self.scenario.clients[index].actions;
+                let waits_for_gate =
+                    |phase: Phase| self.scenario.gate && phase >= Phase::Drain && !state.gate_held;
+                if actions
+                    .get(client.next)
+                    .is_some_and(|(phase, _)| !waits_for_gate(*phase))
+                {
+                    events.push(Event::Start(index));
+                }
+            } else {
+                for (command, pending) in client.batch.iter().enumerate() {
+                    if pending.reply.is_none() {
+                        events.push(Event::Run(index, command));
+                    }
+                }
+            }
+        }
+        let expiries = [&state.source, &state.destination]
+            .into_iter()
+            .filter_map(|store| store.places.next_expiry(state.now))
+            .chain(
+                state
+                    .clients
+                    .iter()
+                    .filter_map(|client| client.believed_until)
+                    .filter(|at| *at > state.now),
+            );
+        if let Some(at) = expiries.min() {
+            events.push(Event::Tick(at));
+        }
+        events
+    }
+
+    fn apply(&self, state: &mut State, event: Event) -> String {
+        match event {
+            Event::Tick(at) => {
+                state.now = at;
+                format!("t={at}")
+            }
+            Event::Start(index) => {
+                let client = &mut state.clients[index];
+                let (phase, action) = self.scenario.clients[index].actions[client.next];
+                let token = super::token(index);
+                client.started = state.now;
+                let (rules, limit) = (self.scenario.rules, self.scenario.limit);
+                let mut op = match action {
+                    SemaphoreAction::Acquire { ttl } => Running::Acquire(
+                        SemaphoreAcquire::with_rules(phase, rules, &token, ttl, limit),
+                    ),
+                    SemaphoreAction::Renew { ttl } => {
+                        // A renewal may shorten the place before its reply:
+                        // from its send, the belief is no longer than it asks.
+                        client.believed_until =
+                            client.believed_until.map(|at| at.min(state.now + ttl));
+                        Running::Renew(SemaphoreRenew::with_rules(phase, rules, &token, ttl, limit))
+                    }
+                    SemaphoreAction::Release => {
+                        client.believed_until = None;
+                        Running::Release(SemaphoreRelease::with_rules(phase, rules, &token))
+                    }
+                };
+                let step = op.step(Vec::new());
+                client.running = Some(op);
+                let outcome = self.settle(state, index, step);
+                format!(
+                    "client {index} starts {action:?} in phase {}{outcome}",
+                    phase.index()
+                )
+            }
+            Event::Run(index, command) => {
+                let now = state.now;
+                let pending = &state.clients[index].batch[command];
+                let (target, cmd) = (pending.target, pending.command.clone());
+                let store = match target {
+                    Target::Source => &mut state.source,
+                    Target::Destination => &mut state.destination,
+                };
+                let reply = store.execute(&cmd, now);
+                let line = format!(
+                    "client {index}: {} on {} -> {reply:?}",
+                    describe(&cmd),
+                    target.name()
+                );
+                let client = &mut state.clients[index];
+                client.batch[command].reply = Some(reply);
+                if client.batch.iter().all(|pending| pending.reply.is_some()) {
+                    let replies = std::mem::take(&mut client.batch)
+                        .into_iter()
+                        .filter_map(|pending| pending.reply.map(Ok))
+                        .collect();
+                    let step = match client.running.as_mut() {
+                        Some(op) => op.step(replies),
+                        None => return line,
+                    };
+                    return line + &self.settle(state, index, step);
+                }
+                line
+            }
+        }
+    }
+
+    /// After a step: the next batch in flight, or the operation's end and
+    /// what its client now believes.
+    fn settle(&self, state: &mut State, index: usize, step: Step<bool>) -> String {
+        let client = &mut state.clients[index];
+        match step {
+            Step::Send(batch) => {
+                client.batch = batch
+                    .into_iter()
+                    .map(|(target, command)| Pending {
+                        target,
+                        command,
+                        reply: None,
+                    })
+                    .collect();
+                String::new()
+            }
+            Step::Done(result) => {
+                let (_, action) = self.scenario.clients[index].actions[client.next];
+                match (action, &result) {
+                    (
+                        SemaphoreAction::Acquire { ttl } | SemaphoreAction::Renew { ttl },
+                        Ok(true),
+                    ) => client.believed_until = Some(client.started + ttl),
+                    (SemaphoreAction::Renew { .. }, Ok(false)) => client.believed_until = None,
+                    // An error is not an answer: a holder trusts its place
+                    // until its belief ends, as the product does.
+                    _ => {}
+                }
+                client.running = None;
+                client.next += 1;
+                format!(", done: {result:?}")
+            }
+        }
+    }
+}
+
+/// The gate, for semaphores: every live place on the source has its token's
+/// live place on the destination.
+fn gate_holds(state: &State) -> bool {
+    let now = state.now;
+    state.source.places.places.iter().all(|(token, expiry)| {
+        *expiry <= now
+            || state
+                .destination
+                .places
+                .places
+                .get(token)
+                .is_some_and(|at| *at > now)
+    })
+}
+
+fn holders(state: &State) -> Vec<usize> {
+    state
+        .clients
+        .iter()
+        .enumerate()
+        .filter(|(_, client)| client.believed_until.is_some_and(|at| at > state.now))
+        .map(|(index, _)| index)
+        .collect()
+}
+
+/// A semaphore command in a schedule's words.
+pub(super) fn describe(command: &Command) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match command {
+        Command::SemaphoreAcquire {
+            token,
+            ttl_ms,
+            limit,
+        } => format!("SEM ACQ({}, ttl {ttl_ms}, limit {limit})", text(token)),
+        Command::SemaphoreRelease { token } => format!("SEM REL({})", text(token)),
+        Command::SemaphoreRenew { token, ttl_ms } => {
+            format!("SEM REN({}, ttl {ttl_ms})", text(token))
+        }
+        Command::SemaphoreHolders => "SEM HOLDERS".into(),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,253 @@
+//! Semaphores (DESIGN "Semaphores"): a lock with N places at one key, a
+//! sorted set of token -> expiry on the server's clock. Each operation here
+//! is a state machine over the same commands-and-replies seam as the lock's.
+//!
+//! Only the one-server phases run: 0 (source) and 3 (destination). The
+//! two-server protocol of phases 1 and 2 is designed (DESIGN) but not yet
+//! explored, so every operation refuses there rather than run unproven.
+
+use super::semaphore_across::{AcrossAcquire, AcrossRelease, AcrossRenew, SemaphoreRules};
+use super::{unexpected, AcquireReply, Command, Operation, Reply, Step, Target};
+use crate::error::{Error, Result};
+use crate::protocol::phase::Phase;
+
+/// The most places a semaphore may have. The scripts' cost does not grow
+/// with it (ZCARD is O(1)); it only bounds a typo.
+pub const MAX_SEMAPHORE_LIMIT: u64 = 1_000_000;
+
+/// The refusal of phases 1 and 2, in the words the Ruby API shows.
+pub const NOT_PROVEN: &str =
+    "semaphores are not yet proven across a migration; use them in phase 0 or 3";
+
+/// The one server a semaphore lives on in `phase`, or the refusal.
+pub fn semaphore_server(phase: Phase) -> Result<Target> {
+    match phase {
+        Phase::Source => Ok(Target::Source),
+        Phase::Destination => Ok(Target::Destination),
+        Phase::Dual | Phase::Drain => Err(Error::Phase(format!(
+            "{NOT_PROVEN} (this process is in phase {})",
+            phase.index()
+        ))),
+    }
+}
+
+/// A limit the core accepts: 1..=MAX_SEMAPHORE_LIMIT.
+pub fn check_limit(limit: u64) -> Result<()> {
+    if (1..=MAX_SEMAPHORE_LIMIT).contains(&limit) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "a semaphore's limit must be between 1 and {MAX_SEMAPHORE_LIMIT}, got {limit}"
+        )))
+    }
+}
+
+/// One command on the phase's one server, then its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OneServer {
+    phase: Phase,
+    command: Command,
+    sent: bool,
+}
+
+/// Where a `OneServer` is: its command to send, or the answer.
+enum Progress {
+    Send(Vec<(Target, Command)>),
+    Answer(Result<Reply>),
+}
+
+impl OneServer {
+    fn new(phase: Phase, command: Command) -> Self {
+        OneServer {
+            phase,
+            command,
+            sent: false,
+        }
+    }
+
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Progress {
+        if !self.sent {
+            self.sent = true;
+            return match semaphore_server(self.phase) {
+                Ok(target) => Progress::Send(vec![(target, self.command.clone())]),
+                Err(error) => Progress::Answer(Err(error)),
+            };
+        }
+        Progress::Answer(
+            replies
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(Error::Internal("a semaphore command got no reply".into()))),
+        )
+    }
+}
+
+/// Runs `one` a step; its reply is read by `answer`.
+fn step_with<T>(
+    one: &mut OneServer,
+    replies: Vec<Result<Reply>>,
+    answer: impl FnOnce(Reply) -> Step<T>,
+) -> Step<T> {
+    match one.step(replies) {
+        Progress::Send(batch) => Step::Send(batch),
+        Progress::Answer(Ok(reply)) => answer(reply),
+        Progress::Answer(Err(error)) => Step::Done(Err(error)),
+    }
+}
+
+/// Take a place: true when this token holds one now (taken, or already its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SemaphoreAcquire {
+    One(OneServer),
+    Across(AcrossAcquire),
+}
+
+impl SemaphoreAcquire {
+    pub fn new(phase: Phase, token: &[u8], ttl_ms: u64, limit: u64) -> Self {
+        Self::with_rules(phase, SemaphoreRules::OneServer, token, ttl_ms, limit)
+    }
+
+    pub fn with_rules(
+        phase: Phase,
+        rules: SemaphoreRules,
+        token: &[u8],
+        ttl_ms: u64,
+        limit: u64,
+    ) -> Self {
+        match rules {
+            SemaphoreRules::OneServer => SemaphoreAcquire::One(OneServer::new(
+                phase,
+                Command::SemaphoreAcquire {
+                    token: token.to_vec(),
+                    ttl_ms,
+                    limit,
+                },
+            )),
+            rules => {
+                SemaphoreAcquire::Across(AcrossAcquire::new(phase, rules, token, ttl_ms, limit))
+            }
+        }
+    }
+}
+
+impl Operation for SemaphoreAcquire {
+    type Output = bool;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        match self {
+            SemaphoreAcquire::One(one) => step_with(one, replies, |reply| match reply {
+                Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine) => {
+                    Step::Done(Ok(true))
+                }
+                Reply::Acquire(AcquireReply::Taken) => Step::Done(Ok(false)),
+                other => unexpected("semaphore acquire", &other),
+            }),
+            SemaphoreAcquire::Across(across) => across.step(replies),
+        }
+    }
+}
+
+/// Give the token's place back: true when a live place was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SemaphoreRelease {
+    One(OneServer),
+    Across(AcrossRelease),
+}
+
+impl SemaphoreRelease {
+    pub fn new(phase: Phase, token: &[u8]) -> Self {
+        Self::with_rules(phase, SemaphoreRules::OneServer, token)
+    }
+
+    pub fn with_rules(phase: Phase, rules: SemaphoreRules, token: &[u8]) -> Self {
+        match rules {
+            SemaphoreRules::OneServer => SemaphoreRelease::One(OneServer::new(
+                phase,
+                Command::SemaphoreRelease {
+                    token: token.to_vec(),
+                },
+            )),
+            _ => SemaphoreRelease::Across(AcrossRelease::new(phase, token)),
+        }
+    }
+}
+
+impl Operation for SemaphoreRelease {
+    type Output = bool;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        match self {
+            SemaphoreRelease::One(one) => step_with(one, replies, flag("semaphore release")),
+            SemaphoreRelease::Across(across) => across.step(replies),
+        }
+    }
+}
+
+/// A new TTL for the token's live place: false when it has none (expired,
+/// released), which the holder must take as lost.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SemaphoreRenew {
+    One(OneServer),
+    Across(AcrossRenew),
+}
+
+impl SemaphoreRenew {
+    pub fn new(phase: Phase, token: &[u8], ttl_ms: u64) -> Self {
+        SemaphoreRenew::One(OneServer::new(
+            phase,
+            Command::SemaphoreRenew {
+                token: token.to_vec(),
+                ttl_ms,
+            },
+        ))
+    }
+
+    /// `limit`: for a place re-taken on the destination in phase 1.
+    pub fn with_rules(
+        phase: Phase,
+        rules: SemaphoreRules,
+        token: &[u8],
+        ttl_ms: u64,
+        limit: u64,
+    ) -> Self {
+        match rules {
+            SemaphoreRules::OneServer => Self::new(phase, token, ttl_ms),
+            _ => SemaphoreRenew::Across(AcrossRenew::new(phase, token, ttl_ms, limit)),
+        }
+    }
+}
+
+impl Operation for SemaphoreRenew {
+    type Output = bool;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        match self {
+            SemaphoreRenew::One(one) => step_with(one, replies, flag("semaphore renew")),
+            SemaphoreRenew::Across(across) => across.step(replies),
+        }
+    }
+}
+
+/// How many places are live now.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SemaphoreHolders(OneServer);
+
+impl SemaphoreHolders {
+    pub fn new(phase: Phase) -> Self {
+        SemaphoreHolders(OneServer::new(phase, Command::SemaphoreHolders))
+    }
+}
+
+impl Operation for SemaphoreHolders {
+    type Output = u64;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<u64> {
+        step_with(&mut self.0, replies, |reply| match reply {
+            Reply::Count(count) => Step::Done(Ok(count)),
+            other => unexpected("semaphore holders", &other),
+        })
+    }
+}
+
+fn flag(what: &'static str) -> impl FnOnce(Reply) -> Step<bool> {
+    move |reply| match reply {
+        Reply::Flag(flag) => Step::Done(Ok(flag)),
+        other => unexpected(what, &other),
+    }
+}

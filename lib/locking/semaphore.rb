@@ -1,0 +1,151 @@
+# frozen_string_literal: true
+
+class Locking
+  # At most `limit` holders of one key at once: a lock with `limit` places.
+  #
+  #   semaphore = Locking::Semaphore.new("exports", limit: 3)
+  #   if semaphore.acquire(60)    # seconds, as Locking#acquire
+  #     begin
+  #       export!
+  #     ensure
+  #       semaphore.release
+  #     end
+  #   end
+  #
+  #   Locking::Semaphore.new("exports", limit: 3).with_lock(60, wait: 5) { export! }
+  #
+  # Each holder (token) has one place with its own TTL; an expired place is
+  # free. The places live in one sorted set at the key (one hash slot, so a
+  # cluster serves it), and each operation is one round trip whatever the
+  # limit. Phases 0 and 3 only for now: in phases 1 and 2 every operation
+  # raises Locking::PhaseError (not yet proven across a migration). See the
+  # README's "Semaphores" and docs/DESIGN.md.
+  #
+  # The native methods (_acquire, ...) are defined in ext/locking/src/semaphore.rs.
+  class Semaphore
+    # The key as given (Redis stores key_prefix + key).
+    attr_reader :key
+    # How many holders at most.
+    attr_reader :limit
+    # What this holder stores for its place; give the same token to another
+    # Semaphore (another process) to let it renew or release the place.
+    attr_reader :token
+
+    # @param key [String] non-empty; any bytes. Not the key of a lock.
+    # @param limit [Integer] 1..MAX_LIMIT
+    # @param token [String, nil] this holder's token (nil: a new random one)
+    def initialize(key, limit:, token: nil)
+      @key = Locking.send(:check_string, key, "semaphore key")
+      unless limit.is_a?(Integer) && limit.between?(1, MAX_LIMIT)
+        raise ArgumentError, "limit must be an Integer from 1 to #{MAX_LIMIT}, got #{limit.inspect}"
+      end
+
+      @limit = limit
+      @token = Locking.send(:check_string, token.nil? ? Client.generate_token : token, "token")
+      @held_until = nil
+      @lost = false
+    end
+
+    # Takes a place for `seconds` (Integer or Float, millisecond precision)
+    # unless `limit` places are live. A token that already holds a place
+    # (another Semaphore with this token) gets it again, its TTL reset.
+    #
+    # #have_lock? is then true until the send time of this acquire (or of the
+    # last confirmed #renew) plus `seconds`, less the clock drift allowed, as
+    # for Locking: never longer than Redis keeps the place.
+    # @return [Boolean] true when this token holds a place
+    # @raise [AlreadyAcquireLockError] when this object already holds one
+    # @raise [ArgumentError] for auto_renew: (not yet supported for semaphores)
+    def acquire(seconds, auto_renew: false)
+      raise ArgumentError, "auto_renew is not yet supported for semaphores" if auto_renew
+      if have_lock?
+        raise AlreadyAcquireLockError, "semaphore #{key.inspect} is already held by this Semaphore; release it first"
+      end
+
+      ttl_ms = Locking.send(:ttl_ms, seconds)
+      started = Locking.send(:monotonic)
+      acquired = _acquire(native_client, key, token, limit, ttl_ms)
+      if acquired
+        @held_until = started + Client.valid_for(ttl_ms)
+        @lost = false
+      end
+      acquired
+    end
+
+    # Gives this token's place back, wherever it is live.
+    # @return [Boolean] true when a live place was given back
+    def release
+      released = _release(native_client, key, token)
+      @held_until = nil
+      @lost = false
+      released
+    end
+
+    # Resets the TTL of this token's live place. An expired place is not
+    # renewed (it may already be someone else's): false, and #lost? is true.
+    # @return [Boolean]
+    def renew(seconds)
+      ttl_ms = Locking.send(:ttl_ms, seconds)
+      started = Locking.send(:monotonic)
+      # Sent, it may shorten the place before its reply comes: believed no longer than it asks.
+      @held_until = [@held_until, started + Client.valid_for(ttl_ms)].min if @held_until
+      renewed = _renew(native_client, key, token, ttl_ms)
+      @held_until = renewed ? started + Client.valid_for(ttl_ms) : nil
+      @lost = !renewed
+      renewed
+    end
+
+    # @return [Boolean] whether this object holds a place (local state: no
+    #   Redis call), until its last confirmed acquire or renewal runs out.
+    def have_lock?
+      !@held_until.nil? && Locking.send(:monotonic) < @held_until
+    end
+
+    # @return [Boolean] whether a #renew found this token's place gone
+    #   (expired or released elsewhere); false again after #acquire or #release.
+    def lost?
+      @lost
+    end
+
+    # @return [Integer] the live places now (every holder's, asking Redis).
+    def holders
+      _holders(native_client, key)
+    end
+
+    # Acquires (retrying with jitter for up to `wait` seconds while full),
+    # yields, and releases in all cases.
+    # @return the block's value
+    # @raise [NotAcquiredError] when the semaphore stayed full for all of `wait`
+    def with_lock(seconds, wait: 0)
+      unless wait.is_a?(Numeric) && wait.real? && wait.to_f.finite? && wait >= 0
+        raise ArgumentError, "wait must be a non-negative number of seconds, got #{wait.inspect}"
+      end
+
+      deadline = Locking.send(:monotonic) + wait
+      attempt = 0
+      until acquire(seconds)
+        remaining = deadline - Locking.send(:monotonic)
+        if remaining <= 0
+          raise NotAcquiredError, "semaphore #{key.inspect} has all #{limit} places taken (waited #{wait}s)"
+        end
+
+        attempt += 1
+        sleep([Locking.send(:retry_delay, attempt), remaining].min)
+      end
+      Locking.send(:run_holding, self) { yield self }
+    end
+
+    def inspect
+      "#<Locking::Semaphore #{key.inspect} limit=#{limit} token=#{token.inspect} have_lock=#{have_lock?}>"
+    end
+
+    private
+
+    def native_client
+      client = Locking.client
+      return client if client.is_a?(Client)
+
+      raise Error, "semaphores are not yet supported by Locking::Testing's memory mode"
+    end
+  end
+end
