@@ -6,16 +6,6 @@ use locking_core::protocol::model::{explore, Action, ClientSpec, Scenario};
 use locking_core::protocol::Target;
 use locking_core::Phase;
 
-const PAIRS: [(Phase, Phase); 7] = [
-    (Phase::Source, Phase::Source),
-    (Phase::Dual, Phase::Dual),
-    (Phase::Drain, Phase::Drain),
-    (Phase::Destination, Phase::Destination),
-    (Phase::Source, Phase::Dual),
-    (Phase::Dual, Phase::Drain),
-    (Phase::Drain, Phase::Destination),
-];
-
 /// Every client shape over two phases: acquire in one, optionally renew in
 /// either, release in either (a job enqueued in one phase, run in the next).
 fn shapes(p: Phase, q: Phase) -> Vec<Vec<Action>> {
@@ -67,7 +57,7 @@ fn check_all(scenarios: Vec<Scenario>) -> usize {
 #[test]
 fn two_clients_in_every_adjacent_pair_with_backfill_and_expiry() {
     let mut scenarios = Vec::new();
-    for (p, q) in PAIRS {
+    for (p, q) in Phase::LIVE_PAIRS {
         // Backfill runs in phase 1 (and while phase 0 processes remain).
         let backfills: &[bool] = if p == Phase::Dual || q == Phase::Dual {
             &[false, true]
@@ -95,7 +85,7 @@ fn two_clients_in_every_adjacent_pair_with_backfill_and_expiry() {
 #[test]
 fn three_clients_in_every_adjacent_pair() {
     let mut scenarios = Vec::new();
-    for (p, q) in PAIRS {
+    for (p, q) in Phase::LIVE_PAIRS {
         let simple = [
             vec![Action::Acquire(p), Action::Release(q)],
             vec![Action::Acquire(q), Action::Release(p)],

@@ -27,16 +27,6 @@ const SCRIPTS: [&[SemaphoreAction]; 5] = [
     &[Acquire { ttl: 2 }, Renew { ttl: 1 }, Release],
 ];
 
-const PAIRS: [(Phase, Phase); 7] = [
-    (Phase::Source, Phase::Source),
-    (Phase::Dual, Phase::Dual),
-    (Phase::Drain, Phase::Drain),
-    (Phase::Destination, Phase::Destination),
-    (Phase::Source, Phase::Dual),
-    (Phase::Dual, Phase::Drain),
-    (Phase::Drain, Phase::Destination),
-];
-
 /// A client's phases: all in p, all in q, or its first action in p and the
 /// rest in q (a process that moved on between its operations). With the
 /// two-server rules, (1, 2) also has a holder from phase 0 carried into
@@ -86,7 +76,7 @@ fn clients(p: Phase, q: Phase, count: usize, rules: SemaphoreRules) -> Vec<Vec<S
 fn every_pair(rules: SemaphoreRules, limits: &[u64], refused: &[Phase]) {
     let mut total_states = 0;
     let mut scenarios = 0;
-    for (p, q) in PAIRS {
+    for (p, q) in Phase::LIVE_PAIRS {
         for &limit in limits {
             let mut most = 0;
             for clients in clients(p, q, limit as usize + 1, rules) {

@@ -18,6 +18,19 @@ pub enum Phase {
 impl Phase {
     pub const ALL: [Phase; 4] = [Phase::Source, Phase::Dual, Phase::Drain, Phase::Destination];
 
+    /// Every pair of phases two processes may be in at once during a
+    /// rolling deploy (the same phase, or adjacent ones): what the
+    /// explorers cover.
+    pub const LIVE_PAIRS: [(Phase, Phase); 7] = [
+        (Phase::Source, Phase::Source),
+        (Phase::Dual, Phase::Dual),
+        (Phase::Drain, Phase::Drain),
+        (Phase::Destination, Phase::Destination),
+        (Phase::Source, Phase::Dual),
+        (Phase::Dual, Phase::Drain),
+        (Phase::Drain, Phase::Destination),
+    ];
+
     pub fn from_index(index: i64) -> Result<Phase> {
         match index {
             0 => Ok(Phase::Source),

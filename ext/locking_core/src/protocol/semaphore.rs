@@ -95,12 +95,53 @@ fn step_with<T>(
     }
 }
 
-/// Take a place: true when this token holds one now (taken, or already its own).
+/// A semaphore operation under its rules: one command on the phase's one
+/// server, its reply read as `OneAnswer` says, or the two-server state
+/// machine `A` (`semaphore_across`, explored, not yet run by the product).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SemaphoreAcquire {
-    One(OneServer),
-    Across(AcrossAcquire),
+pub enum Ruled<A> {
+    One(OneServer, OneAnswer),
+    Across(A),
 }
+
+/// How a one-server semaphore command's reply reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OneAnswer {
+    /// Taken or already its own: true; all places taken: false.
+    Acquire,
+    /// The script's flag, for the operation named.
+    Flag(&'static str),
+}
+
+impl OneAnswer {
+    fn read(self, reply: Reply) -> Step<bool> {
+        match (self, reply) {
+            (OneAnswer::Acquire, Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine)) => {
+                Step::Done(Ok(true))
+            }
+            (OneAnswer::Acquire, Reply::Acquire(AcquireReply::Taken)) => Step::Done(Ok(false)),
+            (OneAnswer::Acquire, other) => unexpected("semaphore acquire", &other),
+            (OneAnswer::Flag(_), Reply::Flag(flag)) => Step::Done(Ok(flag)),
+            (OneAnswer::Flag(what), other) => unexpected(what, &other),
+        }
+    }
+}
+
+impl<A: Operation<Output = bool>> Operation for Ruled<A> {
+    type Output = bool;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        match self {
+            Ruled::One(one, answer) => {
+                let answer = *answer;
+                step_with(one, replies, move |reply| answer.read(reply))
+            }
+            Ruled::Across(across) => across.step(replies),
+        }
+    }
+}
+
+/// Take a place: true when this token holds one now (taken, or already its own).
+pub type SemaphoreAcquire = Ruled<AcrossAcquire>;
 
 impl SemaphoreAcquire {
     pub fn new(phase: Phase, token: &[u8], ttl_ms: u64, limit: u64) -> Self {
@@ -115,43 +156,22 @@ impl SemaphoreAcquire {
         limit: u64,
     ) -> Self {
         match rules {
-            SemaphoreRules::OneServer => SemaphoreAcquire::One(OneServer::new(
-                phase,
-                Command::SemaphoreAcquire {
-                    token: token.to_vec(),
+            SemaphoreRules::OneServer => {
+                let token = token.to_vec();
+                let command = Command::SemaphoreAcquire {
+                    token,
                     ttl_ms,
                     limit,
-                },
-            )),
-            rules => {
-                SemaphoreAcquire::Across(AcrossAcquire::new(phase, rules, token, ttl_ms, limit))
+                };
+                Ruled::One(OneServer::new(phase, command), OneAnswer::Acquire)
             }
-        }
-    }
-}
-
-impl Operation for SemaphoreAcquire {
-    type Output = bool;
-    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
-        match self {
-            SemaphoreAcquire::One(one) => step_with(one, replies, |reply| match reply {
-                Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine) => {
-                    Step::Done(Ok(true))
-                }
-                Reply::Acquire(AcquireReply::Taken) => Step::Done(Ok(false)),
-                other => unexpected("semaphore acquire", &other),
-            }),
-            SemaphoreAcquire::Across(across) => across.step(replies),
+            rules => Ruled::Across(AcrossAcquire::new(phase, rules, token, ttl_ms, limit)),
         }
     }
 }
 
 /// Give the token's place back: true when a live place was removed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SemaphoreRelease {
-    One(OneServer),
-    Across(AcrossRelease),
-}
+pub type SemaphoreRelease = Ruled<AcrossRelease>;
 
 impl SemaphoreRelease {
     pub fn new(phase: Phase, token: &[u8]) -> Self {
@@ -160,44 +180,34 @@ impl SemaphoreRelease {
 
     pub fn with_rules(phase: Phase, rules: SemaphoreRules, token: &[u8]) -> Self {
         match rules {
-            SemaphoreRules::OneServer => SemaphoreRelease::One(OneServer::new(
-                phase,
-                Command::SemaphoreRelease {
+            SemaphoreRules::OneServer => {
+                let command = Command::SemaphoreRelease {
                     token: token.to_vec(),
-                },
-            )),
-            _ => SemaphoreRelease::Across(AcrossRelease::new(phase, token)),
-        }
-    }
-}
-
-impl Operation for SemaphoreRelease {
-    type Output = bool;
-    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
-        match self {
-            SemaphoreRelease::One(one) => step_with(one, replies, flag("semaphore release")),
-            SemaphoreRelease::Across(across) => across.step(replies),
+                };
+                Ruled::One(
+                    OneServer::new(phase, command),
+                    OneAnswer::Flag("semaphore release"),
+                )
+            }
+            _ => Ruled::Across(AcrossRelease::new(phase, token)),
         }
     }
 }
 
 /// A new TTL for the token's live place: false when it has none (expired,
 /// released), which the holder must take as lost.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SemaphoreRenew {
-    One(OneServer),
-    Across(AcrossRenew),
-}
+pub type SemaphoreRenew = Ruled<AcrossRenew>;
 
 impl SemaphoreRenew {
     pub fn new(phase: Phase, token: &[u8], ttl_ms: u64) -> Self {
-        SemaphoreRenew::One(OneServer::new(
-            phase,
-            Command::SemaphoreRenew {
-                token: token.to_vec(),
-                ttl_ms,
-            },
-        ))
+        let command = Command::SemaphoreRenew {
+            token: token.to_vec(),
+            ttl_ms,
+        };
+        Ruled::One(
+            OneServer::new(phase, command),
+            OneAnswer::Flag("semaphore renew"),
+        )
     }
 
     /// `limit`: for a place re-taken on the destination in phase 1.
@@ -210,17 +220,7 @@ impl SemaphoreRenew {
     ) -> Self {
         match rules {
             SemaphoreRules::OneServer => Self::new(phase, token, ttl_ms),
-            _ => SemaphoreRenew::Across(AcrossRenew::new(phase, token, ttl_ms, limit)),
-        }
-    }
-}
-
-impl Operation for SemaphoreRenew {
-    type Output = bool;
-    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
-        match self {
-            SemaphoreRenew::One(one) => step_with(one, replies, flag("semaphore renew")),
-            SemaphoreRenew::Across(across) => across.step(replies),
+            _ => Ruled::Across(AcrossRenew::new(phase, token, ttl_ms, limit)),
         }
     }
 }
@@ -242,12 +242,5 @@ impl Operation for SemaphoreHolders {
             Reply::Count(count) => Step::Done(Ok(count)),
             other => unexpected("semaphore holders", &other),
         })
-    }
-}
-
-fn flag(what: &'static str) -> impl FnOnce(Reply) -> Step<bool> {
-    move |reply| match reply {
-        Reply::Flag(flag) => Step::Done(Ok(flag)),
-        other => unexpected(what, &other),
     }
 }

@@ -4,7 +4,7 @@
 //! gate that counts semaphore places (DESIGN), so `SemaphoreRules::OneServer`
 //! is what `Lease` uses, and it refuses phases 1 and 2.
 
-use super::{unexpected, AcquireReply, Command, Reply, Step, Target};
+use super::{unexpected, AcquireReply, Command, Operation, Reply, Step, Target};
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
 
@@ -88,15 +88,16 @@ impl AcrossAcquire {
         }
         let target = remaining.remove(0);
         self.state = AcquireState::RollBack { outcome, remaining };
-        Step::Send(vec![(
-            target,
-            Command::SemaphoreRelease {
-                token: self.token.clone(),
-            },
-        )])
+        let undo = Command::SemaphoreRelease {
+            token: self.token.clone(),
+        };
+        Step::Send(vec![(target, undo)])
     }
+}
 
-    pub fn step(&mut self, mut replies: Vec<Result<Reply>>) -> Step<bool> {
+impl Operation for AcrossAcquire {
+    type Output = bool;
+    fn step(&mut self, mut replies: Vec<Result<Reply>>) -> Step<bool> {
         let both = [Target::Source, Target::Destination].to_vec();
         match std::mem::replace(&mut self.state, AcquireState::Start) {
             AcquireState::Start => {
@@ -159,8 +160,11 @@ impl AcrossRelease {
             released: false,
         }
     }
+}
 
-    pub fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+impl Operation for AcrossRelease {
+    type Output = bool;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
         for reply in replies {
             match reply {
                 Ok(Reply::Flag(flag)) => self.released |= flag,
@@ -234,8 +238,11 @@ impl AcrossRenew {
             },
         )
     }
+}
 
-    pub fn step(&mut self, mut replies: Vec<Result<Reply>>) -> Step<bool> {
+impl Operation for AcrossRenew {
+    type Output = bool;
+    fn step(&mut self, mut replies: Vec<Result<Reply>>) -> Step<bool> {
         let (s, d) = (Target::Source, Target::Destination);
         match std::mem::replace(&mut self.state, RenewState::Start) {
             RenewState::Start => match self.phase {
