@@ -47,12 +47,7 @@ source.bulk_load(Enumerator.new do |y|
 end)
 puts "source: #{source.redis.dbsize} keys (#{(monotonic - t).round(1)}s)"
 
-Locking.configure do |c|
-  c.source = source.url
-  c.destination = destination.url
-  c.phase = :dual
-  c.timeout = 10
-end
+Bench.configure_dual(source, destination, timeout: 10)
 
 # Backfills every key; returns how many were copied, and the reports' totals
 # (for the message if a key was not copied).

@@ -12,10 +12,8 @@ require "rack"
 require "locking/web"
 require_relative "support"
 
-options = Bench.options(keys: 2_000_000, seconds: 30) do |o, chosen|
-  o.on("--keys N", Integer, "keys on the source, half of them locks (default 2,000,000)") { |v| chosen[:keys] = v }
-  o.on("--seconds S", Integer, "how long each latency row watches (default 30)") { |v| chosen[:seconds] = v }
-end
+options = Bench.options(keys: [2_000_000, "keys on the source, half of them locks"],
+                        seconds: [30, "how long each latency row watches"])
 
 source, destination = Bench.start_servers("dashboard-source", "dashboard-destination")
 locks = options[:keys] / 2
@@ -24,12 +22,7 @@ source.bulk_load(Enumerator.new do |y|
   locks.times { |i| y << ["SET", "locking:job:#{i}", "token-#{i}", "PX", "3600000"] }
   (options[:keys] - locks).times { |i| y << ["RPUSH", "queue:#{i}", "{\"job\":#{i}}"] }
 end)
-Locking.configure do |c|
-  c.source = source.url
-  c.destination = destination.url
-  c.phase = :dual
-  c.timeout = 30
-end
+Bench.configure_dual(source, destination, timeout: 30)
 page = Rack::MockRequest.new(Locking::Web.app(secret: "s" * 64))
 
 load_overview = lambda do

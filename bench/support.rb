@@ -14,12 +14,32 @@ module Bench
 
   module_function
 
-  # The script's options: `defaults`, then what the command line says (the
-  # block declares them on the parser, into the hash it is given).
+  # The script's options: `defaults`, then what the command line says. A
+  # default given as [value, help] is an option of its own (`--name N` for
+  # an Integer, `--name VALUE` else); the block may declare more on the
+  # parser, into the hash it is given.
   def options(defaults)
-    options = defaults.dup
-    OptionParser.new { |parser| yield parser, options }.parse!
+    options = defaults.transform_values { |value| value.is_a?(Array) ? value.first : value }
+    OptionParser.new do |parser|
+      defaults.each do |name, (value, help)|
+        next unless help
+
+        flag = "--#{name.to_s.tr('_', '-')} #{value.is_a?(Integer) ? 'N' : 'VALUE'}"
+        parser.on(flag, value.class, "#{help} (default #{value})") { |given| options[name] = given }
+      end
+      yield parser, options if block_given?
+    end.parse!
     options
+  end
+
+  # Locking in phase 1 over both servers, as the operator tools run it.
+  def configure_dual(source, destination, timeout:)
+    Locking.configure do |c|
+      c.source = source.url
+      c.destination = destination.url
+      c.phase = :dual
+      c.timeout = timeout
+    end
   end
 
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)

@@ -11,9 +11,8 @@ require_relative "support"
 require_relative "../spec/support/tls"
 require_relative "reference_locking"
 
-options = Bench.options(ops: 3000, rounds: 5) do |o, chosen|
-  o.on("--ops N", Integer, "operations per measurement (default 3000)") { |v| chosen[:ops] = v }
-  o.on("--rounds N", Integer, "interleaved rounds; medians reported (default 5)") { |v| chosen[:rounds] = v }
+options = Bench.options(ops: [3000, "operations per measurement"],
+                        rounds: [5, "interleaved rounds; medians reported"]) do |o, chosen|
   o.on("--json FILE", "write the rows as JSON (for bench/all.rb)") { |v| chosen[:json] = v }
   o.on("--label TEXT", "put TEXT before the case's name") { |v| chosen[:label] = v }
 end

@@ -66,6 +66,15 @@ module ServerHelpers
 
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
+  # Runs the block with GC.stress on (a collection at every allocation), for
+  # the native boundary's second pass.
+  def under_gc_stress
+    GC.stress = true
+    yield
+  ensure
+    GC.stress = false
+  end
+
   # Polls the block until it returns something truthy, for at most `seconds`;
   # returns what it returned last (falsy if the state never came).
   def wait_for(seconds = 5, every: 0.01)

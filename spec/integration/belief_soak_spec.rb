@@ -93,23 +93,21 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
           c.timeout = BeliefSoak::TIMEOUT
         end
         witness = Redis.new(url: witness_url)
-        IntervalLog.work(witness, batch: 20, name: "belief soak worker") do |log|
-          until witness.exists?("belief-stop")
-            lock = Locking.new("job:#{rand(BeliefSoak::KEYS)}")
-            next unless IntervalLog.try(log) { lock.acquire(BeliefSoak::TTL, auto_renew: true) }
+        IntervalLog.work(witness, batch: 20, name: "belief soak worker", stop: "belief-stop") do |log|
+          lock = Locking.new("job:#{rand(BeliefSoak::KEYS)}")
+          next unless IntervalLog.try(log) { lock.acquire(BeliefSoak::TTL, auto_renew: true) }
 
-            from = BeliefSoak.clock
-            if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
-              fork_reader(lock, witness_url, BeliefSoak.clock)
-              lock.stop_renewing
-              log.record(lock.lock_key, lock.token, from, BeliefSoak.clock)
-              next
-            end
-            # Mostly short holds; one in three outlives the TTL twice over at most.
-            seconds = rand < 0.67 ? rand * 0.05 : rand * 2 * BeliefSoak::TTL
-            log.record(lock.lock_key, lock.token, from, hold(lock, seconds))
-            IntervalLog.try(log) { lock.release }
+          from = BeliefSoak.clock
+          if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
+            fork_reader(lock, witness_url, BeliefSoak.clock)
+            lock.stop_renewing
+            log.record(lock.lock_key, lock.token, from, BeliefSoak.clock)
+            next
           end
+          # Mostly short holds; one in three outlives the TTL twice over at most.
+          seconds = rand < 0.67 ? rand * 0.05 : rand * 2 * BeliefSoak::TTL
+          log.record(lock.lock_key, lock.token, from, hold(lock, seconds))
+          IntervalLog.try(log) { lock.release }
         end
       end
     end

@@ -33,6 +33,8 @@ RSpec.describe "dynamic phases" do
     end
   end
 
+  let(:witness) { witness_server.redis }
+
   # Phase 0 set, and `count` workers started in it (stopped by the "stop" key).
   def start_fleet(count)
     configure_both(:source)
@@ -41,7 +43,6 @@ RSpec.describe "dynamic phases" do
   end
 
   it "moves running processes through every phase without a restart, never running a job twice" do
-    witness = witness_server.redis
     workers = start_fleet(3)
     begin
       expect(wait_for { fleet_phases.size == 3 }).to be(true)
@@ -72,7 +73,6 @@ RSpec.describe "dynamic phases" do
   end
 
   it "refuses to advance while a process is still behind, and proceeds once it catches up" do
-    witness = witness_server.redis
     workers = start_fleet(2)
     begin
       expect(wait_for { fleet_phases.size == 2 }).to be(true)

@@ -206,11 +206,8 @@ RSpec.describe Locking::Semaphore do
       other = described_class.new(name, limit: 1)
       [mine.acquire(5), other.acquire(5), mine.holders, mine.renew(5), mine.release, mine.holders]
     end
-    GC.stress = true
-    begin
+    under_gc_stress do
       3.times { expect(exercise.call).to eq([true, false, 1, true, true, 0]) }
-    ensure
-      GC.stress = false
     end
     expect(redis.keys("*")).to eq([])
   end

@@ -87,11 +87,24 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     end
   end
 
-  it "never duplicates a unique job running 3 times its TTL (auto_renew renews its lock while it runs)" do
+  # Locking on the source, and a real Sidekiq process on it for the block.
+  def with_source_sidekiq(&)
     configure_both(:source)
-    with_sidekiq("source") do |_pid, log|
-      expect(enqueue("source", "p LongJob.perform_later(1, 3.0, hold: true) != false")).to eq("true\n")
-      expect(wait_for(15) { witness.get("long:running:1") }).to be_truthy, File.read(log)
+    with_sidekiq("source", &)
+  end
+
+  # A real Sidekiq on the source running LongJob `id` (its other arguments
+  # as Ruby source); yields the process's pid and log once the job runs.
+  def with_long_job(id, arguments, &)
+    with_source_sidekiq do |pid, log|
+      expect(enqueue("source", "p LongJob.perform_later(#{id}, #{arguments}) != false")).to eq("true\n")
+      expect(wait_for(15) { witness.get("long:running:#{id}") }).to be_truthy, File.read(log)
+      yield pid, log
+    end
+  end
+
+  it "never duplicates a unique job running 3 times its TTL (auto_renew renews its lock while it runs)" do
+    with_long_job(1, "3.0, hold: true") do |_pid, log|
       # Past the 1 s TTL, again and again: each enqueue finds the lock held (the job runs 3 s at least,
       # and on until it is let go).
       results = Array.new(4) do
@@ -108,10 +121,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
   end
 
   it "frees the lock of a Sidekiq process SIGKILLed mid-job within its TTL; the job enqueued again then runs" do
-    configure_both(:source)
-    with_sidekiq("source") do |pid, log|
-      expect(enqueue("source", "p LongJob.perform_later(2, 30) != false")).to eq("true\n")
-      expect(wait_for(15) { witness.get("long:running:2") }).to be_truthy, File.read(log)
+    with_long_job(2, "30") do |pid, _log|
       sleep 1.5 # renewed past its 1 s TTL
       expect(lock_keys).to eq(["locking:LongJob:2"])
       Process.kill(:KILL, pid)
@@ -183,8 +193,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     end
 
     it "keeps the lock of a job scheduled past its TTL (set(wait:)) for the delay: a duplicate meanwhile is dropped" do
-      configure_both(:source)
-      with_sidekiq("source") do |_pid, log|
+      with_source_sidekiq do |_pid, log|
         expect(enqueued?("ScheduledJob.set(wait: 8).perform_later(1)")).to be(true)
         # Past its 1 s TTL: a probe of that TTL taken after the enqueue is gone, and the job's lock lives on.
         source_server.redis.set("probe", "1", px: 1_000)
@@ -209,8 +218,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     end
 
     it "frees the lock of a scheduled job deleted through Sidekiq's API: the same job enqueued again runs, once" do
-      configure_both(:source)
-      with_sidekiq("source") do |_pid, log|
+      with_source_sidekiq do |_pid, log|
         expect(enqueued?("ScheduledJob.set(wait: 600).perform_later(2)")).to be(true)
         expect(enqueued?("ScheduledJob.perform_later(2)")).to be(false)
         expect(enqueued?("ScheduledJob.perform_later(2)", "Sidekiq::ScheduledSet.new.each(&:delete)")).to be(true)
@@ -219,8 +227,7 @@ RSpec.describe "unique jobs on a real Sidekiq", :sidekiq do
     end
 
     it "frees the lock of a job that dies (no retries left) through locking/sidekiq's death handler" do
-      configure_both(:source)
-      with_sidekiq("source") do |_pid, log|
+      with_source_sidekiq do |_pid, log|
         expect(enqueued?("DyingJob.perform_later(1)")).to be(true)
         died = wait_for(20) { jobs.zcard("dead") == 1 && lock_keys.empty? }
         expect(died).to be_truthy, "#{lock_keys.inspect}\n#{File.read(log)}"

@@ -66,19 +66,16 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
           c.timeout = 1.0
         end
         witness = Redis.new(url: witness_url)
-        IntervalLog.work(witness, batch: 200, name: "soak worker") do |log|
-          deadline = monotonic + 600
-          until witness.exists?(stop_key) || monotonic > deadline
-            lock = Locking.new("job:#{rand(Soak::KEYS)}")
-            started = monotonic
-            next unless IntervalLog.try(log) { lock.acquire(Soak::TTL) }
+        IntervalLog.work(witness, batch: 200, name: "soak worker", stop: stop_key) do |log|
+          lock = Locking.new("job:#{rand(Soak::KEYS)}")
+          started = monotonic
+          next unless IntervalLog.try(log) { lock.acquire(Soak::TTL) }
 
-            from = monotonic
-            witness.incr("phase:#{Locking.client.phase}")
-            sleep(rand * 0.003)
-            log.record(lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min)
-            IntervalLog.try(log) { lock.release }
-          end
+          from = monotonic
+          witness.incr("phase:#{Locking.client.phase}")
+          sleep(rand * 0.003)
+          log.record(lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min)
+          IntervalLog.try(log) { lock.release }
         end
       end
     end

@@ -36,12 +36,14 @@ module IntervalLog
     end
   end
 
-  # A worker process's body: the block records into a Writer until it is
-  # told to stop; then the rest is flushed and the process exits (1 if the
-  # block raised, named for the log).
-  def self.work(witness, batch:, name:)
+  # A worker process's body: the block, one hold at a time, records into a
+  # Writer until the witness holds `stop` (for at most `within` seconds);
+  # then the rest is flushed and the process exits (1 if the block raised,
+  # named for the log).
+  def self.work(witness, batch:, name:, stop:, within: 600)
     log = Writer.new(witness, batch: batch)
-    yield log
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + within
+    yield log until witness.exists?(stop) || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
     log.flush
     exit!(0)
   rescue StandardError => e

@@ -21,15 +21,12 @@ RSpec.describe "the native boundary under GC" do
 
   it "gives the same answers with GC.stress on" do
     expected = [[true, false, true, true, true, true, false], [ArgumentError, ArgumentError, TypeError]]
-    GC.stress = true
-    begin
+    under_gc_stress do
       3.times { expect(exercise).to eq(expected) }
       Locking.with_lock("gc:block", ttl: 5) { |lock| expect(lock.have_lock?).to be(true) }
       renewed = Locking.new("gc:renewed")
       expect(renewed.acquire(5, auto_renew: 60)).to be(true)
       expect([renewed.have_lock?, renewed.lost?, renewed.release]).to eq([true, false, true])
-    ensure
-      GC.stress = false
     end
     expect(redis.keys("locking:*")).to eq([])
   end
@@ -48,11 +45,8 @@ RSpec.describe "the native boundary under GC" do
 
   it "raises clean errors from a connection failure under GC.stress" do
     Locking.configure { |c| c.source = "redis://127.0.0.1:1/0" }
-    GC.stress = true
-    begin
+    under_gc_stress do
       expect { Locking.new("x").locked? }.to raise_error(Locking::ConnectionError)
-    ensure
-      GC.stress = false
     end
   end
 end
