@@ -126,9 +126,10 @@ impl<'c> Lease<'c> {
         })
     }
 
-    /// An acquire or a renew: a write with a TTL, which `min_replicas_acked`
-    /// must see on the replicas before it counts.
-    fn write<O: Operation<Output = bool>>(
+    /// An acquire or a renew (of a lock or a semaphore's place): a write
+    /// with a TTL, which `min_replicas_acked` must see on the replicas
+    /// before it counts.
+    pub(super) fn write<O: Operation<Output = bool>>(
         &mut self,
         key: &[u8],
         ttl_ms: u64,

@@ -7,7 +7,7 @@ use super::Lease;
 use crate::error::{Error, Result};
 use crate::protocol::semaphore::{check_limit, NOT_PROVEN};
 use crate::protocol::{
-    SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew, Target, MAX_TTL_MS,
+    SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew, Target,
 };
 use crate::wire::connection::Interrupt;
 
@@ -23,18 +23,10 @@ impl Lease<'_> {
         interrupt: &Interrupt,
     ) -> Result<bool> {
         check_limit(limit)?;
-        check_semaphore_ttl(ttl_ms)?;
         self.check_one_server()?;
-        let phase = self.resolve_phase(interrupt)?;
-        let taken = self.run(
-            key,
-            SemaphoreAcquire::new(phase, token, ttl_ms, limit),
-            interrupt,
-        )?;
-        if taken {
-            self.wait_for_replicas(key, interrupt)?;
-        }
-        Ok(taken)
+        self.write(key, ttl_ms, interrupt, |phase, _| {
+            SemaphoreAcquire::new(phase, token, ttl_ms, limit)
+        })
     }
 
     /// Gives `token`'s place back: true when a live place was removed.
@@ -56,14 +48,10 @@ impl Lease<'_> {
         ttl_ms: u64,
         interrupt: &Interrupt,
     ) -> Result<bool> {
-        check_semaphore_ttl(ttl_ms)?;
         self.check_one_server()?;
-        let phase = self.resolve_phase(interrupt)?;
-        let renewed = self.run(key, SemaphoreRenew::new(phase, token, ttl_ms), interrupt)?;
-        if renewed {
-            self.wait_for_replicas(key, interrupt)?;
-        }
-        Ok(renewed)
+        self.write(key, ttl_ms, interrupt, |phase, _| {
+            SemaphoreRenew::new(phase, token, ttl_ms)
+        })
     }
 
     /// Places are taken and kept only while one server is configured: with
@@ -86,15 +74,5 @@ impl Lease<'_> {
     pub fn semaphore_holders(&mut self, key: &[u8], interrupt: &Interrupt) -> Result<u64> {
         let phase = self.resolve_phase(interrupt)?;
         self.run(key, SemaphoreHolders::new(phase), interrupt)
-    }
-}
-
-fn check_semaphore_ttl(ttl_ms: u64) -> Result<()> {
-    if (1..=MAX_TTL_MS).contains(&ttl_ms) {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "a semaphore's TTL must be between 1 and {MAX_TTL_MS} ms, got {ttl_ms}"
-        )))
     }
 }
