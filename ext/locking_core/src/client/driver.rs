@@ -157,7 +157,7 @@ impl<'c> Lease<'c> {
         let received = match received {
             // A pooled connection found dead: once more on a new one.
             Err(Error::Connection { .. }) if stale => self
-                .exchange_raw(target, Route::Node(node), &requests, interrupt)
+                .exchange_raw((target, Route::Node(node)), &requests, interrupt)
                 .map(|values| values.into_iter().map(Received::Reply).collect()),
             other => other,
         };

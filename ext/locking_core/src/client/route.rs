@@ -63,7 +63,7 @@ impl<'c> Lease<'c> {
             value = match redirect {
                 Redirect::Moved(slot, address) => {
                     let node = cluster.moved(slot, &address)?;
-                    self.exchange_raw(target, Route::Node(node), &[request], interrupt)?
+                    self.exchange_raw((target, Route::Node(node)), &[request], interrupt)?
                         .pop()
                         .unwrap_or(Value::Nil)
                 }
@@ -71,7 +71,7 @@ impl<'c> Lease<'c> {
                     cluster.asked.fetch_add(1, Ordering::Relaxed);
                     let node = cluster.node_at(&address)?;
                     let asking = [Request::Plain(&["ASKING".into()]), request];
-                    self.exchange_raw(target, Route::Node(node), &asking, interrupt)?
+                    self.exchange_raw((target, Route::Node(node)), &asking, interrupt)?
                         .pop()
                         .unwrap_or(Value::Nil)
                 }
@@ -90,7 +90,7 @@ impl<'c> Lease<'c> {
                     pause = (pause * 2).min(Duration::from_millis(100));
                     // A failover may have moved the slot meanwhile.
                     cluster.refresh(false, interrupt)?;
-                    self.exchange_raw(target, Route::Key(key), &[request], interrupt)?
+                    self.exchange_raw((target, Route::Key(key)), &[request], interrupt)?
                         .pop()
                         .unwrap_or(Value::Nil)
                 }
@@ -115,7 +115,7 @@ impl<'c> Lease<'c> {
         requests: &[Request<'_>],
         interrupt: &Interrupt,
     ) -> Result<Vec<Value>> {
-        let values = self.exchange_raw(target, route, requests, interrupt)?;
+        let values = self.exchange_raw((target, route), requests, interrupt)?;
         let redirects = self
             .client
             .server(target)
@@ -138,13 +138,13 @@ impl<'c> Lease<'c> {
         Ok(followed)
     }
 
-    /// `exchange` without following redirects. Like every operation, it is
-    /// sent once more on a new connection when a pooled one turns out dead
-    /// (a restart, an idle drop).
+    /// `exchange` without following redirects, on the node `at` names (as
+    /// `receive` takes it). Like every operation, it is sent once more on a
+    /// new connection when a pooled one turns out dead (a restart, an idle
+    /// drop).
     pub(super) fn exchange_raw(
         &mut self,
-        target: Target,
-        route: Route<'_>,
+        (target, route): (Target, Route<'_>),
         requests: &[Request<'_>],
         interrupt: &Interrupt,
     ) -> Result<Vec<Value>> {

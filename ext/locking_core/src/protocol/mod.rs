@@ -31,7 +31,8 @@ pub use queries::{Locked, Ttl};
 pub use release::{Release, Servers};
 pub use renew::Renew;
 pub use semaphore::{
-    SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew, MAX_SEMAPHORE_LIMIT,
+    Place, SemaphoreAcquire, SemaphoreHolders, SemaphoreRelease, SemaphoreRenew,
+    MAX_SEMAPHORE_LIMIT,
 };
 pub use semaphore_across::SemaphoreRules;
 

@@ -140,32 +140,46 @@ impl<A: Operation<Output = bool>> Operation for Ruled<A> {
     }
 }
 
+/// A place asked for: whose, for how long, and among how many (the limit,
+/// which a renewal needs only for a place re-taken on the destination in
+/// phase 1).
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub token: &'a [u8],
+    pub ttl_ms: u64,
+    pub limit: u64,
+}
+
 /// Take a place: true when this token holds one now (taken, or already its own).
 pub type SemaphoreAcquire = Ruled<AcrossAcquire>;
 
 impl SemaphoreAcquire {
     pub fn new(phase: Phase, token: &[u8], ttl_ms: u64, limit: u64) -> Self {
-        Self::with_rules(phase, SemaphoreRules::OneServer, token, ttl_ms, limit)
+        let place = Place {
+            token,
+            ttl_ms,
+            limit,
+        };
+        Self::with_rules(phase, SemaphoreRules::OneServer, place)
     }
 
-    pub fn with_rules(
-        phase: Phase,
-        rules: SemaphoreRules,
-        token: &[u8],
-        ttl_ms: u64,
-        limit: u64,
-    ) -> Self {
+    pub fn with_rules(phase: Phase, rules: SemaphoreRules, place: Place<'_>) -> Self {
         match rules {
             SemaphoreRules::OneServer => {
-                let token = token.to_vec();
                 let command = Command::SemaphoreAcquire {
-                    token,
-                    ttl_ms,
-                    limit,
+                    token: place.token.to_vec(),
+                    ttl_ms: place.ttl_ms,
+                    limit: place.limit,
                 };
                 Ruled::One(OneServer::new(phase, command), OneAnswer::Acquire)
             }
-            rules => Ruled::Across(AcrossAcquire::new(phase, rules, token, ttl_ms, limit)),
+            rules => Ruled::Across(AcrossAcquire::new(
+                phase,
+                rules,
+                place.token,
+                place.ttl_ms,
+                place.limit,
+            )),
         }
     }
 }
@@ -210,17 +224,11 @@ impl SemaphoreRenew {
         )
     }
 
-    /// `limit`: for a place re-taken on the destination in phase 1.
-    pub fn with_rules(
-        phase: Phase,
-        rules: SemaphoreRules,
-        token: &[u8],
-        ttl_ms: u64,
-        limit: u64,
-    ) -> Self {
+    pub fn with_rules(phase: Phase, rules: SemaphoreRules, place: Place<'_>) -> Self {
+        let (token, ttl_ms) = (place.token, place.ttl_ms);
         match rules {
             SemaphoreRules::OneServer => Self::new(phase, token, ttl_ms),
-            _ => Ruled::Across(AcrossRenew::new(phase, token, ttl_ms, limit)),
+            _ => Ruled::Across(AcrossRenew::new(phase, token, ttl_ms, place.limit)),
         }
     }
 }

@@ -79,7 +79,10 @@ impl Tls {
             let verifier: Arc<dyn ServerCertVerifier> = if settings.verify_hostname {
                 webpki
             } else {
-                Arc::new(AnyName(webpki, Arc::clone(&provider)))
+                Arc::new(Lenient {
+                    chain: Some(webpki),
+                    provider: Arc::clone(&provider),
+                })
             };
             builder
                 .dangerous()
@@ -87,7 +90,10 @@ impl Tls {
         } else {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_custom_certificate_verifier(Arc::new(Lenient {
+                    chain: None,
+                    provider,
+                }))
         };
         let config = match (&settings.cert, &settings.key) {
             (Some(cert), Some(key)) => {
@@ -181,48 +187,34 @@ fn certificates(file: &PathBuf, what: &str) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
-/// The handshake's signatures, checked with the provider's algorithms (as
-/// the webpki verifier does), whatever a verifier decides about the
-/// certificate: the one part both verifiers below share. `$provider` names
-/// the field holding the provider.
-macro_rules! signatures_checked_by {
-    ($provider:tt) => {
-        fn verify_tls12_signature(
+/// The trait's two handshake-signature checks, each the rustls function of
+/// the same name over the provider's algorithms.
+macro_rules! signature_checks {
+    ($($check:ident),*) => {$(
+        fn $check(
             &self,
             message: &[u8],
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &self.$provider.signature_verification_algorithms;
-            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+            let algorithms = &self.provider.signature_verification_algorithms;
+            rustls::crypto::$check(message, cert, dss, algorithms)
         }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &self.$provider.signature_verification_algorithms;
-            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.$provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    };
+    )*};
 }
 
-/// `verify_hostname: false`: the chain is checked, the name is not.
+/// The checks a setting turns off: `verify_hostname: false` keeps the
+/// chain and drops the name (`chain` set); `verify_mode: VERIFY_NONE`
+/// accepts any certificate (`chain` none): encrypted, not authenticated.
+/// The handshake's signatures are checked either way, with the provider's
+/// algorithms, as the webpki verifier does.
 #[derive(Debug)]
-struct AnyName(
-    Arc<WebPkiServerVerifier>,
-    Arc<rustls::crypto::CryptoProvider>,
-);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -231,10 +223,10 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -242,27 +234,13 @@ impl ServerCertVerifier for AnyName {
         }
     }
 
-    signatures_checked_by!(1);
-}
+    signature_checks!(verify_tls12_signature, verify_tls13_signature);
 
-/// `verify_mode: VERIFY_NONE`: any certificate is accepted (the handshake's
-/// signatures are still checked). Encrypted, not authenticated.
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
-
-    signatures_checked_by!(0);
 }
 
 struct Session {

@@ -16,8 +16,8 @@ use super::store::MemoryStore;
 use crate::error::Result;
 use crate::protocol::phase::Phase;
 use crate::protocol::{
-    Command, Operation, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew, SemaphoreRules,
-    Step, Target,
+    Command, Operation, Place, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew,
+    SemaphoreRules, Step, Target,
 };
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -247,16 +247,21 @@ impl Search<'_> {
                 let token = super::token(index);
                 client.started = state.now;
                 let (rules, limit) = (self.scenario.rules, self.scenario.limit);
+                let place = |ttl_ms| Place {
+                    token: &token,
+                    ttl_ms,
+                    limit,
+                };
                 let mut op = match action {
-                    SemaphoreAction::Acquire { ttl } => Running::Acquire(
-                        SemaphoreAcquire::with_rules(phase, rules, &token, ttl, limit),
-                    ),
+                    SemaphoreAction::Acquire { ttl } => {
+                        Running::Acquire(SemaphoreAcquire::with_rules(phase, rules, place(ttl)))
+                    }
                     SemaphoreAction::Renew { ttl } => {
                         // A renewal may shorten the place before its reply:
                         // from its send, the belief is no longer than it asks.
                         client.believed_until =
                             client.believed_until.map(|at| at.min(state.now + ttl));
-                        Running::Renew(SemaphoreRenew::with_rules(phase, rules, &token, ttl, limit))
+                        Running::Renew(SemaphoreRenew::with_rules(phase, rules, place(ttl)))
                     }
                     SemaphoreAction::Release => {
                         client.believed_until = None;
