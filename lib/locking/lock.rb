@@ -110,13 +110,20 @@ class Locking
     lost
   end
 
-  # Resets the TTL of a lock this token holds.
+  # Resets the TTL of a lock this token holds. While auto-renewed, the
+  # renewer is stopped first and, if this renewal holds, goes on with the
+  # new TTL (within what is left of auto_renew: SECONDS).
   # @return [Boolean] false when the lock was lost (expired or taken).
   def renew(seconds)
     ttl_ms = Locking.send(:ttl_ms, seconds)
-    started = Locking.send(:monotonic)
-    renewed = Locking.client.renew(lock_key, token, ttl_ms)
-    @held_until = renewed ? started + Client.valid_for(ttl_ms) : nil
+    client = @renewing_client
+    renew_until = @renew_until
+    return renew_once(ttl_ms) unless @renewal
+
+    stop_renewing
+    renewed = renew_once(ttl_ms)
+    left = renew_until && (renew_until - Locking.send(:monotonic))
+    start_renewing(client, ttl_ms, left) if renewed && (left.nil? || left.positive?)
     renewed
   end
 
@@ -154,8 +161,20 @@ class Locking
 
   private
 
+  def renew_once(ttl_ms)
+    started = Locking.send(:monotonic)
+    # Sent, it may shorten the lock before its reply comes (or its timeout
+    # hides whether it ran): believed no longer than it asks.
+    @held_until = Client.renewal_sent(@held_until, started, ttl_ms) if @held_until
+    renewed = Locking.client.renew(lock_key, token, ttl_ms)
+    @held_until = renewed ? started + Client.valid_for(ttl_ms) : nil
+    renewed
+  end
+
   def start_renewing(client, ttl_ms, renew_for)
-    valid_for = @held_until - Locking.send(:monotonic)
+    now = Locking.send(:monotonic)
+    valid_for = @held_until - now
+    @renew_until = renew_for && (now + renew_for)
     @renewal = client.auto_renew(lock_key, token, ttl_ms, valid_for, renew_for)
     @renewing_client = client # the renewer lives as long as its client: keep it while renewing
     @lost_reported = false

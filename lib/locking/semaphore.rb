@@ -88,7 +88,7 @@ class Locking
       ttl_ms = Locking.send(:ttl_ms, seconds)
       started = Locking.send(:monotonic)
       # Sent, it may shorten the place before its reply comes: believed no longer than it asks.
-      @held_until = [@held_until, started + Client.valid_for(ttl_ms)].min if @held_until
+      @held_until = Client.renewal_sent(@held_until, started, ttl_ms) if @held_until
       renewed = _renew(native_client, key, token, ttl_ms)
       @held_until = renewed ? started + Client.valid_for(ttl_ms) : nil
       @lost = !renewed

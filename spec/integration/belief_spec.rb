@@ -2,6 +2,7 @@
 
 require_relative "../support/holding_proxy"
 require_relative "../support/lagging_proxy"
+require_relative "../support/reply_delaying_proxy"
 
 # What a holder believes: have_lock? must never outlive the lock in Redis.
 # Each holder is a real process that reports, over a pipe, each moment its
@@ -182,5 +183,51 @@ RSpec.describe "have_lock? and lost? against what Redis holds" do
     take_over
     expect(log.wait_for("F ", 3)).to be(true)
     expect(log.last_true).to be < expired_by
+  end
+
+  context "with an explicit renew that shortens the lock" do
+    let(:lock) { Locking.new("k-short") }
+
+    before do
+      @proxy = ReplyDelayingProxy.new(source_server.port, delay: 0)
+      configure_single(@proxy, timeout: 1.0)
+      expect(lock.acquire(60)).to be(true)
+      expect(lock.renew(60)).to be(true) # the renewal's script is loaded: the late one runs at once
+      @proxy.arm! # replies to lock commands are late from now on
+    end
+
+    it "believes it no longer than it asks while its reply is late" do
+      @proxy.delay = 3
+      configure_single(@proxy, timeout: 5.0)
+      renewal = Thread.new { lock.renew(0.2) }
+      wait_until_expired("locking:k-short")
+      expect(renewal).to be_alive # the reply has not come: the old belief (60 s) must not stand meanwhile
+      expect(lock.have_lock?).to be(false)
+      expect(renewal.value).to be(true) # it ran while held
+      expect(lock.have_lock?).to be(false)
+      expect(redis.exists("locking:k-short")).to eq(0)
+    end
+
+    it "believes it no longer than it asks after its reply timed out" do
+      @proxy.delay = 4
+      expect { lock.renew(0.2) }.to raise_error(Locking::ConnectionError)
+      wait_until_expired("locking:k-short")
+      expect(lock.have_lock?).to be(false)
+    end
+
+    it "renews on with the new TTL when the lock was auto-renewed" do
+      @proxy.delay = 0
+      configure_single(@proxy, timeout: 0.3)
+      lock.release
+      expect(lock.acquire(30, auto_renew: true)).to be(true)
+      expect(lock.renew(1.0)).to be(true)
+      expect(redis.pttl("locking:k-short")).to be_between(1, 1000)
+      # Three TTLs later the renewer has kept it, at the new TTL, and the holder believes it.
+      renewed_at = monotonic
+      expect(wait_for(6) { monotonic - renewed_at > 3.0 && redis.pttl("locking:k-short").between?(1, 1000) })
+        .to be(true)
+      expect(lock.have_lock?).to be(true)
+      expect(lock.release).to be(true)
+    end
   end
 end

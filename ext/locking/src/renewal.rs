@@ -1,6 +1,7 @@
 //! `Locking::Client::Renewal`: one auto-renewed lock (locking_core::operate::renew),
 //! with what the holder believes of it; and the natives that start one and
-//! share the core's belief rule with Ruby (`Client.valid_for`, `Client.clock`).
+//! share the core's belief rules with Ruby (`Client.valid_for`,
+//! `Client.renewal_sent`, `Client.clock`).
 
 use crate::client::{bytes, RbClient};
 use crate::error::{panic_error, RubyError};
@@ -84,6 +85,14 @@ fn valid_for(ttl_ms: u64) -> f64 {
     belief::valid_for_ms(ttl_ms) as f64 / 1000.0
 }
 
+/// What a holder believes while a renewal of `ttl_ms` sent at `started`
+/// is in flight, from `held_until` before it (`belief::renewal_sent`); all
+/// in seconds on `clock`.
+fn renewal_sent(held_until: f64, started: f64, ttl_ms: u64) -> f64 {
+    let us = |seconds: f64| (seconds * 1e6) as u64; // saturating: NaN and below 0 are 0
+    belief::renewal_sent(us(held_until), us(started), ttl_ms) as f64 / 1e6
+}
+
 /// Now on the clock the deadlines use (`belief::now_us`), in seconds.
 fn clock() -> f64 {
     belief::now_us() as f64 / 1e6
@@ -98,6 +107,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     client.define_private_method("_auto_renew", method!(auto_renew, 5))?;
     client.define_singleton_method("valid_for", function!(valid_for, 1))?;
     client.define_singleton_method("clock", function!(clock, 0))?;
+    client.define_singleton_method("renewal_sent", function!(renewal_sent, 3))?;
     let renewal = client.define_class("Renewal", ruby.class_object())?;
     renewal.define_method("lost?", method!(RbRenewal::lost, 0))?;
     renewal.define_method("held?", method!(RbRenewal::held, 0))?;

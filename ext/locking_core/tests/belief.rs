@@ -217,6 +217,87 @@ fn negative_control_a_belief_a_late_reply_flips_outlives_the_lock() {
     assert!(found.iter().any(|(run, ..)| run.fork_at.is_some()));
 }
 
+/// An explicit `renew(ttl)` (`Locking#renew`, `Semaphore#renew`) of a lock
+/// believed until `valid_until` (µs), sent at `sent` (ms), whose request
+/// runs `request` ms later and whose reply takes `reply` ms more (past
+/// `timeout`, the call raises though the command ran), while another thread
+/// of the holder reads `have_lock?` every millisecond. `cap`: the product's
+/// `belief::renewal_sent` at the send; without it, the belief before the
+/// call stands until the reply. Returns the first moment believed while
+/// Redis no longer holds the lock.
+fn explicit_renewal(
+    cap: bool,
+    held_ms: u64,
+    ttl: u64,
+    timeout: u64,
+    request: u64,
+    reply: u64,
+) -> Option<u64> {
+    let server = |ttl: u64| ttl * 100 / 101; // the server's clock fast by the drift bound
+    let mut expires = server(held_ms);
+    let mut valid_until = belief::valid_until(0, held_ms);
+    let sent = held_ms / 4;
+    if cap {
+        valid_until = belief::renewal_sent(valid_until, sent * MS, ttl);
+    }
+    let ran = sent + request;
+    let back = (request + reply).min(timeout) + sent;
+    for t in 0..2 * held_ms {
+        if t == ran && ran < expires {
+            expires = ran + server(ttl);
+        }
+        if t == back && request + reply <= timeout {
+            // Confirmed: believed from the send (Locking#renew); refused: not at all.
+            let held = ran < server(held_ms);
+            valid_until = if held {
+                belief::valid_until(sent * MS, ttl)
+            } else {
+                0
+            };
+        }
+        if belief::holds(valid_until, t * MS) && t >= expires {
+            return Some(t);
+        }
+    }
+    None
+}
+
+fn explicit_renewals(cap: bool) -> Vec<(u64, u64, u64, u64)> {
+    let (held, timeout) = (2000, 600);
+    let mut found = Vec::new();
+    for ttl in [50, 300, 1000, 3000] {
+        for request in [0, 1, timeout / 2, timeout] {
+            for reply in [0, timeout / 2, timeout, timeout + 1] {
+                if let Some(at) = explicit_renewal(cap, held, ttl, timeout, request, reply) {
+                    found.push((ttl, request, reply, at));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn an_explicit_renewal_that_shortens_the_lock_is_believed_no_longer_than_it_asks() {
+    let found = explicit_renewals(true);
+    assert!(found.is_empty(), "{found:?}");
+    // Negative control: the belief before the call stood while the renewal flew (the lock's
+    // renew before this rule), and after a timeout that hid whether it ran.
+    let found = explicit_renewals(false);
+    assert!(
+        found
+            .iter()
+            .any(|&(ttl, _, reply, _)| ttl == 50 && reply <= 300),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|&(_, request, reply, _)| request + reply > 600),
+        "{found:?}"
+    );
+}
+
 /// How long one renewal in phase 3 takes with the source hung (answering
 /// never: the read waits out `timeout`) and the destination answering in
 /// `prompt` ms, as `protocol::Renew` sends it for these servers.

@@ -48,6 +48,14 @@ pub fn after_renewal(valid_until_us: u64, sent_us: u64, now_us: u64, ttl_ms: u64
         .then(|| valid_until(sent_us, ttl_ms).max(valid_until_us))
 }
 
+/// The deadline while a renewal of `ttl_ms` sent at `sent_us` is in flight
+/// (or after it failed without an answer): it may already have run and
+/// shortened the lock (an explicit `renew` asking less than the lock had
+/// left), so the holder believes no longer than it asks, nor than before.
+pub fn renewal_sent(valid_until_us: u64, sent_us: u64, ttl_ms: u64) -> u64 {
+    valid_until_us.min(valid_until(sent_us, ttl_ms))
+}
+
 /// Whether a write sent at `now_us` under a lease (or lock) believed until
 /// `valid_until_us` still lands before it, if the network holds it for a
 /// whole `timeout_us` (a backfill's copies under its lease).
@@ -141,6 +149,13 @@ pub fn now_us() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_in_flight_caps_the_belief_at_what_it_asks() {
+        let long = valid_until(0, 60_000);
+        assert_eq!(renewal_sent(long, 1_000, 100), valid_until(1_000, 100));
+        assert_eq!(renewal_sent(5_000, 1_000, 60_000), 5_000);
+    }
 
     #[test]
     fn a_belief_ends_before_the_server_can_expire_the_lock() {
