@@ -625,7 +625,7 @@ impl Explorer<'_> {
             Err(output) => {
                 client.running = None;
                 client.op_phase = None;
-                let lease = believed_until(client.op_started, client.lease_ttl);
+                let lease = super::believed_until(client.op_started, client.lease_ttl);
                 match output {
                     Output::Bool(true) if action.is_acquire() || action.is_renew() => {
                         client.lease_until = Some(lease);
@@ -714,14 +714,6 @@ impl Explorer<'_> {
         }
         None
     }
-}
-
-/// Until when a client that acquired or renewed believes it holds the lock:
-/// its TTL, counted from when its request was sent, as `Lease` counts it.
-/// The seam for the renewer's validity deadline (the belief issue): once
-/// the product computes it in a pure function, the model calls that here.
-fn believed_until(sent_at: u64, ttl: u64) -> u64 {
-    sent_at + ttl
 }
 
 fn describe(command: &Command) -> String {

@@ -22,6 +22,7 @@ mod scenario;
 mod semaphore;
 mod store;
 
+use super::belief;
 pub use explorer::{explore, token, Counterexample, Stats};
 pub use places::Places;
 pub use scenario::{
@@ -32,3 +33,30 @@ pub use semaphore::{
     explore_semaphore, SemaphoreAction, SemaphoreClient, SemaphoreScenario, SemaphoreStats,
 };
 pub use store::{MemoryStore, ModelStore, Stored};
+
+/// The model's clock counts ticks; one tick stands for a second of the
+/// product's time, so the holder's belief is the product's own rule
+/// (`belief::valid_until`, `belief::renewal_sent`, in microseconds) read
+/// back in ticks, rounded up: at a whole tick `t`, `t < ceil(x)` exactly
+/// when `t < x`, so a tick holds the belief when the product would.
+const TICK_US: u64 = 1_000_000;
+
+fn to_ticks(us: u64) -> u64 {
+    us.div_ceil(TICK_US)
+}
+
+/// Until when a client believes the lock (or place) an acquire or renewal
+/// of `ttl` ticks, sent at tick `sent_at`, confirmed.
+pub(crate) fn believed_until(sent_at: u64, ttl: u64) -> u64 {
+    to_ticks(belief::valid_until(sent_at * TICK_US, ttl * 1000))
+}
+
+/// What a client believes while a renewal of `ttl` ticks sent at `sent_at`
+/// is in flight, from `until` before it.
+pub(crate) fn believed_while_renewing(until: u64, sent_at: u64, ttl: u64) -> u64 {
+    to_ticks(belief::renewal_sent(
+        until * TICK_US,
+        sent_at * TICK_US,
+        ttl * 1000,
+    ))
+}

@@ -259,8 +259,9 @@ impl Search<'_> {
                     SemaphoreAction::Renew { ttl } => {
                         // A renewal may shorten the place before its reply:
                         // from its send, the belief is no longer than it asks.
-                        client.believed_until =
-                            client.believed_until.map(|at| at.min(state.now + ttl));
+                        client.believed_until = client
+                            .believed_until
+                            .map(|at| super::believed_while_renewing(at, state.now, ttl));
                         Running::Renew(SemaphoreRenew::with_rules(phase, rules, place(ttl)))
                     }
                     SemaphoreAction::Release => {
@@ -330,7 +331,7 @@ impl Search<'_> {
                     (
                         SemaphoreAction::Acquire { ttl } | SemaphoreAction::Renew { ttl },
                         Ok(true),
-                    ) => client.believed_until = Some(client.started + ttl),
+                    ) => client.believed_until = Some(super::believed_until(client.started, ttl)),
                     (SemaphoreAction::Renew { .. }, Ok(false)) => client.believed_until = None,
                     // An error is not an answer: a holder trusts its place
                     // until its belief ends, as the product does.
