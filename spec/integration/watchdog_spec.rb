@@ -92,4 +92,18 @@ RSpec.describe "the watchdog (auto_renew)" do
     expect { lock.acquire(1, auto_renew: "yes") }.to raise_error(ArgumentError, /got "yes"/)
     expect(source.exists("locking:bad")).to eq(0)
   end
+
+  it "warns when a TTL leaves no room for a slow renewal (at most 2 x timeout + 1%), and not above it" do
+    messages = []
+    allow(Locking).to receive(:server_warning) { |message| messages << message }
+    configure_single(timeout: 0.9)
+    short = Locking.new("short")
+    expect(short.acquire(1.234, auto_renew: true)).to be(true)
+    expect(messages.join("\n")).to include("a TTL of 1234 ms and a timeout of 900 ms", "above 2 x timeout + 1% (1821 ms)")
+    messages.clear
+    long = Locking.new("long")
+    expect(long.acquire(1.9, auto_renew: true)).to be(true)
+    expect(messages).to be_empty
+    expect([short, long].map(&:release)).to eq([true, true])
+  end
 end
