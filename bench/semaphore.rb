@@ -7,15 +7,19 @@
 # scripts do the most (ZCARD against the limit, the latest place for the key's
 # expiry); the lock takes and frees one key. One server (phase 0), each
 # thread on keys of its own. Goal: a semaphore within 1.5x of a lock per
-# operation. A ratio, never a timed test.
+# operation. A ratio, never a timed test. With --network US the server sits
+# behind a delaying proxy (US µs each way), where round trips weigh more
+# than what the server does per command.
 #
-#   bundle exec ruby -Ilib bench/semaphore.rb [--ops N] [--rounds R] [--threads T] [--json FILE]
+#   bundle exec ruby -Ilib bench/semaphore.rb [--ops N] [--rounds R] [--threads T] [--network US] [--json FILE]
 require_relative "support"
 
 options = Bench.options(ops: [3000, "acquire+release cycles per thread per measurement"],
                         rounds: [5, "interleaved rounds; medians reported"],
-                        threads: [8, "threads of the threaded rows"], json: [nil], label: [""]) do |parser, given|
+                        threads: [8, "threads of the threaded rows"], json: [nil], label: [""],
+                        network: [nil]) do |parser, given|
   parser.on("--json FILE", "write the rows as JSON (for bench/all.rb)") { |v| given[:json] = v }
+  parser.on("--network US", Integer, "the server behind a proxy adding US µs each way") { |v| given[:network] = v }
   parser.on("--label TEXT", "put TEXT before each case's name") { |v| given[:label] = v }
 end
 LIMITS = [1, 10, 1000].freeze
@@ -23,7 +27,7 @@ GOAL = 1.5
 
 server = Bench.start_servers("bench-semaphore").first
 redis = server.redis
-Locking.configure { |c| c.source = server.url }
+Locking.configure { |c| c.source = (options[:network] ? Bench.delayed([server], options[:network]).first : server).url }
 
 # The N - 1 holders a semaphore of limit N is measured beside, on each thread's key.
 def fill(redis, key, limit)
