@@ -151,6 +151,8 @@ RSpec.describe "unique_lock ..., limit: N" do
       expect { declare(:while_executing, limit: 3, auto_renew: 60) }.to raise_error(ArgumentError, /limit: 3/)
       expect(LimitedJobs::WhileExecuting.locking_options).to include(auto_renew: false, limit: 2)
       expect(LimitedJobs::UntilAndWhile.locking_options[:auto_renew]).to be(false)
+      Locking.configure { |c| c.unique_job_defaults = { auto_renew: true } } # a default that does not apply
+      expect(LimitedJobs::UntilExecuted.locking_options[:auto_renew]).to be(false)
     end
 
     it "keeps the lock for limit: 1 (the default): a string key, no limit in the job's data" do
@@ -309,12 +311,15 @@ RSpec.describe "unique_lock ..., limit: N" do
     end
   end
 
-  it "refuses at enqueue while both servers are configured (a migration), and takes no place" do
+  it "refuses while both servers are configured (a migration): no new place; a queued job fails, freeing its place" do
+    queued = LimitedJobs::UntilExecuted.perform_later(1)
     configure_both(:source)
-    expect { LimitedJobs::UntilExecuted.perform_later(1) }
+    expect { LimitedJobs::UntilExecuted.perform_later(2) }
       .to raise_error(Locking::PhaseError, /semaphores are not yet proven across a migration/)
-    expect(enqueued_jobs).to eq([])
-    expect(redis.keys("locking:*")).to eq([])
+    expect(enqueued_jobs.size).to eq(1)
+    expect { run(queued) }.to raise_error(Locking::PhaseError)
+    expect(LimitedJobs::PERFORMED).to eq([])
+    expect(redis.keys("locking:*")).to eq([]) # a failed perform frees its place (on_failure: :release; phase 0 releases)
   end
 
   describe "occupancy: never more than N inside perform, and N reached" do
