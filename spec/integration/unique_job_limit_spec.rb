@@ -297,6 +297,29 @@ RSpec.describe "unique_lock ..., limit: N" do
     end
   end
 
+  describe "the other policies" do
+    it "applies on_perform_conflict: Proc, on_failure: :keep and on_redis_error: :allow / :deny to limited jobs" do
+      seen = []
+      calling = LimitedJobs.job(:PerformCalling, :while_executing, limit: 2, on_perform_conflict: ->(job) { seen << job.arguments })
+      key = calling.lock_key_for(1)
+      %w[a b].each { |token| Locking::Semaphore.new(key, limit: 2, token: token).acquire(60) }
+      calling.perform_now(1)
+      expect(seen).to eq([[1]])
+      expect(members(key)).to eq(%w[a b])
+
+      kept = LimitedJobs.job(:Kept, :until_executed, limit: 2, on_failure: :keep) { def perform(*) = raise(ArgumentError, "bad input") }
+      failed = kept.perform_later(1)
+      expect { run(failed) }.to raise_error(ArgumentError, "bad input")
+      expect(members(failed)).to eq([failed.lock_token]) # kept until its TTL
+
+      allowing = LimitedJobs.job(:Allowing, :until_executed, limit: 2, on_redis_error: :allow)
+      denying = LimitedJobs.job(:Denying, :until_executed, limit: 2, on_redis_error: :deny)
+      Locking.configure { |c| c.source = "redis://127.0.0.1:#{RedisServer.free_port}/0" }
+      expect(allowing.perform_later(1)).to be_a(allowing)
+      expect(denying.perform_later(1)).to be(false)
+    end
+  end
+
   describe "freeing places by hand" do
     it "unlock! deletes every place of a key; unlock_all! and UniqueJob.unlock_all! every key of the class" do
       2.times { LimitedJobs::UntilExecuted.perform_later(1) }
