@@ -46,6 +46,8 @@ runs = [
   ["rss.rb", quick ? %w[--cycles 100000] : []],
   ["backfill.rb", quick ? %w[--keys 100000 --rounds 3] : %w[--keys 1000000 --rounds 3]],
   ["cluster.rb", quick ? %w[--ops 300 --keys 20000 --rounds 1] : []],
+  ["semaphore.rb", [*ops, "--label", "[2 cores] "]],
+  ["semaphore.rb", [*network_ops, "--label", "[0.5 ms RTT] ", "--network", "250"]],
   ["ops.rb", [*network_ops, "--label", "[0.5 ms RTT] ", "--no-threads", "--network", "250"]]
 ]
 

@@ -37,4 +37,13 @@ RSpec.describe "benchmarks", :bench do
         .to include("1.3x")
     end
   end
+
+  it "bench/semaphore.rb emits a lock-against-semaphore row per limit and thread count" do
+    out, status = Open3.capture2e(RbConfig.ruby, "-I", File.join(root, "lib"), "bench/semaphore.rb", "--ops", "20",
+                                  "--rounds", "1", "--threads", "2", chdir: root)
+    expect(status).to be_success, out
+    rows = out.lines.map { |line| JSON.parse(line, symbolize_names: true) }
+    expect(rows.map { |row| row[:name][/limit \d+/] }).to eq(["limit 1", "limit 10", "limit 1000"] * 2)
+    expect(rows.flat_map { |row| [row[:locking], row[:references][:lock]] }).to all(be > 0)
+  end
 end

@@ -31,10 +31,10 @@ class Locking
     # @return [Boolean] whether a lock held by the job's token was freed
     def release(item)
       item = ::Sidekiq.load_json(item) if item.is_a?(String)
-      key, token = lock_of(item)
+      key, token, limit = lock_of(item)
       return false unless key
 
-      Locking.new(key, token: token).release
+      (limit ? Semaphore.new(key, limit: limit, token: token) : Locking.new(key, token: token)).release
     rescue JSON::ParserError
       false
     rescue Locking::Error => e
@@ -43,13 +43,15 @@ class Locking
       false
     end
 
-    # The [key, token] in an ActiveJob payload's data, or nil.
+    # The [key, token, limit] in an ActiveJob payload's data (limit: nil
+    # for a lock, N > 1 for a place in a semaphore), or nil.
     def lock_of(item)
       data = item.is_a?(Hash) && Array(item["args"]).first
       lock = data.is_a?(Hash) && data[UniqueJobs::DATA_KEY]
       return nil unless lock.is_a?(Hash) && lock["key"].is_a?(String) && lock["token"].is_a?(String)
 
-      lock.values_at("key", "token")
+      key, token, limit = lock.values_at("key", "token", "limit")
+      [key, token, (limit if limit.is_a?(Integer) && limit > 1)]
     end
 
     # Empties a queue (a list) or a set (a sorted set) atomically, by moving

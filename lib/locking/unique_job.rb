@@ -9,6 +9,7 @@ require_relative "log_subscriber"
 require_relative "unique_jobs/options"
 require_relative "unique_jobs/registry"
 require_relative "unique_jobs/class_methods"
+require_relative "unique_jobs/place"
 
 class Locking
   # Unique jobs for ActiveJob, on any adapter.
@@ -29,6 +30,10 @@ class Locking
   # - :while_executing            lock only around perform
   # - :until_and_while_executing  lock at enqueue, free when perform starts; a runtime lock while it runs
   # - :until_expired              lock at enqueue, free by TTL only
+  #
+  # With limit: N (> 1) each strategy holds a place in a Locking::Semaphore
+  # at the same key instead of the lock: N jobs with one key at once, and
+  # the policies apply to the N+1st (see UniqueJobs::ClassMethods#unique_lock).
   #
   # The lock key is derived once, at enqueue, from the job class and its
   # serialized arguments (symbol or string keys, hash order: same key), and
@@ -58,11 +63,17 @@ class Locking
     # The lock key and token this job carries (nil before enqueue or without a lock).
     attr_reader :lock_key, :lock_token
 
+    # How many places its key has (limit: N > 1), or nil: it holds the lock.
+    attr_reader :lock_limit
+
     def locking_options = self.class.locking_options
 
     def serialize
       data = super
-      data[UniqueJobs::DATA_KEY] = { "key" => @lock_key, "token" => @lock_token } if @lock_token
+      if @lock_token
+        data[UniqueJobs::DATA_KEY] = { "key" => @lock_key, "token" => @lock_token }
+        data[UniqueJobs::DATA_KEY]["limit"] = @lock_limit if @lock_limit
+      end
       data
     end
 
@@ -73,6 +84,7 @@ class Locking
 
       @lock_key = lock["key"]
       @lock_token = lock["token"]
+      @lock_limit = lock["limit"]
     end
 
     # perform_now wraps the whole run, including retry_on/discard_on handling,
@@ -115,8 +127,17 @@ class Locking
 
     private
 
+    # The job's lock, or with a limit its place (the limit it was enqueued with).
     def locking_lock
-      Locking.new(@lock_key, token: @lock_token)
+      return Locking.new(@lock_key, token: @lock_token) unless @lock_limit
+
+      UniqueJobs::Place.new(@lock_key, limit: @lock_limit, token: @lock_token, renew_to: -> { locking_ttl })
+    end
+
+    # The limit (> 1) a new hold of this job takes, or nil for the lock.
+    def locking_new_limit
+      limit = locking_options[:limit]
+      limit > 1 ? limit : nil
     end
 
     def locking_payload(extra = {})
@@ -167,6 +188,7 @@ class Locking
 
       @lock_key = self.class.lock_key_for(*arguments)
       @lock_token = Locking::Client.generate_token
+      @lock_limit = locking_new_limit
       acquired = locking_redis(:lock) { locking_lock.acquire(ttl) }
       unless acquired
         UniqueJob.instrument(:conflict, locking_payload(at: :enqueue))
@@ -240,10 +262,13 @@ class Locking
     # block, frees it.
     def locking_while_executing(runtime: false)
       if runtime
-        lock = Locking.new("#{@lock_key || self.class.lock_key_for(*arguments)}:run")
+        key = "#{@lock_key || self.class.lock_key_for(*arguments)}:run"
+        limit = locking_new_limit
+        lock = limit ? UniqueJobs::Place.new(key, limit: limit, renew_to: -> { locking_ttl }) : Locking.new(key)
       else
         @lock_key = self.class.lock_key_for(*arguments)
         @lock_token = Locking::Client.generate_token
+        @lock_limit = locking_new_limit
         lock = locking_lock
       end
       unless locking_acquire_waiting(lock)

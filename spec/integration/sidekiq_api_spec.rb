@@ -102,6 +102,25 @@ RSpec.describe "locking/sidekiq: a job deleted through Sidekiq's API frees its l
     expect(Sidekiq::DeadSet.new.size).to eq(1) # dead, not deleted
   end
 
+  it "frees a limited job's place (unique_lock ..., limit:) by #delete and through the death handler" do
+    limited = Class.new(ActiveJob::Base) do
+      def self.name = "SidekiqApi::LimitedJob"
+      include Locking::UniqueJob
+      self.queue_adapter = :sidekiq
+      self.logger = Logger.new(nil)
+      unique_lock :until_executed, ttl: 600, limit: 3
+      def perform(*) = nil
+    end
+    deleted, dying, kept = Array.new(3) { limited.perform_later(1) }
+    key = lock_of(kept)
+    expect(limited.perform_later(1)).to be(false)
+
+    expect(queue.find { |r| r.args.first["job_id"] == deleted.job_id }.delete).to be(true)
+    expect(locks.zrange(key, 0, -1)).to contain_exactly(dying.lock_token, kept.lock_token)
+    Sidekiq::DeadSet.new.kill(take_payload(dying))
+    expect(locks.zrange(key, 0, -1)).to eq([kept.lock_token])
+  end
+
   it "leaves jobs without a lock alone" do
     plain = Class.new(ActiveJob::Base) do
       def self.name = "SidekiqApi::PlainJob"

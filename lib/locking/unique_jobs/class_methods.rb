@@ -45,6 +45,11 @@ class Locking
       #   :until_executed (opt in: its `ttl` was written for the queue wait plus the run). Not for
       #   :until_executing and :until_expired, whose locks do not live through perform. A number of
       #   seconds (2.hours) renews for at most that long, then lets the TTL run out.
+      #   Not yet with limit: (ArgumentError): a limited job's ttl must cover its run.
+      # @param limit [Integer] how many jobs with one key may hold it at once (1..Semaphore::MAX_LIMIT,
+      #   default 1: the lock). With N > 1 each strategy holds a place in a Locking::Semaphore at the
+      #   same key (the runtime lock too: N running), and on_conflict / on_perform_conflict / wait:
+      #   apply to the N+1st. Its places refuse (Locking::PhaseError) while both servers are configured.
       # @raise [ArgumentError] naming any bad option or value
       def unique_lock(strategy, **options)
         UniqueJobs::Options.resolve(strategy, options, Locking.configuration.unique_job_defaults)
@@ -80,7 +85,8 @@ class Locking
         options[:key_scope] == :global ? suffix : "#{name}:#{suffix}"
       end
 
-      # Frees the lock of the job with these arguments, whoever holds it.
+      # Frees the lock of the job with these arguments, whoever holds it
+      # (with limit: every place of its key).
       # @return [Boolean] whether a lock was deleted
       def unlock!(*arguments)
         key = lock_key_for(*arguments)
@@ -90,7 +96,8 @@ class Locking
         deleted
       end
 
-      # Frees every lock of this job class (SCAN, never KEYS). A class with
+      # Frees every lock of this job class, and with limit: every place of
+      # its keys (SCAN, never KEYS). A class with
       # key_scope: :global has no keys of its own to find: free those with
       # unlock!(*arguments).
       # @return [Integer] locks deleted

@@ -17,7 +17,7 @@ class Locking
       KEY_SCOPES = %i[class global].freeze
       DEFAULTS = {
         on_conflict: :drop, on_perform_conflict: :drop, key: nil, key_scope: :class, on_redis_error: :raise,
-        on_failure: :release, on_release_error: :warn, retry_wait: 5, auto_renew: nil, wait: 0
+        on_failure: :release, on_release_error: :warn, retry_wait: 5, auto_renew: nil, wait: 0, limit: 1
       }.freeze
       NAMES = (DEFAULTS.keys + [:ttl]).freeze
       CHOICES = %i[on_conflict on_perform_conflict on_redis_error on_failure on_release_error key_scope].freeze
@@ -49,6 +49,7 @@ class Locking
         check_combination(strategy, strategy_class, own, options)
         options[:auto_renew] = strategy_class.new.runtime_lock? if options[:auto_renew].nil?
         options[:auto_renew] = false unless strategy_class.new.held_through_perform?
+        options[:auto_renew] = false if options[:limit] > 1 # places are not renewed yet (asked for: refused above)
         options[:auto_renew] = options[:auto_renew].to_f if options[:auto_renew].is_a?(Numeric)
         options[:ttl] = options[:ttl].to_f unless options[:ttl].respond_to?(:call)
         options.merge(strategy: strategy, strategy_class: strategy_class.new).freeze
@@ -99,6 +100,13 @@ class Locking
       def check_retry_wait(value) = check_seconds(value, "retry_wait", zero: true)
       def check_wait(value) = check_seconds(value, "wait", zero: true)
 
+      # limit: N > 1 holds a place in a Locking::Semaphore rather than the lock.
+      def check_limit(value)
+        return if value.is_a?(Integer) && value.between?(1, Semaphore::MAX_LIMIT)
+
+        raise ArgumentError, "limit: must be an Integer from 1 to #{Semaphore::MAX_LIMIT}, got #{value.inspect}"
+      end
+
       def check_auto_renew(value)
         return if [true, false, nil].include?(value)
         return if value.is_a?(Numeric) && value.real? && value.to_f.finite? && value.to_f.positive?
@@ -118,6 +126,11 @@ class Locking
         if own[:auto_renew] && !strategy_class.new.held_through_perform?
           raise ArgumentError, "auto_renew: #{own[:auto_renew].inspect} is not for #{strategy.inspect} " \
                                "(its lock does not live through perform)"
+        end
+        if own[:auto_renew] && options[:limit] > 1
+          raise ArgumentError, "auto_renew: #{own[:auto_renew].inspect} is not yet supported with " \
+                               "limit: #{options[:limit]} (a semaphore's places are not renewed yet): " \
+                               "give a ttl: that covers the run"
         end
         return unless own[:wait]&.positive? && !strategy_class.new.runtime_lock?
 

@@ -526,8 +526,9 @@ impl Operator<'_> {
     }
 
     /// Deletes every lock whose key (after the prefix) starts with
-    /// `key_start`, on every configured server, walking with SCAN. Returns
-    /// the keys deleted.
+    /// `key_start`, on every configured server, walking with SCAN, and every
+    /// semaphore's places there too (a limited unique job's): the walk has no
+    /// TYPE filter. Returns the keys deleted.
     pub fn delete_matching(&mut self, key_start: &[u8], interrupt: &Interrupt) -> Result<u64> {
         self.check_prefix()?;
         if key_start.is_empty() {
@@ -542,7 +543,7 @@ impl Operator<'_> {
             let mut position = 0;
             loop {
                 let page =
-                    self.scan_matching(target, &pattern_prefix, position, 1000, true, interrupt)?;
+                    self.scan_matching(target, &pattern_prefix, position, 1000, false, interrupt)?;
                 if !page.keys.is_empty() {
                     let values = self.each_key(target, "DEL", &page.keys, interrupt)?;
                     deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
