@@ -99,6 +99,7 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
 
           from = BeliefSoak.clock
           if rand < 0.05 # a fork: the child reads on, the parent stops renewing and walks away
+            witness.incr("belief-forks")
             fork_reader(lock, witness_url, BeliefSoak.clock)
             lock.stop_renewing
             log.record(lock.lock_key, lock.token, from, BeliefSoak.clock)
@@ -176,9 +177,12 @@ RSpec.describe "belief soak: have_lock? under partitions, pauses, hung servers a
       statuses = workers.map { |pid| Process.wait2(pid).last }
       proxies.flatten.compact.each(&:close)
     end
-    sleep 2 * BeliefSoak::TTL # forked readers finish within their lock's TTL
+    # Every forked reader has reported (each within its lock's TTL of the fork).
+    children = -> { witness.lrange(IntervalLog::LIST, 0, -1).count { |line| line.end_with?(" child") } }
+    forks = witness.get("belief-forks").to_i
+    expect(wait_for(20 * BeliefSoak::TTL) { children.call >= forks }).to be(true), "#{children.call} of #{forks} readers"
     intervals = IntervalLog.read(witness)
-    forked = witness.lrange(IntervalLog::LIST, 0, -1).count { |line| line.end_with?(" child") }
+    forked = children.call
     puts format("\n  belief soak (#{@cluster ? 'cluster' : 'standalone'} destination): %d holds " \
                 "(%d by forked children), %d moves, %d faults, %d operation errors, " \
                 "0 overlaps required", intervals.size, forked, moves.size, moves.size, witness.get("errors").to_i)
