@@ -23,11 +23,24 @@ pub(super) const NODES: usize = 3;
 #[derive(Clone, Copy)]
 pub(super) struct Odds {
     /// In parts per 1,000 of keyed commands.
-    pub(super) moved: u64,
-    pub(super) ask: u64,
-    pub(super) try_again: u64,
-    pub(super) down: u64,
-    pub(super) noscript: u64,
+    moved: u64,
+    ask: u64,
+    try_again: u64,
+    down: u64,
+    noscript: u64,
+}
+
+impl Odds {
+    /// Schedule `seed`'s: redirects often, retries and lost scripts now and then.
+    pub(super) fn of(seed: u64) -> Odds {
+        Odds {
+            moved: 60 + mix(seed ^ 1) % 100,
+            ask: 60 + mix(seed ^ 2) % 100,
+            try_again: mix(seed ^ 3) % 6,
+            down: mix(seed ^ 4) % 4,
+            noscript: mix(seed ^ 5) % 40,
+        }
+    }
 }
 
 /// What a fake cluster's keys hold.
