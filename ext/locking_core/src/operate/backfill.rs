@@ -175,11 +175,8 @@ impl Operator<'_> {
                 break;
             }
         }
-        // The batch's keys side by side: each round is a pipeline per node.
         report.scanned = keys.len() as u64;
-        let ops = keys.iter().map(|_| protocol::Backfill::new()).collect();
-        self.check_fence()?;
-        let outcomes = self.lease().run_batch(&keys, ops, interrupt);
+        let outcomes = self.backfill_side_by_side(&keys, interrupt)?;
         for (key, outcome) in keys.iter().zip(outcomes) {
             tally(&mut report, key.as_deref().unwrap_or_default(), outcome);
         }
@@ -199,6 +196,19 @@ impl Operator<'_> {
         }
         report.cursor = position;
         Ok(report)
+    }
+
+    /// The backfills of `keys` (full keys) side by side, as a batch by node
+    /// runs them: each round is a pipeline per node (`Lease::run_batch`),
+    /// the fence asked first. One outcome per key.
+    pub(crate) fn backfill_side_by_side(
+        &mut self,
+        keys: &[Result<Vec<u8>>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Result<BackfillOutcome>>> {
+        let ops = keys.iter().map(|_| protocol::Backfill::new()).collect();
+        self.check_fence()?;
+        Ok(self.lease().run_batch(keys, ops, interrupt))
     }
 
     fn backfill_dry_run(
