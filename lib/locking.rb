@@ -39,6 +39,7 @@ end
 require_relative "locking/client"
 require_relative "locking/server_settings"
 require_relative "locking/configuration"
+require_relative "locking/belief"
 require_relative "locking/lock"
 require_relative "locking/lock_info"
 require_relative "locking/semaphore"

@@ -28,7 +28,8 @@ class Locking
   def initialize(lock_key, token: Client.generate_token)
     @lock_key = Locking.send(:check_string, lock_key, "lock key")
     @token = Locking.send(:check_string, token, "token")
-    @held_until = nil
+    @belief = Belief.new
+    @lost = false
   end
 
   # Takes the lock for `seconds` (Integer or Float, millisecond precision).
@@ -53,9 +54,10 @@ class Locking
     renew_for = Locking.send(:renew_for, auto_renew)
     started = Locking.send(:monotonic)
     client = Locking.client
-    acquired = client.acquire(lock_key, token, ttl_ms)
+    sent = @belief.sending(started, ttl_ms)
+    acquired = @belief.answered(sent, client.acquire(lock_key, token, ttl_ms), started, ttl_ms)
     if acquired
-      @held_until = started + Client.valid_for(ttl_ms)
+      @lost = false
       start_renewing(client, ttl_ms, renew_for) if auto_renew
     end
     acquired
@@ -83,19 +85,22 @@ class Locking
   # @return [Boolean] true when something was deleted.
   def release
     stop_renewing
-    released = Locking.client.release(lock_key, token)
-    @held_until = nil
-    released
+    @belief.forget # from the send: the lock may be gone before the reply comes
+    @lost = @lost_reported = false
+    Locking.client.release(lock_key, token)
   end
 
   # Stops renewing without releasing (the lock then expires with its TTL).
   def stop_renewing
     renewal = @renewal
-    @renewal = nil
-    # Believed held as long as the last renewal confirmed, not a moment more.
-    @held_until = Locking.send(:monotonic) + renewal.stop if renewal
+    if renewal
+      # Believed held as long as the last renewal confirmed, not a moment
+      # more; the renewal answers have_lock? until then.
+      @belief.until!(Locking.send(:monotonic) + renewal.stop)
+      @lost ||= renewal.lost? # once lost, lost until #acquire or #release
+      @renewal = nil
+    end
     @renewing_client = nil
-    @lost_reported = false
     nil
   end
 
@@ -105,9 +110,7 @@ class Locking
   #   whether or not one is still in flight. Once true, true until #release.
   #   Reported once as a "lost.locking" ActiveSupport notification, when loaded.
   def lost?(report: true)
-    lost = @renewal&.lost? || false
-    report_lost if lost && report && !@lost_reported
-    lost
+    lost_with(@renewal, report)
   end
 
   # Resets the TTL of a lock this token holds. While auto-renewed, the
@@ -122,6 +125,7 @@ class Locking
 
     stop_renewing
     renewed = renew_once(ttl_ms)
+    @lost ||= !renewed
     left = renew_until && (renew_until - Locking.send(:monotonic))
     start_renewing(client, ttl_ms, left) if renewed && (left.nil? || left.positive?)
     renewed
@@ -139,10 +143,10 @@ class Locking
   #   have let the lock go. With auto_renew, the renewer moves that deadline;
   #   a renewal in flight does not. In a forked child, nothing renews it.
   def have_lock?
-    return false if @held_until.nil?
-    return !lost? if @renewal # lost? is the renewal's deadline passed, or the lock found gone
+    renewal = @renewal
+    return !lost_with(renewal, true) if renewal # the renewal's deadline passed, or the lock found gone
 
-    Locking.send(:monotonic) < @held_until
+    @belief.holds?
   end
 
   # @return [Float, nil] seconds left on this token's lock in Redis;
@@ -163,17 +167,21 @@ class Locking
 
   def renew_once(ttl_ms)
     started = Locking.send(:monotonic)
-    # Sent, it may shorten the lock before its reply comes (or its timeout
-    # hides whether it ran): believed no longer than it asks.
-    @held_until = Client.renewal_sent(@held_until, started, ttl_ms) if @held_until
-    renewed = Locking.client.renew(lock_key, token, ttl_ms)
-    @held_until = renewed ? started + Client.valid_for(ttl_ms) : nil
-    renewed
+    sent = @belief.sending(started, ttl_ms)
+    @belief.answered(sent, Locking.client.renew(lock_key, token, ttl_ms), started, ttl_ms)
+  end
+
+  def lost_with(renewal, report)
+    lost = @lost || renewal&.lost? || false
+    report_lost if lost && report && !@lost_reported
+    lost
   end
 
   def start_renewing(client, ttl_ms, renew_for)
     now = Locking.send(:monotonic)
-    valid_for = @held_until - now
+    # The renewer's first renewal may shorten a lock that had longer left:
+    # from now it is believed no longer than this TTL gives.
+    valid_for = [@belief.deadline.to_f - now, Client.valid_for(ttl_ms)].min
     @renew_until = renew_for && (now + renew_for)
     @renewal = client.auto_renew(lock_key, token, ttl_ms, valid_for, renew_for)
     @renewing_client = client # the renewer lives as long as its client: keep it while renewing

@@ -42,7 +42,7 @@ class Locking
 
       @limit = limit
       @token = Locking.send(:check_string, token.nil? ? Client.generate_token : token, "token")
-      @held_until = nil
+      @belief = Belief.new
       @lost = false
     end
 
@@ -64,21 +64,18 @@ class Locking
 
       ttl_ms = Locking.send(:ttl_ms, seconds)
       started = Locking.send(:monotonic)
-      acquired = _acquire(native_client, key, token, limit, ttl_ms)
-      if acquired
-        @held_until = started + Client.valid_for(ttl_ms)
-        @lost = false
-      end
+      sent = @belief.sending(started, ttl_ms)
+      acquired = @belief.answered(sent, _acquire(native_client, key, token, limit, ttl_ms), started, ttl_ms)
+      @lost = false if acquired
       acquired
     end
 
     # Gives this token's place back, wherever it is live.
     # @return [Boolean] true when a live place was given back
     def release
-      released = _release(native_client, key, token)
-      @held_until = nil
+      @belief.forget # from the send: the place may be gone before the reply comes
       @lost = false
-      released
+      _release(native_client, key, token)
     end
 
     # Resets the TTL of this token's live place. An expired place is not
@@ -87,10 +84,8 @@ class Locking
     def renew(seconds)
       ttl_ms = Locking.send(:ttl_ms, seconds)
       started = Locking.send(:monotonic)
-      # Sent, it may shorten the place before its reply comes: believed no longer than it asks.
-      @held_until = Client.renewal_sent(@held_until, started, ttl_ms) if @held_until
-      renewed = _renew(native_client, key, token, ttl_ms)
-      @held_until = renewed ? started + Client.valid_for(ttl_ms) : nil
+      sent = @belief.sending(started, ttl_ms) # believed no longer than it asks, from its send
+      renewed = @belief.answered(sent, _renew(native_client, key, token, ttl_ms), started, ttl_ms)
       @lost = !renewed
       renewed
     end
@@ -98,7 +93,7 @@ class Locking
     # @return [Boolean] whether this object holds a place (local state: no
     #   Redis call), until its last confirmed acquire or renewal runs out.
     def have_lock?
-      !@held_until.nil? && Locking.send(:monotonic) < @held_until
+      @belief.holds?
     end
 
     # @return [Boolean] whether a #renew found this token's place gone

@@ -230,4 +230,40 @@ RSpec.describe "have_lock? and lost? against what Redis holds" do
       expect(lock.release).to be(true)
     end
   end
+
+  context "with writes whose answers come late" do
+    it "believes an auto_renew shorter than what the lock had left no longer than its TTL" do
+      lock = Locking.new("short-renewer")
+      expect(lock.acquire(10)).to be(true)
+      lock.auto_renew(0.3, renew_for: 0.5) # renews at 0.3 s for half a second, then lets it go
+      wait_until_expired("locking:short-renewer")
+      expect(lock.have_lock?).to be(false)
+      expect(lock.lost?).to be(true)
+    end
+
+    it "believes nothing from a release's send, even when its reply times out" do
+      proxy = ReplyDelayingProxy.new(source_server.port, delay: 0)
+      configure_single(proxy, timeout: 0.5)
+      lock = Locking.new("k-release")
+      expect(lock.acquire(10)).to be(true)
+      proxy.delay = 2
+      proxy.arm!
+      expect { lock.release }.to raise_error(Locking::ConnectionError)
+      expect(lock.have_lock?).to be(false)
+      expect(wait_for { redis.exists("locking:k-release").zero? }).to be(true) # it ran
+    ensure
+      proxy&.close
+    end
+
+    it "keeps lost? true once the renewer found the lock gone, after stop_renewing too" do
+      lock = Locking.new("vanished")
+      expect(lock.acquire(1.0, auto_renew: true)).to be(true)
+      redis.del("locking:vanished")
+      expect(wait_for(5) { lock.lost? }).to be(true)
+      lock.stop_renewing
+      expect([lock.lost?, lock.have_lock?]).to eq([true, false])
+      lock.release
+      expect(lock.lost?).to be(false)
+    end
+  end
 end
