@@ -407,3 +407,18 @@ fn without_tickets_the_backfill_schedules_alone_mix_replies_up() {
         caught.len()
     );
 }
+
+/// A lease fenced until a moment already past (a backfill whose lease ran
+/// out) sends nothing more: each pipeline asks the fence first.
+#[test]
+fn a_lease_whose_fence_ran_out_sends_nothing() {
+    let cluster = FakeCluster::start(Keys::Computed);
+    let client = client_for(&cluster);
+    let mut lease = client.lease();
+    lease.fence(0);
+    let outcome = lease.acquire(b"fenced", b"me", 1_000, &Interrupt::new());
+    assert!(
+        matches!(outcome, Err(crate::error::Error::Phase(_))),
+        "{outcome:?}"
+    );
+}
