@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "monitor"
+
 class Locking
   # What one holder (a Locking or a Semaphore object) believes of its lock:
   # a deadline on Locking.monotonic (Client.clock, or the test clock under
@@ -8,8 +10,21 @@ class Locking
   # object, so each write is numbered when it is sent, and only the answer
   # to the latest one sent moves the deadline: an older reply that comes
   # late (a renew racing another renew, or a release) never revives it.
+  # Each write runs alone per object (#exclusive), so the order writes are
+  # numbered in is the order Redis applies them.
   class Belief
+    # Makes the methods `names` of `holder_class` (its writes: acquire,
+    # renew, release, ...) run one at a time per object, in #exclusive.
+    def self.exclusive(holder_class, *names)
+      holder_class.prepend(Module.new do
+        names.each do |name|
+          define_method(name) { |*args, **options, &block| @belief.exclusive { super(*args, **options, &block) } }
+        end
+      end)
+    end
+
     def initialize
+      @writes = Monitor.new
       @mutex = Mutex.new
       @until = nil
       @sent = 0
@@ -54,6 +69,11 @@ class Locking
         @until = deadline
       end
     end
+
+    # Runs one write of this holder while no other thread runs one (a
+    # thread may nest them: release stops the renewer); have_lock? and
+    # lost? never wait for it.
+    def exclusive(&) = @writes.synchronize(&)
 
     # @return [Float, nil] the deadline (nil: not held)
     def deadline = @until

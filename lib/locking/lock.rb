@@ -163,6 +163,8 @@ class Locking
     "#<Locking #{lock_key.inspect} token=#{token.inspect} have_lock=#{have_lock?}#{' auto_renew' if @renewal}>"
   end
 
+  Belief.exclusive(self, :acquire, :auto_renew, :release, :stop_renewing, :renew)
+
   private
 
   def renew_once(ttl_ms)

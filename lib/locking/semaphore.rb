@@ -134,6 +134,8 @@ class Locking
       "#<Locking::Semaphore #{key.inspect} limit=#{limit} token=#{token.inspect} have_lock=#{have_lock?}>"
     end
 
+    Belief.exclusive(self, :acquire, :release, :renew)
+
     private
 
     def native_client

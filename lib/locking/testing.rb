@@ -39,9 +39,11 @@ class Locking
       def lost? = @lost ||= @client.ttl_ms(@key, @token).nil?
       def held? = !lost?
 
+      # Seconds believed left, less the drift allowed, as the native renewer
+      # counts them (the memory's clock is in whole milliseconds).
       def remaining
         ms = lost? ? nil : @client.ttl_ms(@key, @token)
-        ms.nil? ? 0.0 : ms / 1000.0
+        ms.nil? ? 0.0 : Client.valid_for(ms)
       end
 
       def stop

@@ -30,4 +30,23 @@ RSpec.describe Locking::Belief do
     expect(belief.deadline).to be_nil
     expect(belief.holds?).to be(false)
   end
+
+  it "runs one holder's writes one at a time: a release waits while another write runs" do
+    lock = Locking.new("exclusive")
+    expect(lock.acquire(10)).to be(true)
+    lock.instance_variable_get(:@belief).exclusive do
+      releasing = Thread.new { lock.release }
+      expect(wait_for(2) { releasing.status == "sleep" }).to be(true) # waiting for the write in progress
+      expect(source.exists("locking:exclusive")).to eq(1)
+      releasing.kill
+    end
+    semaphore = Locking::Semaphore.new("exclusive-s", limit: 2)
+    semaphore.instance_variable_get(:@belief).exclusive do
+      taking = Thread.new { semaphore.acquire(10) }
+      expect(wait_for(2) { taking.status == "sleep" }).to be(true)
+      expect(source.exists("locking:exclusive-s")).to eq(0)
+      taking.kill
+    end
+    expect(lock.release).to be(true)
+  end
 end
