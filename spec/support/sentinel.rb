@@ -65,10 +65,27 @@ class SentinelSet
   end
 
   # Waits until the sentinels name a master other than `old` and it reports itself as one.
+  #
+  # A sentinel that found a just-promoted master "down" for a moment (no
+  # PONG within down-after-milliseconds, on a busy machine) starts a failover
+  # that aborts, and that delays its next one by 2 x failover-timeout (six
+  # minutes here): a master killed in that window is never failed over. Past
+  # FORCE_AFTER seconds the failover is asked for (SENTINEL FAILOVER ignores
+  # that delay), once a second until a sentinel accepts.
+  FORCE_AFTER = 10
+
   def wait_for_failover(old, timeout: 60)
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    asked_at = nil
     wait_for("a failover away from #{old.port}", timeout: timeout) do
       now = current_master
-      now && now != old && now.redis.call("ROLE").first == "master"
+      done = now && now != old && now.redis.call("ROLE").first == "master"
+      clock = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      if !done && clock - started > FORCE_AFTER && (asked_at.nil? || clock - asked_at > 1)
+        asked_at = clock
+        sentinel(@sentinel_ports.first) { |redis| redis.call("SENTINEL", "FAILOVER", MASTER_NAME) }
+      end
+      done
     end
   end
 
