@@ -71,17 +71,18 @@ class SentinelSet
   # that aborts, and that delays its next one by 2 x failover-timeout (six
   # minutes here): a master killed in that window is never failed over. Past
   # FORCE_AFTER seconds the failover is asked for (SENTINEL FAILOVER ignores
-  # that delay), once a second until a sentinel accepts.
+  # that delay), once a second until a sentinel accepts; not for a
+  # switch-over (`force_after: nil`), which asked for it already.
   FORCE_AFTER = 10
 
-  def wait_for_failover(old, timeout: 60)
+  def wait_for_failover(old, timeout: 60, force_after: FORCE_AFTER)
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     asked_at = nil
     wait_for("a failover away from #{old.port}", timeout: timeout) do
       now = current_master
       done = now && now != old && now.redis.call("ROLE").first == "master"
       clock = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      if !done && clock - started > FORCE_AFTER && (asked_at.nil? || clock - asked_at > 1)
+      if !done && force_after && clock - started > force_after && (asked_at.nil? || clock - asked_at > 1)
         asked_at = clock
         sentinel(@sentinel_ports.first) { |redis| redis.call("SENTINEL", "FAILOVER", MASTER_NAME) }
       end
@@ -149,7 +150,7 @@ class SentinelSet
         false
       end
     end
-    wait_for_failover(old)
+    wait_for_failover(old, force_after: nil)
     master = current_master
     wait_for("#{old.port} to be demoted", timeout: 60) { old.redis.call("ROLE").first == "slave" }
     old.redis.call("REPLICAOF", "127.0.0.1", link_to(master).port.to_s)
