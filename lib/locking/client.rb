@@ -188,6 +188,15 @@ class Locking
       stored && Configuration::PHASES.fetch(stored)
     end
 
+    # Dynamic phases: waits (WAIT, at most half the timeout) until every
+    # replica of the control keys' master has the phase and heartbeats
+    # written so far. A move on no replica is lost if that master fails over.
+    # @return [Hash] {acknowledged: Integer, replicas: Integer} (0 and 0: no replica)
+    def replicate_control
+      acknowledged, replicas = _replicate_control
+      { acknowledged: acknowledged, replicas: replicas }
+    end
+
     # Dynamic phases: the processes whose heartbeat is live.
     # @return [Array<Hash>] {process: "host:pid", phase: Symbol (the lowest it may act in),
     #   highest: Symbol, expires_in_ms: Integer, age_ms: Integer or nil}

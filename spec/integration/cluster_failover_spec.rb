@@ -127,6 +127,32 @@ RSpec.describe "Redis Cluster failover" do
     @cluster.bring_back(control) if control && control.pid.nil?
   end
 
+  # A move that only the control master holds is lost if its replica is promoted before it has it: `phase set`
+  # WAITs for that master's replicas, and warns (keeping the move) when they do not acknowledge it in time.
+  it "waits for the control master's replica to have a phase move, and warns when it does not answer" do
+    control = @cluster.dynamic_in_phase_destination(self, timeout: 3.0)
+    move = lambda do
+      @cluster.flushall
+      status, out, err = locking_cli("phase", "set", "3", "--init", "--json", source: source_server.url,
+                                                                              destination: @cluster.url)
+      [status, JSON.parse(out), err]
+    end
+    status, result, err = move.call
+    expect([status, result["moved"], result["replicated"], err]).to eq([0, true, { "acknowledged" => 1, "replicas" => 1 }, ""])
+
+    replica = @cluster.live_nodes.find { |node| node.redis.call("ROLE").values_at(0, 2) == ["slave", control.port] }
+    replica.freeze
+    begin
+      status, result, err = move.call
+    ensure
+      replica.thaw
+    end
+    expect([status, result["moved"], result["replicated"]]).to eq([0, true, { "acknowledged" => 0, "replicas" => 1 }])
+    expect(err).to include("only 0 of the 1 replicas of the control keys' master acknowledged the move in time")
+    expect(control.redis.get("{locking-control}:locking:phase")).to eq("3")
+    @cluster.wait_for_replicas_of(control)
+  end
+
   it "resumes on the promoted replica (without WAIT: some writes may not have reached it)" do
     fail_over(min_replicas_acked: 0)
   end

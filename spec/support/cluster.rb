@@ -156,7 +156,15 @@ class RedisCluster
     spec.configure_both(:dynamic, source: source, destination: url, timeout: timeout, phase_cache_ttl: phase_cache_ttl)
     raise "a fresh key reads as locked" if Locking.new("warm").locked?
 
-    node_at(Locking.client.cluster_stats(:destination)[:control_master].split(":").last)
+    control = node_at(Locking.client.cluster_stats(:destination)[:control_master].split(":").last)
+    wait_for_replicas_of(control)
+    control
+  end
+
+  # Waits until every replica of `master` has its writes so far (a failover then loses none of them).
+  def wait_for_replicas_of(master)
+    replicas = master.redis.call("ROLE")[2].size
+    wait_for("the replicas of #{master.port} to have its writes") { master.redis.call("WAIT", replicas, 100) >= replicas }
   end
 
   # `redis-cli --cluster reshard`, started in the background: [pid, log].

@@ -426,6 +426,14 @@ impl RbClient {
         Ok(phase.map(Phase::index))
     }
 
+    /// Waits until the control master's replicas have the control writes:
+    /// [acknowledged, replicas] ([0, 0]: the master has no replica).
+    fn replicate_control(ruby: &Ruby, rb_self: &Self) -> Result<(u64, u64), magnus::Error> {
+        rb_self.with_operator(ruby, |operator, interrupt| {
+            operator.replicate_control(interrupt)
+        })
+    }
+
     /// Live heartbeats: [[process, lowest phase, highest phase, expires_in_ms, age_ms or nil], ...].
     #[allow(clippy::type_complexity)]
     fn fleet(
@@ -747,6 +755,10 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.define_private_method(
         "_set_control_phase",
         method!(RbClient::set_control_phase, 2),
+    )?;
+    class.define_private_method(
+        "_replicate_control",
+        method!(RbClient::replicate_control, 0),
     )?;
     class.define_private_method("_fleet", method!(RbClient::fleet, 0))?;
     class.define_private_method("_leave_fleet", method!(RbClient::leave_fleet, 0))?;

@@ -209,10 +209,25 @@ class Locking
       from = current ? describe_phase(current) : "none"
       @out.puts "phase #{from} -> #{describe_phase(target)}: processes pick it up within their phase_cache_ttl"
       audit(event: "phase", from: current, to: target)
-      result("moved" => true)
+      result("moved" => true, "replicated" => replicated)
       EXIT_OK
     rescue Locking::PhaseError => e
       refuse(current, target, [e.message])
+    end
+
+    # The move is on the control keys' master; until its replicas have it, a
+    # failover of that master takes the fleet back to the phase before.
+    def replicated
+      replicas = client.replicate_control
+      if replicas[:acknowledged] < replicas[:replicas]
+        @err.puts "locking: warning: only #{replicas[:acknowledged]} of the #{replicas[:replicas]} replicas of the " \
+                  "control keys' master acknowledged the move in time; if that master fails over before they have " \
+                  "it, the fleet goes back to the phase before (check with `locking status`)"
+      end
+      replicas.transform_keys(&:to_s)
+    rescue Locking::Error => e
+      @err.puts "locking: warning: could not ask the control keys' master's replicas for the move: #{e.message}"
+      nil
     end
 
     def refuse(current, target, reasons)

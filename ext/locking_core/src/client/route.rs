@@ -39,7 +39,7 @@ impl<'c> Lease<'c> {
 
     /// `value`, the reply to `request` on `key`; when it is a cluster's
     /// redirect, the request is sent where it says, until a reply that is
-    /// not one (at most `MAX_REDIRECTS`). MOVED updates the slot map; ASK
+    /// not one (at most `MAX_REDIRECTS` MOVED/ASK). MOVED updates the slot map; ASK
     /// sends `ASKING` first, once; TRYAGAIN and CLUSTERDOWN wait a little
     /// (doubling, within the timeout) and ask the slot's master again. None
     /// of these replies means the command ran, so sending it again is safe.
@@ -56,10 +56,20 @@ impl<'c> Lease<'c> {
         };
         let give_up = Instant::now() + self.client.timeout;
         let mut pause = Duration::from_millis(5);
-        for _ in 0..cluster::MAX_REDIRECTS {
+        // MOVED and ASK count toward MAX_REDIRECTS; a retry (CLUSTERDOWN,
+        // TRYAGAIN) is bounded by the timeout alone: a failover answers
+        // CLUSTERDOWN for its whole length, which can outlast 16 backoffs.
+        let mut redirects = 0;
+        loop {
             let Some(redirect) = cluster::redirect(&value) else {
                 return Ok(value);
             };
+            if matches!(redirect, Redirect::Moved(..) | Redirect::Ask(..)) {
+                if redirects == cluster::MAX_REDIRECTS {
+                    break;
+                }
+                redirects += 1;
+            }
             value = match redirect {
                 Redirect::Moved(slot, address) => {
                     let node = cluster.moved(slot, &address)?;

@@ -114,6 +114,36 @@ impl Operator<'_> {
         }
     }
 
+    /// Waits (`WAIT`) until every replica of the control keys' master has
+    /// the control writes made so far, at most half the client's timeout
+    /// (so that WAIT's own answer beats the read timeout). Returns
+    /// (acknowledged, replicas); (0, 0) for a master without replicas, or
+    /// one that does not answer ROLE. A phase move that every replica
+    /// acknowledged survives a failover of that master; one that is not yet
+    /// on a replica is lost if that replica is promoted now.
+    pub fn replicate_control(&mut self, interrupt: &Interrupt) -> Result<(u64, u64)> {
+        let replicas = match self.control(&["ROLE".into()], interrupt)? {
+            Value::Array(role) => match role.get(2) {
+                Some(Value::Array(replicas)) => replicas.len() as u64,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if replicas == 0 {
+            return Ok((0, 0));
+        }
+        let timeout_ms = (self.client().timeout().as_millis() as u64 / 2).max(1);
+        match self.control(
+            &["WAIT".into(), replicas.into(), timeout_ms.into()],
+            interrupt,
+        )? {
+            Value::Int(acked) => Ok((acked.max(0) as u64, replicas)),
+            other => Err(Error::Internal(format!(
+                "unexpected reply to WAIT on the control master: {other:?}"
+            ))),
+        }
+    }
+
     /// A control value by name (under the control prefix), if set.
     pub fn control_get(&mut self, name: &[u8], interrupt: &Interrupt) -> Result<Option<Vec<u8>>> {
         let key = control_key(self.client().key_prefix(), name);

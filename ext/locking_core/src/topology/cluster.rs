@@ -45,7 +45,8 @@ const UNKNOWN: u16 = u16::MAX;
 /// A map read again because of a redirect waits at least this long after
 /// the last read.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
-/// How many redirects one command follows.
+/// How many MOVED/ASK redirects one command follows (retries are bounded
+/// by the timeout).
 pub const MAX_REDIRECTS: usize = 16;
 
 const fn crc16_table() -> [u16; 256] {
