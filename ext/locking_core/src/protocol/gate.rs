@@ -7,13 +7,23 @@ pub struct Gate {
     pub reasons: Vec<String>,
 }
 
-/// The gate of DESIGN §3: no process still in phase 0, and no lock that lives
-/// on the source only (a backfill mirrors them, or they expire).
+/// Whether a semaphore's place counts against a gate (DESIGN "Semaphores"):
+/// live on the server walked (by that server's clock) while the other server
+/// has no live place for its token. The gate walks the source, the reverse
+/// gate the destination; the explorer's gates call this too.
+pub fn place_one_sided(live_here: bool, live_there: bool) -> bool {
+    live_here && !live_there
+}
+
+/// The gate of DESIGN §3: no process still in phase 0, and no lock or
+/// semaphore place that lives on the source only (a backfill mirrors locks;
+/// a place is copied when its holder renews it in phase 1; or they expire).
 pub fn gate(processes_in_phase_0: usize, source_only_locks: u64) -> Gate {
     let mut reasons = Vec::new();
     if source_only_locks > 0 {
         reasons.push(format!(
-            "{} lock(s) live on the source only: run `locking backfill`, or wait for their TTLs",
+            "{} lock(s) or semaphore place(s) live on the source only: run `locking backfill` (it copies \
+             locks; a place is copied when its holder renews it), or wait for their TTLs",
             grouped(source_only_locks)
         ));
     }
@@ -28,15 +38,16 @@ pub fn gate(processes_in_phase_0: usize, source_only_locks: u64) -> Gate {
     }
 }
 
-/// The reverse gate, before rolling back from phase 1 to 0: no lock that
-/// lives on the destination only. Such a lock was taken in phase 2, and a
-/// process in phase 0 looks at the source only: it would take the lock again.
+/// The reverse gate, before rolling back from phase 1 to 0: no lock or
+/// semaphore place that lives on the destination only. Such a lock or place
+/// was taken in phase 2, and a process in phase 0 looks at the source only:
+/// it would take the lock again, or count one place too few.
 pub fn reverse_gate(destination_only_locks: u64) -> Gate {
     let mut reasons = Vec::new();
     if destination_only_locks > 0 {
         reasons.push(format!(
-            "{} lock(s) live on the destination only (taken in phase 2): a process in phase 0 \
-             would not see them; wait for their TTLs",
+            "{} lock(s) or semaphore place(s) live on the destination only (taken in phase 2): a \
+             process in phase 0 would not see them; wait for their TTLs",
             grouped(destination_only_locks)
         ));
     }

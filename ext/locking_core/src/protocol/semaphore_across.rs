@@ -1,8 +1,7 @@
-//! The semaphore's two-server rules (DESIGN "Semaphores", phases 1 and 2):
-//! the whole table of the four phases, as state machines. Explored
-//! (`tests/semaphores.rs`), but not yet run by the product: that waits for a
-//! gate that counts semaphore places (DESIGN), so `SemaphoreRules::OneServer`
-//! is what `Lease` uses, and it refuses phases 1 and 2.
+//! The semaphore's rules (DESIGN "Semaphores"): the whole table of the four
+//! phases, as state machines, two servers in phases 1 and 2. Explored with
+//! the gates that count semaphore places (`tests/semaphores.rs`), and run by
+//! the product (`SemaphoreRules::TwoServers`).
 
 use super::{unexpected, AcquireReply, Command, Operation, Reply, Step, Target};
 use crate::error::{Error, Result};
@@ -11,9 +10,7 @@ use crate::protocol::phase::Phase;
 /// Which semaphore rules an operation follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SemaphoreRules {
-    /// The product's: one server (phases 0 and 3); phases 1 and 2 refuse.
-    OneServer,
-    /// The two-server design of DESIGN, under exploration.
+    /// The product's (DESIGN's table).
     TwoServers,
     /// Negative control: phase 1 takes its place on the destination only
     /// (counting one server only), so a phase-0 holder is not counted.
@@ -51,7 +48,13 @@ pub struct AcrossAcquire {
 }
 
 impl AcrossAcquire {
-    pub fn new(phase: Phase, rules: SemaphoreRules, token: &[u8], ttl_ms: u64, limit: u64) -> Self {
+    pub fn across(
+        phase: Phase,
+        rules: SemaphoreRules,
+        token: &[u8],
+        ttl_ms: u64,
+        limit: u64,
+    ) -> Self {
         AcrossAcquire {
             phase,
             rules,

@@ -63,6 +63,8 @@ scripts! {
     SEMAPHORE_RELEASE = "semaphore_release";
     SEMAPHORE_RENEW = "semaphore_renew";
     SEMAPHORE_HOLDERS = "semaphore_holders";
+    /// Semaphores: the live places' tokens, for the gates.
+    SEMAPHORE_PLACES = "semaphore_places";
 }
 
 #[cfg(test)]
@@ -70,7 +72,7 @@ mod tests {
     #[test]
     fn every_script_carries_the_sha_redis_computes() {
         let scripts = super::all();
-        assert_eq!(scripts.len(), 12);
+        assert_eq!(scripts.len(), 13);
         for script in scripts {
             assert_eq!(
                 redis::Script::new(script.source).get_hash(),
