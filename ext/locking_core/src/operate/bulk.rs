@@ -138,8 +138,9 @@ impl KeyStatsWalk {
 }
 
 /// A walk of one server for the gate (source-only) or the reverse gate
-/// (destination-only), resumable page by page: its locks, then its
-/// semaphores' places.
+/// (destination-only), resumable page by page: its locks and its
+/// semaphores' places, in one SCAN (a semaphore is the key a GET finds of
+/// the wrong type).
 #[derive(Debug, Clone)]
 pub struct OneSidedWalk {
     side: Target,
@@ -149,8 +150,6 @@ pub struct OneSidedWalk {
     candidates: Vec<(Vec<u8>, Vec<u8>)>,
     /// One-sided places: (key, token).
     places: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Walking the semaphores now (the locks are done).
-    walking_places: bool,
     unchecked: u64,
     /// The walked server's slot map when the walk began (a cluster).
     began: Option<u64>,
@@ -164,7 +163,6 @@ impl OneSidedWalk {
             scanned: 0,
             candidates: Vec::new(),
             places: Vec::new(),
-            walking_places: false,
             unchecked: 0,
             began: None,
         }
@@ -179,8 +177,6 @@ pub enum KeyType {
     Any,
     /// Locks.
     Strings,
-    /// Semaphores.
-    SortedSets,
 }
 
 /// `SCAN cursor MATCH pattern COUNT count [TYPE string|zset]`.
@@ -196,7 +192,6 @@ pub(crate) fn scan_args(cursor: u64, pattern: &[u8], count: u64, kind: KeyType) 
     match kind {
         KeyType::Any => {}
         KeyType::Strings => args.extend::<[Arg; 2]>(["TYPE".into(), "string".into()]),
-        KeyType::SortedSets => args.extend::<[Arg; 2]>(["TYPE".into(), "zset".into()]),
     }
     args
 }
@@ -420,8 +415,8 @@ impl Operator<'_> {
         self.one_sided_finish(walk, examples, interrupt)
     }
 
-    /// Walks up to `pages` SCAN pages of `side`, collecting the locks, then
-    /// the semaphore places, the other server lacks; true when the walk is
+    /// Walks up to `pages` SCAN pages of `side`, collecting the locks and
+    /// the semaphore places the other server lacks; true when the walk is
     /// complete.
     pub fn one_sided_step(
         &mut self,
@@ -434,29 +429,29 @@ impl Operator<'_> {
             walk.began = Some(self.settled(side, interrupt)?);
         }
         let mut position = walk.position;
-        let places = walk.walking_places;
-        let kind = if places {
-            KeyType::SortedSets
-        } else {
-            KeyType::Strings
-        };
+        // No TYPE filter: a semaphore is found by its lock read (WRONGTYPE).
         let done = self.walk_pages(
             side,
-            kind,
+            KeyType::Any,
             &mut position,
             pages,
             interrupt,
             |operator, keys| {
                 walk.scanned += keys.len() as u64;
-                let found = if places {
-                    operator.places_only_among(side, keys, interrupt)?
+                let (locks, semaphores) = operator.only_among(side, keys, interrupt)?;
+                let places = if semaphores.is_empty() {
+                    Vec::new()
                 } else {
-                    operator.only_among(side, keys, interrupt)?
+                    operator.places_only_among(side, semaphores, interrupt)?
                 };
-                for candidate in found {
+                let found = locks
+                    .into_iter()
+                    .map(|lock| (lock, false))
+                    .chain(places.into_iter().map(|place| (place, true)));
+                for (candidate, is_place) in found {
                     if walk.candidates.len() + walk.places.len() >= MAX_RECHECKED {
                         walk.unchecked += 1;
-                    } else if places {
+                    } else if is_place {
                         walk.places.push(candidate);
                     } else {
                         walk.candidates.push(candidate);
@@ -466,11 +461,6 @@ impl Operator<'_> {
             },
         )?;
         walk.position = position;
-        if done && !places {
-            walk.walking_places = true;
-            walk.position = WalkPosition::default();
-            return Ok(false);
-        }
         Ok(done)
     }
 
@@ -510,7 +500,7 @@ impl Operator<'_> {
             let mut still = HashSet::with_capacity(walk.candidates.len() + walk.places.len());
             for chunk in walk.candidates.chunks(1000) {
                 let keys = chunk.iter().map(|(key, _)| key.clone()).collect();
-                still.extend(self.only_among(side, keys, interrupt)?);
+                still.extend(self.only_among(side, keys, interrupt)?.0);
             }
             for chunk in walk.places.chunks(1000) {
                 let mut keys: Vec<Vec<u8>> = chunk.iter().map(|(key, _)| key.clone()).collect();
@@ -556,29 +546,33 @@ impl Operator<'_> {
         }
     }
 
-    /// (key, value) of the keys whose value on `side` the other server lacks.
+    /// (key, value) of the locks whose value on `side` the other server
+    /// lacks, and the keys of another type on `side` (GET answers
+    /// WRONGTYPE): semaphores, whose places `places_only_among` compares.
+    #[allow(clippy::type_complexity)]
     fn only_among(
         &mut self,
         side: Target,
         keys: Vec<Vec<u8>>,
         interrupt: &Interrupt,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>)> {
         let other = match side {
             Target::Source => Target::Destination,
             Target::Destination => Target::Source,
         };
         let on_side = self.each_key(side, "GET", &keys, interrupt)?;
         let on_other = self.each_key(other, "GET", &keys, interrupt)?;
-        Ok(keys
-            .into_iter()
-            .zip(on_side)
-            .zip(on_other)
-            .filter_map(|((key, source), destination)| match (source, destination) {
-                (Value::BulkString(s), Value::BulkString(d)) if s == d => None,
-                (Value::BulkString(s), _) => Some((key, s)),
-                _ => None,
-            })
-            .collect())
+        let mut locks = Vec::new();
+        let mut others = Vec::new();
+        for ((key, here), there) in keys.into_iter().zip(on_side).zip(on_other) {
+            match (here, there) {
+                (Value::BulkString(s), Value::BulkString(d)) if s == d => {}
+                (Value::BulkString(s), _) => locks.push((key, s)),
+                (Value::ServerError(error), _) if error.code() == "WRONGTYPE" => others.push(key),
+                _ => {}
+            }
+        }
+        Ok((locks, others))
     }
 
     /// Deletes `key` (under the prefix) on every configured server, whoever
