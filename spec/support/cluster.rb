@@ -29,6 +29,7 @@ class RedisCluster
   # TLS (a plaintext port stays open for the helper's own looks) and announces
   # its TLS port, so clients are sent there. Masters only.
   def initialize(masters: 3, replicas: 0, name: "cluster", full_coverage: true, password: nil, tls: nil)
+    @replicas = replicas
     @password = password
     @tls = tls
     @tls_ports = {}
@@ -161,10 +162,12 @@ class RedisCluster
     control
   end
 
-  # Waits until every replica of `master` has its writes so far (a failover then loses none of them).
-  def wait_for_replicas_of(master)
-    replicas = master.redis.call("ROLE")[2].size
-    wait_for("the replicas of #{master.port} to have its writes") { master.redis.call("WAIT", replicas, 100) >= replicas }
+  # Waits until `master` lists its replicas (`expected`: this cluster's replicas per master; one that rejoined
+  # after a failover is listed once its sync is done) and each has its writes so far (a failover then loses none).
+  def wait_for_replicas_of(master, expected: @replicas)
+    wait_for("#{expected} replica(s) of #{master.port} to have its writes") do
+      master.redis.call("ROLE")[2].size >= expected && master.redis.call("WAIT", expected, 100) >= expected
+    end
   end
 
   # `redis-cli --cluster reshard`, started in the background: [pid, log].
