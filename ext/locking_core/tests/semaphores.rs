@@ -15,7 +15,7 @@ use locking_core::{Error, Phase};
 use SemaphoreAction::{Acquire, Release, Renew};
 
 /// What one client does, TTLs in clock units (the clock jumps to expiries).
-const SCRIPTS: [&[SemaphoreAction]; 5] = [
+const SCRIPTS: [&[SemaphoreAction]; 6] = [
     &[Acquire { ttl: 2 }],
     &[Acquire { ttl: 2 }, Renew { ttl: 3 }],
     &[Acquire { ttl: 2 }, Release, Acquire { ttl: 2 }],
@@ -23,6 +23,9 @@ const SCRIPTS: [&[SemaphoreAction]; 5] = [
     &[Acquire { ttl: 1 }, Renew { ttl: 2 }],
     // A renewal that shortens the place, then a release.
     &[Acquire { ttl: 2 }, Renew { ttl: 1 }, Release],
+    // The token acquiring again (another object): "already mine" resets the
+    // place on the servers that phase asks, only there.
+    &[Acquire { ttl: 2 }, Acquire { ttl: 3 }],
 ];
 
 /// A client's phases: all in p, all in q, or its first action in p and the
@@ -33,22 +36,31 @@ const SCRIPTS: [&[SemaphoreAction]; 5] = [
 /// A rollback of (p, q) runs q then p (a process that moved back), and for
 /// (0, 1) a holder from phase 2 carried into phase 1 and into phase 0
 /// (phase-0 actions wait for the fleet to leave phase 2, and the reverse gate).
+///
+/// Walks that come back: in (1, 2) forward, a holder from phase 1 that
+/// renewed in phase 0 after a rollback (the source copy only); rolling back
+/// (0, 1), one that renewed in phase 3 (the destination copy only) or
+/// acquired again in phase 2. The copies then end at different times, which
+/// only a gate that compares what each has left sees.
 fn patterns(p: Phase, q: Phase, rollback: bool) -> Vec<Vec<Phase>> {
     if p == q {
         return vec![vec![p; 3]];
     }
-    let (s, dual, drain) = (Phase::Source, Phase::Dual, Phase::Drain);
+    let (s, dual, drain, d) = (Phase::Source, Phase::Dual, Phase::Drain, Phase::Destination);
     if rollback {
         let mut patterns = vec![vec![p; 3], vec![q; 3], vec![q, p, p]];
         if (p, q) == (s, dual) {
             patterns.push(vec![drain, dual, dual]);
             patterns.push(vec![drain, s, s]);
+            patterns.push(vec![dual, d, dual]);
+            patterns.push(vec![dual, drain, dual]);
         }
         return patterns;
     }
     let mut patterns = vec![vec![p; 3], vec![q; 3], vec![p, q, q]];
     if (p, q) == (dual, drain) {
         patterns.push(vec![s, dual, dual]);
+        patterns.push(vec![dual, s, dual]);
     }
     patterns
 }
@@ -170,6 +182,43 @@ fn the_explorer_finds_a_gate_blind_to_semaphores_negative_control() {
     assert!(counterexample.starts_with("2 holders"), "{counterexample}");
     scenario.gate = true;
     assert!(explore_semaphore(&scenario).is_ok());
+}
+
+/// The adversary's walks (DESIGN "Semaphores"): copies that end at
+/// different times pass a gate that asks only whether each is live.
+#[test]
+fn the_gates_compare_what_each_copy_has_left() {
+    // Forward: acquired in phase 1 (both copies end at 2), renewed in phase 0
+    // after a rollback (the source copy ends at 3), then phase 2.
+    let forward = vec![
+        client(&[
+            (Phase::Dual, Acquire { ttl: 2 }),
+            (Phase::Source, Renew { ttl: 3 }),
+        ]),
+        client(&[(Phase::Drain, Acquire { ttl: 2 })]),
+    ];
+    // Rolling back: acquired in phase 1, renewed in phase 3 (the destination
+    // copy only), or acquired again in phase 2, then phase 0.
+    let renewed = client(&[
+        (Phase::Dual, Acquire { ttl: 2 }),
+        (Phase::Destination, Renew { ttl: 3 }),
+    ]);
+    let again = client(&[
+        (Phase::Dual, Acquire { ttl: 2 }),
+        (Phase::Drain, Acquire { ttl: 3 }),
+    ]);
+    let phase_0 = client(&[(Phase::Source, Acquire { ttl: 2 })]);
+    for (clients, rollback) in [
+        (forward, false),
+        (vec![renewed, phase_0.clone()], true),
+        (vec![again, phase_0], true),
+    ] {
+        let mut scenario = SemaphoreScenario::new(1, clients);
+        scenario.rollback = rollback;
+        if let Err(counterexample) = explore_semaphore(&scenario) {
+            panic!("{counterexample}");
+        }
+    }
 }
 
 #[test]

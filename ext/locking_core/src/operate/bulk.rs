@@ -5,10 +5,12 @@
 use crate::client::Route;
 use crate::error::{Error, Result};
 use crate::operate::operator::Operator;
-use crate::protocol::Target;
+use crate::operate::places::KeyCopy;
+use crate::protocol::{copy_one_sided, Target};
 use crate::wire::codec::{Arg, Value};
 use crate::wire::connection::Interrupt;
 use std::collections::HashSet;
+use std::time::Instant;
 
 /// At most this many SCAN pages per backfill batch.
 pub const MAX_PAGES_PER_BATCH: usize = 64;
@@ -74,6 +76,9 @@ pub struct SourceOnly {
 /// counted without it, so the walk's memory stays bounded (2,000,000
 /// source-only locks once took 655 MB).
 pub const MAX_RECHECKED: usize = 10_000;
+
+/// Keys read on both servers back to back, per group, by the gates' walk.
+const COPIES_GROUP: usize = 200;
 
 /// TTLs kept to estimate the p99 of a key-stats walk (a uniform sample).
 const TTL_SAMPLE: usize = 100_000;
@@ -546,9 +551,13 @@ impl Operator<'_> {
         }
     }
 
-    /// (key, value) of the locks whose value on `side` the other server
-    /// lacks, and the keys of another type on `side` (GET answers
-    /// WRONGTYPE): semaphores, whose places `places_only_among` compares.
+    /// (key, value) of the locks on `side` that the other server does not
+    /// cover (`protocol::copy_one_sided`: no copy with the same token, or one
+    /// that may end sooner), and the keys of another type on `side`:
+    /// semaphores, whose places `places_only_among` compares. Keys go in
+    /// groups, each read on both servers back to back (`lock_copy.lua`, the
+    /// value and its TTL at once), so that the time between the two reads
+    /// (the rule's uncertainty) stays a few round trips.
     #[allow(clippy::type_complexity)]
     fn only_among(
         &mut self,
@@ -560,16 +569,27 @@ impl Operator<'_> {
             Target::Source => Target::Destination,
             Target::Destination => Target::Source,
         };
-        let on_side = self.each_key(side, "GET", &keys, interrupt)?;
-        let on_other = self.each_key(other, "GET", &keys, interrupt)?;
         let mut locks = Vec::new();
         let mut others = Vec::new();
-        for ((key, here), there) in keys.into_iter().zip(on_side).zip(on_other) {
-            match (here, there) {
-                (Value::BulkString(s), Value::BulkString(d)) if s == d => {}
-                (Value::BulkString(s), _) => locks.push((key, s)),
-                (Value::ServerError(error), _) if error.code() == "WRONGTYPE" => others.push(key),
-                _ => {}
+        for group in keys.chunks(COPIES_GROUP) {
+            let started = Instant::now();
+            let here = self.lock_copies(side, group, interrupt)?;
+            let there = self.lock_copies(other, group, interrupt)?;
+            let uncertainty_ms = started.elapsed().as_millis() as u64 + 1;
+            for ((key, here), there) in group.iter().zip(here).zip(there) {
+                match here {
+                    KeyCopy::Lock(value, left) => {
+                        let there_left = match there {
+                            KeyCopy::Lock(other, left) if other == value => Some(left),
+                            _ => None,
+                        };
+                        if copy_one_sided(Some(left), there_left, uncertainty_ms) {
+                            locks.push((key.clone(), value));
+                        }
+                    }
+                    KeyCopy::Other => others.push(key.clone()),
+                    KeyCopy::Missing => {}
+                }
             }
         }
         Ok((locks, others))

@@ -45,6 +45,10 @@ pub struct AcrossAcquire {
     ttl_ms: u64,
     limit: u64,
     state: AcquireState,
+    /// The first server answered "already mine": the place there was this
+    /// token's before this acquire (another object's, or a retry's), so a
+    /// failed second half never undoes it (its holder still believes it).
+    first_was_ours: bool,
 }
 
 impl AcrossAcquire {
@@ -62,6 +66,7 @@ impl AcrossAcquire {
             ttl_ms,
             limit,
             state: AcquireState::Start,
+            first_was_ours: false,
         }
     }
 
@@ -108,7 +113,10 @@ impl Operation for AcrossAcquire {
                 self.acquire_on(self.first_server())
             }
             AcquireState::First => match replies.pop() {
-                Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
+                Some(Ok(Reply::Acquire(
+                    reply @ (AcquireReply::Set | AcquireReply::AlreadyMine),
+                ))) => {
+                    self.first_was_ours = reply == AcquireReply::AlreadyMine;
                     if self.phase == Phase::Dual && self.first_server() == Target::Source {
                         self.state = AcquireState::Second;
                         self.acquire_on(Target::Destination)
@@ -126,6 +134,12 @@ impl Operation for AcrossAcquire {
                 Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
                     Step::Done(Ok(true))
                 }
+                // A place the token held before stays, as its holder believes
+                // it (the explorer found the undo of another object's place).
+                Some(Ok(Reply::Acquire(AcquireReply::Taken))) if self.first_was_ours => {
+                    Step::Done(Ok(false))
+                }
+                Some(Err(error)) if self.first_was_ours => Step::Done(Err(error)),
                 // Undo like a release, S then D: a backfill may have copied
                 // our S place onto D meanwhile (the lock's gap 2).
                 Some(Ok(Reply::Acquire(AcquireReply::Taken))) => self.roll_back(Ok(false), both),

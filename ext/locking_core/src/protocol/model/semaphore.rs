@@ -363,7 +363,7 @@ impl Search<'_> {
 }
 
 /// The gate, for semaphores, as the product decides it: the places on the
-/// source only (`protocol::place_one_sided`) are the gate's count.
+/// source only (`protocol::copy_one_sided`) are the gate's count.
 fn gate_holds(state: &State) -> bool {
     protocol::gate(0, one_sided(&state.source, &state.destination, state.now)).open
 }
@@ -373,15 +373,22 @@ fn reverse_gate_holds(state: &State) -> bool {
     protocol::reverse_gate(one_sided(&state.destination, &state.source, state.now)).open
 }
 
-/// The places live on `here` whose token has no live place on `there`.
+/// The places live on `here` that `there` does not cover, by the product's
+/// rule: each side's time left in ms (a tick is a second), one clock (no
+/// uncertainty between the two reads).
 fn one_sided(here: &MemoryStore, there: &MemoryStore, now: u64) -> u64 {
-    let live = |store: &MemoryStore, token: &[u8]| {
-        store.places.places.get(token).is_some_and(|at| *at > now)
+    let left = |store: &MemoryStore, token: &[u8]| {
+        store
+            .places
+            .places
+            .get(token)
+            .filter(|at| **at > now)
+            .map(|at| (at - now) * 1000)
     };
     here.places
         .places
         .keys()
-        .filter(|token| protocol::place_one_sided(live(here, token), live(there, token)))
+        .filter(|token| protocol::copy_one_sided(left(here, token), left(there, token), 0))
         .count() as u64
 }
 
