@@ -153,18 +153,22 @@ class Locking
     end
     private :walk
 
-    # Source locks the destination does not hold with the same token.
-    # @return [Array(Integer, Integer, Array<String>)] count, keys scanned, a few examples
+    # Source locks the destination does not hold with the same token, and
+    # live semaphore places on the source whose token has no live place on
+    # the destination: the gate's count.
+    # @return [Array(Integer, Integer, Array<String>, Integer)] count (locks and places), keys scanned,
+    #   a few example keys, how many of the count are places
     # (At most 10,000 are re-checked for operations in flight; the rest count as they were found.)
     def source_only(examples: 5)
-      walk(1, 0, Integer(examples)).first(3)
+      walk(1, 0, Integer(examples)).values_at(0, 1, 2, 4)
     end
 
-    # Destination locks the source does not hold with the same token (taken
-    # in phase 2): the reverse gate's count, before rolling back from 1 to 0.
-    # @return [Array(Integer, Integer, Array<String>)] count, keys scanned, a few examples
+    # Destination locks (and semaphore places) the source does not hold with
+    # the same token (taken in phase 2): the reverse gate's count, before
+    # rolling back from 1 to 0.
+    # @return [Array(Integer, Integer, Array<String>, Integer)] as #source_only
     def destination_only(examples: 5)
-      walk(1, 1, Integer(examples)).first(3)
+      walk(1, 1, Integer(examples)).values_at(0, 1, 2, 4)
     end
 
     # @return [Symbol] the phase this client uses now.

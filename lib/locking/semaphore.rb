@@ -16,10 +16,10 @@ class Locking
   #
   # Each holder (token) has one place with its own TTL; an expired place is
   # free. The places live in one sorted set at the key (one hash slot, so a
-  # cluster serves it), and each operation is one round trip whatever the
-  # limit. Phases 0 and 3 only for now: in phases 1 and 2 every operation
-  # raises Locking::PhaseError (not yet proven across a migration). See the
-  # README's "Semaphores" and docs/DESIGN.md.
+  # cluster serves it), and each operation is one round trip per server the
+  # phase writes, whatever the limit. Every phase of a migration keeps the
+  # limit (the gates count places on one server only). See the README's
+  # "Semaphores" and docs/DESIGN.md.
   #
   # The native methods (_acquire, ...) are defined in ext/locking/src/semaphore.rs.
   class Semaphore
@@ -85,7 +85,7 @@ class Locking
       ttl_ms = Locking.send(:ttl_ms, seconds)
       started = Locking.send(:monotonic)
       sent = @belief.sending(started, ttl_ms) # believed no longer than it asks, from its send
-      renewed = @belief.answered(sent, _renew(native_client, key, token, ttl_ms), started, ttl_ms)
+      renewed = @belief.answered(sent, _renew(native_client, key, token, limit, ttl_ms), started, ttl_ms)
       @lost = !renewed
       renewed
     end

@@ -97,7 +97,7 @@ RSpec.describe "adversarial cases" do
       expect(locking_cli("phase", "set", "1")[0]).to eq(0)
       status, out, = locking_cli("phase", "set", "0")
       expect(status).to eq(1)
-      expect(out).to include("1 lock(s) live on the destination only")
+      expect(out).to include("1 lock(s) or semaphore place(s) live on the destination only")
       expect(destination.get(phase_key)).to eq("1")
       status, out, = locking_cli("gate", "--reverse")
       expect(status).to eq(1)

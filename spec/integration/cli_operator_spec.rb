@@ -192,7 +192,9 @@ RSpec.describe "exe/locking for operators" do
 
       gate = json_of(locking_cli("gate", "--json")[1])
       expect(gate).to include("open" => false, "source_only" => 1, "exit" => 1)
-      expect(gate["reasons"]).to eq(["1 lock(s) live on the source only: run `locking backfill`, or wait for their TTLs"])
+      expect(gate["reasons"]).to eq(["1 lock(s) or semaphore place(s) live on the source only, or end sooner on the " \
+                                     "destination: run `locking backfill` (it copies locks and raises a shorter copy's " \
+                                     "TTL; a place is copied when its holder renews it), or wait for their TTLs"])
 
       backfill = json_of(locking_cli("backfill", "--json")[1])
       expect(backfill).to include("outcome" => "done", "exit" => 0, "source_only_after" => 0)

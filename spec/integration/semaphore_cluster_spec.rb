@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "json"
 require_relative "../support/cluster"
 
 # A semaphore is one key, so one hash slot: on a Redis Cluster each lives on
@@ -27,5 +28,28 @@ RSpec.describe "Locking::Semaphore on a Redis Cluster" do
     expect(Locking::Semaphore.new("exports:0", limit: 2).holders).to eq(2)
     expect(Locking::Semaphore.new("exports:0", limit: 2, token: "t0").release).to be(true)
     expect(cluster.node_for(prefixed("exports:0")).redis.zrange(prefixed("exports:0"), 0, -1)).to eq(["t1"])
+  end
+  # A migration into the cluster: the gate walks the source's semaphores and asks each key's master for its
+  # places; a phase-1 renewal takes a phase-0 place on that master too.
+  it "keeps places across a migration into the cluster, and the gate counts a source-only place per key" do
+    names = Array.new(12) { |i| "imports:#{i}" }
+    configure_both(:source, destination: cluster.settings)
+    early = names.map { |name| Locking::Semaphore.new(name, limit: 1, token: "early") }
+    expect(early.map { |place| place.acquire(30) }).to all(be(true))
+    configure_both(:dual, destination: cluster.settings)
+    status, out, = locking_cli("gate", "--json", destination: cluster.url)
+    gate = JSON.parse(out)
+    expect([status, gate["source_only"], gate["source_only_places"]]).to eq([1, 12, 12])
+
+    expect(early.first(6).map { |place| place.renew(30) }).to all(be(true))
+    expect(names.first(6).map { |name| cluster.node_for(prefixed(name)).redis.zrange(prefixed(name), 0, -1) })
+      .to all(eq(["early"]))
+    # The limit counts the source first in phase 1, and the destination in phase 2.
+    expect(Locking::Semaphore.new(names.last, limit: 1).acquire(30)).to be(false)
+    status, out, = locking_cli("gate", "--json", destination: cluster.url)
+    expect([status, JSON.parse(out)["source_only_places"]]).to eq([1, 6])
+    expect(early.last(6).map { |place| place.renew(30) }).to all(be(true))
+    status, out, = locking_cli("gate", "--json", destination: cluster.url)
+    expect([status, JSON.parse(out)["open"]]).to eq([0, true])
   end
 end

@@ -166,37 +166,6 @@ RSpec.describe Locking::Semaphore do
       expect(redis.keys("*")).to be_empty
       expect(described_class.new("exports", limit: 2).holders).to eq(1)
     end
-
-    it "takes and renews no place while both servers are configured (a migration under way), in any phase" do
-      redis.zadd("locking:exports", 32_503_680_000_000, "old") # a place taken before the migration began
-      %i[source destination].each do |phase|
-        configure_both(phase)
-        semaphore = described_class.new("exports", limit: 2, token: "x")
-        message = /not yet proven across a migration; .*: with both a source and a destination configured/
-        expect { semaphore.acquire(10) }.to raise_error(Locking::PhaseError, message)
-        expect { described_class.new("exports", limit: 2, token: "old").renew(10) }
-          .to raise_error(Locking::PhaseError, message)
-      end
-      configure_both(:source)
-      expect(described_class.new("exports", limit: 2).holders).to eq(1)
-      expect(described_class.new("exports", limit: 2, token: "old").release).to be(true) # releases still run
-      expect(redis.keys("*")).to be_empty
-      expect(destination_server.redis.keys("*")).to be_empty
-    end
-
-    it "refuses every operation in phases 1 and 2, writing nothing" do
-      %i[dual drain].each do |phase|
-        configure_both(phase)
-        semaphore = described_class.new("exports", limit: 2, token: "x")
-        message = /semaphores are not yet proven across a migration; use them in phase 0 or 3/
-        expect { semaphore.acquire(10) }.to raise_error(Locking::PhaseError, message)
-        expect { semaphore.renew(10) }.to raise_error(Locking::PhaseError, message)
-        expect { semaphore.release }.to raise_error(Locking::PhaseError, message)
-        expect { semaphore.holders }.to raise_error(Locking::PhaseError, message)
-      end
-      expect(redis.keys("*")).to be_empty
-      expect(destination_server.redis.keys("*")).to be_empty
-    end
   end
 
   it "gives the same answers with GC.stress on, for binary keys and tokens" do

@@ -11,11 +11,15 @@ require_relative "../support/interval_log"
 # Each worker records every interval in which it believed it held a lock:
 # from acquire's true to the start of its release, cut at acquire's start +
 # TTL (have_lock?'s own rule). Intervals of one key, from all processes, must
-# never overlap. CLOCK_MONOTONIC is one clock for every process of the machine.
+# never overlap. One hold in four is a place in a semaphore of 2 beside the
+# locks: never more than 2 of its intervals at once. CLOCK_MONOTONIC is one
+# clock for every process of the machine.
 module Soak
   WORKERS = 8
   KEYS = 4
   TTL = 3.0
+  SEMAPHORE = "sem:0"
+  LIMIT = 2
   # Seconds the fleet works in each phase before the next move (SOAK_DWELL=30 for a longer soak).
   DWELL = Float(ENV.fetch("SOAK_DWELL", "8"))
 end
@@ -67,14 +71,19 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
         end
         witness = Redis.new(url: witness_url)
         IntervalLog.work(witness, batch: 200, name: "soak worker", stop: stop_key) do |log|
-          lock = Locking.new("job:#{rand(Soak::KEYS)}")
+          lock = if rand(4).zero?
+                   Locking::Semaphore.new(Soak::SEMAPHORE, limit: Soak::LIMIT)
+                 else
+                   Locking.new("job:#{rand(Soak::KEYS)}")
+                 end
           started = monotonic
           next unless IntervalLog.try(log) { lock.acquire(Soak::TTL) }
 
           from = monotonic
           witness.incr("phase:#{Locking.client.phase}")
           sleep(rand * 0.003)
-          log.record(lock.lock_key, Process.pid, from, [monotonic, started + Soak::TTL].min)
+          key = lock.is_a?(Locking::Semaphore) ? Soak::SEMAPHORE : lock.lock_key
+          log.record(key, "#{Process.pid}:#{lock.token}", from, [monotonic, started + Soak::TTL].min)
           IntervalLog.try(log) { lock.release }
         end
       end
@@ -124,15 +133,20 @@ RSpec.describe "soak: a fleet walking the phases under faults", :soak do
       statuses = workers.map { |pid| Process.wait2(pid).last }
     end
 
-    intervals = IntervalLog.read(witness)
+    all = IntervalLog.read(witness)
+    places, intervals = all.partition { |key, *| key == Soak::SEMAPHORE }
     phases = %w[source dual drain destination].to_h { |p| [p, witness.get("phase:#{p}").to_i] }
     puts format("\n  soak: %d holds by %d processes in %.0fs, %d moves (0->3->0 twice), %d faults, " \
-                "%d operation errors during faults, holds per phase %s, 0 overlaps required",
-                intervals.size, Soak::WORKERS, monotonic - started, moves, faults, witness.get("errors").to_i, phases)
+                "%d operation errors during faults, holds per phase %s, 0 overlaps required; " \
+                "semaphore of %d: %d holds, at most %d at once",
+                intervals.size, Soak::WORKERS, monotonic - started, moves, faults, witness.get("errors").to_i, phases,
+                Soak::LIMIT, places.size, IntervalLog.most_at_once(places).fetch(Soak::SEMAPHORE, 0))
     expect(statuses).to all(be_success)
     expect(moves).to eq(12)
     expect(intervals.size).to be > 1_000
     expect(phases.values).to all(be > 0)
     expect(IntervalLog.overlaps(intervals)).to eq(0)
+    expect(places.size).to be > 200
+    expect(IntervalLog.most_at_once(places).fetch(Soak::SEMAPHORE)).to be_between(1, Soak::LIMIT)
   end
 end

@@ -334,15 +334,20 @@ RSpec.describe "unique_lock ..., limit: N" do
     end
   end
 
-  it "refuses while both servers are configured (a migration): no new place; a queued job fails, freeing its place" do
-    queued = LimitedJobs::UntilExecuted.perform_later(1)
-    configure_both(:source)
-    expect { LimitedJobs::UntilExecuted.perform_later(2) }
-      .to raise_error(Locking::PhaseError, /semaphores are not yet proven across a migration/)
-    expect(enqueued_jobs.size).to eq(1)
-    expect { run(queued) }.to raise_error(Locking::PhaseError)
-    expect(LimitedJobs::PERFORMED).to eq([])
-    expect(redis.keys("locking:*")).to eq([]) # a failed perform frees its place (on_failure: :release; phase 0 releases)
+  it "keeps its limit through a migration: a phase-0 place counts in phase 1, whose places go to both servers" do
+    queued = LimitedJobs::UntilExecuted.perform_later(1) # phase 0 (one server configured): a place on the source
+    configure_both(:dual)
+    second = LimitedJobs::UntilExecuted.perform_later(1)
+    expect(LimitedJobs::UntilExecuted.perform_later(1)).to be(false) # 2 of 2: the source counts the phase-0 place
+    key = "locking:#{queued.lock_key}"
+    on_source = redis.zrange(key, 0, -1)
+    on_destination = destination_server.redis.zrange(key, 0, -1)
+    expect([on_source.size, on_destination.size]).to eq([2, 1])
+    expect(on_source).to include(on_destination.first)
+
+    [queued, second].each { |job| run(job) }
+    expect(LimitedJobs::PERFORMED.size).to eq(2)
+    expect([redis.keys("locking:*"), destination_server.redis.keys("locking:*")]).to eq([[], []])
   end
 
   describe "occupancy: never more than N inside perform, and N reached" do

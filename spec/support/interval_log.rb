@@ -81,4 +81,15 @@ module IntervalLog
       end
     end
   end
+
+  # The most intervals of one key open at once, per key (a semaphore's holders).
+  def self.most_at_once(intervals)
+    intervals.group_by(&:first).transform_values do |held|
+      edges = held.flat_map { |_, _, from, to| [[from, 1], [to, -1]] }
+      # At one instant an end closes before a start opens: touching intervals are not at once.
+      edges.sort_by { |time, step| [time, step] }.reduce([0, 0]) do |(open, most), (_, step)|
+        [open + step, [most, open + step].max]
+      end.last
+    end
+  end
 end

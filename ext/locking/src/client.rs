@@ -276,7 +276,8 @@ impl RbClient {
     }
 
     /// Ends a walk. Key stats: {keys:, without_ttl:, max_ttl_ms:, p99_ttl_ms:};
-    /// one-sided: [count, scanned, example keys, counted without re-check].
+    /// one-sided: [count, scanned, example keys, counted without re-check,
+    /// semaphore places among the count].
     fn walk_finish(
         ruby: &Ruby,
         rb_self: &Self,
@@ -311,6 +312,7 @@ impl RbClient {
                         report.scanned.into_value_with(ruby),
                         keys.as_value(),
                         report.unchecked.into_value_with(ruby),
+                        report.places.into_value_with(ruby),
                     ])
                     .as_value())
             }

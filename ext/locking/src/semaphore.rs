@@ -40,11 +40,12 @@ fn renew(
     client: &RbClient,
     key: RString,
     token: RString,
+    limit: u64,
     ttl_ms: u64,
 ) -> Result<bool, magnus::Error> {
     let (key, token) = (bytes(key), bytes(token));
     client.with_lease(ruby, |lease, interrupt| {
-        lease.semaphore_renew(&key, &token, ttl_ms, interrupt)
+        lease.semaphore_renew(&key, &token, limit, ttl_ms, interrupt)
     })
 }
 
@@ -66,7 +67,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     class.const_set("MAX_LIMIT", locking_core::protocol::MAX_SEMAPHORE_LIMIT)?;
     class.define_private_method("_acquire", method!(acquire, 5))?;
     class.define_private_method("_release", method!(release, 3))?;
-    class.define_private_method("_renew", method!(renew, 4))?;
+    class.define_private_method("_renew", method!(renew, 5))?;
     class.define_private_method("_holders", method!(holders, 2))?;
     Ok(())
 }

@@ -16,7 +16,7 @@ class Locking
       end
       return reverse_gate if options[:reverse]
 
-      count, scanned, examples = client(phase: :dual).source_only(examples: 5)
+      count, scanned, examples, places = client(phase: :dual).source_only(examples: 5)
       fleet = client.fleet
       _, how = phase_seen
       dynamic = how == :dynamic || !fleet.empty?
@@ -24,7 +24,8 @@ class Locking
       lease = lease_info
       @out.puts "gate into phase 2 (drain):"
       @out.puts "  phase: #{phase_note}"
-      @out.puts "  source-only locks: #{number(count)} (of #{number(scanned)} on the source)"
+      @out.puts "  source-only locks: #{number(count - places)}, semaphore places: #{number(places)} " \
+                "(of #{number(scanned)} keys on the source)"
       examples.each { |key| @out.puts "    e.g. #{key.inspect}" }
       if dynamic
         @out.puts "  processes still in phase 0: #{in_phase_zero} (of #{fleet.size} reporting)"
@@ -35,7 +36,8 @@ class Locking
       @out.puts "  backfill: #{lease ? describe_lease(lease) : 'none running'}"
       reasons = protocol_reasons(count, in_phase_zero, lease && lease["holder"])
       reasons << empty_prefix_reason(scanned, fleet) if reasons.empty? && empty_prefix?(scanned, fleet)
-      result("gate" => "drain", "phase" => phase_json, "source_only" => count, "scanned" => scanned,
+      result("gate" => "drain", "phase" => phase_json, "source_only" => count, "source_only_places" => places,
+             "scanned" => scanned,
              "examples" => examples.map { |key| json_text(key) },
              "processes_in_phase_0" => (in_phase_zero if dynamic), "processes_reporting" => fleet.size,
              "backfill" => lease)
@@ -58,11 +60,13 @@ class Locking
 
     # Before a rollback from phase 1 to 0: no lock on the destination only.
     def reverse_gate
-      count, scanned, examples = client(phase: :dual).destination_only(examples: 5)
+      count, scanned, examples, places = client(phase: :dual).destination_only(examples: 5)
       @out.puts "reverse gate into phase 0 (source), for a rollback from phase 1:"
-      @out.puts "  destination-only locks: #{number(count)} (of #{number(scanned)} on the destination)"
+      @out.puts "  destination-only locks: #{number(count - places)}, semaphore places: #{number(places)} " \
+                "(of #{number(scanned)} keys on the destination)"
       examples.each { |key| @out.puts "    e.g. #{key.inspect}" }
-      result("gate" => "reverse", "phase" => phase_json, "destination_only" => count, "scanned" => scanned,
+      result("gate" => "reverse", "phase" => phase_json, "destination_only" => count,
+             "destination_only_places" => places, "scanned" => scanned,
              "examples" => examples.map { |key| json_text(key) })
       verdict(Locking::Client.reverse_gate_reasons(count), "rolling back to phase 0 is safe")
     end

@@ -49,7 +49,7 @@ class Locking
       # @param limit [Integer] how many jobs with one key may hold it at once (1..Semaphore::MAX_LIMIT,
       #   default 1: the lock). With N > 1 each strategy holds a place in a Locking::Semaphore at the
       #   same key (the runtime lock too: N running), and on_conflict / on_perform_conflict / wait:
-      #   apply to the N+1st. Its places refuse (Locking::PhaseError) while both servers are configured.
+      #   apply to the N+1st. Its places keep the limit through a migration (README, "Semaphores").
       # @raise [ArgumentError] naming any bad option or value
       def unique_lock(strategy, **options)
         UniqueJobs::Options.resolve(strategy, options, Locking.configuration.unique_job_defaults)

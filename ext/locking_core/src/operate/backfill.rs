@@ -13,7 +13,7 @@
 
 use crate::client::Route;
 use crate::error::{Error, Result};
-use crate::operate::bulk::{parse_scan, scan_args, BackfillReport, MAX_PAGES_PER_BATCH};
+use crate::operate::bulk::{parse_scan, scan_args, BackfillReport, KeyType, MAX_PAGES_PER_BATCH};
 use crate::operate::operator::Operator;
 use crate::protocol::{self, BackfillOutcome, Command, Operation, Reply, Step, Target};
 use crate::wire::codec::lock;
@@ -162,8 +162,14 @@ impl Operator<'_> {
         let mut position = cursor;
         let mut keys: Vec<Result<Vec<u8>>> = Vec::new();
         for _ in 0..pages {
-            let page =
-                self.scan_matching(Target::Source, &prefix, position, count, false, interrupt)?;
+            let page = self.scan_matching(
+                Target::Source,
+                &prefix,
+                position,
+                count,
+                KeyType::Any,
+                interrupt,
+            )?;
             if page.restarted {
                 report.restarted = true;
                 report.restart_reason =
@@ -218,7 +224,14 @@ impl Operator<'_> {
         interrupt: &Interrupt,
     ) -> Result<BackfillReport> {
         let prefix = self.client().key_prefix().to_vec();
-        let page = self.scan_matching(Target::Source, &prefix, cursor, count, true, interrupt)?;
+        let page = self.scan_matching(
+            Target::Source,
+            &prefix,
+            cursor,
+            count,
+            KeyType::Strings,
+            interrupt,
+        )?;
         let mut report = BackfillReport {
             cursor: page.cursor,
             scanned: page.keys.len() as u64,
@@ -284,7 +297,7 @@ impl Scheduler<'_, '_> {
     fn ask_for_page(&mut self, interrupt: &Interrupt) -> Result<()> {
         let pattern = crate::operate::bulk::match_pattern(&self.prefix);
         let count = self.count as u64;
-        let args = scan_args(self.cursor, &pattern, count, false);
+        let args = scan_args(self.cursor, &pattern, count, KeyType::Any);
         let ticket = send_to(
             self.operator,
             Target::Source,

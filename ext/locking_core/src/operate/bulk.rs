@@ -5,10 +5,12 @@
 use crate::client::Route;
 use crate::error::{Error, Result};
 use crate::operate::operator::Operator;
-use crate::protocol::Target;
+use crate::operate::places::KeyCopy;
+use crate::protocol::{copy_one_sided, Target};
 use crate::wire::codec::{Arg, Value};
 use crate::wire::connection::Interrupt;
 use std::collections::HashSet;
+use std::time::Instant;
 
 /// At most this many SCAN pages per backfill batch.
 pub const MAX_PAGES_PER_BATCH: usize = 64;
@@ -61,7 +63,10 @@ pub struct BackfillReport {
 #[derive(Debug, Clone, Default)]
 pub struct SourceOnly {
     pub scanned: u64,
+    /// One-sided locks and semaphore places.
     pub count: u64,
+    /// Of `count`, the semaphore places (re-checked ones).
+    pub places: u64,
     /// Of `count`, those counted without the re-check (past `MAX_RECHECKED`).
     pub unchecked: u64,
     pub examples: Vec<Vec<u8>>,
@@ -71,6 +76,9 @@ pub struct SourceOnly {
 /// counted without it, so the walk's memory stays bounded (2,000,000
 /// source-only locks once took 655 MB).
 pub const MAX_RECHECKED: usize = 10_000;
+
+/// Keys read on both servers back to back, per group, by the gates' walk.
+const COPIES_GROUP: usize = 200;
 
 /// TTLs kept to estimate the p99 of a key-stats walk (a uniform sample).
 const TTL_SAMPLE: usize = 100_000;
@@ -135,13 +143,18 @@ impl KeyStatsWalk {
 }
 
 /// A walk of one server for the gate (source-only) or the reverse gate
-/// (destination-only), resumable page by page.
+/// (destination-only), resumable page by page: its locks and its
+/// semaphores' places, in one SCAN (a semaphore is the key a GET finds of
+/// the wrong type).
 #[derive(Debug, Clone)]
 pub struct OneSidedWalk {
     side: Target,
     position: WalkPosition,
     scanned: u64,
+    /// One-sided locks: (key, value).
     candidates: Vec<(Vec<u8>, Vec<u8>)>,
+    /// One-sided places: (key, token).
+    places: Vec<(Vec<u8>, Vec<u8>)>,
     unchecked: u64,
     /// The walked server's slot map when the walk began (a cluster).
     began: Option<u64>,
@@ -154,19 +167,25 @@ impl OneSidedWalk {
             position: WalkPosition::default(),
             scanned: 0,
             candidates: Vec::new(),
+            places: Vec::new(),
             unchecked: 0,
             began: None,
         }
     }
 }
 
-/// `SCAN cursor MATCH pattern COUNT count [TYPE string]`.
-pub(crate) fn scan_args(
-    cursor: u64,
-    pattern: &[u8],
-    count: u64,
-    strings_only: bool,
-) -> Vec<Arg<'_>> {
+/// Which keys a SCAN returns: SCAN's TYPE filter, which costs the server a
+/// lookup per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// No filter (backfill's reads ignore other types).
+    Any,
+    /// Locks.
+    Strings,
+}
+
+/// `SCAN cursor MATCH pattern COUNT count [TYPE string|zset]`.
+pub(crate) fn scan_args(cursor: u64, pattern: &[u8], count: u64, kind: KeyType) -> Vec<Arg<'_>> {
     let mut args: Vec<Arg> = vec![
         "SCAN".into(),
         cursor.into(),
@@ -175,8 +194,9 @@ pub(crate) fn scan_args(
         "COUNT".into(),
         count.max(1).into(),
     ];
-    if strings_only {
-        args.extend::<[Arg; 2]>(["TYPE".into(), "string".into()]);
+    match kind {
+        KeyType::Any => {}
+        KeyType::Strings => args.extend::<[Arg; 2]>(["TYPE".into(), "string".into()]),
     }
     args
 }
@@ -242,25 +262,35 @@ impl Operator<'_> {
         count: usize,
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
-        self.check_prefix()?;
-        let prefix = self.client().key_prefix().to_vec();
-        self.scan_matching(target, &prefix, position, count, true, interrupt)
+        self.scan_kind(target, KeyType::Strings, position, count, interrupt)
     }
 
-    /// One SCAN page of string keys starting with `prefix`.
-    /// `strings_only` adds SCAN's TYPE filter, which costs the server a
-    /// lookup per key; backfill goes without (its reads ignore other types).
+    /// One SCAN page of the keys of `kind` under the prefix.
+    pub(crate) fn scan_kind(
+        &mut self,
+        target: Target,
+        kind: KeyType,
+        position: u64,
+        count: usize,
+        interrupt: &Interrupt,
+    ) -> Result<ScanPage> {
+        self.check_prefix()?;
+        let prefix = self.client().key_prefix().to_vec();
+        self.scan_matching(target, &prefix, position, count, kind, interrupt)
+    }
+
+    /// One SCAN page of the keys of `kind` starting with `prefix`.
     pub(crate) fn scan_matching(
         &mut self,
         target: Target,
         prefix: &[u8],
         position: u64,
         count: usize,
-        strings_only: bool,
+        kind: KeyType,
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
         let pattern = match_pattern(prefix);
-        self.scan_pattern(target, &pattern, position, count, strings_only, interrupt)
+        self.scan_pattern(target, &pattern, position, count, kind, interrupt)
     }
 
     /// One SCAN page of the keys matching `pattern`: on a cluster, of the
@@ -272,7 +302,7 @@ impl Operator<'_> {
         pattern: &[u8],
         position: u64,
         count: usize,
-        strings_only: bool,
+        kind: KeyType,
         interrupt: &Interrupt,
     ) -> Result<ScanPage> {
         let client = self.client();
@@ -282,7 +312,7 @@ impl Operator<'_> {
         let Some(step) = server.walk_at(position, interrupt)? else {
             return Ok(ScanPage::default());
         };
-        let args = scan_args(step.cursor, pattern, count as u64, strings_only);
+        let args = scan_args(step.cursor, pattern, count as u64, kind);
         let value = self.command(target, Route::Node(step.node), &args, interrupt)?;
         let page = parse_scan(value, server.name())?;
         Ok(ScanPage {
@@ -310,23 +340,30 @@ impl Operator<'_> {
     ) -> Result<bool> {
         let target = walk.target;
         let mut position = walk.position;
-        let done = self.walk_pages(target, &mut position, pages, interrupt, |operator, keys| {
-            let pttls = operator.each_key(target, "PTTL", &keys, interrupt)?;
-            for pttl in pttls {
-                match pttl {
-                    Value::Int(-1) => {
-                        walk.stats.keys += 1;
-                        walk.stats.without_ttl += 1;
+        let done = self.walk_pages(
+            target,
+            KeyType::Strings,
+            &mut position,
+            pages,
+            interrupt,
+            |operator, keys| {
+                let pttls = operator.each_key(target, "PTTL", &keys, interrupt)?;
+                for pttl in pttls {
+                    match pttl {
+                        Value::Int(-1) => {
+                            walk.stats.keys += 1;
+                            walk.stats.without_ttl += 1;
+                        }
+                        Value::Int(ms) if ms >= 0 => {
+                            walk.stats.keys += 1;
+                            walk.sample_ttl(ms as u64);
+                        }
+                        _ => {} // expired since the scan
                     }
-                    Value::Int(ms) if ms >= 0 => {
-                        walk.stats.keys += 1;
-                        walk.sample_ttl(ms as u64);
-                    }
-                    _ => {} // expired since the scan
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         walk.position = position;
         Ok(done)
     }
@@ -336,6 +373,7 @@ impl Operator<'_> {
     fn walk_pages(
         &mut self,
         target: Target,
+        kind: KeyType,
         position: &mut WalkPosition,
         pages: usize,
         interrupt: &Interrupt,
@@ -345,7 +383,7 @@ impl Operator<'_> {
             if position.done {
                 break;
             }
-            let scanned = self.scan(target, position.cursor, 1000, interrupt)?;
+            let scanned = self.scan_kind(target, kind, position.cursor, 1000, interrupt)?;
             position.cursor = scanned.cursor;
             position.done = scanned.cursor == 0;
             page(self, scanned.keys)?;
@@ -382,8 +420,9 @@ impl Operator<'_> {
         self.one_sided_finish(walk, examples, interrupt)
     }
 
-    /// Walks up to `pages` SCAN pages of `side`, collecting the locks the
-    /// other server lacks; true when the walk is complete.
+    /// Walks up to `pages` SCAN pages of `side`, collecting the locks and
+    /// the semaphore places the other server lacks; true when the walk is
+    /// complete.
     pub fn one_sided_step(
         &mut self,
         walk: &mut OneSidedWalk,
@@ -395,17 +434,37 @@ impl Operator<'_> {
             walk.began = Some(self.settled(side, interrupt)?);
         }
         let mut position = walk.position;
-        let done = self.walk_pages(side, &mut position, pages, interrupt, |operator, keys| {
-            walk.scanned += keys.len() as u64;
-            for candidate in operator.only_among(side, keys, interrupt)? {
-                if walk.candidates.len() < MAX_RECHECKED {
-                    walk.candidates.push(candidate);
+        // No TYPE filter: a semaphore is found by its lock read (WRONGTYPE).
+        let done = self.walk_pages(
+            side,
+            KeyType::Any,
+            &mut position,
+            pages,
+            interrupt,
+            |operator, keys| {
+                walk.scanned += keys.len() as u64;
+                let (locks, semaphores) = operator.only_among(side, keys, interrupt)?;
+                let places = if semaphores.is_empty() {
+                    Vec::new()
                 } else {
-                    walk.unchecked += 1;
+                    operator.places_only_among(side, semaphores, interrupt)?
+                };
+                let found = locks
+                    .into_iter()
+                    .map(|lock| (lock, false))
+                    .chain(places.into_iter().map(|place| (place, true)));
+                for (candidate, is_place) in found {
+                    if walk.candidates.len() + walk.places.len() >= MAX_RECHECKED {
+                        walk.unchecked += 1;
+                    } else if is_place {
+                        walk.places.push(candidate);
+                    } else {
+                        walk.candidates.push(candidate);
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         walk.position = position;
         Ok(done)
     }
@@ -439,28 +498,36 @@ impl Operator<'_> {
             });
         }
         for _ in 0..3 {
-            if walk.candidates.is_empty() {
+            if walk.candidates.is_empty() && walk.places.is_empty() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
-            let mut still = HashSet::with_capacity(walk.candidates.len());
+            let mut still = HashSet::with_capacity(walk.candidates.len() + walk.places.len());
             for chunk in walk.candidates.chunks(1000) {
                 let keys = chunk.iter().map(|(key, _)| key.clone()).collect();
-                still.extend(self.only_among(side, keys, interrupt)?);
+                still.extend(self.only_among(side, keys, interrupt)?.0);
+            }
+            for chunk in walk.places.chunks(1000) {
+                let mut keys: Vec<Vec<u8>> = chunk.iter().map(|(key, _)| key.clone()).collect();
+                keys.dedup();
+                still.extend(self.places_only_among(side, keys, interrupt)?);
             }
             walk.candidates
                 .retain(|candidate| still.contains(candidate));
+            walk.places.retain(|candidate| still.contains(candidate));
+        }
+        let mut example_keys: Vec<Vec<u8>> = Vec::new();
+        for (key, _) in walk.candidates.iter().chain(&walk.places) {
+            if example_keys.len() < examples && !example_keys.contains(key) {
+                example_keys.push(key.clone());
+            }
         }
         Ok(SourceOnly {
             scanned: walk.scanned,
-            count: walk.candidates.len() as u64 + walk.unchecked,
+            count: (walk.candidates.len() + walk.places.len()) as u64 + walk.unchecked,
+            places: walk.places.len() as u64,
             unchecked: walk.unchecked,
-            examples: walk
-                .candidates
-                .into_iter()
-                .take(examples)
-                .map(|(key, _)| key)
-                .collect(),
+            examples: example_keys,
         })
     }
 
@@ -484,29 +551,48 @@ impl Operator<'_> {
         }
     }
 
-    /// (key, value) of the keys whose value on `side` the other server lacks.
+    /// (key, value) of the locks on `side` that the other server does not
+    /// cover (`protocol::copy_one_sided`: no copy with the same token, or one
+    /// that may end sooner), and the keys of another type on `side`:
+    /// semaphores, whose places `places_only_among` compares. Keys go in
+    /// groups, each read on both servers back to back (`lock_copy.lua`, the
+    /// value and its TTL at once), so that the time between the two reads
+    /// (the rule's uncertainty) stays a few round trips.
+    #[allow(clippy::type_complexity)]
     fn only_among(
         &mut self,
         side: Target,
         keys: Vec<Vec<u8>>,
         interrupt: &Interrupt,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>)> {
         let other = match side {
             Target::Source => Target::Destination,
             Target::Destination => Target::Source,
         };
-        let on_side = self.each_key(side, "GET", &keys, interrupt)?;
-        let on_other = self.each_key(other, "GET", &keys, interrupt)?;
-        Ok(keys
-            .into_iter()
-            .zip(on_side)
-            .zip(on_other)
-            .filter_map(|((key, source), destination)| match (source, destination) {
-                (Value::BulkString(s), Value::BulkString(d)) if s == d => None,
-                (Value::BulkString(s), _) => Some((key, s)),
-                _ => None,
-            })
-            .collect())
+        let mut locks = Vec::new();
+        let mut others = Vec::new();
+        for group in keys.chunks(COPIES_GROUP) {
+            let started = Instant::now();
+            let here = self.lock_copies(side, group, interrupt)?;
+            let there = self.lock_copies(other, group, interrupt)?;
+            let uncertainty_ms = started.elapsed().as_millis() as u64 + 1;
+            for ((key, here), there) in group.iter().zip(here).zip(there) {
+                match here {
+                    KeyCopy::Lock(value, left) => {
+                        let there_left = match there {
+                            KeyCopy::Lock(other, left) if other == value => Some(left),
+                            _ => None,
+                        };
+                        if copy_one_sided(Some(left), there_left, uncertainty_ms) {
+                            locks.push((key.clone(), value));
+                        }
+                    }
+                    KeyCopy::Other => others.push(key.clone()),
+                    KeyCopy::Missing => {}
+                }
+            }
+        }
+        Ok((locks, others))
     }
 
     /// Deletes `key` (under the prefix) on every configured server, whoever
@@ -542,8 +628,14 @@ impl Operator<'_> {
         for target in self.configured_targets() {
             let mut position = 0;
             loop {
-                let page =
-                    self.scan_matching(target, &pattern_prefix, position, 1000, false, interrupt)?;
+                let page = self.scan_matching(
+                    target,
+                    &pattern_prefix,
+                    position,
+                    1000,
+                    KeyType::Any,
+                    interrupt,
+                )?;
                 if !page.keys.is_empty() {
                     let values = self.each_key(target, "DEL", &page.keys, interrupt)?;
                     deleted += values.iter().filter(|v| matches!(v, Value::Int(1))).count() as u64;
@@ -589,7 +681,7 @@ impl Operator<'_> {
             let mut pattern = match_pattern(&prefix);
             pattern.pop(); // the trailing '*': the glob goes there
             pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
-            self.scan_pattern(target, &pattern, cursor, count, true, interrupt)?
+            self.scan_pattern(target, &pattern, cursor, count, KeyType::Strings, interrupt)?
         };
         if page.keys.is_empty() {
             return Ok((page.cursor, Vec::new()));
@@ -619,7 +711,14 @@ impl Operator<'_> {
     ) -> Result<(u64, u64, u64)> {
         self.check_prefix()?;
         let prefix = self.client().key_prefix().to_vec();
-        let page = self.scan_matching(Target::Source, &prefix, cursor, count, true, interrupt)?;
+        let page = self.scan_matching(
+            Target::Source,
+            &prefix,
+            cursor,
+            count,
+            KeyType::Strings,
+            interrupt,
+        )?;
         let found = page.keys.len() as u64;
         let mut deleted = 0;
         if !dry_run && !page.keys.is_empty() {

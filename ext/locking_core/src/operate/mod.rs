@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod bulk;
 pub mod control;
 pub mod operator;
+mod places;
 pub mod renew;
 
 #[cfg(test)]

@@ -121,6 +121,17 @@ impl<'c> Operator<'c> {
             .map(|key| [name.into(), key.as_slice().into()])
             .collect();
         let requests: Vec<Request<'_>> = args.iter().map(|args| Request::Plain(args)).collect();
+        self.each_request(target, keys, &requests, interrupt)
+    }
+
+    /// `requests[i]` (on `keys[i]`) on `target`, grouped by node: their replies in order.
+    pub(crate) fn each_request(
+        &mut self,
+        target: Target,
+        keys: &[Vec<u8>],
+        requests: &[Request<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Value>> {
         let client = self.client();
         let server = client.server(target).ok_or_else(|| {
             Error::InvalidArgument(format!("no {} server is configured", target.name()))
@@ -128,7 +139,7 @@ impl<'c> Operator<'c> {
         if server.cluster().is_none() {
             return self
                 .lease
-                .exchange(target, Route::Node(0), &requests, interrupt);
+                .exchange(target, Route::Node(0), requests, interrupt);
         }
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
         for (index, key) in keys.iter().enumerate() {

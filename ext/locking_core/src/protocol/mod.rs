@@ -26,7 +26,7 @@ pub mod store;
 
 pub use acquire::Acquire;
 pub use backfill::{Backfill, BackfillOutcome, CopyTtlRule};
-pub use gate::{gate, grouped, reverse_gate, Gate};
+pub use gate::{copy_one_sided, gate, grouped, reverse_gate, Gate};
 pub use queries::{Locked, Ttl};
 pub use release::{Release, Servers};
 pub use renew::Renew;

@@ -1,8 +1,7 @@
-//! The semaphore's two-server rules (DESIGN "Semaphores", phases 1 and 2):
-//! the whole table of the four phases, as state machines. Explored
-//! (`tests/semaphores.rs`), but not yet run by the product: that waits for a
-//! gate that counts semaphore places (DESIGN), so `SemaphoreRules::OneServer`
-//! is what `Lease` uses, and it refuses phases 1 and 2.
+//! The semaphore's rules (DESIGN "Semaphores"): the whole table of the four
+//! phases, as state machines, two servers in phases 1 and 2. Explored with
+//! the gates that count semaphore places (`tests/semaphores.rs`), and run by
+//! the product (`SemaphoreRules::TwoServers`).
 
 use super::{unexpected, AcquireReply, Command, Operation, Reply, Step, Target};
 use crate::error::{Error, Result};
@@ -11,9 +10,7 @@ use crate::protocol::phase::Phase;
 /// Which semaphore rules an operation follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SemaphoreRules {
-    /// The product's: one server (phases 0 and 3); phases 1 and 2 refuse.
-    OneServer,
-    /// The two-server design of DESIGN, under exploration.
+    /// The product's (DESIGN's table).
     TwoServers,
     /// Negative control: phase 1 takes its place on the destination only
     /// (counting one server only), so a phase-0 holder is not counted.
@@ -48,10 +45,20 @@ pub struct AcrossAcquire {
     ttl_ms: u64,
     limit: u64,
     state: AcquireState,
+    /// The first server answered "already mine": the place there was this
+    /// token's before this acquire (another object's, or a retry's), so a
+    /// failed second half never undoes it (its holder still believes it).
+    first_was_ours: bool,
 }
 
 impl AcrossAcquire {
-    pub fn new(phase: Phase, rules: SemaphoreRules, token: &[u8], ttl_ms: u64, limit: u64) -> Self {
+    pub fn across(
+        phase: Phase,
+        rules: SemaphoreRules,
+        token: &[u8],
+        ttl_ms: u64,
+        limit: u64,
+    ) -> Self {
         AcrossAcquire {
             phase,
             rules,
@@ -59,6 +66,7 @@ impl AcrossAcquire {
             ttl_ms,
             limit,
             state: AcquireState::Start,
+            first_was_ours: false,
         }
     }
 
@@ -105,7 +113,10 @@ impl Operation for AcrossAcquire {
                 self.acquire_on(self.first_server())
             }
             AcquireState::First => match replies.pop() {
-                Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
+                Some(Ok(Reply::Acquire(
+                    reply @ (AcquireReply::Set | AcquireReply::AlreadyMine),
+                ))) => {
+                    self.first_was_ours = reply == AcquireReply::AlreadyMine;
                     if self.phase == Phase::Dual && self.first_server() == Target::Source {
                         self.state = AcquireState::Second;
                         self.acquire_on(Target::Destination)
@@ -123,6 +134,12 @@ impl Operation for AcrossAcquire {
                 Some(Ok(Reply::Acquire(AcquireReply::Set | AcquireReply::AlreadyMine))) => {
                     Step::Done(Ok(true))
                 }
+                // A place the token held before stays, as its holder believes
+                // it (the explorer found the undo of another object's place).
+                Some(Ok(Reply::Acquire(AcquireReply::Taken))) if self.first_was_ours => {
+                    Step::Done(Ok(false))
+                }
+                Some(Err(error)) if self.first_was_ours => Step::Done(Err(error)),
                 // Undo like a release, S then D: a backfill may have copied
                 // our S place onto D meanwhile (the lock's gap 2).
                 Some(Ok(Reply::Acquire(AcquireReply::Taken))) => self.roll_back(Ok(false), both),

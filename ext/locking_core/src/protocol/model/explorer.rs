@@ -415,14 +415,11 @@ impl Explorer<'_> {
                     .any(|action| action.phase() == Some(Phase::Source))
             })
             .count();
-        let source_only = match (
+        let source_only = u64::from(super::lock_one_sided(
             state.source.live(state.now),
             state.destination.live(state.now),
-        ) {
-            (Some(source), Some(destination)) => u64::from(source.value != destination.value),
-            (Some(_), None) => 1,
-            _ => 0,
-        };
+            state.now,
+        ));
         protocol::gate(in_phase_0, source_only).open
     }
 

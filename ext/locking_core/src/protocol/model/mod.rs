@@ -60,3 +60,19 @@ pub(crate) fn believed_while_renewing(until: u64, sent_at: u64, ttl: u64) -> u64
         ttl * 1000,
     ))
 }
+
+/// The gates' rule (`protocol::copy_one_sided`) on the model's lock copies:
+/// `here` counts unless `there` holds the same token for at least as long,
+/// less the drift bound (a tick is a second; one clock, so no uncertainty).
+pub(crate) fn lock_one_sided(here: Option<&Stored>, there: Option<&Stored>, now: u64) -> bool {
+    let left = |stored: &Stored| {
+        stored
+            .expires_at
+            .map_or(u64::MAX, |at| at.saturating_sub(now).saturating_mul(1000))
+    };
+    let Some(here) = here else {
+        return false;
+    };
+    let there = there.filter(|there| there.value == here.value).map(left);
+    crate::protocol::copy_one_sided(Some(left(here)), there, 0)
+}

@@ -255,13 +255,8 @@ impl Explorer<'_> {
 fn one_sided(state: &State) -> (u64, u64) {
     let source = state.source.live(state.now);
     let destination = state.destination.live(state.now);
-    match (source, destination) {
-        (Some(s), Some(d)) => {
-            let differ = u64::from(s.value != d.value);
-            (differ, differ)
-        }
-        (Some(_), None) => (1, 0),
-        (None, Some(_)) => (0, 1),
-        (None, None) => (0, 0),
-    }
+    (
+        u64::from(super::lock_one_sided(source, destination, state.now)),
+        u64::from(super::lock_one_sided(destination, source, state.now)),
+    )
 }

@@ -16,7 +16,7 @@ use super::store::MemoryStore;
 use crate::error::Result;
 use crate::protocol::phase::Phase;
 use crate::protocol::{
-    Command, Operation, Place, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew,
+    self, Command, Operation, Place, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew,
     SemaphoreRules, Step, Target,
 };
 use std::collections::HashSet;
@@ -49,6 +49,12 @@ pub struct SemaphoreScenario {
     /// fleet moves into phase 2 only then. False: the negative control of a
     /// gate blind to semaphores.
     pub gate: bool,
+    /// A rollback (2 → 1 → 0): the clients' phase-2 actions come from before
+    /// it, and their phase-0 actions start only once every phase-2 action is
+    /// done and the reverse gate has held (no live destination place whose
+    /// token has no live source place), as the fleet moves back into phase 0
+    /// only then. The forward gate does not apply (phase 0 comes last).
+    pub rollback: bool,
 }
 
 impl SemaphoreScenario {
@@ -58,8 +64,9 @@ impl SemaphoreScenario {
             limit,
             clients,
             keeps_expired: false,
-            rules: SemaphoreRules::OneServer,
+            rules: SemaphoreRules::TwoServers,
             gate: true,
+            rollback: false,
         }
     }
 }
@@ -112,6 +119,7 @@ struct State {
     destination: MemoryStore,
     clients: Vec<ClientState>,
     gate_held: bool,
+    reverse_gate_held: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +142,7 @@ pub fn explore_semaphore(
         destination: store,
         clients: vec![ClientState::default(); scenario.clients.len()],
         gate_held: false,
+        reverse_gate_held: false,
     };
     let mut search = Search {
         scenario,
@@ -154,7 +163,9 @@ struct Search<'a> {
 
 impl Search<'_> {
     fn visit(&mut self, mut state: State) -> std::result::Result<(), String> {
-        state.gate_held |= self.left_phase_0(&state) && gate_holds(&state);
+        state.gate_held |= self.left(&state, |phase| phase == Phase::Source) && gate_holds(&state);
+        state.reverse_gate_held |=
+            self.left(&state, |phase| phase >= Phase::Drain) && reverse_gate_holds(&state);
         if !self.seen.insert(state.clone()) {
             return Ok(());
         }
@@ -185,16 +196,17 @@ impl Search<'_> {
         Ok(())
     }
 
-    /// The fleet moves into phase 2 only after it left phase 0: no action
-    /// in phase 0 running or still to come.
-    fn left_phase_0(&self, state: &State) -> bool {
+    /// The fleet left the phases `in_them` names: no action in them running
+    /// or still to come (it moves into phase 2 only after it left phase 0,
+    /// and back into phase 0 only after it left phase 2).
+    fn left(&self, state: &State, in_them: impl Fn(Phase) -> bool) -> bool {
         state.clients.iter().enumerate().all(|(index, client)| {
             let actions = &self.scenario.clients[index].actions;
             // The running action (if any) is `next`: it counts as still to come.
             actions
                 .iter()
                 .skip(client.next)
-                .all(|(phase, _)| *phase != Phase::Source)
+                .all(|(phase, _)| !in_them(*phase))
         })
     }
 
@@ -203,8 +215,13 @@ impl Search<'_> {
         for (index, client) in state.clients.iter().enumerate() {
             if client.running.is_none() {
                 let actions = &self.scenario.clients[index].actions;
-                let waits_for_gate =
-                    |phase: Phase| self.scenario.gate && phase >= Phase::Drain && !state.gate_held;
+                let waits_for_gate = |phase: Phase| {
+                    if self.scenario.rollback {
+                        self.scenario.gate && phase == Phase::Source && !state.reverse_gate_held
+                    } else {
+                        self.scenario.gate && phase >= Phase::Drain && !state.gate_held
+                    }
+                };
                 if actions
                     .get(client.next)
                     .is_some_and(|(phase, _)| !waits_for_gate(*phase))
@@ -345,19 +362,34 @@ impl Search<'_> {
     }
 }
 
-/// The gate, for semaphores: every live place on the source has its token's
-/// live place on the destination.
+/// The gate, for semaphores, as the product decides it: the places on the
+/// source only (`protocol::copy_one_sided`) are the gate's count.
 fn gate_holds(state: &State) -> bool {
-    let now = state.now;
-    state.source.places.places.iter().all(|(token, expiry)| {
-        *expiry <= now
-            || state
-                .destination
-                .places
-                .places
-                .get(token)
-                .is_some_and(|at| *at > now)
-    })
+    protocol::gate(0, one_sided(&state.source, &state.destination, state.now)).open
+}
+
+/// The reverse gate, as the product decides it: places on the destination only.
+fn reverse_gate_holds(state: &State) -> bool {
+    protocol::reverse_gate(one_sided(&state.destination, &state.source, state.now)).open
+}
+
+/// The places live on `here` that `there` does not cover, by the product's
+/// rule: each side's time left in ms (a tick is a second), one clock (no
+/// uncertainty between the two reads).
+fn one_sided(here: &MemoryStore, there: &MemoryStore, now: u64) -> u64 {
+    let left = |store: &MemoryStore, token: &[u8]| {
+        store
+            .places
+            .places
+            .get(token)
+            .filter(|at| **at > now)
+            .map(|at| (at - now) * 1000)
+    };
+    here.places
+        .places
+        .keys()
+        .filter(|token| protocol::copy_one_sided(left(here, token), left(there, token), 0))
+        .count() as u64
 }
 
 fn holders(state: &State) -> Vec<usize> {
