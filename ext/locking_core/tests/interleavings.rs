@@ -198,3 +198,24 @@ fn releasing_destination_first_leaves_an_orphan_that_the_explorer_finds() {
     scenario.expiries = 0;
     check(&scenario);
 }
+
+/// Copies that end at different times (an adversary's finding, with no
+/// fault): a second object with the token acquires for longer in phase 0,
+/// which resets only the source copy. A gate that asked only "the same token
+/// on both?" opened, the destination copy ran out, and phase 2 let a second
+/// holder in. The gate compares what each copy has left
+/// (`protocol::copy_one_sided`); `bin/mutants --fixed` plants the old rule.
+#[test]
+fn the_gate_compares_what_each_copy_has_left() {
+    let clients = vec![
+        ClientSpec::new(&[
+            Action::AcquireFor(Phase::Dual, 10),
+            Action::AcquireFor(Phase::Source, 20),
+        ]),
+        ClientSpec::new(&[Action::Acquire(Phase::Drain)]),
+    ];
+    let mut scenario = Scenario::new(clients);
+    scenario.expiries = 3;
+    let states = check(&scenario);
+    println!("copies ending apart, with the gate: {states} states, no violation");
+}

@@ -462,6 +462,9 @@ impl Explorer<'_> {
                             protocol::Servers::BOTH,
                         ))
                     }
+                    (Action::AcquireFor(phase, ttl), ..) => {
+                        RunningOp::Acquire(protocol::Acquire::new(phase, &token(index), ttl))
+                    }
                     (Action::RenewTo(phase, ttl), ..) => RunningOp::Renew(protocol::Renew::new(
                         phase,
                         &token(index),
@@ -494,7 +497,7 @@ impl Explorer<'_> {
                 client.op_phase = dynamic.and(action_phase);
                 client.began_read = state.processes.get(process).map_or(0, |p| p.read_at);
                 client.lease_ttl = match action {
-                    Action::RenewTo(_, ttl) => ttl,
+                    Action::RenewTo(_, ttl) | Action::AcquireFor(_, ttl) => ttl,
                     _ => ttl,
                 };
                 if action.is_release() {

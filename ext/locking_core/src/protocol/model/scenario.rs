@@ -11,6 +11,10 @@ use crate::protocol::{CopyTtlRule, Target};
 pub enum Action {
     /// Acquire; the client's later actions run only if it got the lock.
     Acquire(Phase),
+    /// Acquire with another TTL than the scenario's (a second object with
+    /// the client's token, asking for longer: "already mine" resets only the
+    /// copies that phase writes).
+    AcquireFor(Phase, u64),
     Renew(Phase),
     /// Renew with another TTL than the scenario's (say, shorter).
     RenewTo(Phase, u64),
@@ -34,9 +38,11 @@ pub enum DynamicOp {
 impl Action {
     pub(super) fn phase(self) -> Option<Phase> {
         match self {
-            Action::Acquire(p) | Action::Renew(p) | Action::RenewTo(p, _) | Action::Release(p) => {
-                Some(p)
-            }
+            Action::Acquire(p)
+            | Action::AcquireFor(p, _)
+            | Action::Renew(p)
+            | Action::RenewTo(p, _)
+            | Action::Release(p) => Some(p),
             _ => None,
         }
     }
@@ -44,7 +50,10 @@ impl Action {
     pub(super) fn is_acquire(self) -> bool {
         matches!(
             self,
-            Action::Acquire(_) | Action::NaiveAcquire(_) | Action::Dynamic(DynamicOp::Acquire)
+            Action::Acquire(_)
+                | Action::AcquireFor(..)
+                | Action::NaiveAcquire(_)
+                | Action::Dynamic(DynamicOp::Acquire)
         )
     }
 
