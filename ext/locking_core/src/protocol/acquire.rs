@@ -36,6 +36,10 @@ pub struct Acquire {
     token: Vec<u8>,
     ttl_ms: u64,
     state: AcquireState,
+    /// The first server answered "already mine": the lock there was this
+    /// token's before this acquire (another object's, or a retry's), so a
+    /// failure after it never undoes it (its holder may still believe it).
+    first_was_ours: bool,
 }
 
 impl Acquire {
@@ -45,6 +49,7 @@ impl Acquire {
             token: token.to_vec(),
             ttl_ms,
             state: AcquireState::Start,
+            first_was_ours: false,
         }
     }
 
@@ -79,6 +84,11 @@ impl Acquire {
     }
 
     fn roll_back(&mut self, outcome: Result<bool>, mut remaining: Vec<Target>) -> Step<bool> {
+        if self.first_was_ours {
+            // Nothing of this acquire's own to undo on the first server, and
+            // a destination copy with our token expires with its TTL.
+            return Step::Done(outcome);
+        }
         if remaining.is_empty() {
             return Step::Done(outcome);
         }
@@ -108,6 +118,7 @@ impl Operation for Acquire {
                 // lost, or it timed out): the key still has the first
                 // attempt's TTL, while the caller counts a full TTL from now.
                 Some(Ok(Reply::Acquire(AcquireReply::AlreadyMine))) => {
+                    self.first_was_ours = true;
                     self.state = AcquireState::Refreshing {
                         then_second: self.phase == Phase::Dual,
                     };

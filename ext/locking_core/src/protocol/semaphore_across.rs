@@ -125,8 +125,10 @@ impl Operation for AcrossAcquire {
                     }
                 }
                 Some(Ok(Reply::Acquire(AcquireReply::Taken))) => Step::Done(Ok(false)),
-                // It may have run: its place expires with its TTL, or is undone.
-                Some(Err(error)) => self.roll_back(Err(error), vec![self.first_server()]),
+                // It may have run: its place expires with its TTL. Never undone:
+                // the token may have held that place before (another object's,
+                // whose holder still believes it; an adversary found the undo).
+                Some(Err(error)) => Step::Done(Err(error)),
                 Some(Ok(other)) => unexpected("semaphore acquire", &other),
                 None => no_reply(),
             },
