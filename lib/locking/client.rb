@@ -67,10 +67,11 @@ class Locking
     # needed), until the returned Renewal is stopped or `renew_for` seconds
     # (nil: no limit) have passed. The lock is believed held for `valid_for`
     # seconds from now (what its last confirmed acquire or renewal left).
+    # With `limit:`, the key is a semaphore and the token's place is renewed.
     # @return [Renewal] #held?, #lost?, #remaining (seconds believed held),
     #   #stop (returns #remaining after a renewal in flight ended)
-    def auto_renew(key, token, ttl_ms, valid_for, renew_for = nil)
-      _auto_renew(key, token, ttl_ms, Float(valid_for), renew_for&.to_f)
+    def auto_renew(key, token, ttl_ms, valid_for, renew_for = nil, limit: nil)
+      _auto_renew(key, token, ttl_ms, Float(valid_for), renew_for&.to_f, limit)
     end
 
     # One SCAN page of the locks on :source or :destination whose key (after

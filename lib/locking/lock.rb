@@ -14,6 +14,9 @@
 # Where the lock lives (source, destination or both) follows the configured
 # phase; see Locking.configure and the README.
 class Locking
+  # auto_renew, stop_renewing, renew, lost?, have_lock? (shared with Semaphore).
+  include Renewing
+
   # Milliseconds; the most Redis accepts for PX (defined by the core, as Client::MAX_TTL_MS).
   MAX_TTL_MS = Client::MAX_TTL_MS
 
@@ -63,21 +66,6 @@ class Locking
     acquired
   end
 
-  # Renews this object's lock from the native renewer until #release (see
-  # #acquire's auto_renew:), for a lock taken elsewhere with this token (a
-  # job's enqueue-time lock). Unless this object just acquired or renewed
-  # it, it is renewed once now, and renewed on only if that renewal held.
-  # @param renew_for [Numeric, nil] renew for at most this many seconds
-  def auto_renew(seconds, renew_for: nil)
-    ttl_ms = Locking.send(:ttl_ms, seconds)
-    renew_for = Locking.send(:renew_for, renew_for || true)
-    stop_renewing
-    return self unless have_lock? || renew(seconds)
-
-    start_renewing(Locking.client, ttl_ms, renew_for)
-    self
-  end
-
   # Deletes the lock wherever the phase keeps it, but only where it still
   # holds this token: a lock that expired and was taken by another job is
   # left alone. Works from any Locking built with the same key and token.
@@ -90,63 +78,10 @@ class Locking
     Locking.client.release(lock_key, token)
   end
 
-  # Stops renewing without releasing (the lock then expires with its TTL).
-  def stop_renewing
-    renewal = @renewal
-    if renewal
-      # Believed held as long as the last renewal confirmed, not a moment
-      # more; the renewal answers have_lock? until then.
-      @belief.until!(Locking.send(:monotonic) + renewal.stop)
-      @lost ||= renewal.lost? # once lost, lost until #acquire or #release
-      @renewal = nil
-    end
-    @renewing_client = nil
-    nil
-  end
-
-  # @return [Boolean] whether this auto-renewed lock is lost: a renewal
-  #   found it gone (expired, deleted) or held by another token, or no
-  #   renewal was confirmed in time (the deadline #have_lock? keeps passed),
-  #   whether or not one is still in flight. Once true, true until #release.
-  #   Reported once as a "lost.locking" ActiveSupport notification, when loaded.
-  def lost?(report: true)
-    lost_with(@renewal, report)
-  end
-
-  # Resets the TTL of a lock this token holds. While auto-renewed, the
-  # renewer is stopped first and, if this renewal holds, goes on with the
-  # new TTL (within what is left of auto_renew: SECONDS).
-  # @return [Boolean] false when the lock was lost (expired or taken).
-  def renew(seconds)
-    ttl_ms = Locking.send(:ttl_ms, seconds)
-    client = @renewing_client
-    renew_until = @renew_until
-    return renew_once(ttl_ms) unless @renewal
-
-    stop_renewing
-    renewed = renew_once(ttl_ms)
-    @lost ||= !renewed
-    left = renew_until && (renew_until - Locking.send(:monotonic))
-    start_renewing(client, ttl_ms, left) if renewed && (left.nil? || left.positive?)
-    renewed
-  end
-
   # @return [Boolean] whether anyone holds this key, asking Redis. Raises
   #   Locking::ConnectionError rather than answering false when Redis is down.
   def locked?
     Locking.client.locked?(lock_key)
-  end
-
-  # @return [Boolean] whether this object holds the lock (local state: no
-  #   Redis call): true until the send time of its last confirmed acquire or
-  #   renewal, plus the TTL, less the drift allowed, so never while Redis may
-  #   have let the lock go. With auto_renew, the renewer moves that deadline;
-  #   a renewal in flight does not. In a forked child, nothing renews it.
-  def have_lock?
-    renewal = @renewal
-    return !lost_with(renewal, true) if renewal # the renewal's deadline passed, or the lock found gone
-
-    @belief.holds?
   end
 
   # @return [Float, nil] seconds left on this token's lock in Redis;
@@ -173,29 +108,10 @@ class Locking
     @belief.answered(sent, Locking.client.renew(lock_key, token, ttl_ms), started, ttl_ms)
   end
 
-  def lost_with(renewal, report)
-    lost = @lost || renewal&.lost? || false
-    report_lost if lost && report && !@lost_reported
-    lost
-  end
+  # For Renewing: what the renewer renews (a lock: no limit).
+  def renewed_key = [lock_key, nil]
 
-  def start_renewing(client, ttl_ms, renew_for)
-    now = Locking.send(:monotonic)
-    # The renewer's first renewal may shorten a lock that had longer left:
-    # from now it is believed no longer than this TTL gives.
-    valid_for = [@belief.deadline.to_f - now, Client.valid_for(ttl_ms)].min
-    @renew_until = renew_for && (now + renew_for)
-    @renewal = client.auto_renew(lock_key, token, ttl_ms, valid_for, renew_for)
-    @renewing_client = client # the renewer lives as long as its client: keep it while renewing
-    @lost_reported = false
-  end
-
-  def report_lost
-    @lost_reported = true
-    return unless defined?(ActiveSupport::Notifications)
-
-    ActiveSupport::Notifications.instrument("lost.locking", lock_key: lock_key, token: token)
-  end
+  def lost_payload = { lock_key: lock_key, token: token }
 
   class << self
     # Acquires, yields the lock, and releases it in all cases.

@@ -23,6 +23,8 @@ class Locking
   #
   # The native methods (_acquire, ...) are defined in ext/locking/src/semaphore.rs.
   class Semaphore
+    include Renewing
+
     # The key as given (Redis stores key_prefix + key).
     attr_reader :key
     # How many holders at most.
@@ -50,75 +52,65 @@ class Locking
     # unless `limit` places are live. A token that already holds a place
     # (another Semaphore with this token) gets it again, its TTL reset.
     #
+    # With `auto_renew: true` the place is renewed from the native renewer
+    # (as Locking#acquire's: about every `seconds / 3`) until #release;
+    # `auto_renew: 3600` renews it for at most that long.
+    #
     # #have_lock? is then true until the send time of this acquire (or of the
-    # last confirmed #renew) plus `seconds`, less the clock drift allowed, as
+    # last confirmed renewal) plus `seconds`, less the clock drift allowed, as
     # for Locking: never longer than Redis keeps the place.
     # @return [Boolean] true when this token holds a place
     # @raise [AlreadyAcquireLockError] when this object already holds one
-    # @raise [ArgumentError] for auto_renew: (not yet supported for semaphores)
     def acquire(seconds, auto_renew: false)
-      raise ArgumentError, "auto_renew is not yet supported for semaphores" if auto_renew
       if have_lock?
         raise AlreadyAcquireLockError, "semaphore #{key.inspect} is already held by this Semaphore; release it first"
       end
 
       ttl_ms = Locking.send(:ttl_ms, seconds)
+      renew_for = Locking.send(:renew_for, auto_renew)
       started = Locking.send(:monotonic)
+      client = native_client
       sent = @belief.sending(started, ttl_ms)
-      acquired = @belief.answered(sent, _acquire(native_client, key, token, limit, ttl_ms), started, ttl_ms)
-      @lost = false if acquired
+      acquired = @belief.answered(sent, _acquire(client, key, token, limit, ttl_ms), started, ttl_ms)
+      if acquired
+        @lost = false
+        start_renewing(client, ttl_ms, renew_for) if auto_renew
+      end
       acquired
     end
 
-    # Gives this token's place back, wherever it is live.
+    # Gives this token's place back, wherever it is live. Stops its renewal
+    # first (after a renewal in flight, so none follows).
     # @return [Boolean] true when a live place was given back
     def release
+      stop_renewing
       @belief.forget # from the send: the place may be gone before the reply comes
-      @lost = false
+      @lost = @lost_reported = false
       _release(native_client, key, token)
     end
 
-    # Resets the TTL of this token's live place. An expired place is not
-    # renewed (it may already be someone else's): false, and #lost? is true.
-    # @return [Boolean]
-    def renew(seconds)
-      ttl_ms = Locking.send(:ttl_ms, seconds)
-      started = Locking.send(:monotonic)
-      sent = @belief.sending(started, ttl_ms) # believed no longer than it asks, from its send
-      renewed = @belief.answered(sent, _renew(native_client, key, token, limit, ttl_ms), started, ttl_ms)
-      @lost = !renewed
-      renewed
-    end
-
-    # @return [Boolean] whether this object holds a place (local state: no
-    #   Redis call), until its last confirmed acquire or renewal runs out.
-    def have_lock?
-      @belief.holds?
-    end
-
-    # @return [Boolean] whether a #renew found this token's place gone
-    #   (expired or released elsewhere); false again after #acquire or #release.
-    def lost?
-      @lost
-    end
+    # #renew(seconds), #auto_renew(seconds, renew_for:), #stop_renewing,
+    # #have_lock? and #lost? are Locking's (Locking::Renewing). An expired
+    # place is not renewed (it may already be someone else's): #renew is
+    # false, and #lost? true until #acquire or #release.
 
     # @return [Integer] the live places now (every holder's, asking Redis).
     def holders
       _holders(native_client, key)
     end
 
-    # Acquires (retrying with jitter for up to `wait` seconds while full),
-    # yields, and releases in all cases.
+    # Acquires (retrying with jitter for up to `wait` seconds while full;
+    # auto_renew: as #acquire's), yields, and releases in all cases.
     # @return the block's value
     # @raise [NotAcquiredError] when the semaphore stayed full for all of `wait`
-    def with_lock(seconds, wait: 0)
+    def with_lock(seconds, wait: 0, auto_renew: false)
       unless wait.is_a?(Numeric) && wait.real? && wait.to_f.finite? && wait >= 0
         raise ArgumentError, "wait must be a non-negative number of seconds, got #{wait.inspect}"
       end
 
       deadline = Locking.send(:monotonic) + wait
       attempt = 0
-      until acquire(seconds)
+      until acquire(seconds, auto_renew: auto_renew)
         remaining = deadline - Locking.send(:monotonic)
         if remaining <= 0
           raise NotAcquiredError, "semaphore #{key.inspect} has all #{limit} places taken (waited #{wait}s)"
@@ -131,12 +123,26 @@ class Locking
     end
 
     def inspect
-      "#<Locking::Semaphore #{key.inspect} limit=#{limit} token=#{token.inspect} have_lock=#{have_lock?}>"
+      "#<Locking::Semaphore #{key.inspect} limit=#{limit} token=#{token.inspect} have_lock=#{have_lock?}" \
+        "#{' auto_renew' if @renewal}>"
     end
 
-    Belief.exclusive(self, :acquire, :release, :renew)
+    Belief.exclusive(self, :acquire, :auto_renew, :release, :stop_renewing, :renew)
 
     private
+
+    def renew_once(ttl_ms)
+      started = Locking.send(:monotonic)
+      sent = @belief.sending(started, ttl_ms) # believed no longer than it asks, from its send
+      renewed = @belief.answered(sent, _renew(native_client, key, token, limit, ttl_ms), started, ttl_ms)
+      @lost ||= !renewed
+      renewed
+    end
+
+    # For Renewing: the renewer renews this token's place among `limit`.
+    def renewed_key = [key, limit]
+
+    def lost_payload = { lock_key: key, token: token, limit: limit }
 
     def native_client
       client = Locking.client

@@ -106,7 +106,7 @@ class Locking
         @memory._set_phase(Configuration.phase_index(phase))
       end
 
-      def auto_renew(key, token, ttl_ms, _valid_for, renew_for = nil)
+      def auto_renew(key, token, ttl_ms, _valid_for, renew_for = nil, **_semaphore)
         renew_until = renew_for && (@memory._now_ms + (renew_for * 1000).round)
         Renewal.new(self, key, token, ttl_ms, renew_until).tap { |renewal| renewals << renewal }
       end
@@ -145,7 +145,7 @@ class Locking
       def delete_matching(_start) = 0
       def phase = :source
       def phase=(_phase); end
-      def auto_renew(_key, _token, ttl_ms, _valid_for, _renew_for = nil) = KeptRenewal.new(ttl_ms)
+      def auto_renew(_key, _token, ttl_ms, _valid_for, _renew_for = nil, **_semaphore) = KeptRenewal.new(ttl_ms)
       def renewer_stats = RENEWER_STATS
     end
 

@@ -151,8 +151,8 @@ RSpec.describe Locking::Semaphore do
       end
       expect { described_class.new("", limit: 1) }.to raise_error(ArgumentError, /semaphore key must not be empty/)
       expect { described_class.new("exports", limit: 1).acquire(0) }.to raise_error(ArgumentError, /got 0/)
-      expect { described_class.new("exports", limit: 1).acquire(10, auto_renew: true) }
-        .to raise_error(ArgumentError, "auto_renew is not yet supported for semaphores")
+      expect { described_class.new("exports", limit: 1).acquire(10, auto_renew: "yes") }
+        .to raise_error(ArgumentError, /auto_renew must be true, false or a positive number of seconds, got "yes"/)
       expect(redis.keys("*")).to be_empty
     end
   end

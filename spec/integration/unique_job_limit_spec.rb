@@ -145,14 +145,27 @@ RSpec.describe "unique_lock ..., limit: N" do
       expect { Locking.configure { |c| c.unique_job_defaults = { limit: 0 } } }.to raise_error(ArgumentError, /got 0/)
     end
 
-    it "refuses auto_renew: with a limit, and turns the runtime strategies' default renewal off" do
-      expect { declare(:until_executed, limit: 2, auto_renew: true) }
-        .to raise_error(ArgumentError, /auto_renew: true is not yet supported with limit: 2/)
-      expect { declare(:while_executing, limit: 3, auto_renew: 60) }.to raise_error(ArgumentError, /limit: 3/)
-      expect(LimitedJobs::WhileExecuting.locking_options).to include(auto_renew: false, limit: 2)
-      expect(LimitedJobs::UntilAndWhile.locking_options[:auto_renew]).to be(false)
-      Locking.configure { |c| c.unique_job_defaults = { auto_renew: true } } # a default that does not apply
+    it "renews places with auto_renew: while perform runs past the TTL, as the runtime strategies do by default" do
+      expect(LimitedJobs::WhileExecuting.locking_options).to include(auto_renew: true, limit: 2)
       expect(LimitedJobs::UntilExecuted.locking_options[:auto_renew]).to be(false)
+      %i[while_executing until_executed].each do |strategy|
+        klass = Class.new(LimitedJobs::Base) do
+          define_singleton_method(:name) { "LimitedJobs::Renewed" }
+          unique_lock strategy, ttl: 0.4, limit: 2, auto_renew: true
+          # Stays in perform for 4 renewals (the renewer's, about every 133 ms: past the 400 ms TTL).
+          define_method(:perform) do |*|
+            renewed = Locking.stats[:renewed]
+            deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+            sleep 0.01 until Locking.stats[:renewed] >= renewed + 4 || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+            LimitedJobs::PERFORMED << { places: LimitedJobs.members(lock_key), renewed: Locking.stats[:renewed] - renewed }
+          end
+        end
+        stub_const("LimitedJobs::Renewed", klass)
+        klass.perform_later(1)
+        perform_enqueued_jobs
+        expect(LimitedJobs::PERFORMED.last).to match(places: [be_a(String)], renewed: be >= 4)
+        expect(redis.keys("locking:*")).to eq([]) # freed when perform ended
+      end
     end
 
     it "keeps the lock for limit: 1 (the default): a string key, no limit in the job's data" do

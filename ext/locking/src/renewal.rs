@@ -1,4 +1,4 @@
-//! `Locking::Client::Renewal`: one auto-renewed lock (locking_core::operate::renew),
+//! `Locking::Client::Renewal`: one auto-renewed lock or semaphore place (locking_core::operate::renew),
 //! with what the holder believes of it; and the natives that start one and
 //! share the core's belief rules with Ruby (`Client.valid_for`,
 //! `Client.renewal_sent`, `Client.clock`).
@@ -44,9 +44,11 @@ impl RbRenewal {
 }
 
 /// `Client#_auto_renew`: starts renewing a lock this token holds
-/// (`acquire(seconds, auto_renew: true)`), believed held for `valid_for`
-/// more seconds (what the confirming command's send left), renewed for at
-/// most `renew_for` seconds (nil: until stopped).
+/// (`acquire(seconds, auto_renew: true)`), or its place in a semaphore of
+/// `limit` (nil: a lock), believed held for `valid_for` more seconds (what
+/// the confirming command's send left), renewed for at most `renew_for`
+/// seconds (nil: until stopped).
+#[allow(clippy::too_many_arguments)]
 fn auto_renew(
     ruby: &Ruby,
     rb_self: &RbClient,
@@ -55,7 +57,15 @@ fn auto_renew(
     ttl_ms: u64,
     valid_for: f64,
     renew_for: Option<f64>,
+    limit: Option<u64>,
 ) -> Result<RbRenewal, magnus::Error> {
+    let kind = match limit {
+        None => renew::Renewed::Lock,
+        Some(limit) => {
+            locking_core::protocol::semaphore::check_limit(limit).map_err(RubyError)?;
+            renew::Renewed::Place { limit }
+        }
+    };
     if ttl_ms == 0 || ttl_ms > locking_core::MAX_TTL_MS {
         return Err(RubyError(locking_core::Error::InvalidArgument(format!(
             "TTL of {ttl_ms} ms is out of range"
@@ -71,6 +81,7 @@ fn auto_renew(
             key: &bytes(key),
             token: &bytes(token),
             ttl_ms,
+            kind,
             valid_until_us,
             renew_for: renew_for.map(seconds),
         },
@@ -104,7 +115,7 @@ pub fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
         .class_object()
         .const_get::<_, magnus::RClass>("Locking")?
         .const_get::<_, magnus::RClass>("Client")?;
-    client.define_private_method("_auto_renew", method!(auto_renew, 5))?;
+    client.define_private_method("_auto_renew", method!(auto_renew, 6))?;
     client.define_singleton_method("valid_for", function!(valid_for, 1))?;
     client.define_singleton_method("clock", function!(clock, 0))?;
     client.define_singleton_method("renewal_sent", function!(renewal_sent, 3))?;

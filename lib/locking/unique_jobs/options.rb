@@ -49,7 +49,6 @@ class Locking
         check_combination(strategy, strategy_class, own, options)
         options[:auto_renew] = strategy_class.new.runtime_lock? if options[:auto_renew].nil?
         options[:auto_renew] = false unless strategy_class.new.held_through_perform?
-        options[:auto_renew] = false if options[:limit] > 1 # places are not renewed yet (asked for: refused above)
         options[:auto_renew] = options[:auto_renew].to_f if options[:auto_renew].is_a?(Numeric)
         options[:ttl] = options[:ttl].to_f unless options[:ttl].respond_to?(:call)
         options.merge(strategy: strategy, strategy_class: strategy_class.new).freeze
@@ -126,11 +125,6 @@ class Locking
         if own[:auto_renew] && !strategy_class.new.held_through_perform?
           raise ArgumentError, "auto_renew: #{own[:auto_renew].inspect} is not for #{strategy.inspect} " \
                                "(its lock does not live through perform)"
-        end
-        if own[:auto_renew] && options[:limit] > 1
-          raise ArgumentError, "auto_renew: #{own[:auto_renew].inspect} is not yet supported with " \
-                               "limit: #{options[:limit]} (a semaphore's places are not renewed yet): " \
-                               "give a ttl: that covers the run"
         end
         return unless own[:wait]&.positive? && !strategy_class.new.runtime_lock?
 

@@ -23,11 +23,6 @@ class Locking
         seconds = @renew_to.call
         renew(seconds) ? seconds : nil
       end
-
-      # Places are never auto-renewed (unique_lock refuses auto_renew: with a
-      # limit): nothing to stop, and lost only when a #renew said so.
-      def stop_renewing = nil
-      def lost?(**) = super()
     end
   end
 end

@@ -32,7 +32,7 @@ mod fake;
 
 use crate::client::{Client, ClientConfig, Route};
 use crate::operate::operator::Operator;
-use crate::operate::renew::{renew_batch, Slots};
+use crate::operate::renew::{renew_batch, Renewed, Slots};
 use crate::protocol::phase::Phase;
 use crate::protocol::BackfillOutcome;
 use crate::topology::node::EvictionCheck;
@@ -75,9 +75,9 @@ fn run_schedule(client: &Client, slots: &mut Slots, seed: u64) -> Vec<String> {
         .map(|i| format!("k{seed}:{i}").into_bytes())
         .collect();
     // Renewal batches: one pipeline per node, sent to all before any is read.
-    let items: Vec<(&[u8], &[u8], u64)> = keys
+    let items: Vec<(&[u8], &[u8], u64, Renewed)> = keys
         .iter()
-        .map(|key| (key.as_slice(), b"token".as_slice(), 5_000))
+        .map(|key| (key.as_slice(), b"token".as_slice(), 5_000, Renewed::Lock))
         .collect();
     for (key, result) in keys.iter().zip(renew_batch(client, slots, &items)) {
         let expected = held(&[b"t:".as_slice(), key].concat());

@@ -1,4 +1,4 @@
-//! The watchdog: locks taken with `auto_renew` are renewed by one native
+//! The watchdog: locks (and semaphore places) taken with `auto_renew` are renewed by one native
 //! thread per process and client, at an interval chosen from their TTL and
 //! the timeout (`belief::renew_interval_ms`), for as long as their holder
 //! has not released them (or for at most the time it asked for). The thread never needs Ruby's GVL,
@@ -21,7 +21,9 @@
 //!   the deadline lasts.
 //! - Renewals touch only the servers the phase decides on: a copy on the
 //!   server the phase does not use expires with its TTL, and a hung server
-//!   there never delays the ones that matter.
+//!   there never delays the ones that matter. A semaphore place is renewed
+//!   by the semaphore's own renew (`protocol::SemaphoreRenew`), the one
+//!   `Semaphore#renew` runs: the same table, explored with its gates.
 //! - A `Renewal` dropped without `stop` (its `Locking` object was garbage
 //!   collected) is renewed no more: the lock expires within its TTL, and a
 //!   warning names the key.
@@ -34,7 +36,7 @@
 use crate::client::{Client, Held as Connections, Lease};
 use crate::error::Result;
 use crate::protocol::belief;
-use crate::protocol::{self, Target};
+use crate::protocol::{self, Operation, Reply, SemaphoreRenew, Step, Target};
 use crate::wire::connection::Interrupt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
@@ -49,14 +51,37 @@ pub struct Slots {
     destination: Connections,
 }
 
-/// Renews `items` (key, token, TTL in ms) in one batch, on the renewer's
-/// own connections: each renew runs as the protocol says for the phase
-/// (read and heartbeated as by any operation), their commands pipelined
-/// per server. One result per item.
+/// What a renewal keeps: a lock, or a semaphore's place among `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    Lock,
+    Place { limit: u64 },
+}
+
+/// One renew of a batch: the lock's or the semaphore's state machine.
+enum Renewing {
+    Lock(protocol::Renew),
+    Place(SemaphoreRenew),
+}
+
+impl Operation for Renewing {
+    type Output = bool;
+    fn step(&mut self, replies: Vec<Result<Reply>>) -> Step<bool> {
+        match self {
+            Renewing::Lock(op) => op.step(replies),
+            Renewing::Place(op) => op.step(replies),
+        }
+    }
+}
+
+/// Renews `items` (key, token, TTL in ms, what it is) in one batch, on the
+/// renewer's own connections: each renew runs as the protocol says for the
+/// phase (read and heartbeated as by any operation), their commands
+/// pipelined per server. One result per item.
 pub fn renew_batch(
     client: &Client,
     slots: &mut Slots,
-    items: &[(&[u8], &[u8], u64)],
+    items: &[(&[u8], &[u8], u64, Renewed)],
 ) -> Vec<Result<bool>> {
     let mut lease = Lease::new(
         client,
@@ -69,11 +94,18 @@ pub fn renew_batch(
         Ok(phase) => {
             let mut keys = Vec::with_capacity(items.len());
             let mut ops = Vec::with_capacity(items.len());
-            for (key, token, ttl_ms) in items {
+            for (key, token, ttl_ms, kind) in items {
                 keys.push(lease.full_key(key));
-                // Only the servers the phase decides on (see the top of this file).
-                let servers = client.servers().used_by(phase);
-                ops.push(protocol::Renew::new(phase, token, *ttl_ms, servers));
+                ops.push(match kind {
+                    Renewed::Lock => {
+                        // Only the servers the phase decides on (see the top of this file).
+                        let servers = client.servers().used_by(phase);
+                        Renewing::Lock(protocol::Renew::new(phase, token, *ttl_ms, servers))
+                    }
+                    Renewed::Place { limit } => {
+                        Renewing::Place(SemaphoreRenew::new(phase, token, *ttl_ms, *limit))
+                    }
+                });
             }
             let results = lease.run_batch(&keys, ops, &interrupt);
             // A renewal that min_replicas_acked does not confirm is not one.
@@ -205,6 +237,7 @@ struct Entry {
     key: Vec<u8>,
     token: Vec<u8>,
     ttl_ms: u64,
+    kind: Renewed,
     interval: Duration,
     due: Instant,
     /// No renewal is sent after this (`auto_renew: seconds`), in `belief` time.
@@ -329,8 +362,12 @@ impl Drop for Renewal {
         }
         let mut state = self.registry.lock();
         if let Some(entry) = state.entries.remove(&self.id) {
+            let what = match entry.kind {
+                Renewed::Lock => "lock",
+                Renewed::Place { .. } => "semaphore place",
+            };
             let warning = format!(
-                "the auto-renewed lock {:?} was garbage collected while held (no release, no ensure?): it is no \
+                "the auto-renewed {what} {:?} was garbage collected while held (no release, no ensure?): it is no \
                  longer renewed and expires within its TTL of {} ms",
                 String::from_utf8_lossy(&entry.key),
                 entry.ttl_ms
@@ -381,11 +418,12 @@ impl Registry {
     }
 }
 
-/// A lock to renew, as the holder knows it.
+/// A lock (or semaphore place) to renew, as the holder knows it.
 pub struct Held<'a> {
     pub key: &'a [u8],
     pub token: &'a [u8],
     pub ttl_ms: u64,
+    pub kind: Renewed,
     /// `belief::valid_until` of the acquire or renewal that confirmed it.
     pub valid_until_us: u64,
     /// Renew for at most this long, then let the TTL run out.
@@ -423,6 +461,7 @@ pub fn start(client: &Arc<Client>, renewals: &Renewals, held: Held<'_>) -> Renew
             key: held.key.to_vec(),
             token: held.token.to_vec(),
             ttl_ms: held.ttl_ms,
+            kind: held.kind,
             interval,
             due,
             renew_until_us: held
@@ -460,6 +499,7 @@ struct Due {
     key: Vec<u8>,
     token: Vec<u8>,
     ttl_ms: u64,
+    kind: Renewed,
     due: Instant,
 }
 
@@ -498,6 +538,7 @@ fn run(client: Weak<Client>, registry: Arc<Registry>) {
                                     key: entry.key.clone(),
                                     token: entry.token.clone(),
                                     ttl_ms: entry.ttl_ms,
+                                    kind: entry.kind,
                                     due: entry.due,
                                 });
                             }
@@ -522,9 +563,16 @@ fn run(client: Weak<Client>, registry: Arc<Registry>) {
         // Before anything is sent: the deadline the renewals confirm.
         let sent_us = belief::now_us();
         let cpu_before = thread_cpu_ns();
-        let items: Vec<(&[u8], &[u8], u64)> = batch
+        let items: Vec<(&[u8], &[u8], u64, Renewed)> = batch
             .iter()
-            .map(|due| (due.key.as_slice(), due.token.as_slice(), due.ttl_ms))
+            .map(|due| {
+                (
+                    due.key.as_slice(),
+                    due.token.as_slice(),
+                    due.ttl_ms,
+                    due.kind,
+                )
+            })
             .collect();
         let results = renew_batch(&client, &mut slots, &items);
         drop(client);
