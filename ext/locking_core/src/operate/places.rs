@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::operate::operator::Operator;
 use crate::protocol::{copy_one_sided, Target};
-use crate::wire::codec::{scripts, Value};
+use crate::wire::codec::{scripts, semaphore, Value};
 use crate::wire::connection::Interrupt;
 use crate::wire::pipeline::Request;
 use std::time::Instant;
@@ -48,16 +48,9 @@ impl Operator<'_> {
         replies
             .into_iter()
             .map(|reply| match reply {
-                Value::Array(pairs) => {
-                    let mut places = Vec::with_capacity(pairs.len() / 2);
-                    let mut pairs = pairs.into_iter();
-                    while let (Some(Value::BulkString(token)), Some(Value::Int(left))) =
-                        (pairs.next(), pairs.next())
-                    {
-                        places.push((token, left.max(0) as u64));
-                    }
-                    Ok(places)
-                }
+                Value::Array(pairs) => semaphore::places(&pairs).ok_or_else(|| {
+                    Error::Internal(format!("a malformed reply to the semaphore places script: {pairs:?}"))
+                }),
                 // A key that is a lock (the walk saw a sorted set, then it
                 // expired and a lock took the key): no places.
                 Value::ServerError(error) if error.to_string().contains("WRONGTYPE") => {

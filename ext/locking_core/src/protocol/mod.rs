@@ -22,6 +22,7 @@ mod release;
 mod renew;
 pub mod semaphore;
 mod semaphore_across;
+mod semaphore_backfill;
 pub mod store;
 
 pub use acquire::Acquire;
@@ -35,6 +36,7 @@ pub use semaphore::{
     MAX_SEMAPHORE_LIMIT,
 };
 pub use semaphore_across::SemaphoreRules;
+pub use semaphore_backfill::{PlaceCopyRule, PlacesCopied, SemaphoreBackfill};
 
 use crate::error::{Error, Result};
 use crate::protocol::phase::Phase;
@@ -91,6 +93,16 @@ pub enum Command {
     SemaphoreRenew { token: Vec<u8>, ttl_ms: u64 },
     /// Semaphore: how many places are live.
     SemaphoreHolders,
+    /// Semaphore backfill: the live places and each one's ms left (none
+    /// when the key holds no semaphore).
+    SemaphorePlaces,
+    /// Semaphore backfill: these places (token, ms left, from one read of
+    /// the source) written as `rule` says (`semaphore_copy.lua`). A key of
+    /// another type is left alone.
+    SemaphoreCopy {
+        places: Vec<(Vec<u8>, u64)>,
+        rule: PlaceCopyRule,
+    },
 }
 
 /// A string key's value and remaining TTL (`None`: no expiry).
@@ -167,6 +179,8 @@ pub enum Reply {
     Ttl(TokenTtl),
     Entry(Option<Entry>),
     Count(u64),
+    /// Live places: token and ms left.
+    Places(Vec<(Vec<u8>, u64)>),
 }
 
 pub enum Step<T> {

@@ -1,7 +1,7 @@
 //! The model of a semaphore on one server: its places, token -> expiry, as
 //! the `semaphore_*.lua` scripts keep them (each command atomic at a moment).
 
-use crate::protocol::{AcquireReply, Reply};
+use crate::protocol::{AcquireReply, PlaceCopyRule, Reply};
 use std::collections::BTreeMap;
 
 /// A semaphore's places on one server.
@@ -51,6 +51,41 @@ impl Places {
             }
             None => Reply::Flag(false),
         }
+    }
+
+    /// The backfill's read: each live place and what it has left.
+    pub fn read(&self, now: u64) -> Reply {
+        Reply::Places(
+            self.places
+                .iter()
+                .filter(|(_, expiry)| **expiry > now)
+                .map(|(token, expiry)| (token.clone(), expiry - now))
+                .collect(),
+        )
+    }
+
+    /// The backfill's write, as `semaphore_copy.lua` does it under `rule`.
+    pub fn copy(&mut self, places: &[(Vec<u8>, u64)], rule: PlaceCopyRule, now: u64) -> Reply {
+        self.drop_expired(now);
+        let covered = rule == PlaceCopyRule::Unchecked
+            || self
+                .places
+                .iter()
+                .filter(|(_, expiry)| **expiry > now)
+                .all(|(token, _)| places.iter().any(|(copied, _)| copied == token));
+        let mut written = 0;
+        for (token, left) in places {
+            let expiry = now + left;
+            let write = match self.places.get(token) {
+                Some(current) => rule == PlaceCopyRule::Set || *current < expiry,
+                None => covered,
+            };
+            if write {
+                self.places.insert(token.clone(), expiry);
+                written += 1;
+            }
+        }
+        Reply::Count(written)
     }
 
     pub fn holders(&self, now: u64) -> Reply {

@@ -16,8 +16,8 @@ use super::store::MemoryStore;
 use crate::error::Result;
 use crate::protocol::phase::Phase;
 use crate::protocol::{
-    self, Command, Operation, Place, Reply, SemaphoreAcquire, SemaphoreRelease, SemaphoreRenew,
-    SemaphoreRules, Step, Target,
+    self, Command, Operation, Place, PlaceCopyRule, Reply, SemaphoreAcquire, SemaphoreBackfill,
+    SemaphoreRelease, SemaphoreRenew, SemaphoreRules, Step, Target,
 };
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -28,6 +28,11 @@ pub enum SemaphoreAction {
     Acquire { ttl: u64 },
     Renew { ttl: u64 },
     Release,
+    /// The backfill of the semaphore (`protocol::SemaphoreBackfill`): the
+    /// source's live places copied onto the destination. A backfiller holds
+    /// nothing; give it its own client (its phase only orders it against
+    /// the gates: 1 runs it in phases 1 and 2).
+    Backfill,
 }
 
 /// One client (its own token): its actions, each in a phase.
@@ -55,6 +60,9 @@ pub struct SemaphoreScenario {
     /// token has no live source place), as the fleet moves back into phase 0
     /// only then. The forward gate does not apply (phase 0 comes last).
     pub rollback: bool,
+    /// How the backfill writes places on the destination (the product's:
+    /// `Raise`; `Set` and `Unchecked` are negative controls).
+    pub copy_rule: PlaceCopyRule,
 }
 
 impl SemaphoreScenario {
@@ -67,6 +75,7 @@ impl SemaphoreScenario {
             rules: SemaphoreRules::TwoServers,
             gate: true,
             rollback: false,
+            copy_rule: PlaceCopyRule::Raise,
         }
     }
 }
@@ -83,6 +92,7 @@ enum Running {
     Acquire(SemaphoreAcquire),
     Renew(SemaphoreRenew),
     Release(SemaphoreRelease),
+    Backfill(SemaphoreBackfill),
 }
 
 impl Running {
@@ -91,6 +101,10 @@ impl Running {
             Running::Acquire(op) => op.step(replies),
             Running::Renew(op) => op.step(replies),
             Running::Release(op) => op.step(replies),
+            Running::Backfill(op) => match op.step(replies) {
+                Step::Send(batch) => Step::Send(batch),
+                Step::Done(copied) => Step::Done(copied.map(|copied| copied.written > 0)),
+            },
         }
     }
 }
@@ -285,6 +299,9 @@ impl Search<'_> {
                         client.believed_until = None;
                         Running::Release(SemaphoreRelease::with_rules(phase, rules, &token))
                     }
+                    SemaphoreAction::Backfill => {
+                        Running::Backfill(SemaphoreBackfill::with_rule(self.scenario.copy_rule))
+                    }
                 };
                 let step = op.step(Vec::new());
                 client.running = Some(op);
@@ -416,6 +433,14 @@ pub(super) fn describe(command: &Command) -> String {
             format!("SEM REN({}, ttl {ttl_ms})", text(token))
         }
         Command::SemaphoreHolders => "SEM HOLDERS".into(),
+        Command::SemaphorePlaces => "SEM PLACES".into(),
+        Command::SemaphoreCopy { places, rule } => {
+            let places: Vec<String> = places
+                .iter()
+                .map(|(token, left)| format!("{}: {left}", text(token)))
+                .collect();
+            format!("SEM COPY({}; {})", places.join(", "), rule.name())
+        }
         other => format!("{other:?}"),
     }
 }

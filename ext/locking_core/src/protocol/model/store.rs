@@ -77,6 +77,11 @@ impl MemoryStore {
             Command::SemaphoreRelease { token } => self.places.release(token, now),
             Command::SemaphoreRenew { token, ttl_ms } => self.places.renew(token, *ttl_ms, now),
             Command::SemaphoreHolders => self.places.holders(now),
+            // Any other type at the key has no places, and is left alone.
+            Command::SemaphorePlaces if self.key.is_some() => Reply::Places(Vec::new()),
+            Command::SemaphorePlaces => self.places.read(now),
+            Command::SemaphoreCopy { .. } if self.key.is_some() => Reply::Flag(false),
+            Command::SemaphoreCopy { places, rule } => self.places.copy(places, *rule, now),
             Command::ReadWithTtl => Reply::Entry(self.key.as_ref().map(|stored| Entry {
                 value: stored.value.clone(),
                 ttl_ms: stored.expires_at.map(|at| at - now),

@@ -27,6 +27,12 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], command: &Command) -> bool {
             args.extend::<[Arg; 2]>([token.as_slice().into(), (*ttl_ms).into()])
         }
         Command::SemaphoreRelease { token } => args.push(token.as_slice().into()),
+        Command::SemaphoreCopy { places, rule } => {
+            args.push(rule.name().into());
+            for (token, ms_left) in places {
+                args.extend::<[Arg; 2]>([token.as_slice().into(), (*ms_left).into()]);
+            }
+        }
         _ => {}
     }
     write_command(out, &args);
@@ -40,12 +46,18 @@ pub fn script_of(command: &Command) -> Option<&'static Script> {
         Command::SemaphoreRelease { .. } => Some(&scripts::SEMAPHORE_RELEASE),
         Command::SemaphoreRenew { .. } => Some(&scripts::SEMAPHORE_RENEW),
         Command::SemaphoreHolders => Some(&scripts::SEMAPHORE_HOLDERS),
+        Command::SemaphorePlaces => Some(&scripts::SEMAPHORE_PLACES),
+        Command::SemaphoreCopy { .. } => Some(&scripts::SEMAPHORE_COPY),
         _ => None,
     }
 }
 
-/// Reads a semaphore command's reply (an integer from each script).
+/// Reads a semaphore command's reply (an integer from each script, and
+/// token, ms left, ... from the places' read).
 pub fn decode(command: &Command, value: &Value) -> Option<Reply> {
+    if let (Command::SemaphorePlaces, Value::Array(items)) = (command, value) {
+        return places(items).map(Reply::Places);
+    }
     let Value::Int(n) = value else {
         return None;
     };
@@ -60,8 +72,24 @@ pub fn decode(command: &Command, value: &Value) -> Option<Reply> {
             Some(Reply::Flag(*n > 0))
         }
         Command::SemaphoreHolders => u64::try_from(*n).ok().map(Reply::Count),
+        Command::SemaphoreCopy { .. } if *n == -1 => Some(Reply::Flag(false)),
+        Command::SemaphoreCopy { .. } => u64::try_from(*n).ok().map(Reply::Count),
         _ => None,
     }
+}
+
+/// token, ms left, token, ms left, ... as pairs; `None` if malformed.
+pub fn places(items: &[Value]) -> Option<Vec<(Vec<u8>, u64)>> {
+    if items.len() % 2 != 0 {
+        return None;
+    }
+    items
+        .chunks(2)
+        .map(|pair| match pair {
+            [Value::BulkString(token), Value::Int(ms)] => Some((token.clone(), u64::try_from(*ms).ok()?)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A semaphore command's name in messages.
@@ -71,6 +99,8 @@ pub fn name(command: &Command) -> Option<&'static str> {
         Command::SemaphoreRelease { .. } => Some("semaphore release"),
         Command::SemaphoreRenew { .. } => Some("semaphore renew"),
         Command::SemaphoreHolders => Some("semaphore holders"),
+        Command::SemaphorePlaces => Some("semaphore places"),
+        Command::SemaphoreCopy { .. } => Some("semaphore copy"),
         _ => None,
     }
 }

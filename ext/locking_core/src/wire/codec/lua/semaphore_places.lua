@@ -1,6 +1,10 @@
 -- The live places (expiry > now, the server's clock) of the semaphore
 -- KEYS[1], as token, ms left, token, ms left, ...: what the gates compare
--- across servers. Reads only.
+-- across servers, and what a backfill copies. Reads only; any other type at
+-- the key (a lock, or none) has no places.
+if redis.call("TYPE", KEYS[1])["ok"] ~= "zset" then
+  return {}
+end
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local places = redis.call("ZRANGEBYSCORE", KEYS[1], "(" .. string.format("%.0f", now), "+inf", "WITHSCORES")
