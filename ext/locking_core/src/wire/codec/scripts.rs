@@ -67,6 +67,9 @@ scripts! {
     SEMAPHORE_PLACES = "semaphore_places";
     /// A lock's value and what it has left (or the key's type), for the gates.
     LOCK_COPY = "lock_copy";
+    /// The operator tools: a semaphore's live places, or the unlock that
+    /// deletes only a lock or a semaphore.
+    OPERATOR_KEY = "operator_key";
 }
 
 #[cfg(test)]
@@ -74,7 +77,7 @@ mod tests {
     #[test]
     fn every_script_carries_the_sha_redis_computes() {
         let scripts = super::all();
-        assert_eq!(scripts.len(), 14);
+        assert_eq!(scripts.len(), 15);
         for script in scripts {
             assert_eq!(
                 redis::Script::new(script.source).get_hash(),
