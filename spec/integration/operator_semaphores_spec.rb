@@ -38,7 +38,10 @@ RSpec.describe "The operator tools and semaphores" do
     configure_both(:dual)
   end
 
-  after { Locking.reset_configuration! }
+  after do
+    Locking::Web.read_only = false
+    Locking.reset_configuration!
+  end
 
   describe "locking status" do
     it "counts semaphore keys and their live places per server, beside the lock numbers, in text and --json" do
@@ -157,6 +160,14 @@ RSpec.describe "The operator tools and semaphores" do
       expect(row).to match(%r{tok-a</code>: (59|60)(\.\d)? s}).and match(%r{tok-b</code>: (9|10) min})
       expect(body).not_to include("<code>board</code>", "<code>secs</code>", "<code>later</code>", "<code>hash</code>")
       expect(body).to include("<code>job:1</code>") # the locks' list is still there
+
+      Locking::Web.read_only = true
+      get "/locks", server: "source"
+      expect(last_response.body[%r{<tr><td><code>exports</code></td>.*?</tr>}m]).to include("<code>tok-a</code>")
+      expect(last_response.body).not_to include("Unlock", "unlock")
+      post "/locks/unlock", key: "exports", csrf: "anything", confirm: "yes"
+      expect(last_response.status).to eq(403)
+      expect(source.zcard("locking:exports")).to eq(2)
     end
 
     it "unlocks a semaphore (every place) through a confirmation, audits it, and leaves other data" do
@@ -188,7 +199,7 @@ RSpec.describe "The operator tools and semaphores" do
       source.zadd("locking:Import:board", 1, "a")
       token = csrf
       post "/locks/unlock", pattern: "Import:*", csrf: token
-      expect(last_response.body).to include("1 lock(s) and 1 semaphore(s) matching Import:*", "<code>Import:limit</code>")
+      expect(last_response.body).to include("Unlock 1 lock(s) matching Import:* (and 1 semaphore(s))?", "<code>Import:limit</code>")
       post "/locks/unlock", pattern: "Import:*", csrf: token, confirm: "yes"
       expect(source.keys("locking:*")).to contain_exactly("locking:Keep:limit", "locking:Import:board")
       expect(destination.keys("locking:*")).to eq(["locking:Keep:limit"])
