@@ -81,6 +81,15 @@ class Locking
       _lock_page(server_index(server), Integer(cursor), glob.to_s, Integer(count))
     end
 
+    # One SCAN page of the semaphores on :source or :destination whose key
+    # (after the prefix) matches `glob`, as #lock_page; sorted sets that are
+    # not semaphores (no TTL, scores that are no times in ms) are left out.
+    # @return [Array(Integer, Array<Array(String, Array<Array(String, Integer)>)>)]
+    #   next cursor (0: done), [key, [[token, ms left], ...] (the live places)]
+    def semaphore_page(server, cursor, glob, count)
+      _semaphore_page(server_index(server), Integer(cursor), glob.to_s, Integer(count))
+    end
+
     # How far along a walk of :source or :destination a cursor is (0.0 to
     # 1.0, which a cursor of 0 is): for a cluster, master by master.
     def walk_fraction(server, cursor)
@@ -136,8 +145,9 @@ class Locking
     # SCAN pages per backfill batch by default (measured: 16 beat 4; 64 no better).
     BACKFILL_PAGES = 16
 
-    # Lock keys on :source or :destination, counted with SCAN, and their TTLs.
-    # @return [Hash] :keys, :without_ttl, :max_ttl_ms, :p99_ttl_ms
+    # Lock keys on :source or :destination, counted with SCAN, and their TTLs;
+    # semaphore keys there and their live places.
+    # @return [Hash] :keys, :without_ttl, :max_ttl_ms, :p99_ttl_ms (lock keys), :semaphores, :places
     def key_stats(server)
       walk(0, server_index(server), 0)
     end
@@ -286,6 +296,17 @@ class Locking
     # @return [Integer] keys deleted
     def force_delete(key)
       _force_delete(key)
+    end
+
+    # The operator's unlock (locking unlock, the dashboard): deletes `key` on
+    # every configured server where it is a lock or a semaphore (all its
+    # places), whoever holds it; any other data at the key stays.
+    # @return [Hash] :locks and :semaphores, the keys of each deleted
+    def unlock_key(key)
+      raise ArgumentError, "the key to unlock must be a String, got #{key.inspect}" unless key.is_a?(String)
+
+      locks, semaphores = _unlock_key(key)
+      { locks: locks, semaphores: semaphores }
     end
 
     # Deletes every lock whose key starts with `key_start`, walking with SCAN.

@@ -8,9 +8,13 @@ class Locking
     #
     #   Locking.lock_info("ImportJob:42") # => { token: "…", ttl: 3599.2 } or nil
     #
+    # A semaphore has many holders, not one token: asked about a semaphore's
+    # key, lock_info raises ArgumentError (see Locking.semaphore_info).
+    #
     # @param key [String] the lock's key, without key_prefix
     # @return [Hash, nil] { token:, ttl: } (ttl in seconds, a Float;
     #   Float::INFINITY without expiry), nil when nobody holds it
+    # @raise [ArgumentError] when the key is a semaphore's
     def lock_info(key)
       raise ArgumentError, "lock_info needs a key (a non-empty String), got #{key.inspect}" unless key.is_a?(String) && !key.empty?
 
@@ -18,7 +22,35 @@ class Locking
         found = find_lock(server, key)
         return lock_info_of(found) if found
       end
+      if lock_servers.any? { |server| find_semaphore(server, key) }
+        raise ArgumentError, "#{key.inspect} is a semaphore's key, not a lock's: a semaphore has many holders; ask " \
+                             "Locking::Semaphore#holders (how many places are taken) or Locking.semaphore_info(key) " \
+                             "(each place's token and time left)"
+      end
       nil
+    end
+
+    # The live places of a semaphore, on the server whose places count in
+    # this phase (as Locking::Semaphore#holders: the source in phases 0 and 1,
+    # the destination in 2 and 3).
+    #
+    #   Locking.semaphore_info("exports") # => { places: [{ token: "…", ttl: 41.5 }, ...] } or nil
+    #
+    # @param key [String] the semaphore's key, without key_prefix
+    # @return [Hash, nil] { places: [{ token:, ttl: }, ...] } (ttl in seconds,
+    #   a Float, by the server's clock; places may be empty once all expired
+    #   and the key not yet), nil when there is no semaphore at the key
+    # @raise [ArgumentError] when the key is a lock's
+    def semaphore_info(key)
+      raise ArgumentError, "semaphore_info needs a key (a non-empty String), got #{key.inspect}" unless key.is_a?(String) && !key.empty?
+
+      server = lock_servers.first or return nil
+      places = find_semaphore(server, key)
+      if places.nil? && find_lock(server, key)
+        raise ArgumentError, "#{key.inspect} is a lock's key, not a semaphore's: ask Locking.lock_info(key)"
+      end
+
+      places && { places: places.map { |(token, left)| { token: token, ttl: left / 1000.0 } } }
     end
 
     # Every lock whose key (without key_prefix) matches a Redis glob, a SCAN
@@ -81,6 +113,22 @@ class Locking
         cursor, page = client.lock_page(server, cursor, glob, 1000)
         found = page.find { |(name, _token, _pttl)| name == key }
         return found if found
+        return nil if cursor.zero?
+      end
+    end
+
+    # The live places [[token, ms left], ...] of the semaphore at `key` on a server, or nil when it has none there.
+    def find_semaphore(server, key)
+      unless client.respond_to?(:semaphore_page)
+        raise Error, "semaphores are not yet supported by Locking::Testing's memory mode"
+      end
+
+      glob = key.gsub(/[*?\[\]\\]/) { |char| "\\#{char}" }
+      cursor = 0
+      loop do
+        cursor, page = client.semaphore_page(server, cursor, glob, 1000)
+        found = page.find { |(name, _places)| name == key }
+        return found.last if found
         return nil if cursor.zero?
       end
     end

@@ -19,12 +19,14 @@ class Locking
   # or run it alone: `locking web --port 9292`, or a config.ru with
   # `run Locking::Web.app` (Locking::Web.app adds a session cookie).
   #
-  # Pages: GET / (the phase, the fleet, lock counts and TTLs per server, the
-  # gate, the backfill), GET /locks?q=GLOB (SCAN-paged). Actions, each a POST
-  # with the session's CSRF token and a confirmation step: POST /locks/unlock
-  # (key=..., or pattern=...), POST /phase (advance, or set to=N) with the
-  # CLI's rules (the same code runs). A GET never changes anything;
-  # Locking::Web.read_only = true hides and refuses every action.
+  # Pages: GET / (the phase, the fleet, lock and semaphore counts and lock
+  # TTLs per server, the gate, the backfill), GET /locks?q=GLOB (locks, and
+  # semaphores with each live place, SCAN-paged). Actions, each a POST with
+  # the session's CSRF token and a confirmation step: POST /locks/unlock
+  # (key=..., or pattern=...: locks, and semaphores with all their places;
+  # audited), POST /phase (advance, or set to=N) with the CLI's rules (the
+  # same code runs). A GET never changes anything; Locking::Web.read_only =
+  # true hides and refuses every action.
   class Web
     VIEWS = File.expand_path("web", __dir__)
     CSRF_KEY = "locking.csrf"
@@ -216,19 +218,29 @@ class Locking
                when "source" then config.source ? :source : :destination
                else server_of_phase
                end
-      cursor = Integer(request.params["cursor"] || "0", 10)
-      found = []
-      # SCAN pages until a screenful matched, the scan ended, or enough pages were read.
-      SCAN_PAGES.times do
-        cursor, page = tool.lock_page(server, cursor, glob, PAGE)
-        found.concat(page)
-        break if cursor.zero? || found.size >= PAGE
-      end
+      at = Integer(request.params["cursor"] || "0", 10)
+      semaphores_at = Integer(request.params["scursor"] || "0", 10)
+      cursor, found = screenful(:lock_page, server, at, glob)
+      semaphores_cursor, semaphores = screenful(:semaphore_page, server, semaphores_at, glob)
       other = other_server(server)
-      { glob: glob, server: server, cursor: cursor, other: other,
-        locks: found.map { |(key, token, pttl)| { key: key, token: token, pttl: pttl, also: also_on(other, key, token) } } }
+      { glob: glob, server: server, cursor: cursor, other: other, at: at, semaphores_at: semaphores_at,
+        semaphores_cursor: semaphores_cursor,
+        locks: found.map { |(key, token, pttl)| { key: key, token: token, pttl: pttl, also: also_on(other, key, token) } },
+        semaphores: semaphores.map { |(key, places)| { key: key, places: places, also: semaphore_on(other, key) } } }
     rescue ArgumentError
       text(400, "bad cursor")
+    end
+
+    # SCAN pages (of `page`: lock_page or semaphore_page) until a screenful matched, the scan ended, or enough
+    # pages were read: [the next cursor, what matched].
+    def screenful(page, server, cursor, glob)
+      found = []
+      SCAN_PAGES.times do
+        cursor, entries = tool.public_send(page, server, cursor, glob, PAGE)
+        found.concat(entries)
+        break if cursor.zero? || found.size >= PAGE
+      end
+      [cursor, found]
     end
 
     def other_server(server)
@@ -243,6 +255,25 @@ class Locking
 
       ttl = tool(other == :source ? :source : :destination).ttl_ms(key, token)
       ttl.nil? ? nil : other
+    end
+
+    # Whether the other server holds the semaphore too: "both".
+    def semaphore_on(other, key)
+      return nil unless other
+
+      semaphore_places(other, key) ? other : nil
+    end
+
+    # The live places ([[token, ms left], ...]) of the semaphore at `key` on a server; nil when it holds none there.
+    def semaphore_places(server, key)
+      glob = key.gsub(/[*?\[\]\\]/) { |char| "\\#{char}" } # the key alone: a plain one is looked up, not walked
+      cursor = 0
+      loop do
+        cursor, found = tool.semaphore_page(server, cursor, glob, 1000)
+        hit = found.find { |(name, _)| name == key }
+        return hit.last if hit
+        return nil if cursor.zero?
+      end
     end
 
     # ------------------------------------------------------------ actions
@@ -267,29 +298,67 @@ class Locking
 
       unless request.params["confirm"] == "yes"
         matches = key.empty? ? matching(pattern) : [key]
-        return page(200, "confirm", what: :unlock, key: key, pattern: pattern, matches: matches.first(50), count: matches.size)
+        semaphores = key.empty? ? matching_semaphores(pattern) : semaphore_at(key)
+        return page(200, "confirm", what: :unlock, key: key, pattern: pattern, matches: matches.first(50), count: matches.size,
+                                    semaphores: semaphores.first(50), semaphore_count: semaphores.size)
       end
 
-      deleted = (key.empty? ? matching(pattern) : [key]).sum { |one| Locking.client.force_delete(one) }
+      keys = key.empty? ? (matching(pattern) + matching(pattern, :semaphore_page).map(&:first)).uniq : [key]
+      unlocked = keys.map { |one| tool.unlock_key(one) }
+      locks = unlocked.sum { |one| one[:locks] }
+      semaphores = unlocked.sum { |one| one[:semaphores] }
       self.class.forget_counts
-      page(200, "done", message: "unlocked #{deleted} lock key(s) #{key.empty? ? "matching #{pattern}" : key}",
+      audit(key, pattern, locks, semaphores)
+      page(200, "done", message: "unlocked #{locks} lock key(s) and #{semaphores} semaphore key(s) (each with all its places) " \
+                                 "#{key.empty? ? "matching #{pattern}" : key}",
                         back: "locks?q=#{Rack::Utils.escape(key.empty? ? pattern : key)}")
     end
 
-    # The keys (without the prefix) matching `pattern` on every configured server, at most MAX_BULK_UNLOCK.
-    def matching(pattern)
-      keys = []
-      %i[source destination].each do |server|
-        next unless Locking.configuration.public_send(server)
-
+    # The keys (without the prefix) of the locks matching `pattern` on every configured server, at most
+    # MAX_BULK_UNLOCK; with page = :semaphore_page, the semaphores', as [key, places] (on the first server).
+    def matching(pattern, page = :lock_page)
+      found = []
+      configured_servers.each do |server|
         cursor = 0
         loop do
-          cursor, found = tool.lock_page(server, cursor, pattern, 1000)
-          keys.concat(found.map(&:first))
-          break if cursor.zero? || keys.size >= MAX_BULK_UNLOCK
+          cursor, entries = tool.public_send(page, server, cursor, pattern, 1000)
+          found.concat(page == :lock_page ? entries.map(&:first) : entries)
+          break if cursor.zero? || found.size >= MAX_BULK_UNLOCK
         end
       end
-      keys.uniq.first(MAX_BULK_UNLOCK)
+      (page == :lock_page ? found.uniq : found.uniq(&:first)).first(MAX_BULK_UNLOCK)
+    end
+
+    def matching_semaphores(pattern) = matching(pattern, :semaphore_page)
+
+    # [[key, places]] when `key` is a semaphore on a configured server (its places on the first), else [].
+    def semaphore_at(key)
+      configured_servers.each do |server|
+        places = semaphore_places(server, key)
+        return [[key, places]] if places
+      end
+      []
+    end
+
+    def configured_servers = %i[source destination].select { |server| Locking.configuration.public_send(server) }
+
+    # Records an unlock in the audit log on the destination, as `locking unlock` does (none without a destination).
+    def audit(key, pattern, locks, semaphores)
+      return unless Locking.configuration.destination
+
+      who = request.env["REMOTE_USER"].to_s.then { |user| user.empty? ? "dashboard" : user }
+      tool.audit({ event: "unlock", outcome: "done", via: "dashboard", key: (json_text(key) unless key.empty?),
+                   glob: (json_text(pattern) unless pattern.empty?), totals: { "deleted" => locks, "semaphores_deleted" => semaphores },
+                   at: Time.now.utc.iso8601, by: "#{who} (#{request.ip})@#{Socket.gethostname}",
+                   prefix: Locking.configuration.key_prefix.inspect })
+    rescue Locking::Error, JSON::GeneratorError => e
+      warn "locking: could not write the audit log: #{e.message}"
+    end
+
+    # A String as JSON can hold it (see CLI#json_text).
+    def json_text(text)
+      utf8 = text.to_s.dup.force_encoding(Encoding::UTF_8)
+      utf8.valid_encoding? ? utf8 : text.inspect
     end
 
     def change_phase

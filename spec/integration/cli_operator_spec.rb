@@ -233,7 +233,8 @@ RSpec.describe "exe/locking for operators" do
       expect(out).to include("2 lock key(s) deleted")
       expect(source.exists("locking:job:1") + destination.exists("locking:job:1")).to eq(0)
       expect(source.get("locking:job:2")).to eq("t2")
-      expect(audit_entries.first).to include("event" => "unlock", "key" => "job:1", "totals" => { "deleted" => 2 })
+      expect(audit_entries.first).to include("event" => "unlock", "key" => "job:1",
+                                             "totals" => { "deleted" => 2, "semaphores_deleted" => 0 })
 
       _, out, = locking_cli("unlock", "odd*key", "--dry-run") # a key, not a pattern
       expect(out).to include("1 lock(s)")

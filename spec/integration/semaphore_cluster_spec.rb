@@ -52,4 +52,22 @@ RSpec.describe "Locking::Semaphore on a Redis Cluster" do
     status, out, = locking_cli("gate", "--json", destination: cluster.url)
     expect([status, JSON.parse(out)["open"]]).to eq([0, true])
   end
+
+  it "is counted by status, listed and unlocked by locking unlock on every master, other sorted sets left" do
+    configure_both(:destination, source: nil, destination: cluster.settings)
+    names = Array.new(12) { |i| "ops:#{i}" }
+    names.each { |name| 2.times { |t| Locking::Semaphore.new(name, limit: 2, token: "t#{t}").acquire(30) } }
+    expect(cluster.keys_by_master("locking:ops:*").values).to all(satisfy { |keys| !keys.empty? })
+    board = prefixed("ops:board")
+    cluster.node_for(board).redis.zadd(board, 1, "a") # a sorted set, no semaphore
+
+    status, out, = locking_cli("status", "--json", destination: cluster.url)
+    expect(status).to eq(0), out
+    expect(JSON.parse(out)["servers"]["destination"]).to include("semaphores" => 12, "places" => 24)
+
+    status, out, = locking_cli("unlock", "--glob", "ops:*", "--json", destination: cluster.url)
+    expect(status).to eq(0), out
+    expect(JSON.parse(out)).to include("semaphores_matched" => 12, "semaphores_deleted" => 12, "deleted" => 0)
+    expect(cluster.keys_by_master("locking:ops:*").values.flatten).to eq([board])
+  end
 end

@@ -6,9 +6,10 @@ use crate::error::{panic_error, RubyError};
 use crate::nogvl::{without_gvl, Outcome};
 use crate::rules;
 use crate::walk::{RbWalk, Walk};
-use locking_core::operate::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::operate::bulk::OneSidedWalk;
 use locking_core::operate::control::LeaseStep;
 use locking_core::operate::renew::Renewals;
+use locking_core::operate::stats::KeyStatsWalk;
 use locking_core::protocol::Target;
 use locking_core::{
     Client, ClientConfig, DynamicPhase, EvictionCheck, Interrupt, Lease, Operator, Phase, TokenTtl,
@@ -101,7 +102,7 @@ impl RbClient {
     }
 
     /// The same for an operator command (bulk walks, backfill, control).
-    fn with_operator<T>(
+    pub(crate) fn with_operator<T>(
         &self,
         ruby: &Ruby,
         operation: impl FnOnce(&mut Operator<'_>, &Interrupt) -> locking_core::Result<T>,
@@ -275,7 +276,8 @@ impl RbClient {
         result
     }
 
-    /// Ends a walk. Key stats: {keys:, without_ttl:, max_ttl_ms:, p99_ttl_ms:};
+    /// Ends a walk. Key stats: {keys:, without_ttl:, max_ttl_ms:, p99_ttl_ms:,
+    /// semaphores:, places:};
     /// one-sided: [count, scanned, example keys, counted without re-check,
     /// semaphore places among the count].
     fn walk_finish(
@@ -294,6 +296,8 @@ impl RbClient {
                         ("without_ttl", stats.without_ttl),
                         ("max_ttl_ms", stats.max_ttl_ms),
                         ("p99_ttl_ms", stats.p99_ttl_ms),
+                        ("semaphores", stats.semaphores),
+                        ("places", stats.places),
                     ],
                 )?;
                 Ok(hash.as_value())
@@ -698,7 +702,7 @@ fn counts(ruby: &Ruby, pairs: &[(&str, u64)]) -> Result<RHash, magnus::Error> {
     Ok(hash)
 }
 
-fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error> {
+pub(crate) fn target_of(index: u8) -> Result<locking_core::protocol::Target, magnus::Error> {
     use locking_core::protocol::Target;
     match index {
         0 => Ok(Target::Source),

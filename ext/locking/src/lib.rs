@@ -5,6 +5,7 @@ mod client;
 mod error;
 mod memory;
 mod nogvl;
+mod operate_places;
 mod renewal;
 mod rules;
 mod semaphore;
@@ -18,5 +19,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     renewal::init(ruby)?;
     walk::init(ruby)?;
     semaphore::init(ruby)?;
+    operate_places::init(ruby)?;
     memory::init(ruby)
 }

@@ -2,7 +2,8 @@
 //! few SCAN pages at a time (`Client#key_stats`, `#source_only`), so that
 //! Ctrl-C lands between steps and memory stays bounded. Opaque to Ruby.
 
-use locking_core::operate::bulk::{KeyStatsWalk, OneSidedWalk};
+use locking_core::operate::bulk::OneSidedWalk;
+use locking_core::operate::stats::KeyStatsWalk;
 use magnus::{prelude::*, Error, Ruby};
 use std::sync::Mutex;
 

@@ -31,14 +31,22 @@ class Locking
                "backfill #{entry['outcome']}: #{number(entry.dig('totals', 'scanned'))} scanned, " \
                "#{number(entry.dig('totals', 'copied'))} copied, #{number(entry.dig('totals', 'failed'))} failed"
              when "backfill-lease" then "backfill lease of #{entry['holder']} #{entry['outcome']} (#{entry['why']})"
-             when "unlock"
-               "unlock #{entry['key'] ? entry['key'].inspect : "--glob #{entry['glob'].inspect}"}: " \
-               "#{number(entry.dig('totals', 'deleted'))} key(s) deleted"
+             when "unlock" then describe_unlock(entry)
              else
                "#{entry['event']} #{entry['outcome']}: " \
                "#{(entry['totals'] || {}).map { |k, v| "#{number(v)} #{k}" }.join(', ')}"
              end
       "#{entry['at']} #{entry['by']}: #{what}"
+    end
+
+    # An unlock's entry (from locking unlock, or the dashboard's: via "dashboard"); entries written before
+    # semaphores were counted have no "semaphores_deleted".
+    def describe_unlock(entry)
+      what = entry["key"] ? entry["key"].inspect : "--glob #{entry['glob'].inspect}"
+      what += " (#{entry['via']})" if entry["via"]
+      semaphores = entry.dig("totals", "semaphores_deleted")
+      deleted = semaphores ? "lock key(s) and #{number(semaphores)} semaphore key(s)" : "key(s)"
+      "unlock #{what}: #{number(entry.dig('totals', 'deleted'))} #{deleted} deleted"
     end
   end
 end

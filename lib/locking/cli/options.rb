@@ -7,8 +7,9 @@ class Locking
       usage: locking COMMAND [options]
 
       Commands:
-        status              lock keys on each server (counted with SCAN), their TTLs, the phase, the fleet,
-                            the backfill's lease (its holder alive or dead) and the audit log
+        status              lock keys on each server (counted with SCAN), their TTLs, semaphore keys and
+                            their live places, the phase, the fleet, the backfill's lease (its holder
+                            alive or dead) and the audit log
         backfill            copy every source-only lock onto the destination (phases 0 and 1 only);
                             --break-lease: take over a lease whose holder cannot be told running (audited)
         gate                exit 0 when moving to phase 2 is safe, 1 (with the reasons) when not;
@@ -20,8 +21,10 @@ class Locking
                             only to an adjacent phase, once every process has caught up (--init: the first one)
         phase advance       move the fleet to the next phase once every process has caught up;
                             --check: the verdict only; --wait-fleet SECONDS: then wait for the fleet to follow
-        unlock KEY          delete one lock (the key after the prefix) on every server, whoever holds it;
-        unlock --glob PAT   or every lock whose key matches a Redis glob; --dry-run lists them (audited)
+        unlock KEY          delete one lock or semaphore (all its places; the key after the prefix) on
+                            every server, whoever holds it; other data under the prefix stays;
+        unlock --glob PAT   or every lock and semaphore whose key matches a Redis glob; --dry-run lists
+                            them (audited)
         audit               the audit log on the destination, newest first (--limit N)
         web                 serve the dashboard (Locking::Web) on --bind:--port until Ctrl-C
 
@@ -90,7 +93,7 @@ class Locking
         end
         o.on("--break-lease", "backfill: take over the lease of a backfill that cannot be told running (another " \
                               "host; audited), keeping its TTL") { options[:break_lease] = true }
-        o.on("--glob PATTERN", "unlock: every lock whose key (after the prefix) matches PATTERN (Redis glob)") do |v|
+        o.on("--glob PATTERN", "unlock: every lock and semaphore whose key (after the prefix) matches PATTERN (Redis glob)") do |v|
           options[:glob] = v
         end
         o.on("--limit N", Integer, "audit: the newest N entries (default: 20, at most #{Locking::Client::AUDIT_KEEP})") do |v|

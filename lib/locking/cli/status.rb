@@ -2,7 +2,7 @@
 
 class Locking
   class CLI
-    # locking status: lock keys per server, the phase, the fleet, the backfill, the audit log.
+    # locking status: lock keys and semaphores per server, the phase, the fleet, the backfill, the audit log.
 
     private
 
@@ -22,6 +22,8 @@ class Locking
               end
         @out.puts format("%-12s %-32s %12s lock keys  (%s%s without TTL)",
                          name, Locking.server_name(url), number(stats[:keys]), ttl, number(stats[:without_ttl]))
+        @out.puts format("%-12s %-32s %12s semaphore keys  (%s live places)",
+                         name, Locking.server_name(url), number(stats[:semaphores]), number(stats[:places]))
         (@result_servers ||= {})[name.to_s] = { "server" => Locking.server_name(url) }.merge(stats.transform_keys(&:to_s))
       end
       result("servers" => @result_servers)

@@ -27,15 +27,6 @@ pub struct ScanPage {
     pub restarted: bool,
 }
 
-/// Lock keys on one server and their remaining TTLs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyStats {
-    pub keys: u64,
-    pub without_ttl: u64,
-    pub max_ttl_ms: u64,
-    pub p99_ttl_ms: u64,
-}
-
 /// What one backfill batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackfillReport {
@@ -80,66 +71,11 @@ pub const MAX_RECHECKED: usize = 10_000;
 /// Keys read on both servers back to back, per group, by the gates' walk.
 const COPIES_GROUP: usize = 200;
 
-/// TTLs kept to estimate the p99 of a key-stats walk (a uniform sample).
-const TTL_SAMPLE: usize = 100_000;
-
 /// Where a resumable SCAN walk stands.
 #[derive(Debug, Clone, Copy, Default)]
-struct WalkPosition {
-    cursor: u64,
-    done: bool,
-}
-
-/// A walk of one server for `key_stats`, resumable page by page.
-#[derive(Debug, Clone)]
-pub struct KeyStatsWalk {
-    target: Target,
-    position: WalkPosition,
-    stats: KeyStats,
-    ttls: Vec<u64>,
-    ttls_seen: u64,
-    random: u64,
-}
-
-impl KeyStatsWalk {
-    pub fn new(target: Target) -> Self {
-        KeyStatsWalk {
-            target,
-            position: WalkPosition::default(),
-            stats: KeyStats::default(),
-            ttls: Vec::new(),
-            ttls_seen: 0,
-            random: 0x9e37_79b9_7f4a_7c15,
-        }
-    }
-
-    /// Reservoir sampling: every TTL seen has the same chance to be kept.
-    fn sample_ttl(&mut self, ttl: u64) {
-        self.stats.max_ttl_ms = self.stats.max_ttl_ms.max(ttl);
-        self.ttls_seen += 1;
-        if self.ttls.len() < TTL_SAMPLE {
-            self.ttls.push(ttl);
-            return;
-        }
-        // xorshift64: enough to spread the sample, no dependency.
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        let slot = self.random % self.ttls_seen;
-        if let Some(kept) = self.ttls.get_mut(slot as usize) {
-            *kept = ttl;
-        }
-    }
-
-    pub fn finish(mut self) -> KeyStats {
-        if !self.ttls.is_empty() {
-            let index = ((self.ttls.len() as f64) * 0.99).ceil() as usize;
-            let index = index.clamp(1, self.ttls.len()) - 1;
-            let (_, p99, _) = self.ttls.select_nth_unstable(index);
-            self.stats.p99_ttl_ms = *p99;
-        }
-        self.stats
-    }
+pub(crate) struct WalkPosition {
+    pub(crate) cursor: u64,
+    pub(crate) done: bool,
 }
 
 /// A walk of one server for the gate (source-only) or the reverse gate
@@ -182,6 +118,8 @@ pub enum KeyType {
     Any,
     /// Locks.
     Strings,
+    /// Semaphores (and any other sorted set: `operate::semaphores` tells them).
+    Zsets,
 }
 
 /// `SCAN cursor MATCH pattern COUNT count [TYPE string|zset]`.
@@ -197,6 +135,7 @@ pub(crate) fn scan_args(cursor: u64, pattern: &[u8], count: u64, kind: KeyType) 
     match kind {
         KeyType::Any => {}
         KeyType::Strings => args.extend::<[Arg; 2]>(["TYPE".into(), "string".into()]),
+        KeyType::Zsets => args.extend::<[Arg; 2]>(["TYPE".into(), "zset".into()]),
     }
     args
 }
@@ -322,55 +261,9 @@ impl Operator<'_> {
         })
     }
 
-    /// Counts lock keys on a server and summarizes their TTLs (a full walk).
-    pub fn key_stats(&mut self, target: Target, interrupt: &Interrupt) -> Result<KeyStats> {
-        let mut walk = KeyStatsWalk::new(target);
-        while !self.key_stats_step(&mut walk, usize::MAX, interrupt)? {}
-        Ok(walk.finish())
-    }
-
-    /// Walks up to `pages` SCAN pages of a key-stats walk; true when it is
-    /// complete. A caller that steps a few pages at a time can stop between
-    /// steps (Ctrl-C in the CLI), and memory stays bounded (a TTL sample).
-    pub fn key_stats_step(
-        &mut self,
-        walk: &mut KeyStatsWalk,
-        pages: usize,
-        interrupt: &Interrupt,
-    ) -> Result<bool> {
-        let target = walk.target;
-        let mut position = walk.position;
-        let done = self.walk_pages(
-            target,
-            KeyType::Strings,
-            &mut position,
-            pages,
-            interrupt,
-            |operator, keys| {
-                let pttls = operator.each_key(target, "PTTL", &keys, interrupt)?;
-                for pttl in pttls {
-                    match pttl {
-                        Value::Int(-1) => {
-                            walk.stats.keys += 1;
-                            walk.stats.without_ttl += 1;
-                        }
-                        Value::Int(ms) if ms >= 0 => {
-                            walk.stats.keys += 1;
-                            walk.sample_ttl(ms as u64);
-                        }
-                        _ => {} // expired since the scan
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        walk.position = position;
-        Ok(done)
-    }
-
     /// Steps a resumable SCAN walk of `target`: up to `pages` pages from
     /// `position`, each page's keys handed to `page`; true once complete.
-    fn walk_pages(
+    pub(crate) fn walk_pages(
         &mut self,
         target: Target,
         kind: KeyType,
@@ -649,10 +542,6 @@ impl Operator<'_> {
         Ok(deleted)
     }
 
-    /// One page of `locking cleanup-source`: string keys under the prefix on
-    /// the source, deleted (or, with `dry_run`, counted). Returns the next
-    /// cursor, the keys found and the keys deleted. Only once the fleet no
-    /// longer reads the source (the CLI checks that).
     /// One SCAN page of the locks on a server whose key (after the prefix)
     /// matches `glob` (Redis glob syntax; the prefix itself is matched
     /// literally): (next cursor, [(key without the prefix, token, PTTL)]).
@@ -667,22 +556,8 @@ impl Operator<'_> {
         count: usize,
         interrupt: &Interrupt,
     ) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>, i64)>)> {
-        self.check_prefix()?;
         let prefix = self.client().key_prefix().to_vec();
-        let exact = !glob.is_empty() && !glob.iter().any(|b| b"*?[\\".contains(b));
-        let page = if exact {
-            // One key, not a pattern: one lookup, not a walk of the keyspace.
-            ScanPage {
-                cursor: 0,
-                keys: vec![[prefix.as_slice(), glob].concat()],
-                restarted: false,
-            }
-        } else {
-            let mut pattern = match_pattern(&prefix);
-            pattern.pop(); // the trailing '*': the glob goes there
-            pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
-            self.scan_pattern(target, &pattern, cursor, count, KeyType::Strings, interrupt)?
-        };
+        let page = self.glob_page(target, cursor, glob, count, KeyType::Strings, interrupt)?;
         if page.keys.is_empty() {
             return Ok((page.cursor, Vec::new()));
         }
@@ -702,6 +577,39 @@ impl Operator<'_> {
         Ok((page.cursor, locks))
     }
 
+    /// One SCAN page of the keys of `kind` whose key (after the prefix)
+    /// matches `glob`, prefix included (see `lock_page`); a `glob` that names
+    /// one key is that key, whatever it holds, without a walk.
+    pub(crate) fn glob_page(
+        &mut self,
+        target: Target,
+        cursor: u64,
+        glob: &[u8],
+        count: usize,
+        kind: KeyType,
+        interrupt: &Interrupt,
+    ) -> Result<ScanPage> {
+        self.check_prefix()?;
+        let prefix = self.client().key_prefix().to_vec();
+        let exact = !glob.is_empty() && !glob.iter().any(|b| b"*?[\\".contains(b));
+        if exact {
+            // One key, not a pattern: one lookup, not a walk of the keyspace.
+            return Ok(ScanPage {
+                cursor: 0,
+                keys: vec![[prefix.as_slice(), glob].concat()],
+                restarted: false,
+            });
+        }
+        let mut pattern = match_pattern(&prefix);
+        pattern.pop(); // the trailing '*': the glob goes there
+        pattern.extend_from_slice(if glob.is_empty() { b"*" } else { glob });
+        self.scan_pattern(target, &pattern, cursor, count, kind, interrupt)
+    }
+
+    /// One page of `locking cleanup-source`: string keys under the prefix on
+    /// the source, deleted (or, with `dry_run`, counted). Returns the next
+    /// cursor, the keys found and the keys deleted. Only once the fleet no
+    /// longer reads the source (the CLI checks that).
     pub fn cleanup_source_page(
         &mut self,
         cursor: u64,

@@ -7,6 +7,8 @@ pub mod control;
 pub mod operator;
 mod places;
 pub mod renew;
+pub mod semaphores;
+pub mod stats;
 
 #[cfg(test)]
 mod redirect_tests;

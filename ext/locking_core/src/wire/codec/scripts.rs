@@ -69,6 +69,9 @@ scripts! {
     SEMAPHORE_COPY = "semaphore_copy";
     /// A lock's value and what it has left (or the key's type), for the gates.
     LOCK_COPY = "lock_copy";
+    /// The operator tools: a semaphore's live places, or the unlock that
+    /// deletes only a lock or a semaphore.
+    OPERATOR_KEY = "operator_key";
 }
 
 #[cfg(test)]
@@ -76,7 +79,7 @@ mod tests {
     #[test]
     fn every_script_carries_the_sha_redis_computes() {
         let scripts = super::all();
-        assert_eq!(scripts.len(), 15);
+        assert_eq!(scripts.len(), 16);
         for script in scripts {
             assert_eq!(
                 redis::Script::new(script.source).get_hash(),
