@@ -63,6 +63,48 @@ RSpec.describe "Locking::Semaphore across a migration" do
     expect([status, gate["open"], gate["source_only"], gate["source_only_places"]]).to eq([0, true, 0, 0])
   end
 
+  # A place's ms left on `server`'s clock (nil: none for `token`).
+  def ms_left(server, token)
+    seconds, micros = server.redis.time
+    score = server.redis.zscore(key, token)
+    score && (score - ((seconds * 1000) + (micros / 1000))).round
+  end
+
+  it "backfills a phase-0 place onto the destination, raising only, so the gate opens before its TTL ends" do
+    configure_both(:source)
+    expect(semaphore("early").acquire(300)).to be(true) # five minutes: the gate would wait for them
+    configure_both(:dual)
+    expect(gate_json.first).to eq(1)
+
+    status, out, = locking_cli("backfill")
+    expect(status).to eq(0)
+    expect(out).to include("1 semaphore(s), 1 place(s) copied")
+    expect(places(destination_server)).to eq(["early"])
+    # The copy ends no sooner than the source's place, and not much later.
+    expect(ms_left(destination_server, "early") - ms_left(source_server, "early")).to be_between(0, 1000)
+    status, gate = gate_json
+    expect([status, gate["source_only_places"]]).to eq([0, 0])
+
+    # A destination place that has longer left is never lowered.
+    far = destination_server.redis.zscore(key, "early") + 600_000
+    destination_server.redis.zadd(key, far, "early")
+    destination_server.redis.pexpire(key, 1_000_000)
+    expect(locking_cli("backfill")[1]).to include("1 semaphore(s), 0 place(s) copied")
+    expect(destination_server.redis.zscore(key, "early")).to eq(far)
+  end
+
+  it "adds no place beside a destination holder the source does not have (a phase-2 acquire): raises only" do
+    configure_both(:source)
+    expect(semaphore("early", limit: 1).acquire(300)).to be(true)
+    destination_server.redis.zadd(key, (Time.now.to_f * 1000).to_i + 300_000, "unseen")
+    destination_server.redis.pexpire(key, 300_000)
+    configure_both(:dual)
+
+    expect(locking_cli("backfill")[1]).to include("1 semaphore(s), 0 place(s) copied")
+    expect(places(destination_server)).to eq(["unseen"]) # never 2 places of a semaphore of 1
+    expect(gate_json.first).to eq(1) # so the gate waits for "early"'s renewal or TTL
+  end
+
   it "a phase-1 renewal of a place the destination has no room for is lost, and leaves no place behind there" do
     configure_both(:source)
     early = semaphore("early", limit: 1)

@@ -357,6 +357,8 @@ impl RbClient {
                 ("undone", report.undone),
                 ("absent", report.absent),
                 ("failed", report.failed),
+                ("semaphores", report.semaphores),
+                ("places_copied", report.places_copied),
                 ("restarted", u64::from(report.restarted)),
             ],
         )?;

@@ -218,8 +218,9 @@ class Locking
       verb = options[:dry_run] ? "would copy" : "copied"
       @out.puts "#{outcome}: #{number(totals[:scanned])} scanned, #{number(totals[:copied])} #{verb}, " \
                 "#{number(totals[:already_there])} already there, #{number(totals[:conflicts])} conflicts, " \
-                "#{number(totals[:undone])} undone, #{number(totals[:absent])} skipped (gone, expiring, or not a string), " \
-                "#{number(totals[:failed])} failed " \
+                "#{number(totals[:undone])} undone, #{number(totals[:absent])} skipped (gone, expiring, or not a lock), " \
+                "#{number(totals[:failed])} failed; #{number(totals[:semaphores])} semaphore(s), " \
+                "#{number(totals[:places_copied])} place(s) #{verb} " \
                 "(totals over every run since the start; this run: #{format('%.1f', elapsed)}s)"
       unless errors.empty?
         @out.puts "the first failures:"

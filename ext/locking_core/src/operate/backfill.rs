@@ -15,7 +15,9 @@ use crate::client::Route;
 use crate::error::{Error, Result};
 use crate::operate::bulk::{parse_scan, scan_args, BackfillReport, KeyType, MAX_PAGES_PER_BATCH};
 use crate::operate::operator::Operator;
-use crate::protocol::{self, BackfillOutcome, Command, Operation, Reply, Step, Target};
+use crate::protocol::{
+    self, BackfillOutcome, Command, Operation, Reply, SemaphoreBackfill, Step, Target,
+};
 use crate::wire::codec::lock;
 use crate::wire::codec::Value;
 use crate::wire::connection::Interrupt;
@@ -132,7 +134,48 @@ impl Operator<'_> {
             cursor,
         };
         scheduler.run(interrupt)?;
-        Ok(scheduler.report())
+        let (mut report, no_lock) = scheduler.report();
+        self.backfill_places(no_lock, &mut report, interrupt)?;
+        Ok(report)
+    }
+
+    /// The semaphores among `keys` (the batch's keys where no lock was
+    /// found): each one's live source places copied onto the destination
+    /// (`protocol::SemaphoreBackfill`, explored beside the clients), side by
+    /// side as `Lease::run_batch` runs them. A key that is neither is
+    /// counted absent, as before.
+    fn backfill_places(
+        &mut self,
+        keys: Vec<Vec<u8>>,
+        report: &mut BackfillReport,
+        interrupt: &Interrupt,
+    ) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Result<Vec<u8>>> = keys.into_iter().map(Ok).collect();
+        let ops = keys.iter().map(|_| SemaphoreBackfill::new()).collect();
+        self.check_fence()?;
+        let outcomes = self.lease().run_batch(&keys, ops, interrupt);
+        for (key, outcome) in keys.iter().zip(outcomes) {
+            match outcome {
+                Ok(copied) if copied.places == 0 => {}
+                Ok(copied) => {
+                    report.absent -= 1;
+                    if copied.conflict {
+                        report.conflicts += 1;
+                    } else {
+                        report.semaphores += 1;
+                        report.places_copied += copied.written;
+                    }
+                }
+                Err(error) => {
+                    report.absent -= 1;
+                    tally(report, key.as_deref().unwrap_or_default(), Err(error));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Backfill where a cluster is involved: the batch's SCAN pages of the
@@ -183,9 +226,15 @@ impl Operator<'_> {
         }
         report.scanned = keys.len() as u64;
         let outcomes = self.backfill_side_by_side(&keys, interrupt)?;
-        for (key, outcome) in keys.iter().zip(outcomes) {
-            tally(&mut report, key.as_deref().unwrap_or_default(), outcome);
+        let mut no_lock = Vec::new();
+        for (key, outcome) in keys.into_iter().zip(outcomes) {
+            let key = key.unwrap_or_default();
+            if matches!(outcome, Ok(BackfillOutcome::Absent)) {
+                no_lock.push(key.clone());
+            }
+            tally(&mut report, &key, outcome);
         }
+        self.backfill_places(no_lock, &mut report, interrupt)?;
         if report.failed > 0 {
             // Copies refused by the fence mid-batch: the lease is the news.
             self.check_fence()?;
@@ -502,19 +551,25 @@ impl Scheduler<'_, '_> {
         Ok(())
     }
 
-    fn report(&mut self) -> BackfillReport {
+    /// The batch's counts, and the keys where no lock was found (for the
+    /// semaphores' backfill).
+    fn report(&mut self) -> (BackfillReport, Vec<Vec<u8>>) {
         let mut report = BackfillReport {
             cursor: self.cursor,
             scanned: self.jobs.len() as u64,
             ..BackfillReport::default()
         };
+        let mut no_lock = Vec::new();
         for job in self.jobs.drain(..) {
             let outcome = job
                 .outcome
                 .unwrap_or_else(|| Err(Error::Internal("backfill did not finish".into())));
+            if matches!(outcome, Ok(BackfillOutcome::Absent)) {
+                no_lock.push(job.key.clone());
+            }
             tally(&mut report, &job.key, outcome);
         }
-        report
+        (report, no_lock)
     }
 }
 

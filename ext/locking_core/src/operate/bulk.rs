@@ -40,6 +40,10 @@ pub struct BackfillReport {
     pub absent: u64,
     /// Keys whose commands failed with a server error (the batch went on).
     pub failed: u64,
+    /// Semaphores with live places on the source (not counted as absent).
+    pub semaphores: u64,
+    /// Their places added on the destination, or raised there.
+    pub places_copied: u64,
     /// The source is a cluster whose slot map changed (resharding, a
     /// failover): the walk started over from the first master, since keys
     /// may have moved past it. Copies are idempotent; nothing is lost.

@@ -49,7 +49,9 @@ impl Operator<'_> {
             .into_iter()
             .map(|reply| match reply {
                 Value::Array(pairs) => semaphore::places(&pairs).ok_or_else(|| {
-                    Error::Internal(format!("a malformed reply to the semaphore places script: {pairs:?}"))
+                    Error::Internal(format!(
+                        "a malformed reply to the semaphore places script: {pairs:?}"
+                    ))
                 }),
                 // A key that is a lock (the walk saw a sorted set, then it
                 // expired and a lock took the key): no places.

@@ -25,8 +25,12 @@ use std::fmt::Write;
 /// What a client does next, with its TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SemaphoreAction {
-    Acquire { ttl: u64 },
-    Renew { ttl: u64 },
+    Acquire {
+        ttl: u64,
+    },
+    Renew {
+        ttl: u64,
+    },
     Release,
     /// The backfill of the semaphore (`protocol::SemaphoreBackfill`): the
     /// source's live places copied onto the destination. A backfiller holds

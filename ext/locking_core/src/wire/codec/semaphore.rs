@@ -80,13 +80,15 @@ pub fn decode(command: &Command, value: &Value) -> Option<Reply> {
 
 /// token, ms left, token, ms left, ... as pairs; `None` if malformed.
 pub fn places(items: &[Value]) -> Option<Vec<(Vec<u8>, u64)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     items
         .chunks(2)
         .map(|pair| match pair {
-            [Value::BulkString(token), Value::Int(ms)] => Some((token.clone(), u64::try_from(*ms).ok()?)),
+            [Value::BulkString(token), Value::Int(ms)] => {
+                Some((token.clone(), u64::try_from(*ms).ok()?))
+            }
             _ => None,
         })
         .collect()
