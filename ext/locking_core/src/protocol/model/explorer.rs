@@ -9,7 +9,6 @@ use crate::protocol::phase::Phase;
 use crate::protocol::{
     self, AcquireReply, BackfillOutcome, Command, Operation, Reply, Step, Target,
 };
-use std::collections::HashSet;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -254,7 +253,7 @@ pub fn explore(scenario: &Scenario) -> std::result::Result<Stats, Counterexample
     }
     let mut explorer = Explorer {
         scenario,
-        seen: HashSet::new(),
+        seen: super::Visited::default(),
         stats: Stats::default(),
         schedule: Vec::new(),
     };
@@ -265,7 +264,7 @@ pub fn explore(scenario: &Scenario) -> std::result::Result<Stats, Counterexample
 
 pub(super) struct Explorer<'a> {
     pub(super) scenario: &'a Scenario,
-    pub(super) seen: HashSet<State>,
+    pub(super) seen: super::Visited,
     pub(super) stats: Stats,
     pub(super) schedule: Vec<String>,
 }
@@ -302,7 +301,7 @@ impl Explorer<'_> {
                 schedule: self.schedule.clone(),
             });
         }
-        if !self.seen.insert(state.clone()) {
+        if !self.seen.first_visit(&state) {
             return Ok(());
         }
         self.stats.states += 1;

@@ -19,7 +19,6 @@ use crate::protocol::{
     self, Command, Operation, Place, PlaceCopyRule, Reply, SemaphoreAcquire, SemaphoreBackfill,
     SemaphoreRelease, SemaphoreRenew, SemaphoreRules, Step, Target,
 };
-use std::collections::HashSet;
 use std::fmt::Write;
 
 /// What a client does next, with its TTL.
@@ -164,7 +163,7 @@ pub fn explore_semaphore(
     };
     let mut search = Search {
         scenario,
-        seen: HashSet::new(),
+        seen: super::Visited::default(),
         trace: Vec::new(),
         stats: SemaphoreStats::default(),
     };
@@ -174,7 +173,7 @@ pub fn explore_semaphore(
 
 struct Search<'a> {
     scenario: &'a SemaphoreScenario,
-    seen: HashSet<State>,
+    seen: super::Visited,
     trace: Vec<String>,
     stats: SemaphoreStats,
 }
@@ -184,7 +183,7 @@ impl Search<'_> {
         state.gate_held |= self.left(&state, |phase| phase == Phase::Source) && gate_holds(&state);
         state.reverse_gate_held |=
             self.left(&state, |phase| phase >= Phase::Drain) && reverse_gate_holds(&state);
-        if !self.seen.insert(state.clone()) {
+        if !self.seen.first_visit(&state) {
             return Ok(());
         }
         self.stats.states += 1;
