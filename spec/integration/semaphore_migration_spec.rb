@@ -73,6 +73,9 @@ RSpec.describe "Locking::Semaphore across a migration" do
   it "backfills a phase-0 place onto the destination, raising only, so the gate opens before its TTL ends" do
     configure_both(:source)
     expect(semaphore("early").acquire(300)).to be(true) # five minutes: the gate would wait for them
+    # A sorted set under the prefix that is not a semaphore (no TTL, scores far ahead): never copied,
+    # never counted (an adversary found the backfill copying one, with a TTL of its top score).
+    source_server.redis.zadd("locking:board", [[9e15, "alice"], [1e13, "bob"]])
     configure_both(:dual)
     expect(gate_json.first).to eq(1)
 
@@ -80,6 +83,7 @@ RSpec.describe "Locking::Semaphore across a migration" do
     expect(status).to eq(0)
     expect(out).to include("1 semaphore(s), 1 place(s) copied")
     expect(places(destination_server)).to eq(["early"])
+    expect(destination_server.redis.exists?("locking:board")).to be(false)
     # The copy ends no sooner than the source's place, and not much later.
     expect(ms_left(destination_server, "early") - ms_left(source_server, "early")).to be_between(0, 1000)
     status, gate = gate_json

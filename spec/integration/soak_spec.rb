@@ -21,7 +21,7 @@ module Soak
   SEMAPHORE = "sem:0"
   LIMIT = 2
   # Seconds the fleet works in each phase before the next move (SOAK_DWELL=30 for a longer soak).
-  DWELL = Float(ENV.fetch("SOAK_DWELL", "8"))
+  DWELL = Float(ENV.fetch("SOAK_DWELL", "4"))
 end
 
 RSpec.describe "soak: a fleet walking the phases under faults", :soak do

@@ -2,15 +2,16 @@
 //! (`lock_copies`), and semaphore places (DESIGN "Semaphores"): which live places
 //! on one server the other does not cover (no live place for the token, or
 //! one that may end sooner). Each server says what each place has left by
-//! its own clock (`semaphore_places.lua`), and the rule that makes a place
+//! its own clock (`operator_key.lua`), and the rule that makes a place
 //! count is the explorer's (`protocol::copy_one_sided`).
 
 use crate::error::{Error, Result};
 use crate::operate::operator::Operator;
 use crate::protocol::{copy_one_sided, Target};
-use crate::wire::codec::{scripts, semaphore, Value};
+use crate::wire::codec::{scripts, Value};
 use crate::wire::connection::Interrupt;
 use crate::wire::pipeline::Request;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// What one server holds at a key, as the gates' walk reads it.
@@ -27,7 +28,8 @@ const PLACES_GROUP: usize = 50;
 
 impl Operator<'_> {
     /// For each of `keys` (semaphores), its live places on `target`: (token,
-    /// ms left); none where the key is missing or is not a semaphore.
+    /// ms left); none where the key is missing or is not a semaphore (by the
+    /// operator tools' one rule, `operator_key.lua`).
     #[allow(clippy::type_complexity)]
     pub(crate) fn live_places(
         &mut self,
@@ -35,38 +37,8 @@ impl Operator<'_> {
         keys: &[Vec<u8>],
         interrupt: &Interrupt,
     ) -> Result<Vec<Vec<(Vec<u8>, u64)>>> {
-        let key_lists: Vec<[&[u8]; 1]> = keys.iter().map(|key| [key.as_slice()]).collect();
-        let requests: Vec<Request<'_>> = key_lists
-            .iter()
-            .map(|key| Request::Script {
-                script: &scripts::SEMAPHORE_PLACES,
-                keys: key,
-                args: &[],
-            })
-            .collect();
-        let replies = self.each_request(target, keys, &requests, interrupt)?;
-        replies
-            .into_iter()
-            .map(|reply| match reply {
-                Value::Array(pairs) => semaphore::places(&pairs).ok_or_else(|| {
-                    Error::Internal(format!(
-                        "a malformed reply to the semaphore places script: {pairs:?}"
-                    ))
-                }),
-                // A key that is a lock (the walk saw a sorted set, then it
-                // expired and a lock took the key): no places.
-                Value::ServerError(error) if error.to_string().contains("WRONGTYPE") => {
-                    Ok(Vec::new())
-                }
-                Value::ServerError(error) => Err(Error::Command {
-                    server: self.client().server_name(target).unwrap_or("?").to_string(),
-                    detail: format!("reading a semaphore's places: {error}"),
-                }),
-                other => Err(Error::Internal(format!(
-                    "unexpected reply to the semaphore places script: {other:?}"
-                ))),
-            })
-            .collect()
+        let views = self.semaphore_views(target, keys, interrupt)?;
+        Ok(views.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// The (key, token) of each live place on `side` among `keys` that the
@@ -90,11 +62,10 @@ impl Operator<'_> {
             let there = self.live_places(other, group, interrupt)?;
             let uncertainty_ms = started.elapsed().as_millis() as u64 + 1;
             for ((key, here), there) in group.iter().zip(here).zip(there) {
+                // By token: a semaphore may have up to a million places.
+                let there: HashMap<Vec<u8>, u64> = there.into_iter().collect();
                 for (token, left) in here {
-                    let there_left = there
-                        .iter()
-                        .find(|(other, _)| *other == token)
-                        .map(|(_, left)| *left);
+                    let there_left = there.get(&token).copied();
                     if copy_one_sided(Some(left), there_left, uncertainty_ms) {
                         one_sided.push((key.clone(), token));
                     }

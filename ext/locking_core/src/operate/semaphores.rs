@@ -147,21 +147,11 @@ impl Operator<'_> {
 
 /// The script's token, ms left, ... reply as places.
 fn places_of(pairs: Vec<Value>) -> Result<Places> {
-    let mut places = Vec::with_capacity(pairs.len() / 2);
-    let mut pairs = pairs.into_iter();
-    loop {
-        match (pairs.next(), pairs.next()) {
-            (Some(Value::BulkString(token)), Some(Value::Int(left))) => {
-                places.push((token, left.max(0) as u64));
-            }
-            (None, None) => return Ok(places),
-            other => {
-                return Err(Error::Internal(format!(
-                    "unexpected place in the operator key script's reply: {other:?}"
-                )))
-            }
-        }
-    }
+    crate::wire::codec::semaphore::places(&pairs).ok_or_else(|| {
+        Error::Internal(format!(
+            "unexpected places in the operator key script's reply: {pairs:?}"
+        ))
+    })
 }
 
 #[cfg(test)]

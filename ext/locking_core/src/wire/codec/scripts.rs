@@ -63,8 +63,6 @@ scripts! {
     SEMAPHORE_RELEASE = "semaphore_release";
     SEMAPHORE_RENEW = "semaphore_renew";
     SEMAPHORE_HOLDERS = "semaphore_holders";
-    /// Semaphores: the live places and what each has left, for the gates and the backfill.
-    SEMAPHORE_PLACES = "semaphore_places";
     /// Backfill: copies of the source's places, raised only.
     SEMAPHORE_COPY = "semaphore_copy";
     /// A lock's value and what it has left (or the key's type), for the gates.
@@ -79,7 +77,7 @@ mod tests {
     #[test]
     fn every_script_carries_the_sha_redis_computes() {
         let scripts = super::all();
-        assert_eq!(scripts.len(), 16);
+        assert_eq!(scripts.len(), 15);
         for script in scripts {
             assert_eq!(
                 redis::Script::new(script.source).get_hash(),

@@ -27,6 +27,7 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], command: &Command) -> bool {
             args.extend::<[Arg; 2]>([token.as_slice().into(), (*ttl_ms).into()])
         }
         Command::SemaphoreRelease { token } => args.push(token.as_slice().into()),
+        Command::SemaphorePlaces => args.push("view".into()),
         Command::SemaphoreCopy { places, rule } => {
             args.push(rule.name().into());
             for (token, ms_left) in places {
@@ -46,7 +47,8 @@ pub fn script_of(command: &Command) -> Option<&'static Script> {
         Command::SemaphoreRelease { .. } => Some(&scripts::SEMAPHORE_RELEASE),
         Command::SemaphoreRenew { .. } => Some(&scripts::SEMAPHORE_RENEW),
         Command::SemaphoreHolders => Some(&scripts::SEMAPHORE_HOLDERS),
-        Command::SemaphorePlaces => Some(&scripts::SEMAPHORE_PLACES),
+        // The operator tools' one rule for which sorted sets are semaphores.
+        Command::SemaphorePlaces => Some(&scripts::OPERATOR_KEY),
         Command::SemaphoreCopy { .. } => Some(&scripts::SEMAPHORE_COPY),
         _ => None,
     }
@@ -55,8 +57,11 @@ pub fn script_of(command: &Command) -> Option<&'static Script> {
 /// Reads a semaphore command's reply (an integer from each script, and
 /// token, ms left, ... from the places' read).
 pub fn decode(command: &Command, value: &Value) -> Option<Reply> {
-    if let (Command::SemaphorePlaces, Value::Array(items)) = (command, value) {
-        return places(items).map(Reply::Places);
+    match (command, value) {
+        (Command::SemaphorePlaces, Value::Array(items)) => return places(items).map(Reply::Places),
+        // Not a semaphore (another type, a plain sorted set, or no key): no places.
+        (Command::SemaphorePlaces, Value::Nil) => return Some(Reply::Places(Vec::new())),
+        _ => {}
     }
     let Value::Int(n) = value else {
         return None;
@@ -78,7 +83,8 @@ pub fn decode(command: &Command, value: &Value) -> Option<Reply> {
     }
 }
 
-/// token, ms left, token, ms left, ... as pairs; `None` if malformed.
+/// token, ms left, token, ms left, ... as pairs (a negative ms left, which
+/// the scripts never give, as 0); `None` if malformed.
 pub fn places(items: &[Value]) -> Option<Vec<(Vec<u8>, u64)>> {
     if !items.len().is_multiple_of(2) {
         return None;
@@ -87,7 +93,7 @@ pub fn places(items: &[Value]) -> Option<Vec<(Vec<u8>, u64)>> {
         .chunks(2)
         .map(|pair| match pair {
             [Value::BulkString(token), Value::Int(ms)] => {
-                Some((token.clone(), u64::try_from(*ms).ok()?))
+                Some((token.clone(), (*ms).max(0) as u64))
             }
             _ => None,
         })
