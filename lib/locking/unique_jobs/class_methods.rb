@@ -44,8 +44,8 @@ class Locking
       #   the run, and `ttl` is just how long a crashed worker blocks the next run), false for
       #   :until_executed (opt in: its `ttl` was written for the queue wait plus the run). Not for
       #   :until_executing and :until_expired, whose locks do not live through perform. A number of
-      #   seconds (2.hours) renews for at most that long, then lets the TTL run out.
-      #   Not yet with limit: (ArgumentError): a limited job's ttl must cover its run.
+      #   seconds (2.hours) renews for at most that long, then lets the TTL run out. With limit: N > 1
+      #   it renews the job's place the same way.
       # @param limit [Integer] how many jobs with one key may hold it at once (1..Semaphore::MAX_LIMIT,
       #   default 1: the lock). With N > 1 each strategy holds a place in a Locking::Semaphore at the
       #   same key (the runtime lock too: N running), and on_conflict / on_perform_conflict / wait:
